@@ -1,0 +1,33 @@
+# The README's commands. `make run` trains and samples; `make test` runs the suite.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+
+.PHONY: run test bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d .venv || python3 -m venv .venv
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	.venv/bin/llmlab pretrain --out runs/main --max-time 180
+	.venv/bin/llmlab generate runs/main --greedy --max-new-tokens 120 \
+		--prompt "def fibonacci(n):" --prompt "class Stack:"
+	.venv/bin/llmlab generate runs/main --temperature 0.8 --top-p 0.95 --seed 0 --max-new-tokens 120 \
+		--prompt "def fibonacci(n):" --prompt "class Stack:"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/decode_speed.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/shakespeare_char.py
+
+lint: $(STAMP)
+	.venv/bin/ruff check src tests bench
+
+clean:
+	rm -rf .venv runs

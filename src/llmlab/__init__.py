@@ -1,0 +1,24 @@
+"""llmlab: the generative-AI lifecycle with large language models, from scratch and runnable.
+
+    import llmlab
+    result = llmlab.train(llmlab.TrainConfig(out="runs/demo", max_steps=200))
+    ckpt = llmlab.load_checkpoint("runs/demo")
+    gen = llmlab.Generator(ckpt.model, ckpt.tokenizer)
+    print(gen.generate(["def fib(n):"], llmlab.GenerationConfig(greedy=True))[0][0].text)
+"""
+
+from llmlab.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from llmlab.config import PRESETS, ModelConfig
+from llmlab.errors import LlmlabError
+from llmlab.generate import Completion, GenerationConfig, Generator
+from llmlab.model import DecoderLM
+from llmlab.tokenizer import TextTokenizer, train_tokenizer
+from llmlab.train import TrainConfig, TrainResult, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS", "Checkpoint", "Completion", "DecoderLM", "GenerationConfig", "Generator", "LlmlabError",
+    "ModelConfig", "TextTokenizer", "TrainConfig", "TrainResult", "load_checkpoint", "save_checkpoint",
+    "train", "train_tokenizer",
+]

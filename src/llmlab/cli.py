@@ -1,0 +1,205 @@
+"""The `llmlab` command. Options are generated from the config dataclasses, so the CLI and the
+Python API cannot drift apart; each command is one function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmlab.errors import LlmlabError
+
+TRAIN_HELP = {
+    "out": "run folder for the checkpoint, metrics.jsonl and loss.png",
+    "data": "text file, folder (see --glob) or .jsonl file; default: the Python standard library's source",
+    "glob": "files to read under a --data folder",
+    "text_field": "JSONL field holding the text",
+    "tokenizer": "bpe (byte-level) or char",
+    "vocab_size": "BPE vocabulary size",
+    "val_fraction": "fraction of tokens held out for validation (the end of the corpus)",
+    "preset": "model preset (see `llmlab presets`); default llama-micro",
+    "block_size": "context length in tokens (overrides the preset)",
+    "n_layer": "number of transformer blocks (overrides the preset)",
+    "n_head": "attention heads (overrides the preset)",
+    "n_kv_head": "key/value heads for grouped-query attention (overrides the preset)",
+    "n_embd": "model width (overrides the preset)",
+    "dropout": "dropout probability (overrides the preset's 0)",
+    "batch_size": "sequences per micro-batch",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate",
+    "min_lr": "final learning rate of the cosine decay (default lr/10)",
+    "warmup_steps": "linear warmup steps",
+    "weight_decay": "AdamW weight decay on matrices",
+    "grad_clip": "clip the gradient norm to this value",
+    "max_steps": "stop after this many optimizer steps",
+    "max_time": "stop after this many seconds of training",
+    "eval_interval": "validate every N steps",
+    "eval_iters": "validation batches per evaluation",
+    "log_interval": "update the progress line and metrics every N steps",
+    "checkpoint_interval": "save a resumable checkpoint every N steps",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "dtype": "auto (bf16 where the hardware has it), fp32, bf16 or fp16 (CUDA only)",
+    "compile": "torch.compile the model (slow first step, faster after)",
+    "seed": "seed for initialisation, data order and dropout",
+    "resume": "continue the run in --out exactly where it stopped",
+    "overwrite": "replace a checkpoint already in --out",
+}
+
+GEN_HELP = {
+    "max_new_tokens": "tokens to generate per sample",
+    "temperature": "divide logits by this (0 = greedy)",
+    "top_k": "keep the k most likely tokens (0 = off)",
+    "top_p": "keep the smallest set of tokens whose probability reaches p (1 = off)",
+    "greedy": "always take the most likely token",
+    "stop": "stop a sample when it produces this text (repeatable)",
+    "seed": "seed for sampling",
+    "num_samples": "samples per prompt",
+    "truncate_prompt": "keep the last tokens of a prompt too long for the context window (default: refuse)",
+}
+
+
+def _base_type(annotation) -> type:
+    """`int | None` -> int, `list[str]` -> list."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"list": list})  # annotations are postponed (PEP 563)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    return origin or annotation
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip=()) -> None:
+    """One --option per field; defaults are suppressed so we can tell what the user actually gave."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = helps.get(f.name, "") + (f" (default {default})" if default not in (None, False, []) else "")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif kind is list:
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from llmlab.train import TrainConfig, train
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    base = TrainConfig().to_dict()
+    if given.get("resume"):
+        state = Path(given.get("out", base["out"])) / "trainer_state.json"
+        if state.is_file():  # options not given again are those of the original run
+            base = {**base, **json.loads(state.read_text())["train_config"]}
+        base["overwrite"] = False
+    train(TrainConfig(**{**base, **given}))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint import load_checkpoint
+    from llmlab.device import resolve_device, resolve_dtype
+    from llmlab.generate import GenerationConfig, Generator
+
+    prompts = list(getattr(args, "prompt", []) or [])
+    if getattr(args, "prompts_file", None):
+        try:
+            text = Path(args.prompts_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmlabError(f"cannot read --prompts-file {args.prompts_file}: {exc}", "pass a UTF-8 text file") from None
+        prompts += [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise LlmlabError("no prompt given", "pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    device = resolve_device(getattr(args, "device", "auto"))
+    dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
+    ckpt = load_checkpoint(args.checkpoint, device=device, dtype=dtype)
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}
+    config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
+    generator = Generator(ckpt.model, ckpt.tokenizer)
+    if getattr(args, "stream", False):
+        if len(prompts) != 1 or config.num_samples != 1:
+            raise LlmlabError("--stream prints one sample as it is generated", "use one --prompt and --num-samples 1")
+        sys.stdout.write(prompts[0])
+        for piece in generator.stream(prompts[0], config):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    results = generator.generate(prompts, config)
+    for i, samples in enumerate(results, 1):
+        for j, c in enumerate(samples, 1):
+            if getattr(args, "json", False):
+                print(json.dumps({"prompt": c.prompt, "completion": c.text, "finish_reason": c.finish_reason,
+                                  "tokens": len(c.token_ids), "sample": j}))
+            else:
+                mode = "greedy" if not config.do_sample else (
+                    f"temperature {config.temperature}, top-k {config.top_k or 'off'}, top-p {config.top_p}")
+                print(f"--- prompt {i}, sample {j} ({mode}; ended by {c.finish_reason}) ---")
+                print(c.prompt + c.text)
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    from llmlab.config import PRESETS, ModelConfig
+    from llmlab.model import DecoderLM
+
+    vocab = getattr(args, "vocab_size", 8192)
+    print(f"{'preset':<14}{'parameters':>14}  layers  width  heads  kv  context  style   (vocabulary {vocab:,})")
+    for name in PRESETS:
+        c = ModelConfig.from_preset(name, vocab_size=vocab)
+        n = DecoderLM(c).num_parameters()
+        style = "llama" if c.positions == "rope" else "gpt2"
+        print(f"{name:<14}{n:>14,}  {c.n_layer:>6}  {c.n_embd:>5}  {c.n_head:>5}  {c.n_kv_head:>2}  "
+              f"{c.block_size:>7}  {style}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmlab.generate import GenerationConfig
+    from llmlab.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="llmlab", description="Train, sample and study language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pre-train a decoder-only model on your text (causal LM)")
+    add_dataclass_options(p, TrainConfig, TRAIN_HELP)
+    p.set_defaults(func=cmd_pretrain)
+
+    g = sub.add_parser("generate", help="generate text from a checkpoint")
+    g.add_argument("checkpoint", help="run folder written by pretrain")
+    g.add_argument("--prompt", action="append", default=argparse.SUPPRESS, help="prompt text (repeatable)")
+    g.add_argument("--prompts-file", default=argparse.SUPPRESS, help="one prompt a line (\\n for newlines)")
+    add_dataclass_options(g, GenerationConfig, GEN_HELP)
+    g.add_argument("--stream", action="store_true", default=argparse.SUPPRESS, help="print tokens as they come")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per sample")
+    g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("presets", help="list the model presets with their parameter counts")
+    s.add_argument("--vocab-size", type=int, default=8192)
+    s.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LlmlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

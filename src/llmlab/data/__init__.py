@@ -1,0 +1,1 @@
+"""Data: sources of text, cleaning, token caches and batches."""

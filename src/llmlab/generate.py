@@ -1,0 +1,244 @@
+"""Decoding for decoder-only models: KV cache, left-padded batches, greedy and sampling, stop rules.
+
+Sampling follows the semantics of `transformers`: temperature, then top-k (ties at the k-th value
+kept), then top-p (the smallest set whose probability reaches p, never fewer than one token).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmlab.errors import LlmlabError
+from llmlab.model import DecoderLM
+from llmlab.tokenizer import TextTokenizer
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode. temperature 0 (or greedy=True) means greedy; top_k 0 and top_p 1 mean off."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    num_samples: int = 1
+    truncate_prompt: bool = False  # keep the prompt's last tokens (with a warning) instead of refusing
+
+    @property
+    def do_sample(self) -> bool:
+        return not self.greedy and self.temperature > 0
+
+    def validate(self) -> None:
+        def bad(what: str, fix: str) -> LlmlabError:
+            return LlmlabError(what, fix)
+
+        if self.max_new_tokens < 0:
+            raise bad(f"max-new-tokens must be >= 0, got {self.max_new_tokens}", "pass a count such as 128")
+        if self.temperature < 0:
+            raise bad(f"temperature must be >= 0, got {self.temperature}", "use 0 for greedy or e.g. 0.8")
+        if self.top_k < 0:
+            raise bad(f"top-k must be >= 0, got {self.top_k}", "use 0 to disable it or e.g. 50")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad(f"top-p must be in (0, 1], got {self.top_p}", "use 1 to disable it or e.g. 0.95")
+        if self.num_samples < 1:
+            raise bad(f"num-samples must be >= 1, got {self.num_samples}", "pass 1 or more")
+        if any(not s for s in self.stop):
+            raise bad("a stop string is empty", "remove it or give it text")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop" or "length"
+
+
+def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Scale by temperature, then mask (to -inf) everything outside top-k and top-p. logits: (B, V)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+        remove_sorted = mass_before >= top_p
+        remove_sorted[..., 0] = False  # never fewer than one token
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from (B, V) logits."""
+    if not config.do_sample:
+        return logits.argmax(dim=-1)
+    probs = process_logits(logits.float(), config.temperature, config.top_k, config.top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Generator:
+    """Generates text from a model with the tokenizer it was trained with."""
+
+    def __init__(self, model: DecoderLM, tokenizer: TextTokenizer) -> None:
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise LlmlabError(
+                f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}",
+                "use the tokenizer.json saved with this checkpoint",
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    def generate(self, prompts: list[str], config: GenerationConfig) -> list[list[Completion]]:
+        """All prompts (x num_samples) decoded together as one batch; returns num_samples per prompt."""
+        config.validate()
+        rows = [p for p in prompts for _ in range(config.num_samples)]
+        prompt_ids = [self._encode_prompt(p, config) for p in rows]
+        outputs = [[] for _ in rows]
+        finish = ["length"] * len(rows)
+        for new, done in self._decode(prompt_ids, config):
+            for r, token in enumerate(new):
+                if not done[r] or finish[r] == "length":
+                    outputs[r].append(token)
+            for r in range(len(rows)):
+                if done[r] and finish[r] == "length":
+                    finish[r] = self._finish_reason(outputs[r], config)
+        completions = [self._completion(p, ids, f, config) for p, ids, f in zip(rows, outputs, finish)]
+        n = config.num_samples
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
+        """Yield the text of one completion piece by piece as tokens arrive."""
+        config.validate()
+        ids: list[int] = []
+        emitted = ""
+        for new, done in self._decode([self._encode_prompt(prompt, config)], config):
+            if new[0] == self.tokenizer.eos_id:
+                break
+            ids.append(new[0])
+            text = self._cut_at_stop(self.tokenizer.decode(ids), config)
+            if done[0] and self._finish_reason(ids, config) == "stop":
+                yield text[len(emitted) :]
+                return
+            # Hold back a partial UTF-8 character (byte-level BPE can split one across tokens).
+            if text.endswith("\ufffd"):
+                continue
+            # Hold back text that might be the beginning of a stop string.
+            safe = len(text) - max((len(s) - 1 for s in config.stop), default=0)
+            if safe > len(emitted):
+                yield text[len(emitted) : safe]
+                emitted = text[:safe]
+        final = self._cut_at_stop(self.tokenizer.decode(ids), config)
+        if len(final) > len(emitted):
+            yield final[len(emitted) :]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _encode_prompt(self, prompt: str, config: GenerationConfig) -> list[int]:
+        ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]  # empty prompt: start a new text
+        budget = self.model.config.block_size - config.max_new_tokens
+        if budget < 1:
+            raise LlmlabError(
+                f"max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the "
+                f"{self.model.config.block_size}-token context window",
+                f"use at most {self.model.config.block_size - 1} new tokens",
+            )
+        if len(ids) > budget:
+            if not config.truncate_prompt:
+                raise LlmlabError(
+                    f"prompt has {len(ids)} tokens but only {budget} fit before {config.max_new_tokens} new tokens "
+                    f"in the {self.model.config.block_size}-token context window",
+                    "shorten the prompt, lower --max-new-tokens, or pass --truncate-prompt to keep its last tokens",
+                )
+            warnings.warn(f"prompt truncated from {len(ids)} to its last {budget} tokens", stacklevel=3)
+            ids = ids[-budget:]
+        return ids
+
+    def _finish_reason(self, ids: list[int], config: GenerationConfig) -> str:
+        if ids and ids[-1] == self.tokenizer.eos_id:
+            return "eos"
+        if config.stop and self._cut_at_stop(self.tokenizer.decode(ids), config) != self.tokenizer.decode(ids):
+            return "stop"
+        return "length"
+
+    def _cut_at_stop(self, text: str, config: GenerationConfig) -> str:
+        cut = min((i for i in (text.find(s) for s in config.stop) if i >= 0), default=len(text))
+        return text[:cut]
+
+    def _completion(self, prompt: str, ids: list[int], finish: str, config: GenerationConfig) -> Completion:
+        if finish == "eos":
+            ids = ids[:-1]
+        return Completion(prompt, self._cut_at_stop(self.tokenizer.decode(ids), config), ids, finish)
+
+    @torch.inference_mode()
+    def _decode(self, prompt_ids: list[list[int]], config: GenerationConfig) -> Iterator[tuple[list[int], list[bool]]]:
+        """Yield (next token of every row, which rows are done) once per step."""
+        device, pad = self.device, self.tokenizer.eos_id
+        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+        total = P + config.max_new_tokens
+        tokens = torch.full((B, P), pad, dtype=torch.long)
+        valid = torch.zeros((B, total), dtype=torch.bool)
+        for r, ids in enumerate(prompt_ids):  # left padding keeps every row's last token at slot P-1
+            tokens[r, P - len(ids) :] = torch.tensor(ids)
+            valid[r, P - len(ids) :] = True
+        tokens, valid = tokens.to(device), valid.to(device)
+        padded = not bool(valid[:, :P].all())
+        positions = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+        mask = None
+        if padded:  # causal and not padding; a padding query sees itself so no row is all -inf
+            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+            mask = (causal & valid[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        generator = None
+        if config.do_sample and config.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(config.seed)
+        cache = self.model.new_cache(B, total)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        stop_done = [False] * B
+        generated: list[list[int]] = [[] for _ in range(B)]
+        pos = positions[:, -1:]
+        for step in range(config.max_new_tokens):
+            logits = self.model(tokens, positions, cache, mask, last_only=True)[:, -1].float()
+            new = next_tokens(logits, config, generator)
+            new = torch.where(done, torch.full_like(new, pad), new)
+            done = done | (new == self.tokenizer.eos_id)
+            new_list = new.tolist()
+            if config.stop:
+                for r in range(B):
+                    if not stop_done[r] and not bool(done[r]):
+                        generated[r].append(new_list[r])
+                        text = self.tokenizer.decode(generated[r])
+                        stop_done[r] = any(s in text for s in config.stop)
+                done = done | torch.tensor(stop_done, device=device)
+            done_list = done.tolist()
+            yield new_list, done_list
+            if all(done_list):
+                return
+            slot = P + step
+            valid[:, slot] = True
+            tokens, pos = new[:, None], pos + 1
+            positions = pos
+            mask = valid[:, None, None, : slot + 1] if padded else None
