@@ -1,10 +1,10 @@
 """llmlab: the generative-AI lifecycle with large language models, from scratch and runnable.
 
-    import llmlab
-    result = llmlab.train(llmlab.TrainConfig(out="runs/demo", max_steps=200))
-    ckpt = llmlab.load_checkpoint("runs/demo")
-    gen = llmlab.Generator(ckpt.model, ckpt.tokenizer)
-    print(gen.generate(["def fib(n):"], llmlab.GenerationConfig(greedy=True))[0][0].text)
+import llmlab
+result = llmlab.train(llmlab.TrainConfig(out="runs/demo", max_steps=200))
+ckpt = llmlab.load_checkpoint("runs/demo")
+gen = llmlab.Generator(ckpt.model, ckpt.tokenizer)
+print(gen.generate(["def fib(n):"], llmlab.GenerationConfig(greedy=True))[0][0].text)
 """
 
 from llmlab.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -18,7 +18,19 @@ from llmlab.train import TrainConfig, TrainResult, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "Checkpoint", "Completion", "DecoderLM", "GenerationConfig", "Generator", "LlmlabError",
-    "ModelConfig", "TextTokenizer", "TrainConfig", "TrainResult", "load_checkpoint", "save_checkpoint",
-    "train", "train_tokenizer",
+    "PRESETS",
+    "Checkpoint",
+    "Completion",
+    "DecoderLM",
+    "GenerationConfig",
+    "Generator",
+    "LlmlabError",
+    "ModelConfig",
+    "TextTokenizer",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+    "train_tokenizer",
 ]

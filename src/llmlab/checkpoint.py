@@ -80,8 +80,9 @@ def save_checkpoint(
         if trainer_state is not None:
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
         if optimizer_tensors is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in optimizer_tensors.items()},
-                      tmp / "optimizer.safetensors")
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in optimizer_tensors.items()}, tmp / "optimizer.safetensors"
+            )
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / "manifest.json").write_text(json.dumps({f: _sha256(tmp / f) for f in files}, indent=2))
         if out.exists():
@@ -165,7 +166,9 @@ def load_checkpoint(
     load_weights(model, path / "model.safetensors")
     model.to(device=device, dtype=dtype).eval()
     gen_file = path / "generation_config.json"
-    generation = GenerationConfig.from_dict(json.loads(gen_file.read_text())) if gen_file.is_file() else GenerationConfig()
+    generation = (
+        GenerationConfig.from_dict(json.loads(gen_file.read_text())) if gen_file.is_file() else GenerationConfig()
+    )
     return Checkpoint(model=model, tokenizer=tokenizer, generation=generation, path=path)
 
 
@@ -173,7 +176,9 @@ def load_weights(model: DecoderLM, file: Path) -> None:
     try:
         state = load_file(file)
     except (SafetensorError, OSError) as exc:
-        raise LlmlabError(f"cannot read {file}: {exc}", "the file is truncated or not safetensors; re-copy it") from None
+        raise LlmlabError(
+            f"cannot read {file}: {exc}", "the file is truncated or not safetensors; re-copy it"
+        ) from None
     expected = model_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -114,7 +114,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         try:
             text = Path(args.prompts_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise LlmlabError(f"cannot read --prompts-file {args.prompts_file}: {exc}", "pass a UTF-8 text file") from None
+            raise LlmlabError(
+                f"cannot read --prompts-file {args.prompts_file}: {exc}", "pass a UTF-8 text file"
+            ) from None
         prompts += [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
     if not prompts:
         raise LlmlabError("no prompt given", "pass --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -137,11 +139,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for i, samples in enumerate(results, 1):
         for j, c in enumerate(samples, 1):
             if getattr(args, "json", False):
-                print(json.dumps({"prompt": c.prompt, "completion": c.text, "finish_reason": c.finish_reason,
-                                  "tokens": len(c.token_ids), "sample": j}))
+                print(
+                    json.dumps(
+                        {
+                            "prompt": c.prompt,
+                            "completion": c.text,
+                            "finish_reason": c.finish_reason,
+                            "tokens": len(c.token_ids),
+                            "sample": j,
+                        }
+                    )
+                )
             else:
-                mode = "greedy" if not config.do_sample else (
-                    f"temperature {config.temperature}, top-k {config.top_k or 'off'}, top-p {config.top_p}")
+                mode = (
+                    "greedy"
+                    if not config.do_sample
+                    else (f"temperature {config.temperature}, top-k {config.top_k or 'off'}, top-p {config.top_p}")
+                )
                 print(f"--- prompt {i}, sample {j} ({mode}; ended by {c.finish_reason}) ---")
                 print(c.prompt + c.text)
 
@@ -156,8 +170,10 @@ def cmd_presets(args: argparse.Namespace) -> None:
         c = ModelConfig.from_preset(name, vocab_size=vocab)
         n = DecoderLM(c).num_parameters()
         style = "llama" if c.positions == "rope" else "gpt2"
-        print(f"{name:<14}{n:>14,}  {c.n_layer:>6}  {c.n_embd:>5}  {c.n_head:>5}  {c.n_kv_head:>2}  "
-              f"{c.block_size:>7}  {style}")
+        print(
+            f"{name:<14}{n:>14,}  {c.n_layer:>6}  {c.n_embd:>5}  {c.n_head:>5}  {c.n_kv_head:>2}  "
+            f"{c.block_size:>7}  {style}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

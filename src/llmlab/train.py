@@ -82,12 +82,20 @@ class TrainConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
-        positive = ("vocab_size", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval",
-                    "checkpoint_interval")
+        positive = (
+            "vocab_size",
+            "batch_size",
+            "grad_accum",
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+            "checkpoint_interval",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise LlmlabError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}",
-                                  "pass a positive number")
+                raise LlmlabError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}", "pass a positive number"
+                )
         if self.lr <= 0:
             raise LlmlabError(f"--lr must be positive, got {self.lr}", "use e.g. 1e-3")
         if self.warmup_steps < 0:
@@ -238,8 +246,10 @@ def train(
         state = json.loads((out / "trainer_state.json").read_text())
         tokenizer = TextTokenizer.load(out / "tokenizer.json")
     elif (out / "config.json").exists() and not cfg.overwrite:
-        raise LlmlabError(f"{out} already holds a checkpoint", "pass --resume to continue it, --overwrite to "
-                          "replace it, or another --out")
+        raise LlmlabError(
+            f"{out} already holds a checkpoint",
+            "pass --resume to continue it, --overwrite to replace it, or another --out",
+        )
 
     torch.manual_seed(cfg.seed)
     data: TokenData = prepare_data(
@@ -248,16 +258,23 @@ def train(
     model_config = build_model_config(cfg, data.tokenizer.vocab_size)
     if cfg.resume:
         saved = read_model_config(out)
-        changed = [f"{k}: {v} -> {model_config.to_dict()[k]}" for k, v in saved.to_dict().items()
-                   if model_config.to_dict()[k] != v]
+        changed = [
+            f"{k}: {v} -> {model_config.to_dict()[k]}"
+            for k, v in saved.to_dict().items()
+            if model_config.to_dict()[k] != v
+        ]
         if changed:
-            raise LlmlabError(f"--resume with a changed model config ({'; '.join(changed)})",
-                              "resume with the options of the original run, or train a new --out")
+            raise LlmlabError(
+                f"--resume with a changed model config ({'; '.join(changed)})",
+                "resume with the options of the original run, or train a new --out",
+            )
     block = model_config.block_size
     for split, ids in (("training", data.train), ("validation", data.val)):
         if len(ids) <= block + 1:
-            raise LlmlabError(f"the {split} split has {len(ids)} tokens, fewer than one window of {block + 1}",
-                              "use more data or a smaller --block-size")
+            raise LlmlabError(
+                f"the {split} split has {len(ids)} tokens, fewer than one window of {block + 1}",
+                "use more data or a smaller --block-size",
+            )
 
     model = DecoderLM(model_config).to(device)
     optimizer = make_optimizer(model, cfg, device)
@@ -278,9 +295,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if cfg.resume else None)
     n_params = model.num_parameters()
-    log(f"model: {cfg.preset or DEFAULT_PRESET}, {n_params:,} parameters ({n_params / 1e6:.2f}M), "
+    log(
+        f"model: {cfg.preset or DEFAULT_PRESET}, {n_params:,} parameters ({n_params / 1e6:.2f}M), "
         f"{model_config.n_layer} layers, {model_config.n_embd} dims, context {block}; "
-        f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}")
+        f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}"
+    )
     forward = torch.compile(model) if cfg.compile else model
     model.train()
     tokens_per_step = cfg.batch_size * cfg.grad_accum * block
@@ -289,8 +308,12 @@ def train(
     def save(reason: str) -> None:
         tensors, groups = optimizer_tensors(optimizer)
         trainer_state = {
-            "step": step, "elapsed": elapsed, "best_val_loss": best_val, "tokens_seen": step * tokens_per_step,
-            "optimizer_param_groups": groups, "train_config": cfg.to_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "best_val_loss": best_val,
+            "tokens_seen": step * tokens_per_step,
+            "optimizer_param_groups": groups,
+            "train_config": cfg.to_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
         save_checkpoint(out, model, data.tokenizer, GenerationConfig(), trainer_state, {**tensors, **rng_tensors()})
@@ -332,8 +355,13 @@ def train(
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     window_start, window_tokens = now, 0
-                    metrics.write(step=step, train_loss=round(loss_sum, 5), lr=lr, tokens_per_s=round(tps, 1),
-                                  elapsed=round(elapsed, 2))
+                    metrics.write(
+                        step=step,
+                        train_loss=round(loss_sum, 5),
+                        lr=lr,
+                        tokens_per_s=round(tps, 1),
+                        elapsed=round(elapsed, 2),
+                    )
                     progress.update(_progress_text(cfg, step, loss_sum, lr, tps, elapsed))
 
                 if step % cfg.eval_interval == 0 or not budget_left():
@@ -360,8 +388,10 @@ def train(
         else:
             save("done")
     plot_loss(metrics.records(), out / "loss.png", title=f"{out.name}: {n_params / 1e6:.1f}M parameters")
-    log(f"done: {step} steps, {step * tokens_per_step:,} tokens in {format_duration(elapsed)}, "
-        f"best validation loss {best_val:.4f}; loss curve {out / 'loss.png'}")
+    log(
+        f"done: {step} steps, {step * tokens_per_step:,} tokens in {format_duration(elapsed)}, "
+        f"best validation loss {best_val:.4f}; loss curve {out / 'loss.png'}"
+    )
     return result
 
 
@@ -373,5 +403,7 @@ def _progress_text(cfg: TrainConfig, step: int, loss: float, lr: float, tps: flo
     if cfg.max_time is not None:
         remaining.append(cfg.max_time - elapsed)
     total = f"/{cfg.max_steps}" if cfg.max_steps is not None else ""
-    return (f"step {step}{total} | loss {loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
-            f"{format_duration(elapsed)} elapsed | ETA {format_duration(min(remaining))}")
+    return (
+        f"step {step}{total} | loss {loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
+        f"{format_duration(elapsed)} elapsed | ETA {format_duration(min(remaining))}"
+    )

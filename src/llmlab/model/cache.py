@@ -13,8 +13,14 @@ class KVCache:
     """
 
     def __init__(
-        self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device | str,
+        self,
+        n_layer: int,
+        batch: int,
+        n_kv_head: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
     ) -> None:
         shape = (batch, n_kv_head, max_len, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]

@@ -20,7 +20,8 @@ class DecoderLM(nn.Module):
         self.pos_embed = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
         self.rope = (
             RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta)
-            if config.positions == "rope" else None
+            if config.positions == "rope"
+            else None
         )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
