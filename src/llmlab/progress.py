@@ -19,9 +19,9 @@ def format_duration(seconds: float) -> str:
 class ProgressLine:
     """Rewrites one line on a terminal; prints whole lines when the output is a file or a pipe."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
         self.width = 0
 
     def update(self, text: str) -> None:

@@ -1,0 +1,184 @@
+"""Bad input gets one clear line and exit code 2, nothing half-written; the happy path works end to end."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmlab.cli import main
+
+TINY = [
+    "--preset",
+    "llama-nano",
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "32",
+    "--block-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--eval-iters",
+    "1",
+    "--tokenizer",
+    "char",
+    "--dtype",
+    "fp32",
+]
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert " — " in lines[0]  # what was wrong — what to do
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text("hello world, hello llmlab.\n" * 300)
+    assert main(["pretrain", "--data", str(corpus), "--out", str(root / "run"), "--max-steps", "6", *TINY]) == 0
+    return root / "run"
+
+
+def test_pretrain_leaves_checkpoint_metrics_and_plot(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "loss.png",
+        "trainer_state.json",
+        "optimizer.safetensors",
+    } <= names
+
+
+def test_generate_batches_prompts_and_samples(capsys, trained):
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        trained,
+        "--prompt",
+        "hello",
+        "--prompt",
+        "wor",
+        "--max-new-tokens",
+        5,
+        "--num-samples",
+        2,
+        "--seed",
+        1,
+        "--json",
+    )
+    assert code == 0
+    assert len(out.splitlines()) == 4
+
+
+def test_prompts_file_and_stream(capsys, trained, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\nwor\n")
+    code, out, _ = run_cli(capsys, "generate", trained, "--prompts-file", prompts, "--greedy", "--max-new-tokens", 4)
+    assert code == 0 and out.count("--- prompt") == 2
+    code, out, _ = run_cli(
+        capsys, "generate", trained, "--prompt", "hel", "--greedy", "--stream", "--max-new-tokens", 4
+    )
+    assert code == 0 and out.startswith("hel")
+
+
+@pytest.mark.parametrize(
+    "option,value,fragment",
+    [
+        ("--temperature", -1, "temperature"),
+        ("--top-p", 0, "top-p"),
+        ("--top-p", 1.5, "top-p"),
+        ("--top-k", -1, "top-k"),
+        ("--max-new-tokens", -1, "max-new-tokens"),
+    ],
+)
+def test_invalid_sampling_values(capsys, trained, option, value, fragment):
+    code, _, err = run_cli(capsys, "generate", trained, "--prompt", "hi", option, value)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_prompt_longer_than_context(capsys, trained):
+    code, _, err = run_cli(capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8)
+    assert_one_line_error(code, err, "context window", "--truncate-prompt")
+    code, out, _ = run_cli(
+        capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8, "--truncate-prompt"
+    )
+    assert code == 0
+
+
+def test_missing_empty_and_binary_data(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "pretrain", "--data", tmp_path / "absent.txt", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(code, err, "does not exist")
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run_cli(capsys, "pretrain", "--data", tmp_path / "empty.txt", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(code, err, "no usable text")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "x.dat").write_bytes(b"\x00\x01\x02" * 100)
+    code, _, err = run_cli(capsys, "pretrain", "--data", tmp_path / "bin", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(code, err, "no usable text")
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_unknown_preset(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "pretrain", "--preset", "gpt9", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "unknown preset 'gpt9'", "llama-nano")
+
+
+def test_tampered_and_incomplete_checkpoints(capsys, trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    with open(broken / "model.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x00\x00\x01")
+    code, _, err = run_cli(capsys, "generate", broken, "--prompt", "hi")
+    assert_one_line_error(code, err, "checksum")
+    (broken / "config.json").unlink()
+    code, _, err = run_cli(capsys, "generate", broken, "--prompt", "hi")
+    assert_one_line_error(code, err, "missing config.json")
+    code, _, err = run_cli(capsys, "generate", tmp_path / "nothing", "--prompt", "hi")
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_resume_with_changed_model_config(capsys, trained):
+    code, _, err = run_cli(capsys, "pretrain", "--out", trained, "--resume", "--n-embd", 64)
+    assert_one_line_error(code, err, "changed model config", "n_embd")
+
+
+def test_resume_takes_the_original_options(capsys, trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "again"
+    shutil.copytree(trained, run)
+    code, _, err = run_cli(capsys, "pretrain", "--out", run, "--resume", "--max-steps", 8)
+    assert code == 0, err
+    assert "resuming" in err and "done: 8 steps" in err
+
+
+def test_console_script_runs_as_a_module():
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmlab", "presets"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=120,
+    )
+    assert result.returncode == 0 and "llama-micro" in result.stdout

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from llmlab.config import PRESETS, ModelConfig
+from llmlab.errors import LlmlabError
+from llmlab.hf import to_gpt2
+from llmlab.model import DecoderLM
+from tests.conftest import tiny_model
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_changing_a_later_token_never_changes_earlier_logits(style):
+    model = tiny_model(style)
+    x = torch.randint(0, 64, (2, 24))
+    y = x.clone()
+    y[:, 15] = (y[:, 15] + 7) % 64
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.equal(a[:, :15], b[:, :15])
+    assert not torch.allclose(a[:, 15:], b[:, 15:])  # and the change is seen from there on
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_cached_forward_equals_full_recomputation(style):
+    model = tiny_model(style)
+    x = torch.randint(0, 64, (3, 20))
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(3, 20)
+        parts = [model(x[:, :8], cache=cache)]
+        for t in range(8, 20):
+            parts.append(model(x[:, t : t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_query_attention_uses_fewer_kv_heads():
+    model = tiny_model("llama", n_head=4, n_kv_head=1)
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.out_features == (4 + 2 * 1) * 8
+    assert model(torch.randint(0, 64, (1, 5))).shape == (1, 5, 64)
+
+
+def test_gpt2_style_logits_equal_transformers_gpt2_on_the_same_weights():
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig.from_preset("gpt2-nano", vocab_size=300, block_size=64)).eval()
+    hf = to_gpt2(model)
+    x = torch.randint(0, 300, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-4, atol=1e-4)
+    assert model.num_parameters() == sum(p.numel() for p in hf.parameters())
+
+
+def test_gpt2_small_preset_has_gpt2s_124m_parameters():
+    model = DecoderLM(ModelConfig.from_preset("gpt2-small", vocab_size=50257))
+    assert model.num_parameters() == 124_439_808  # the published GPT-2 small count
+
+
+def test_presets_build_and_unknown_preset_is_refused():
+    for name in PRESETS:
+        assert ModelConfig.from_preset(name).n_embd % ModelConfig.from_preset(name).n_head == 0
+    with pytest.raises(LlmlabError, match="unknown preset"):
+        ModelConfig.from_preset("gpt5-huge")
+
+
+def test_invalid_config_is_refused():
+    with pytest.raises(LlmlabError, match="not divisible"):
+        ModelConfig(n_embd=100, n_head=3)
+    with pytest.raises(LlmlabError, match="norm must be one of"):
+        ModelConfig(norm="batchnorm")
