@@ -67,3 +67,17 @@ def test_invalid_config_is_refused():
         ModelConfig(n_embd=100, n_head=3)
     with pytest.raises(LlmlabError, match="norm must be one of"):
         ModelConfig(norm="batchnorm")
+
+
+def test_cpu_packed_linears_give_the_same_logits_and_leave_the_model_trainable():
+    from llmlab.model.cpu_packing import can_pack, packed_for_inference
+
+    model = tiny_model("gpt2").to(torch.bfloat16)
+    if not can_pack(model):
+        pytest.skip("this CPU has no native bf16 (oneDNN packing unavailable)")
+    packed = packed_for_inference(model)
+    x = torch.randint(0, 64, (2, 16))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).float(), model(x).float(), rtol=0.02, atol=0.02)
+    assert isinstance(model.blocks[0].attn.qkv, torch.nn.Linear)  # the original is untouched
+    assert packed.embed.weight is model.embed.weight  # everything but the linears is shared

@@ -53,6 +53,7 @@ TRAIN_HELP = {
 
 GEN_HELP = {
     "max_new_tokens": "tokens to generate per sample",
+    "min_new_tokens": "suppress end-of-sequence before this many tokens",
     "temperature": "divide logits by this (0 = greedy)",
     "top_k": "keep the k most likely tokens (0 = off)",
     "top_p": "keep the smallest set of tokens whose probability reaches p (1 = off)",
