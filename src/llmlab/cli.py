@@ -36,6 +36,7 @@ TRAIN_HELP = {
     "min_lr": "final learning rate of the cosine decay (default lr/10)",
     "warmup_steps": "linear warmup steps",
     "weight_decay": "AdamW weight decay on matrices",
+    "optimizer": "adamw, or muon (Muon for the blocks' matrices, AdamW for embeddings, norms and biases)",
     "grad_clip": "clip the gradient norm to this value",
     "max_steps": "stop after this many optimizer steps",
     "max_time": "stop after this many seconds of training",

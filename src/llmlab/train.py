@@ -66,6 +66,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest
     # budgets and bookkeeping
     max_steps: int | None = None  # neither budget given: DEFAULT_MAX_STEPS
     max_time: float | None = None  # seconds of training, evaluation included
@@ -96,6 +97,8 @@ class TrainConfig:
                 raise LlmlabError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}", "pass a positive number"
                 )
+        if self.optimizer not in ("adamw", "muon"):
+            raise LlmlabError(f"unknown optimizer {self.optimizer!r}", "use adamw or muon")
         if self.lr <= 0:
             raise LlmlabError(f"--lr must be positive, got {self.lr}", "use e.g. 1e-3")
         if self.warmup_steps < 0:
@@ -137,30 +140,48 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return ModelConfig.from_preset(cfg.preset or DEFAULT_PRESET, vocab_size=vocab_size, **overrides)
 
 
-def make_optimizer(model: DecoderLM, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (weights, embeddings) but not on biases and norm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizers(model: DecoderLM, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    """AdamW with weight decay on matrices (weights, embeddings) but not on biases and norm gains.
+
+    With `optimizer="muon"`, the matrices inside the blocks go to Muon (orthogonalised momentum, with
+    its learning rate scaled to match AdamW's update size, so the same --lr serves both) and the
+    embeddings, head, norms and biases stay with AdamW.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and n.startswith("blocks.")]
+    taken = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in taken]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    if not hidden:
+        return [adamw]
+    muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return [adamw, muon]
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Optimizer state as flat tensors (for safetensors) plus JSON-able parameter groups."""
-    state = optimizer.state_dict()
-    tensors = {f"state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-    return tensors, state["param_groups"]
+def optimizer_tensors(optimizers: list[torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], list[list[dict]]]:
+    """Optimizer states as flat tensors (for safetensors) plus JSON-able parameter groups."""
+    tensors, groups = {}, []
+    for j, optimizer in enumerate(optimizers):
+        state = optimizer.state_dict()
+        tensors.update({f"opt{j}.state.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()})
+        groups.append(state["param_groups"])
+    return tensors, groups
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("state."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+def load_optimizers(optimizers: list[torch.optim.Optimizer], tensors: dict[str, torch.Tensor], groups: list) -> None:
+    if len(groups) != len(optimizers):
+        raise LlmlabError("--resume with a different --optimizer", "resume with the original run's optimizer")
+    for j, optimizer in enumerate(optimizers):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith(f"opt{j}.state."):
+                _, _, index, name = key.split(".", 3)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": groups[j]})
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -277,7 +298,7 @@ def train(
             )
 
     model = DecoderLM(model_config).to(device)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizers = make_optimizers(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, elapsed, best_val = 0, 0.0, math.inf
     if cfg.resume:
@@ -286,7 +307,7 @@ def train(
         load_weights(model, out / "model.safetensors")
         model.to(device)
         tensors = load_file(out / "optimizer.safetensors")
-        load_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()}, state["optimizer_param_groups"])
+        load_optimizers(optimizers, {k: v.to(device) for k, v in tensors.items()}, state["optimizer_param_groups"])
         restore_rng(tensors)
         step, elapsed, best_val = state["step"], state["elapsed"], state["best_val_loss"]
         if state.get("scaler"):
@@ -306,7 +327,7 @@ def train(
     result = TrainResult(out=out, step=step, best_val_loss=best_val)
 
     def save(reason: str) -> None:
-        tensors, groups = optimizer_tensors(optimizer)
+        tensors, groups = optimizer_tensors(optimizers)
         trainer_state = {
             "step": step,
             "elapsed": elapsed,
@@ -328,8 +349,9 @@ def train(
             while budget_left() and not stop.requested:
                 t0 = time.perf_counter()
                 lr = learning_rate(cfg, step, elapsed)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                for optimizer in optimizers:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 loss_sum = 0.0
                 for micro in range(cfg.grad_accum):
                     x, y = get_batch(data.train, cfg.batch_size, block, cfg.seed, step, micro)
@@ -339,11 +361,13 @@ def train(
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.grad_accum
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
-                scaler.unscale_(optimizer)
+                for optimizer in optimizers:
+                    scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
+                for optimizer in optimizers:
+                    scaler.step(optimizer)
+                    optimizer.zero_grad(set_to_none=True)
                 scaler.update()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 elapsed += time.perf_counter() - t0
                 window_tokens += tokens_per_step

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llmlab.config import ModelConfig
 from llmlab.model.cache import KVCache
@@ -36,6 +38,15 @@ class RotaryEmbedding(nn.Module):
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def attention_kernel(q: torch.Tensor) -> contextlib.AbstractContextManager:
+    """On CPU, PyTorch's flash kernel trains short sequences slower than the plain (math) kernel:
+    forward + backward at (batch 32, 4 heads, 128 positions, 64 dims) in bf16 took 39 ms vs 22 ms
+    here, and the two were even at 256 positions. Elsewhere SDPA's own choice stands."""
+    if q.device.type == "cpu" and q.requires_grad and q.shape[-2] <= 128:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 class SelfAttention(nn.Module):
@@ -71,15 +82,16 @@ class SelfAttention(nn.Module):
             k, v = cache.update(self.layer_index, k, v)
         # With a cache and no mask, a single new query may see every cached key: no causal mask needed.
         is_causal = mask is None and (cache is None or T > 1)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
+        with attention_kernel(q):
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=is_causal,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
