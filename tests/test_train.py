@@ -54,8 +54,10 @@ def test_training_drives_the_loss_near_zero_and_the_model_recites(tmp_path):
     assert (result.out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tmp_path):
-    config = dict(dropout=0.1, grad_accum=2)  # dropout and accumulation exercise RNG and data order
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, optimizer):
+    # dropout and accumulation exercise RNG and data order; Muon adds a second optimizer's state
+    config = dict(dropout=0.1, grad_accum=2, optimizer=optimizer)
     full = train(tiny_run(tmp_path, "full", **config), log=lambda s: None)
 
     def interrupt(step, loss):
@@ -104,3 +106,19 @@ def test_too_little_data_for_one_window_is_refused(tmp_path):
     (tmp_path / "corpus.txt").write_text("tiny")
     with pytest.raises(LlmlabError, match="fewer than one window"):
         train(tiny_run(tmp_path), log=lambda s: None)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    import torch
+
+    from llmlab.train import make_optimizers
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama")
+    adamw, muon = make_optimizers(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
+    muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon_ids}
+    assert names == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    adamw_ids = {id(p) for g in adamw.param_groups for p in g["params"]}
+    assert id(model.embed.weight) in adamw_ids and not muon_ids & adamw_ids
+    assert len(make_optimizers(model, TrainConfig(), torch.device("cpu"))) == 1
