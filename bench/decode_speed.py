@@ -30,7 +30,7 @@ PROMPTS = [
     "def fibonacci(n):\n    ",
     "import os\nimport sys\n\nclass Config:\n    def __init__(self, path):\n        self.path = path\n",
     "for i in range(10):",
-    "# Copyright (c) Python Software Foundation.\n\"\"\"Utilities for parsing",
+    '# Copyright (c) Python Software Foundation.\n"""Utilities for parsing',
     "if __name__ == '__main__':\n    main()\n\n\ndef helper(x, y=None):\n",
     "return",
     "with open(filename, 'rb') as f:\n        data = f.read()\n    ",
@@ -46,8 +46,15 @@ def hf_generate(hf, ids: list[list[int]], new: int) -> list[list[int]]:
         input_ids[r, width - len(row) :] = torch.tensor(row)
         mask[r, width - len(row) :] = 1
     with torch.inference_mode():
-        out = hf.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, pad_token_id=0, eos_token_id=0)
+        out = hf.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=0,
+        )
     return out[:, width:].tolist()
 
 
@@ -87,12 +94,16 @@ def main() -> None:
         t_bf16 = median_time(lambda: ours_bf16.generate(prompts, config), args.repeats)  # noqa: B023
         rows.append((batch, tokens / t_hf, tokens / t_fp32, tokens / t_bf16, agree, tokens / t_hf_bf16))
 
-    print("\n| batch | transformers fp32 tok/s | llmlab fp32 tok/s | ratio | llmlab bf16 tok/s | ratio | "
-          "bf16 tokens equal to fp32 | transformers bf16 tok/s | llmlab bf16 / transformers bf16 |")
+    print(
+        "\n| batch | transformers fp32 tok/s | llmlab fp32 tok/s | ratio | llmlab bf16 tok/s | ratio | "
+        "bf16 tokens equal to fp32 | transformers bf16 tok/s | llmlab bf16 / transformers bf16 |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch, hf_tps, fp32_tps, bf16_tps, agree, hf_bf16_tps in rows:
-        print(f"| {batch} | {hf_tps:,.0f} | {fp32_tps:,.0f} | {fp32_tps / hf_tps:.2f}x | {bf16_tps:,.0f} | "
-              f"{bf16_tps / hf_tps:.2f}x | {agree:.0%} | {hf_bf16_tps:,.0f} | {bf16_tps / hf_bf16_tps:.2f}x |")
+        print(
+            f"| {batch} | {hf_tps:,.0f} | {fp32_tps:,.0f} | {fp32_tps / hf_tps:.2f}x | {bf16_tps:,.0f} | "
+            f"{bf16_tps / hf_tps:.2f}x | {agree:.0%} | {hf_bf16_tps:,.0f} | {bf16_tps / hf_bf16_tps:.2f}x |"
+        )
     print("\nfp32 outputs of llmlab and transformers are identical token for token at every batch size.")
 
 

@@ -26,12 +26,36 @@ from llmlab.train import TrainConfig, train  # noqa: E402
 DEFAULT_DATA = Path(os.environ.get("LLMLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 LLMLAB_RECIPE = dict(
-    preset="llama-nano", n_layer=4, n_embd=256, n_head=4, n_kv_head=4, block_size=64, batch_size=64,
-    optimizer="muon", lr=2e-3, min_lr=1e-4, warmup_steps=50, max_time=180, eval_interval=200, eval_iters=10,
+    preset="llama-nano",
+    n_layer=4,
+    n_embd=256,
+    n_head=4,
+    n_kv_head=4,
+    block_size=64,
+    batch_size=64,
+    optimizer="muon",
+    lr=2e-3,
+    min_lr=1e-4,
+    warmup_steps=50,
+    max_time=180,
+    eval_interval=200,
+    eval_iters=10,
 )
 NANOGPT_RECIPE = dict(
-    preset="gpt2-nano", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4,
-    warmup_steps=100, beta2=0.99, max_steps=2000, eval_interval=250, eval_iters=20, dtype="fp32",
+    preset="gpt2-nano",
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    block_size=64,
+    batch_size=12,
+    lr=1e-3,
+    min_lr=1e-4,
+    warmup_steps=100,
+    beta2=0.99,
+    max_steps=2000,
+    eval_interval=250,
+    eval_iters=20,
+    dtype="fp32",
 )
 
 
@@ -57,8 +81,10 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     print(f"| llmlab, 180 s budget | {ours[0]:.4f} | {ours[1]} | {ours[2]:.0f} |")
     print(f"| nanoGPT CPU recipe, 2,000 iterations | {base[0]:.4f} | {base[1]} | {base[2]:.0f} |")
-    print(f"\nloss ratio llmlab / nanoGPT recipe: {ours[0] / base[0]:.3f}; goal <= 1.55: "
-          f"{'met' if ours[0] <= 1.55 else 'not met'}")
+    print(
+        f"\nloss ratio llmlab / nanoGPT recipe: {ours[0] / base[0]:.3f}; goal <= 1.55: "
+        f"{'met' if ours[0] <= 1.55 else 'not met'}"
+    )
 
 
 if __name__ == "__main__":

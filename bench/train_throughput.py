@@ -37,8 +37,9 @@ def hf_tokens_per_s(ids, vocab: int, steps: int, warmup: int, bf16: bool) -> flo
     hf = to_gpt2(DecoderLM(ModelConfig.from_preset("gpt2-mini", vocab_size=vocab, block_size=BLOCK))).train()
     decay = [p for p in hf.parameters() if p.dim() >= 2]
     rest = [p for p in hf.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95)
+    )
     times = []
     for step in range(warmup + steps):
         x, _ = get_batch(ids, BATCH, BLOCK, seed=0, step=step)
@@ -56,8 +57,16 @@ def hf_tokens_per_s(ids, vocab: int, steps: int, warmup: int, bf16: bool) -> flo
 
 def llmlab_tokens_per_s(steps: int, warmup: int) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(out=f"{tmp}/run", preset="gpt2-mini", batch_size=BATCH, block_size=BLOCK,
-                             max_steps=warmup + steps, log_interval=1, eval_interval=10**9, eval_iters=1)
+        config = TrainConfig(
+            out=f"{tmp}/run",
+            preset="gpt2-mini",
+            batch_size=BATCH,
+            block_size=BLOCK,
+            max_steps=warmup + steps,
+            log_interval=1,
+            eval_interval=10**9,
+            eval_iters=1,
+        )
         train(config, log=lambda s: None)
         records = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][warmup:]
