@@ -182,3 +182,29 @@ def test_console_script_runs_as_a_module():
         timeout=120,
     )
     assert result.returncode == 0 and "llama-micro" in result.stdout
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    import json
+    import signal
+    import time
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ctrl-c must not lose the run.\n" * 300)
+    src = Path(__file__).resolve().parents[1] / "src"
+    command = [sys.executable, "-m", "llmlab", "pretrain", "--data", str(corpus), "--out", str(tmp_path / "run"),
+               "--max-steps", "100000", "--log-interval", "1", *TINY]
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        deadline = time.time() + 120
+        for line in proc.stderr:
+            if line.startswith("step 5"):
+                break
+            assert time.time() < deadline, "training did not start"
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    assert code == 0, rest
+    assert "interrupted; continue with --resume" in rest
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["step"] >= 5
