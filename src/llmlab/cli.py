@@ -102,7 +102,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if given.get("resume"):
         state = Path(given.get("out", base["out"])) / "trainer_state.json"
         if state.is_file():  # options not given again are those of the original run
-            base = {**base, **json.loads(state.read_text())["train_config"]}
+            saved = json.loads(state.read_text()).get("train_config", {})
+            base = {**base, **{k: v for k, v in saved.items() if k in base}}
         base["overwrite"] = False
     train(TrainConfig(**{**base, **given}))
 

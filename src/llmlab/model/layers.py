@@ -124,7 +124,14 @@ class Block(nn.Module):
         self.mlp = FeedForward(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, positions, rope, cache=None, mask=None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: RotaryEmbedding | None,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), positions, rope, cache, mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
