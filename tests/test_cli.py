@@ -192,8 +192,21 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("ctrl-c must not lose the run.\n" * 300)
     src = Path(__file__).resolve().parents[1] / "src"
-    command = [sys.executable, "-m", "llmlab", "pretrain", "--data", str(corpus), "--out", str(tmp_path / "run"),
-               "--max-steps", "100000", "--log-interval", "1", *TINY]
+    command = [
+        sys.executable,
+        "-m",
+        "llmlab",
+        "pretrain",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "100000",
+        "--log-interval",
+        "1",
+        *TINY,
+    ]
     env = {**os.environ, "PYTHONPATH": str(src)}
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as proc:
         deadline = time.time() + 120
