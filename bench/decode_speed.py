@@ -22,7 +22,7 @@ from llmlab.config import ModelConfig  # noqa: E402
 from llmlab.data.clean import clean_documents  # noqa: E402
 from llmlab.data.sources import read_documents  # noqa: E402
 from llmlab.generate import GenerationConfig, Generator  # noqa: E402
-from llmlab.hf import to_gpt2  # noqa: E402
+from llmlab.hf import to_transformers  # noqa: E402
 from llmlab.model import DecoderLM  # noqa: E402
 from llmlab.tokenizer import train_tokenizer  # noqa: E402
 
@@ -68,9 +68,9 @@ def main() -> None:
     tokenizer = train_tokenizer(docs, "bpe", 8192)
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig.from_preset("gpt2-mini", vocab_size=tokenizer.vocab_size, block_size=512)).eval()
-    hf = to_gpt2(model)
+    hf = to_transformers(model)
     hf.generation_config.cache_implementation = None
-    hf_bf16 = to_gpt2(model).to(torch.bfloat16)
+    hf_bf16 = to_transformers(model).to(torch.bfloat16)
     print(f"model: gpt2-mini, {model.num_parameters():,} parameters; greedy, {args.new_tokens} new tokens")
     config = GenerationConfig(greedy=True, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     bf16_model = DecoderLM(model.config).eval()

@@ -29,7 +29,7 @@ from machine import describe  # noqa: E402
 from llmlab.config import ModelConfig  # noqa: E402
 from llmlab.data.tokens import get_batch, prepare_data  # noqa: E402
 from llmlab.device import resolve_dtype  # noqa: E402
-from llmlab.hf import to_gpt2  # noqa: E402
+from llmlab.hf import to_transformers  # noqa: E402
 from llmlab.model import DecoderLM  # noqa: E402
 from llmlab.train import TrainConfig, train  # noqa: E402
 
@@ -42,7 +42,7 @@ def make_trainee(kind: str, vocab: int):
     model = DecoderLM(ModelConfig.from_preset("gpt2-mini", vocab_size=vocab, block_size=BLOCK))
     if kind == "llmlab":
         return model.train(), lambda x, y: F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
-    hf = to_gpt2(model).train()
+    hf = to_transformers(model).train()
     return hf, lambda x, y: hf(input_ids=x, labels=x).loss
 
 

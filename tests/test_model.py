@@ -3,7 +3,7 @@ import torch
 
 from llmlab.config import PRESETS, ModelConfig
 from llmlab.errors import LlmlabError
-from llmlab.hf import to_gpt2
+from llmlab.hf import to_transformers
 from llmlab.model import DecoderLM
 from tests.conftest import tiny_model
 
@@ -40,10 +40,41 @@ def test_grouped_query_attention_uses_fewer_kv_heads():
     assert model(torch.randint(0, 64, (1, 5))).shape == (1, 5, 64)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_llama_style_logits_equal_transformers_llama_on_the_same_weights(tie):
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("llama-nano", vocab_size=300, block_size=64, tie_embeddings=tie)
+    model = DecoderLM(config).eval()  # 4 heads sharing 2 key/value heads: grouped-query attention
+    hf = to_transformers(model)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    x = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-4, atol=1e-4)
+    assert model.num_parameters() == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("preset", ["gpt2-nano", "llama-nano"])
+def test_hf_state_round_trip_is_exact(preset):
+    from llmlab.hf import from_hf_state, to_hf_state
+
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig.from_preset(preset, vocab_size=300, block_size=64))
+    back = from_hf_state(to_hf_state(model), model.config)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+
+
+def test_configs_without_a_hugging_face_counterpart_are_refused():
+    from llmlab.hf import family_of
+
+    with pytest.raises(LlmlabError, match="no gpt2 counterpart: norm='rmsnorm'"):
+        family_of(ModelConfig.from_preset("gpt2-nano", norm="rmsnorm"))
+
+
 def test_gpt2_style_logits_equal_transformers_gpt2_on_the_same_weights():
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig.from_preset("gpt2-nano", vocab_size=300, block_size=64)).eval()
-    hf = to_gpt2(model)
+    hf = to_transformers(model)
     x = torch.randint(0, 300, (2, 30))
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, rtol=1e-4, atol=1e-4)
