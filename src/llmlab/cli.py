@@ -180,6 +180,76 @@ def cmd_presets(args: argparse.Namespace) -> None:
         )
 
 
+def _print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def cmd_plan_model(args: argparse.Namespace) -> None:
+    from llmlab.config import ModelConfig
+    from llmlab.plan.model import parameter_breakdown
+
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LlmlabError(
+                f"cannot read --config {args.config}: {exc}", "pass a JSON file of ModelConfig fields"
+            ) from None
+        config = ModelConfig.from_dict(data.get("model", data))  # a checkpoint's config.json works too
+    else:
+        config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
+    parts = parameter_breakdown(config)
+    total = sum(parts.values())
+    if args.json:
+        print(json.dumps({**parts, "total": total}))
+        return
+    rows = [[name.replace("_", "-"), f"{n:,}", f"{n / total:.1%}"] for name, n in parts.items()]
+    _print_table([*rows, ["total", f"{total:,}", "100.0%"]], ["component", "parameters", "share"])
+
+
+def cmd_plan_formats(args: argparse.Namespace) -> None:
+    from llmlab.plan.formats import FLOAT_FORMATS, encode_float, quantize_int8
+
+    floats = [encode_float(args.value, name) for name in FLOAT_FORMATS]
+    tensor = [args.value] if not args.tensor else [float(v) for v in args.tensor.split(",")] + [args.value]
+    ints = [quantize_int8(tensor, method) for method in ("absmax", "zeropoint")]
+    if args.json:
+        print(
+            json.dumps(
+                {"floats": [dataclasses.asdict(f) for f in floats], "int8": [dataclasses.asdict(q) for q in ints]}
+            )
+        )
+        return
+    rows = [
+        [
+            f.format,
+            f.bits,
+            f"{f.stored:.10g}",
+            f"{f.abs_error:.3g}",
+            f"{f.max:.5g}",
+            f"{f.smallest_normal:.3g}",
+            f"{f.eps:.3g}" + ("  (out of range: saturated)" if abs(args.value) > f.max else ""),
+        ]
+        for f in floats
+    ]
+    _print_table(rows, ["format", "sign exponent fraction", "stored", "error", "max", "min normal", "epsilon"])
+    print(f"\nint8 of the tensor {tensor} (the value is its last element):")
+    rows = [
+        [
+            q.method,
+            f"{q.scale:.6g}",
+            str(q.zero_point),
+            str(q.quantized[-1]),
+            f"{q.dequantized[-1]:.10g}",
+            f"{q.max_abs_error:.3g}",
+        ]
+        for q in ints
+    ]
+    _print_table(rows, ["method", "scale", "zero point", "int8", "dequantized", "max error over tensor"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmlab.generate import GenerationConfig
     from llmlab.train import TrainConfig
@@ -201,6 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
     g.set_defaults(func=cmd_generate)
+
+    plan = sub.add_parser("plan", help="plan before spending: parameters, number formats").add_subparsers(
+        dest="plan_command", required=True
+    )
+    pm = plan.add_parser("model", help="parameters by component for a preset or a config file")
+    pm.add_argument("--preset", default="llama-micro")
+    pm.add_argument("--config", help="a JSON file of ModelConfig fields, or a checkpoint's config.json")
+    pm.add_argument("--vocab-size", type=int, default=8192)
+    pm.add_argument("--json", action="store_true")
+    pm.set_defaults(func=cmd_plan_model)
+    pf = plan.add_parser("formats", help="how a value is stored in fp32/fp16/bf16/fp8 and int8")
+    pf.add_argument("value", type=float)
+    pf.add_argument("--tensor", help="other values of the tensor for int8 quantization, comma-separated")
+    pf.add_argument("--json", action="store_true")
+    pf.set_defaults(func=cmd_plan_formats)
 
     s = sub.add_parser("presets", help="list the model presets with their parameter counts")
     s.add_argument("--vocab-size", type=int, default=8192)
