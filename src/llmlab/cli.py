@@ -180,10 +180,15 @@ def cmd_presets(args: argparse.Namespace) -> None:
         )
 
 
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+def _print_table(rows: list[list[str]], header: list[str] | None = None, right: bool = True) -> None:
+    """Aligned columns; the first is left-aligned, the rest right-aligned (numbers) unless right=False."""
+    table = [header, *rows] if header else rows
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
+    if header:
+        table.insert(1, ["-" * w for w in widths])
+    for row in table:
+        cells = [str(c).rjust(w) if i and right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells).rstrip())
 
 
 def cmd_plan_model(args: argparse.Namespace) -> None:
@@ -250,6 +255,58 @@ def cmd_plan_formats(args: argparse.Namespace) -> None:
     _print_table(rows, ["method", "scale", "zero point", "int8", "dequantized", "max error over tensor"])
 
 
+def cmd_plan_compute(args: argparse.Namespace) -> None:
+    from llmlab.plan import compute
+
+    params, tokens, flops = args.params, args.tokens, args.budget_flops
+    if args.budget_pf_days is not None:
+        flops = args.budget_pf_days * compute.PF_DAY_FLOPS
+    if flops is None:
+        if params is None or tokens is None:
+            raise LlmlabError("no budget given", "pass --params and --tokens, or --budget-flops/--budget-pf-days")
+        flops = compute.training_flops(params, tokens, args.flops_per_token)
+    elif params is not None and tokens is None:
+        tokens = compute.tokens_for_budget(flops, params, args.flops_per_token)
+    fit = compute.CHINCHILLA_FITS[args.fit]
+    opt_params, opt_tokens = fit.optimal(flops)
+    rule_params, rule_tokens = compute.twenty_tokens_per_parameter(flops)
+    days = compute.gpu_days(flops, args.gpu, args.dtype, args.mfu) / args.gpus
+    result = {
+        "flops": flops,
+        "pf_days": compute.pf_days(flops),
+        "params": params,
+        "tokens": tokens,
+        "gpu": args.gpu,
+        "dtype": args.dtype,
+        "gpus": args.gpus,
+        "mfu": args.mfu,
+        "days": days,
+        "predicted_loss": fit.loss(params, tokens) if params and tokens else None,
+        "chinchilla_fit": args.fit,
+        "optimal_params": opt_params,
+        "optimal_tokens": opt_tokens,
+        "optimal_loss": fit.loss(opt_params, opt_tokens),
+        "rule_params": rule_params,
+        "rule_tokens": rule_tokens,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    rows = [["training compute", f"{flops:.2e} FLOPs = {result['pf_days']:,.0f} petaflop/s-days"]]
+    if params and tokens:
+        rows.append(["model and data", f"{params:.4g} parameters x {tokens:.4g} tokens ({tokens / params:.1f}/param)"])
+        rows.append([f"predicted loss ({args.fit})", f"{result['predicted_loss']:.3f}"])
+    rows.append([f"on {args.gpus} x {args.gpu} {args.dtype} at {args.mfu:.0%} MFU", f"{days:,.1f} days"])
+    rows.append(
+        [
+            f"compute-optimal ({args.fit})",
+            f"{opt_params:.3g} parameters x {opt_tokens:.3g} tokens, loss {result['optimal_loss']:.3f}",
+        ]
+    )
+    rows.append(["20 tokens per parameter", f"{rule_params:.3g} parameters x {rule_tokens:.3g} tokens"])
+    _print_table(rows, right=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmlab.generate import GenerationConfig
     from llmlab.train import TrainConfig
@@ -272,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
     g.set_defaults(func=cmd_generate)
 
-    plan = sub.add_parser("plan", help="plan before spending: parameters, number formats").add_subparsers(
+    plan = sub.add_parser("plan", help="plan before spending: parameters, compute, number formats").add_subparsers(
         dest="plan_command", required=True
     )
     pm = plan.add_parser("model", help="parameters by component for a preset or a config file")
@@ -281,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--vocab-size", type=int, default=8192)
     pm.add_argument("--json", action="store_true")
     pm.set_defaults(func=cmd_plan_model)
+    pc = plan.add_parser("compute", help="training FLOPs, petaflop/s-days, GPU-days, Chinchilla optimum")
+    pc.add_argument("--params", type=float, help="parameters N (e.g. 7e9)")
+    pc.add_argument("--tokens", type=float, help="training tokens D (e.g. 2e12)")
+    pc.add_argument("--budget-flops", type=float, help="a compute budget instead of N and D")
+    pc.add_argument("--budget-pf-days", type=float, help="a compute budget in petaflop/s-days")
+    pc.add_argument("--flops-per-token", type=float, default=6.0, help="FLOPs per parameter per token (T5: 3)")
+    pc.add_argument("--gpu", default="H100", help="V100, A100, H100 or H200")
+    pc.add_argument("--dtype", default="bf16", help="fp32, tf32, bf16, fp16 or fp8 (as the GPU has)")
+    pc.add_argument("--gpus", type=int, default=1)
+    pc.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation, 0-1")
+    pc.add_argument("--fit", default="hoffmann2022", choices=["hoffmann2022", "besiroglu2024"])
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=cmd_plan_compute)
     pf = plan.add_parser("formats", help="how a value is stored in fp32/fp16/bf16/fp8 and int8")
     pf.add_argument("value", type=float)
     pf.add_argument("--tensor", help="other values of the tensor for int8 quantization, comma-separated")

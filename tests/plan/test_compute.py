@@ -1,0 +1,90 @@
+import pytest
+
+from llmlab.cli import main
+from llmlab.errors import LlmlabError
+from llmlab.plan.compute import (
+    CHINCHILLA_FITS,
+    gpu_days,
+    pf_days,
+    tokens_for_budget,
+    training_flops,
+    twenty_tokens_per_parameter,
+)
+
+
+def test_gpt3_175b_on_300b_tokens():
+    flops = training_flops(174.6e9, 300e9)  # the GPT-3 paper counts 174.6B parameters
+    assert f"{flops:.2e}" == "3.14e+23"
+    assert pf_days(flops) == pytest.approx(3640, rel=0.005)
+
+
+def test_t5_3b_counts_three_flops_per_parameter_per_token():
+    assert pf_days(training_flops(3e9, 1e12, flops_per_param_token=3)) == pytest.approx(104, rel=0.01)
+
+
+def test_chinchilla_budget_by_the_twenty_tokens_rule():
+    params, tokens = twenty_tokens_per_parameter(5.76e23)
+    assert round(params / 1e9) == 69 and round(tokens / 1e12, 1) == 1.4  # "70B on 1.4T tokens"
+
+
+def test_eight_v100s_for_a_day_is_one_petaflop_day():
+    one_pf_day = 8.64e19
+    assert gpu_days(one_pf_day, "V100", "fp16") == pytest.approx(8.0)
+    assert gpu_days(one_pf_day, "A100", "bf16", mfu=0.5) == pytest.approx(1e15 / 156e12)
+
+
+def test_tokens_for_budget_inverts_training_flops():
+    assert tokens_for_budget(training_flops(7e9, 2e12), 7e9) == pytest.approx(2e12)
+
+
+@pytest.mark.parametrize("fit", list(CHINCHILLA_FITS))
+def test_chinchilla_optimum_minimises_the_loss_along_the_budget(fit):
+    model = CHINCHILLA_FITS[fit]
+    budget = 5.76e23
+    params, tokens = model.optimal(budget)
+    assert 6 * params * tokens == pytest.approx(budget)
+    best = model.loss(params, tokens)
+    for factor in (0.5, 0.8, 1.25, 2.0):  # any other split of the same budget is worse
+        assert model.loss(params * factor, budget / (6 * params * factor)) > best
+
+
+def test_the_replications_fit_puts_the_gopher_budget_at_chinchillas_size():
+    params, tokens = CHINCHILLA_FITS["besiroglu2024"].optimal(5.76e23)
+    assert params == pytest.approx(70e9, rel=0.05) and tokens == pytest.approx(1.4e12, rel=0.06)
+
+
+def test_original_fit_constants_predict_chinchillas_loss():
+    assert CHINCHILLA_FITS["hoffmann2022"].loss(70e9, 1.4e12) == pytest.approx(1.937, abs=0.002)
+
+
+def test_unknown_gpu_and_bad_utilisation_are_refused():
+    with pytest.raises(LlmlabError, match="unknown GPU"):
+        gpu_days(1e20, "TPU")
+    with pytest.raises(LlmlabError, match="utilisation"):
+        gpu_days(1e20, "H100", mfu=1.5)
+
+
+def test_cli_compute(capsys):
+    assert (
+        main(
+            [
+                "plan",
+                "compute",
+                "--params",
+                "174.6e9",
+                "--tokens",
+                "300e9",
+                "--gpu",
+                "V100",
+                "--dtype",
+                "fp16",
+                "--gpus",
+                "1024",
+                "--mfu",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "3.14e+23" in out and "3,637 petaflop/s-days" in out
