@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	.venv/bin/llmlab pretrain --out runs/main --max-time 180 --overwrite \
 		--optimizer muon --lr 2e-3 --warmup-steps 30 --batch-size 32 --block-size 128 --eval-interval 100
-	.venv/bin/llmlab generate runs/main --greedy --max-new-tokens 120 \
+	.venv/bin/llmlab generate runs/main --greedy --max-new-tokens 100 \
 		--prompt "def fibonacci(n):" --prompt "class Stack:"
-	.venv/bin/llmlab generate runs/main --temperature 0.8 --top-p 0.95 --seed 0 --max-new-tokens 120 \
+	.venv/bin/llmlab generate runs/main --temperature 0.8 --top-p 0.95 --seed 0 --max-new-tokens 100 \
 		--prompt "def fibonacci(n):" --prompt "class Stack:"
 
 test: $(STAMP)

@@ -221,3 +221,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     assert "interrupted; continue with --resume" in rest
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert state["step"] >= 5
+
+
+def test_generate_defaults_leave_room_for_a_prompt(capsys, trained):
+    code, out, err = run_cli(capsys, "generate", trained, "--prompt", "hello", "--greedy")  # context 32
+    assert code == 0, err

@@ -337,7 +337,8 @@ def train(
             "train_config": cfg.to_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
-        save_checkpoint(out, model, data.tokenizer, GenerationConfig(), trainer_state, {**tensors, **rng_tensors()})
+        defaults = GenerationConfig(max_new_tokens=min(128, block // 2))  # leave room for a prompt
+        save_checkpoint(out, model, data.tokenizer, defaults, trainer_state, {**tensors, **rng_tensors()})
         log(f"checkpoint: {out} at step {step} ({reason})")
 
     def budget_left() -> bool:
