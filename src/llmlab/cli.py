@@ -307,6 +307,93 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     _print_table(rows, right=False)
 
 
+def _size(n: float) -> str:
+    for unit, factor in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= factor:
+            return f"{n / factor:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def cmd_plan_memory(args: argparse.Namespace) -> None:
+    from llmlab.config import ModelConfig
+    from llmlab.plan import memory
+
+    if args.verify:
+        from llmlab.plan.verify import verify
+
+        checks = verify(["gpt2-nano", "gpt2-micro", "llama-nano", "llama-micro"])
+        if args.json:
+            print(json.dumps([dict(dataclasses.asdict(c), ratio=c.ratio) for c in checks]))
+            return
+        rows = [[c.preset, c.component, f"{c.predicted:,.0f}", f"{c.measured:,.0f}", f"{c.ratio:.3f}"] for c in checks]
+        _print_table(rows, ["model", "component", "predicted bytes", "measured bytes", "measured/predicted"])
+        return
+    config = None
+    if args.model:
+        from llmlab.checkpoint import read_model_config, verify_checkpoint
+
+        config = read_model_config(verify_checkpoint(args.model))
+    elif args.preset:
+        config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
+    if config is not None:
+        from llmlab.model import DecoderLM
+
+        params = float(DecoderLM(config).num_parameters())
+    elif args.params:
+        params = args.params
+    else:
+        raise LlmlabError("no model given", "pass --params N, --preset NAME or --model CKPT")
+    if (args.batch or args.seq_len) and config is None:
+        raise LlmlabError("activations from --batch/--seq-len need the architecture", "pass --preset or --model")
+    strategy = {"NO_SHARD": "ddp", "SHARD_GRAD_OP": "zero2", "FULL_SHARD": "zero3"}.get(args.strategy, args.strategy)
+    plan = memory.plan_memory(
+        params,
+        args.dtype,
+        args.optimizer,
+        args.mixed_precision,
+        args.gpus,
+        strategy,
+        config,
+        args.batch,
+        args.seq_len,
+        args.recompute,
+    )
+    capacity = memory.parse_size(args.gpu_memory) if args.gpu_memory else None
+    result = {
+        "params": params,
+        "strategy": strategy,
+        "gpus": args.gpus,
+        "training": plan.training,
+        "model_states": plan.model_states,
+        "training_total": plan.training_total,
+        "inference": plan.inference,
+        "inference_total": plan.inference_total,
+        "gpu_memory": capacity,
+        "training_fits": None if capacity is None else plan.training_total <= capacity,
+        "inference_fits": None if capacity is None else plan.inference_total <= capacity,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{params:,.0f} parameters; training per GPU with {strategy} on {args.gpus} GPU(s), "
+        f"{'mixed precision' if args.mixed_precision else args.dtype}, {args.optimizer}"
+    )
+    rows = [[name, _size(n), f"{n / params:.2f}"] for name, n in plan.training.items()]
+    rows.insert(3, ["  model states (what ZeRO shards)", _size(plan.model_states), f"{plan.model_states / params:.2f}"])
+    rows.append(["total", _size(plan.training_total), f"{plan.training_total / params:.2f}"])
+    _print_table(rows, ["training", "bytes", "per parameter"])
+    print()
+    rows = [[name, _size(n)] for name, n in plan.inference.items()] + [["total", _size(plan.inference_total)]]
+    _print_table(rows, [f"inference ({args.dtype})", "bytes"])
+    if capacity is not None:
+        verdict = lambda fits: "fits" if fits else "does not fit"  # noqa: E731
+        print(
+            f"\non {_size(capacity)} per GPU: training {verdict(result['training_fits'])}, "
+            f"inference {verdict(result['inference_fits'])}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from llmlab.generate import GenerationConfig
     from llmlab.train import TrainConfig
@@ -329,15 +416,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
     g.set_defaults(func=cmd_generate)
 
-    plan = sub.add_parser("plan", help="plan before spending: parameters, compute, number formats").add_subparsers(
-        dest="plan_command", required=True
-    )
+    plan = sub.add_parser(
+        "plan", help="plan before spending: parameters, memory, compute, number formats"
+    ).add_subparsers(dest="plan_command", required=True)
     pm = plan.add_parser("model", help="parameters by component for a preset or a config file")
     pm.add_argument("--preset", default="llama-micro")
     pm.add_argument("--config", help="a JSON file of ModelConfig fields, or a checkpoint's config.json")
     pm.add_argument("--vocab-size", type=int, default=8192)
     pm.add_argument("--json", action="store_true")
     pm.set_defaults(func=cmd_plan_model)
+    pmem = plan.add_parser("memory", help="bytes of weights, gradients, optimizer, activations, KV cache per GPU")
+    pmem.add_argument("--params", type=float, help="parameter count (e.g. 7e9)")
+    pmem.add_argument("--preset", help="count parameters and take the architecture from a preset")
+    pmem.add_argument("--model", help="an llmlab checkpoint folder")
+    pmem.add_argument("--vocab-size", type=int, default=8192)
+    pmem.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"])
+    pmem.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "adam8bit"])
+    pmem.add_argument("--mixed-precision", action="store_true", help="16-bit weights/grads + fp32 master and states")
+    pmem.add_argument("--batch", type=int)
+    pmem.add_argument("--seq-len", type=int)
+    pmem.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
+    pmem.add_argument("--gpus", type=int, default=1)
+    pmem.add_argument(
+        "--strategy",
+        default="ddp",
+        choices=["ddp", "zero1", "zero2", "zero3", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD"],
+    )
+    pmem.add_argument("--gpu-memory", help="memory per GPU, e.g. 80GB, to say whether it fits")
+    pmem.add_argument("--verify", action="store_true", help="compare predictions with real llmlab tensors")
+    pmem.add_argument("--json", action="store_true")
+    pmem.set_defaults(func=cmd_plan_memory)
     pc = plan.add_parser("compute", help="training FLOPs, petaflop/s-days, GPU-days, Chinchilla optimum")
     pc.add_argument("--params", type=float, help="parameters N (e.g. 7e9)")
     pc.add_argument("--tokens", type=float, help="training tokens D (e.g. 2e12)")
@@ -378,6 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     return 0
 
 

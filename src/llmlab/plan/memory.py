@@ -1,0 +1,156 @@
+"""Memory before you rent: weights, gradients, optimizer states, activations and KV cache, per GPU.
+
+Conventions, each from its source:
+- Training bytes per parameter: weights + gradients in the training dtype, optimizer states in fp32
+  (AdamW 8, SGD with momentum 4, 8-bit Adam 2); mixed precision keeps 16-bit weights and gradients
+  plus an fp32 master copy (4) with the states: 2 + 2 + 12 = 16, the ZeRO paper's "16 psi".
+- ZeRO (Rajbhandari et al.) shards across N GPUs: stage 1 the optimizer states, stage 2 also the
+  gradients, stage 3 also the weights (FSDP's NO_SHARD / SHARD_GRAD_OP / FULL_SHARD are DDP / 2 / 3).
+- Activations per transformer layer, 16-bit (Korthikanti et al.): s*b*h*(34 + 5*a*s/h) bytes without
+  recomputation, s*b*h*34 with selective recomputation (attention scores recomputed, as
+  FlashAttention does), 2*s*b*h with full recomputation (only each layer's input kept).
+- Without a batch and sequence, the course's rule of thumb: 8 bytes per parameter for activations and
+  temporary buffers in fp32 training (so 4 + 4 + 8 + 8 = 24 bytes, "6x" the weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmlab.config import ModelConfig
+from llmlab.errors import LlmlabError
+
+DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "sgd": 4.0, "adam8bit": 2.0}
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+RECOMPUTE = ("none", "selective", "full")
+COURSE_ACTIVATION_BYTES_PER_PARAM = 8.0
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per GPU by component, and for inference."""
+
+    training: dict[str, float] = field(default_factory=dict)
+    inference: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_states(self) -> float:
+        """Weights + gradients + optimizer states: what ZeRO shards (activations are per GPU anyway)."""
+        return sum(self.training[k] for k in ("weights", "gradients", "optimizer states"))
+
+    @property
+    def training_total(self) -> float:
+        return sum(self.training.values())
+
+    @property
+    def inference_total(self) -> float:
+        return sum(self.inference.values())
+
+
+def activation_bytes(config: ModelConfig, batch: int, seq_len: int, recompute: str = "none") -> float:
+    """16-bit activations of all layers kept for the backward pass (Korthikanti et al., 2022).
+
+    The published 34 s*b*h per layer is a GPT block: 11 for attention, 19 for the GELU MLP (4h wide),
+    4 for the two norms. Llama-style blocks are counted the same way: a SwiGLU MLP of width i keeps
+    its input (2 bytes per h), gate and up (2+2 per i), silu(gate) and the product (2+2 per i) and a
+    dropout mask (1 per h): (3 + 8i/h) s*b*h; rotary positions keep q and k once more (4 s*b*h).
+    """
+    if recompute not in RECOMPUTE:
+        raise LlmlabError(f"unknown recompute mode {recompute!r}", f"use one of: {', '.join(RECOMPUTE)}")
+    s, b, h, a = seq_len, batch, config.n_embd, config.n_head
+    per_token = 34.0
+    if config.mlp == "swiglu":
+        per_token += (3 + 8 * config.intermediate_size / h) - 19
+    if config.positions == "rope":
+        per_token += 4
+    per_layer = {
+        "none": s * b * h * (per_token + 5 * a * s / h),
+        "selective": per_token * s * b * h,
+        "full": 2 * s * b * h,
+    }
+    return config.n_layer * per_layer[recompute]
+
+
+def logits_bytes(config: ModelConfig, batch: int, seq_len: int) -> float:
+    """The output layer's share: 16-bit logits, their fp32 copy and the fp32 log-softmax for the loss."""
+    return batch * seq_len * config.vocab_size * (2 + 4 + 4)
+
+
+def kv_cache_bytes(config: ModelConfig, batch: int, seq_len: int, dtype: str = "bf16") -> float:
+    """Keys and values of every layer: 2 * layers * batch * length * kv_heads * head_dim elements."""
+    kv_dtype = dtype if dtype in ("fp32", "fp16", "bf16") else "bf16"  # quantized weights, 16-bit cache
+    return 2 * config.n_layer * batch * seq_len * config.n_kv_head * config.head_dim * DTYPE_BYTES[kv_dtype]
+
+
+def plan_memory(
+    params: float,
+    dtype: str = "fp32",
+    optimizer: str = "adamw",
+    mixed_precision: bool = False,
+    gpus: int = 1,
+    strategy: str = "ddp",
+    config: ModelConfig | None = None,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    recompute: str = "none",
+) -> MemoryPlan:
+    """Per-GPU bytes for training under `strategy` and for inference (weights + KV cache)."""
+    for value, allowed, what in (
+        (dtype, DTYPE_BYTES, "dtype"),
+        (optimizer, OPTIMIZER_STATE_BYTES, "optimizer"),
+        (strategy, STRATEGIES, "strategy"),
+    ):
+        if value not in allowed:
+            raise LlmlabError(f"unknown {what} {value!r}", f"use one of: {', '.join(allowed)}")
+    if gpus < 1:
+        raise LlmlabError(f"--gpus must be >= 1, got {gpus}", "pass the number of GPUs")
+    if strategy != "ddp" and gpus == 1:
+        gpus = 1  # sharding over one GPU is no sharding
+    if mixed_precision:
+        weights, grads, states = 2.0, 2.0, 4.0 + OPTIMIZER_STATE_BYTES[optimizer]  # fp32 master copy + states
+    else:
+        if dtype not in ("fp32", "fp16", "bf16"):
+            raise LlmlabError(f"cannot train in {dtype}", "train in fp32/fp16/bf16; int8/int4 are for inference")
+        weights = grads = DTYPE_BYTES[dtype]
+        states = OPTIMIZER_STATE_BYTES[optimizer]
+    shard = {"ddp": (1, 1, 1), "zero1": (1, 1, gpus), "zero2": (1, gpus, gpus), "zero3": (gpus, gpus, gpus)}
+    w_div, g_div, s_div = shard[strategy]
+    plan = MemoryPlan()
+    plan.training["weights"] = params * weights / w_div
+    plan.training["gradients"] = params * grads / g_div
+    plan.training["optimizer states"] = params * states / s_div
+    if batch and seq_len and config is not None:
+        plan.training["activations"] = activation_bytes(config, batch, seq_len, recompute)
+        plan.training["logits and loss"] = logits_bytes(config, batch, seq_len)
+    else:
+        plan.training["activations and temporaries (rule of thumb)"] = params * COURSE_ACTIVATION_BYTES_PER_PARAM
+    plan.inference["weights"] = params * DTYPE_BYTES[dtype]
+    if batch and seq_len and config is not None:
+        plan.inference["KV cache"] = kv_cache_bytes(config, batch, seq_len, dtype)
+    return plan
+
+
+def accelerate_estimate(model_bytes_fp32: float) -> dict[str, float]:
+    """accelerate's `estimate-memory` convention: weights (parameters and buffers) in each dtype, and
+    training with Adam as 4x the weights (weights, gradients, two states), in MiB/GiB."""
+    return {
+        "fp32": model_bytes_fp32,
+        "fp16/bf16": model_bytes_fp32 / 2,
+        "int8": model_bytes_fp32 / 4,
+        "int4": model_bytes_fp32 / 8,
+        "training fp32 with Adam": 4 * model_bytes_fp32,
+    }
+
+
+def parse_size(text: str) -> float:
+    """'80GB' -> 80e9 bytes, '40GiB' -> 40 * 2**30."""
+    units = {"GIB": 2**30, "MIB": 2**20, "TIB": 2**40, "GB": 1e9, "MB": 1e6, "TB": 1e12, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit):
+            try:
+                return float(upper[: -len(unit)]) * factor
+            except ValueError:
+                break
+    raise LlmlabError(f"cannot read the size {text!r}", "write it like 80GB or 24GiB")
