@@ -104,10 +104,10 @@ CHINCHILLA_TABLE_3 = [
 ]
 
 
-@pytest.mark.parametrize("params,flops,tokens", CHINCHILLA_TABLE_3)
+# The Gopher-budget row (67B, 5.76e23, 1.5T) is left out: 6 x 67B x 1.5T = 6.0e23, so that row's
+# tokens are not 6ND-consistent at the table's rounding.
+@pytest.mark.parametrize("params,flops,tokens", [row for row in CHINCHILLA_TABLE_3 if row[0] != 67e9])
 def test_chinchilla_table_3_is_6nd_within_its_rounding(params, flops, tokens):
-    if params == 67e9:
-        pytest.skip("the Gopher-budget row: 6 x 67B x 1.5T = 6.0e23, the table rounds its own way")
     assert training_flops(params, tokens) == pytest.approx(flops, rel=0.015)
 
 
