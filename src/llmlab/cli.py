@@ -311,6 +311,8 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     if params and tokens:
         rows.append(["model and data", f"{params:.4g} parameters x {tokens:.4g} tokens ({tokens / params:.1f}/param)"])
         rows.append([f"predicted loss ({args.fit})", f"{result['predicted_loss']:.3f}"])
+    if params:
+        rows.append(["generation", f"{compute.inference_flops(params, 1):.3g} FLOPs per token (2N)"])
     rows.append([f"on {args.gpus} x {args.gpu} {args.dtype} at {args.mfu:.0%} MFU", f"{days:,.1f} days"])
     rows.append(
         [
