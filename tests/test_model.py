@@ -112,3 +112,21 @@ def test_cpu_packed_linears_give_the_same_logits_and_leave_the_model_trainable()
         torch.testing.assert_close(packed(x).float(), model(x).float(), rtol=0.02, atol=0.02)
     assert isinstance(model.blocks[0].attn.qkv, torch.nn.Linear)  # the original is untouched
     assert packed.embed.weight is model.embed.weight  # everything but the linears is shared
+
+
+def test_generator_repacks_after_the_weights_change(char_tokenizer):
+    from llmlab.generate import GenerationConfig, Generator
+    from llmlab.model.cpu_packing import can_pack
+
+    model = tiny_model("gpt2", vocab_size=char_tokenizer.vocab_size).to(torch.bfloat16)
+    if not can_pack(model):
+        pytest.skip("this CPU has no native bf16 (oneDNN packing unavailable)")
+    gen = Generator(model, char_tokenizer)
+    config = GenerationConfig(greedy=True, max_new_tokens=8)
+    before = gen.generate(["def "], config)[0][0].token_ids
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)  # an in-place update, as an optimizer step makes
+    after = gen.generate(["def "], config)[0][0].token_ids
+    assert after == Generator(model, char_tokenizer).generate(["def "], config)[0][0].token_ids
+    assert after != before
