@@ -67,13 +67,17 @@ def save_checkpoint(
     generation: GenerationConfig | None = None,
     trainer_state: dict[str, Any] | None = None,
     optimizer_tensors: dict[str, torch.Tensor] | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint folder atomically (temporary folder, then rename)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "model": model.config.to_dict()}, indent=2))
+        config = {"format": FORMAT, "model": model.config.to_dict()}
+        if quantization is not None:
+            config["quantization"] = quantization
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: v.cpu() for k, v in model_state(model).items()}, tmp / "model.safetensors")
         tokenizer.save(tmp / "tokenizer.json")
         (tmp / "generation_config.json").write_text(json.dumps((generation or GenerationConfig()).to_dict(), indent=2))
@@ -163,6 +167,13 @@ def load_checkpoint(
             "the tokenizer.json does not belong to this model; use the one saved with it",
         )
     model = DecoderLM(config)
+    quantization = json.loads((path / "config.json").read_text()).get("quantization")
+    if quantization is not None:
+        from llmlab.quantize import QuantizationSpec, prepare_quantized_structure
+
+        spec = QuantizationSpec(**quantization)
+        spec.validate()
+        prepare_quantized_structure(model, spec)
     load_weights(model, path / "model.safetensors")
     model.to(device=device, dtype=dtype).eval()
     gen_file = path / "generation_config.json"

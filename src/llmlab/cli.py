@@ -164,6 +164,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 print(c.prompt + c.text)
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint import load_checkpoint, save_checkpoint
+    from llmlab.quantize import QuantizationSpec, quantize_model
+
+    spec = QuantizationSpec(format=args.to, scheme=args.scheme, group_size=args.group_size, skip=args.skip or [])
+    spec.validate()
+    ckpt = load_checkpoint(args.checkpoint)
+    if json.loads((ckpt.path / "config.json").read_text()).get("quantization"):
+        raise LlmlabError(f"{args.checkpoint} is already quantized", "quantize the original full-precision checkpoint")
+    model = quantize_model(ckpt.model, spec)
+    out = save_checkpoint(args.out, model, ckpt.tokenizer, ckpt.generation, quantization=spec.to_dict())
+    before = (ckpt.path / "model.safetensors").stat().st_size
+    after = (out / "model.safetensors").stat().st_size
+    print(
+        f"{out}: {spec.format}{' ' + spec.scheme if spec.format == 'int8' else ''}"
+        f"{f', groups of {spec.group_size}' if spec.format == 'int4' else ''}; "
+        f"weights {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB ({before / after:.2f}x smaller)"
+    )
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     from llmlab.config import PRESETS, ModelConfig
     from llmlab.model import DecoderLM
@@ -434,6 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
     g.set_defaults(func=cmd_generate)
+
+    q = sub.add_parser("quantize", help="quantize a checkpoint's weights to fp16, bf16, int8 or int4")
+    q.add_argument("checkpoint")
+    q.add_argument("out")
+    q.add_argument("--to", required=True, choices=["fp16", "bf16", "int8", "int4"])
+    q.add_argument("--scheme", default="absmax", choices=["absmax", "zeropoint"], help="int8 scales (int4: zero-point)")
+    q.add_argument("--group-size", type=int, default=128, help="int4 columns per scale and zero point")
+    q.add_argument("--skip", action="append", help="keep layers matching this pattern (e.g. 'blocks.0.*') in 16-bit")
+    q.set_defaults(func=cmd_quantize)
 
     plan = sub.add_parser(
         "plan", help="plan before spending: parameters, memory, compute, number formats"
