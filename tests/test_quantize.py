@@ -80,3 +80,22 @@ def test_cli_quantize_then_generate(tmp_path, char_tokenizer, capsys):
     assert main(["generate", str(tmp_path / "int8"), "--prompt", "def ", "--max-new-tokens", "5"]) == 0
     assert main(["quantize", str(tmp_path / "int8"), str(tmp_path / "again"), "--to", "int4"]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+def test_report_measures_every_format(tmp_path, char_tokenizer, capsys):
+    from tests.conftest import SAMPLE_TEXT
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT * 20)
+    model = tiny_model("llama", vocab_size=char_tokenizer.vocab_size, n_embd=64)
+    save_checkpoint(tmp_path / "full", model, char_tokenizer)
+    code = main(["quantize", str(tmp_path / "full"), str(tmp_path / "report"), "--report", "--data", str(corpus)])
+    assert code == 0
+    import json
+
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "report" / "report.json").read_text())}
+    assert list(rows) == ["fp32", "bf16", "fp16", "int8", "int4-g64", "int4-g32"]
+    assert rows["fp32"]["perplexity_change"] == 0 and rows["fp32"]["max_layer_error"] == 0
+    assert rows["int8"]["weight_memory_mb"] < rows["bf16"]["weight_memory_mb"] < rows["fp32"]["weight_memory_mb"]
+    assert 0 < rows["int8"]["max_layer_error"] < rows["int4-g64"]["max_layer_error"] < 0.2
+    assert (tmp_path / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"
