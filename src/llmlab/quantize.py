@@ -4,7 +4,8 @@ int8 layers keep `int8` weights and one scale per output row (absmax) or a scale
 (zero-point); on the CPU they multiply with PyTorch's fused weight-only int8 kernel
 (`aten._weight_int8pack_mm`, activations in bf16), elsewhere by dequantizing one layer at a time.
 int4 layers keep two 4-bit values per byte with a scale and a zero point per group of input columns
-and dequantize one layer at a time inside forward (never the whole model at load).
+and multiply with PyTorch's fused CPU int4 kernel (`aten._weight_int4pack_mm_for_cpu`), elsewhere
+by dequantizing one layer at a time inside forward (never the whole model at load).
 Embeddings, norms and the (tied) output head stay in 16-bit.
 """
 
@@ -152,8 +153,27 @@ class Int4Linear(nn.Module):
         w = (q - self.zeros.to(dtype)[..., None]) * self.scales.to(dtype)[..., None]
         return w.reshape(self.out_features, self.in_features)
 
+    def _cpu_kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights in the layout of PyTorch's CPU int4 kernel, built once (and again if the tensors change).
+        The kernel computes w = (q - 8) * scale + offset, so offset = (8 - zero) * scale."""
+        version = (self.weight_int4._version, self.scales._version, self.zeros._version)
+        if getattr(self, "_kernel_version", None) != version:
+            codes = unpack_int4(self.weight_int4).to(torch.int32)
+            self._kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            offset = (8 - self.zeros.float()) * self.scales.float()
+            pairs = torch.stack([self.scales.float(), offset], dim=-1)  # [out, groups, 2]
+            self._kernel_scales = pairs.transpose(0, 1).contiguous().to(torch.bfloat16)
+            self._kernel_version = version
+        return self._kernel_weight, self._kernel_scales
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.dequantized(x.dtype))  # one layer at a time, freed right after
+        if x.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            weight, scales = self._cpu_kernel_operands()
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, weight, self.group_size, scales)
+            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        else:
+            y = F.linear(x, self.dequantized(x.dtype))  # one layer at a time, freed right after
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
