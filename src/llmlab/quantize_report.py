@@ -82,7 +82,12 @@ def _decode_speed(generator: Generator, prompts: list[str], new_tokens: int) -> 
 
 
 def quantize_report(
-    checkpoint: str | Path, data: str | None = None, batches: int = 8, new_tokens: int = 64, log=print
+    checkpoint: str | Path,
+    data: str | None = None,
+    batches: int = 8,
+    batch_size: int = 8,
+    new_tokens: int = 64,
+    log=print,
 ) -> list[ReportRow]:
     base = load_checkpoint(checkpoint)
     state = Path(checkpoint) / "trainer_state.json"
@@ -105,7 +110,7 @@ def quantize_report(
             )
             disk = (path / "model.safetensors").stat().st_size / 1e6
             memory = sum(t.numel() * t.element_size() for t in model_state(model).values()) / 1e6
-            ppl = perplexity(model, tokens.val, batches, 8, block)
+            ppl = perplexity(model, tokens.val, batches, batch_size, block)
             reference_ppl = reference_ppl or ppl
             generator = Generator(model, base.tokenizer)
             row = ReportRow(
