@@ -122,3 +122,11 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     adamw_ids = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert id(model.embed.weight) in adamw_ids and not muon_ids & adamw_ids
     assert len(make_optimizers(model, TrainConfig(), torch.device("cpu"))) == 1
+
+
+def test_bf16_autocast_follows_the_fp32_loss_curve(tmp_path):
+    fp32 = train(tiny_run(tmp_path, "fp32", max_steps=40, dtype="fp32"), log=lambda s: None)
+    bf16 = train(tiny_run(tmp_path, "bf16", max_steps=40, dtype="bf16"), log=lambda s: None)
+    gaps = [abs(fp32.train_losses[s] - bf16.train_losses[s]) for s in range(1, 41)]
+    assert max(gaps) < 0.1, gaps
+    assert bf16.train_losses[40] < fp32.train_losses[1] - 1.5  # and it learned
