@@ -94,8 +94,37 @@ def test_report_measures_every_format(tmp_path, char_tokenizer, capsys):
     import json
 
     rows = {r["variant"]: r for r in json.loads((tmp_path / "report" / "report.json").read_text())}
-    assert list(rows) == ["fp32", "bf16", "fp16", "int8", "int4-g64", "int4-g32"]
+    assert list(rows) == [
+        "fp32",
+        "bf16",
+        "fp16",
+        "int8",
+        "int4-g64",
+        "int4-g32",
+        "int8+embeddings",
+        "int4-g64+embeddings",
+    ]
+    assert rows["int8+embeddings"]["disk_mb"] < rows["int8"]["disk_mb"]
     assert rows["fp32"]["perplexity_change"] == 0 and rows["fp32"]["max_layer_error"] == 0
     assert rows["int8"]["weight_memory_mb"] < rows["bf16"]["weight_memory_mb"] < rows["fp32"]["weight_memory_mb"]
     assert 0 < rows["int8"]["max_layer_error"] < rows["int4-g64"]["max_layer_error"] < 0.2
     assert (tmp_path / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("fmt,tolerance", [("int8", 0.05), ("int4", 0.3)])
+@pytest.mark.parametrize("tie", [True, False])
+def test_quantized_embeddings_and_head(tmp_path, char_tokenizer, fmt, tolerance, tie):
+    model = tiny_model("llama", vocab_size=char_tokenizer.vocab_size, n_embd=64, tie_embeddings=tie)
+    x = torch.randint(0, char_tokenizer.vocab_size, (2, 16))
+    with torch.no_grad():
+        reference = model(x)
+    spec = QuantizationSpec(fmt, group_size=32, embeddings=True)
+    quantized = quantize_model(copy.deepcopy(model), spec)
+    assert (quantized.lm_head is quantized.embed.table) == tie  # a tied pair shares one table
+    with torch.no_grad():
+        out = quantized(x).float()
+    assert (out - reference).norm() / reference.norm() < tolerance
+    save_checkpoint(tmp_path / "q", quantized, char_tokenizer, quantization=spec.to_dict())
+    loaded = load_checkpoint(tmp_path / "q").model
+    with torch.no_grad():
+        assert torch.equal(loaded(x), quantized(x))

@@ -55,8 +55,8 @@ def _sha256(path: Path) -> str:
 
 def model_state(model: DecoderLM) -> dict[str, torch.Tensor]:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight")
+    if model.config.tie_embeddings:  # the head is the embedding: store it once
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     return state
 
 

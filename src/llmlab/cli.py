@@ -195,7 +195,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         return
     if args.out is None or args.to is None:
         raise LlmlabError("quantize needs OUT and --to", "e.g. llmlab quantize runs/main runs/main-int8 --to int8")
-    spec = QuantizationSpec(format=args.to, scheme=args.scheme, group_size=args.group_size, skip=args.skip or [])
+    spec = QuantizationSpec(
+        format=args.to, scheme=args.scheme, group_size=args.group_size, skip=args.skip or [], embeddings=args.embeddings
+    )
     spec.validate()
     ckpt = load_checkpoint(args.checkpoint)
     if json.loads((ckpt.path / "config.json").read_text()).get("quantization"):
@@ -486,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("checkpoint")
     q.add_argument("out", nargs="?", help="output folder (with --report: where report.json/png go)")
     q.add_argument("--to", choices=["fp16", "bf16", "int8", "int4"])
+    q.add_argument("--embeddings", action="store_true", help="quantize the token embedding and output head too")
     q.add_argument("--report", action="store_true", help="measure size, perplexity and speed for every format")
     q.add_argument("--data", help="text for --report's perplexity (default: the checkpoint's training data)")
     q.add_argument("--scheme", default="absmax", choices=["absmax", "zeropoint"], help="int8 scales (int4: zero-point)")

@@ -128,7 +128,7 @@ class Generator:
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed.weight.device
+        return self.model.device
 
     def generate(self, prompts: list[str], config: GenerationConfig) -> list[list[Completion]]:
         """All prompts (x num_samples) decoded together as one batch; returns num_samples per prompt."""

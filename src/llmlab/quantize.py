@@ -6,7 +6,8 @@ int8 layers keep `int8` weights and one scale per output row (absmax) or a scale
 int4 layers keep two 4-bit values per byte with a scale and a zero point per group of input columns
 and multiply with PyTorch's fused CPU int4 kernel (`aten._weight_int4pack_mm_for_cpu`), elsewhere
 by dequantizing one layer at a time inside forward (never the whole model at load).
-Embeddings, norms and the (tied) output head stay in 16-bit.
+Norms stay in 16-bit; the embedding and output head too, unless `embeddings=True` quantizes them
+(a tied pair shares one quantized table).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class QuantizationSpec:
     scheme: str = "absmax"
     group_size: int = 128
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of module names kept in 16-bit
+    embeddings: bool = False  # also quantize the token embedding and the output head
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -167,7 +169,12 @@ class Int4Linear(nn.Module):
         return self._kernel_weight, self._kernel_scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        # PyTorch's CPU int4 kernel needs the output width to be a multiple of 16
+        if (
+            x.device.type == "cpu"
+            and self.out_features % 16 == 0
+            and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        ):
             weight, scales = self._cpu_kernel_operands()
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, weight, self.group_size, scales)
@@ -175,6 +182,50 @@ class Int4Linear(nn.Module):
         else:
             y = F.linear(x, self.dequantized(x.dtype))  # one layer at a time, freed right after
         return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class QuantizedEmbedding(nn.Module):
+    """A token embedding read from a quantized table (int8 rows or int4 groups), one row per token.
+    With tied embeddings the same table is the output head, so it is stored and kept once."""
+
+    def __init__(self, table: Int8Linear | Int4Linear) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        if isinstance(t, Int8Linear):
+            rows = t.weight_int8[idx].to(torch.bfloat16)
+            if t.zeros is not None:
+                rows = rows - t.zeros[idx].to(torch.bfloat16)[..., None]
+            return rows * t.scales[idx].to(torch.bfloat16)[..., None]
+        codes = unpack_int4(t.weight_int4[idx.flatten()]).to(torch.bfloat16)
+        codes = codes.reshape(idx.numel(), -1, t.group_size)
+        rows = (codes - t.zeros[idx.flatten()].to(torch.bfloat16)[..., None]) * t.scales[idx.flatten()].to(
+            torch.bfloat16
+        )[..., None]
+        return rows.reshape(*idx.shape, t.in_features)
+
+
+def _quantize_embeddings(model: nn.Module, spec: QuantizationSpec, empty: bool) -> None:
+    """Replace embedding (and head) by quantized tables; tied models share one table."""
+    weight = model.embed.weight
+
+    def table_from(w: torch.Tensor) -> nn.Module:
+        vocab, width = w.shape
+        if empty:
+            if spec.format == "int8":
+                return Int8Linear(width, vocab, False, spec.scheme)
+            return Int4Linear(width, vocab, False, spec.group_size)
+        linear = nn.Linear(width, vocab, bias=False)
+        linear.weight = nn.Parameter(w.detach())
+        if spec.format == "int8":
+            return Int8Linear.from_linear(linear, spec.scheme)
+        return Int4Linear.from_linear(linear, spec.group_size)
+
+    table = table_from(weight)
+    model.embed = QuantizedEmbedding(table)
+    model.lm_head = table if model.config.tie_embeddings else table_from(model.lm_head.weight)
 
 
 def _quantizable(model: nn.Module, spec: QuantizationSpec) -> list[tuple[nn.Module, str, nn.Linear]]:
@@ -203,6 +254,8 @@ def quantize_model(model: nn.Module, spec: QuantizationSpec) -> nn.Module:
             setattr(parent, attr, Int8Linear.from_linear(linear, spec.scheme))
         else:
             setattr(parent, attr, Int4Linear.from_linear(linear, spec.group_size))
+    if spec.embeddings:
+        _quantize_embeddings(model, spec, empty=False)
     return model.to(torch.bfloat16)
 
 
@@ -216,4 +269,6 @@ def prepare_quantized_structure(model: nn.Module, spec: QuantizationSpec) -> nn.
             setattr(parent, attr, Int8Linear(linear.in_features, linear.out_features, bias, spec.scheme))
         else:
             setattr(parent, attr, Int4Linear(linear.in_features, linear.out_features, bias, spec.group_size))
+    if spec.embeddings:
+        _quantize_embeddings(model, spec, empty=True)
     return model.to(torch.bfloat16)

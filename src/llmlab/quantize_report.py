@@ -35,6 +35,11 @@ def variants(model) -> list[tuple[str, QuantizationSpec | None]]:
             group //= 2
         if f"int4-g{group}" not in dict(found):
             found.append((f"int4-g{group}", QuantizationSpec("int4", group_size=group)))
+    found.append(("int8+embeddings", QuantizationSpec("int8", embeddings=True)))
+    largest = next(name for name, _ in found if name.startswith("int4"))
+    found.append(
+        (f"{largest}+embeddings", QuantizationSpec("int4", group_size=dict(found)[largest].group_size, embeddings=True))
+    )
     return found
 
 
@@ -63,10 +68,9 @@ def perplexity(model, ids, batches: int, batch_size: int, block: int) -> float:
 def _layer_error(original, quantized) -> float:
     worst = 0.0
     reference = dict(original.named_modules())
+    reference["embed.table"] = reference["embed"]  # a quantized embedding's table is the embedding matrix
     for name, module in quantized.named_modules():
-        if isinstance(module, Int8Linear | Int4Linear) or (
-            isinstance(module, torch.nn.Linear) and name in reference and name.startswith("blocks.")
-        ):
+        if name in reference and isinstance(module, Int8Linear | Int4Linear | torch.nn.Linear):
             w = reference[name].weight.detach().float()
             q = module.dequantized(torch.float32) if hasattr(module, "dequantized") else module.weight.float()
             worst = max(worst, ((q - w).norm() / w.norm()).item())

@@ -63,7 +63,15 @@ class DecoderLM(nn.Module):
             x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype activations run in: the final norm's (quantized models keep their norms in 16-bit)."""
+        return self.norm.weight.dtype
+
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        p = self.embed.weight
         c = self.config
-        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, dtype or p.dtype, p.device)
+        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, dtype or self.compute_dtype, self.device)
