@@ -77,12 +77,16 @@ def _layer_error(original, quantized) -> float:
     return worst
 
 
-def _decode_speed(generator: Generator, prompts: list[str], new_tokens: int) -> float:
+def _decode_speed(generator: Generator, prompts: list[str], new_tokens: int, repeats: int = 3) -> float:
+    """Median tokens/s of `repeats` greedy generations after a warm-up (this VM's speed drifts)."""
     config = GenerationConfig(greedy=True, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     generator.generate(prompts, GenerationConfig(greedy=True, max_new_tokens=4))  # warm-up
-    start = time.perf_counter()
-    generator.generate(prompts, config)
-    return len(prompts) * new_tokens / (time.perf_counter() - start)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generator.generate(prompts, config)
+        times.append(time.perf_counter() - start)
+    return len(prompts) * new_tokens / sorted(times)[len(times) // 2]
 
 
 def quantize_report(
