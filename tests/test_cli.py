@@ -226,3 +226,13 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
 def test_generate_defaults_leave_room_for_a_prompt(capsys, trained):
     code, out, err = run_cli(capsys, "generate", trained, "--prompt", "hello", "--greedy")  # context 32
     assert code == 0, err
+
+
+def test_stop_accepts_a_shell_written_newline(capsys, trained):
+    import json
+
+    code, out, err = run_cli(capsys, "generate", trained, "--prompt", "hello", "--greedy", "--max-new-tokens", 24,
+                             "--stop", "\\n", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert "\n" not in record["completion"] and record["finish_reason"] == "stop"

@@ -59,7 +59,7 @@ GEN_HELP = {
     "top_k": "keep the k most likely tokens (0 = off)",
     "top_p": "keep the smallest set of tokens whose probability reaches p (1 = off)",
     "greedy": "always take the most likely token",
-    "stop": "stop a sample when it produces this text (repeatable)",
+    "stop": "stop a sample when it produces this text (repeatable; \\n for a newline)",
     "seed": "seed for sampling",
     "num_samples": "samples per prompt",
     "truncate_prompt": "keep the last tokens of a prompt too long for the context window (default: refuse)",
@@ -128,6 +128,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
     ckpt = load_checkpoint(args.checkpoint, device=device, dtype=dtype)
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}
+    if "stop" in options:  # let a shell user write "\n" for a newline, as in --prompts-file
+        options["stop"] = [text.replace("\\n", "\n").replace("\\t", "\t") for text in options["stop"]]
     config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
     generator = Generator(ckpt.model, ckpt.tokenizer)
     if getattr(args, "stream", False):
