@@ -228,11 +228,8 @@ def test_generate_defaults_leave_room_for_a_prompt(capsys, trained):
     assert code == 0, err
 
 
-def test_stop_accepts_a_shell_written_newline(capsys, trained):
-    import json
+def test_stop_and_prompt_files_accept_written_newlines():
+    from llmlab.cli import unescape
 
-    code, out, err = run_cli(capsys, "generate", trained, "--prompt", "hello", "--greedy", "--max-new-tokens", 24,
-                             "--stop", "\\n", "--json")
-    assert code == 0, err
-    record = json.loads(out)
-    assert "\n" not in record["completion"] and record["finish_reason"] == "stop"
+    assert unescape("a\\nb\\tc") == "a\nb\tc"
+    assert unescape("plain") == "plain"

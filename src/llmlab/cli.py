@@ -108,6 +108,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     train(TrainConfig(**{**base, **given}))
 
 
+def unescape(text: str) -> str:
+    """Let one line of shell or file text hold newlines and tabs, written as \\n and \\t."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from llmlab.checkpoint import load_checkpoint
     from llmlab.device import resolve_device, resolve_dtype
@@ -121,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise LlmlabError(
                 f"cannot read --prompts-file {args.prompts_file}: {exc}", "pass a UTF-8 text file"
             ) from None
-        prompts += [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+        prompts += [unescape(line) for line in text.splitlines() if line.strip()]
     if not prompts:
         raise LlmlabError("no prompt given", "pass --prompt TEXT (repeatable) or --prompts-file FILE")
     device = resolve_device(getattr(args, "device", "auto"))
@@ -129,7 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     ckpt = load_checkpoint(args.checkpoint, device=device, dtype=dtype)
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}
     if "stop" in options:  # let a shell user write "\n" for a newline, as in --prompts-file
-        options["stop"] = [text.replace("\\n", "\n").replace("\\t", "\t") for text in options["stop"]]
+        options["stop"] = [unescape(text) for text in options["stop"]]
     config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
     generator = Generator(ckpt.model, ckpt.tokenizer)
     if getattr(args, "stream", False):
