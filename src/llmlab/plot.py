@@ -1,4 +1,4 @@
-"""Loss curves as PNG files a person can open."""
+"""Charts as PNG files a person can open: loss curves, Chinchilla contours, quantization reports."""
 
 from __future__ import annotations
 
@@ -7,12 +7,27 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path:
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Write under a temporary name and rename, so a crash never leaves half a PNG."""
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    pyplot().close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path:
+    plt = pyplot()
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -26,20 +41,14 @@ def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_chinchilla(fit, flops: float, out: Path, point: tuple[float, float] | None = None, title: str = "") -> Path:
     """Iso-loss contours of L(N, D), the compute-optimal frontier, and the budget's iso-FLOP line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     n_opt, d_opt = fit.optimal(flops)
     n = np.logspace(np.log10(n_opt) - 2.5, np.log10(n_opt) + 2.5, 300)
@@ -65,8 +74,4 @@ def plot_chinchilla(fit, flops: float, out: Path, point: tuple[float, float] | N
     ax.set_title(title or "Chinchilla: iso-loss contours of L(N, D)")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, out)

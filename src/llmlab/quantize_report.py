@@ -137,12 +137,9 @@ def quantize_report(
 
 
 def plot_report(rows: list[ReportRow], out: Path) -> Path:
-    import matplotlib
+    from llmlab.plot import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.6), dpi=110)
     names = [r.variant for r in rows]
     for ax, values, title in (
         (axes[0], [r.disk_mb for r in rows], "size on disk (MB)"),
@@ -153,9 +150,7 @@ def plot_report(rows: list[ReportRow], out: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def report_json(rows: list[ReportRow]) -> str:
