@@ -130,3 +130,24 @@ def test_generator_repacks_after_the_weights_change(char_tokenizer):
     after = gen.generate(["def "], config)[0][0].token_ids
     assert after == Generator(model, char_tokenizer).generate(["def "], config)[0][0].token_ids
     assert after != before
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_export_to_hugging_face_loads_with_auto_classes(tmp_path, bpe_tokenizer, style):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmlab.checkpoint import save_checkpoint
+    from llmlab.cli import main
+
+    model = tiny_model(style, vocab_size=bpe_tokenizer.vocab_size)
+    save_checkpoint(tmp_path / "ckpt", model, bpe_tokenizer)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "def add(a, b):\n    return a + b"
+    ids = tokenizer(text)["input_ids"]
+    assert ids == bpe_tokenizer.encode(text)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-4, atol=1e-4)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 2  # never overwrites

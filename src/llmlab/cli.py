@@ -220,6 +220,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from llmlab.hf import export_hf
+
+    export_hf(args.checkpoint, args.out)
+    print(f"{args.out}: Hugging Face folder; load it with transformers' AutoModelForCausalLM and AutoTokenizer")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     from llmlab.config import PRESETS, ModelConfig
     from llmlab.model import DecoderLM
@@ -490,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2 or Llama style)")
+    e.add_argument("checkpoint")
+    e.add_argument("out")
+    e.add_argument("--to", default="hf", choices=["hf"])
+    e.set_defaults(func=cmd_export)
 
     q = sub.add_parser("quantize", help="quantize a checkpoint's weights to fp16, bf16, int8 or int4")
     q.add_argument("checkpoint")

@@ -203,3 +203,44 @@ def to_transformers(model: DecoderLM):
     if c.tie_embeddings:
         hf.tie_weights()
     return hf.eval()
+
+
+def export_hf(checkpoint, out) -> None:
+    """Write an llmlab checkpoint as a Hugging Face folder (config, safetensors weights, tokenizer)
+    that `AutoModelForCausalLM` and `AutoTokenizer` load; written to a temporary folder, then renamed."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from llmlab.checkpoint import load_checkpoint
+    from llmlab.tokenizer import EOS
+
+    try:
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:
+        raise LlmlabError("exporting to Hugging Face needs transformers", "pip install transformers") from None
+    out = Path(out)
+    if out.exists():
+        raise LlmlabError(f"{out} already exists", "choose another output folder or remove it")
+    ckpt = load_checkpoint(checkpoint)
+    if json_quantization(ckpt.path):
+        raise LlmlabError(f"{checkpoint} is quantized", "export the full-precision checkpoint")
+    hf = to_transformers(ckpt.model)
+    hf.generation_config.eos_token_id = ckpt.tokenizer.eos_id
+    hf.generation_config.pad_token_id = ckpt.tokenizer.eos_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        hf.save_pretrained(tmp)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=ckpt.tokenizer.inner, eos_token=EOS, pad_token=EOS)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def json_quantization(path) -> dict | None:
+    import json
+
+    return json.loads((path / "config.json").read_text()).get("quantization")
