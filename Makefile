@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/decode_speed.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/shakespeare_char.py
+	$(PY) bench/quantization.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

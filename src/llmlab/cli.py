@@ -290,7 +290,11 @@ def cmd_plan_formats(args: argparse.Namespace) -> None:
     from llmlab.plan.formats import FLOAT_FORMATS, encode_float, quantize_int8
 
     floats = [encode_float(args.value, name) for name in FLOAT_FORMATS]
-    tensor = [args.value] if not args.tensor else [float(v) for v in args.tensor.split(",")] + [args.value]
+    try:
+        others = [float(v) for v in args.tensor.split(",")] if args.tensor else []
+    except ValueError:
+        raise LlmlabError(f"--tensor {args.tensor!r} is not a list of numbers", "write it like 1.5,-2,0.25") from None
+    tensor = others + [args.value]
     ints = [quantize_int8(tensor, method) for method in ("absmax", "zeropoint")]
     if args.json:
         print(
@@ -331,6 +335,16 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     from llmlab.plan import compute
 
     params, tokens, flops = args.params, args.tokens, args.budget_flops
+    for flag, value in (
+        ("--params", params),
+        ("--tokens", tokens),
+        ("--budget-flops", flops),
+        ("--budget-pf-days", args.budget_pf_days),
+        ("--flops-per-token", args.flops_per_token),
+        ("--gpus", args.gpus),
+    ):
+        if value is not None and value <= 0:
+            raise LlmlabError(f"{flag} must be positive, got {value:g}", "pass a positive number, e.g. 7e9")
     if args.budget_pf_days is not None:
         flops = args.budget_pf_days * compute.PF_DAY_FLOPS
     if flops is None:

@@ -121,3 +121,18 @@ def test_chinchilla_plot_is_written(tmp_path, capsys):
     out = tmp_path / "chinchilla.png"
     assert main(["plan", "compute", "--budget-flops", "5.76e23", "--chinchilla", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--params", "1e9", "--tokens", "1e10", "--gpus", "0"], "--gpus must be positive"),
+        (["--budget-flops", "1e20", "--params", "0"], "--params must be positive"),
+        (["--params", "-1", "--tokens", "5"], "--params must be positive"),
+        ([], "no budget given"),
+    ],
+)
+def test_cli_compute_bad_input_is_one_line(capsys, args, fragment):
+    assert main(["plan", "compute", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err

@@ -49,3 +49,8 @@ def test_cli_formats_prints_the_three_pi_values(capsys):
     assert main(["plan", "formats", "3.141592653589793"]) == 0
     out = capsys.readouterr().out
     assert "3.141592741" in out and out.count("3.140625") == 2
+
+
+def test_cli_formats_refuses_a_tensor_that_is_not_numbers(capsys):
+    assert main(["plan", "formats", "1", "--tensor", "a,b"]) == 2
+    assert "is not a list of numbers" in capsys.readouterr().err

@@ -82,3 +82,8 @@ def test_bad_inputs():
     with pytest.raises(LlmlabError, match="cannot read the size"):
         parse_size("eighty gigs")
     assert parse_size("80GB") == 80e9 and parse_size("24GiB") == 24 * 2**30
+
+
+def test_non_positive_parameter_count_is_refused():
+    with pytest.raises(LlmlabError, match="must be positive"):
+        plan_memory(0)

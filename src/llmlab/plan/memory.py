@@ -103,6 +103,8 @@ def plan_memory(
     ):
         if value not in allowed:
             raise LlmlabError(f"unknown {what} {value!r}", f"use one of: {', '.join(allowed)}")
+    if params <= 0:
+        raise LlmlabError(f"the parameter count must be positive, got {params:g}", "pass e.g. --params 7e9")
     if gpus < 1:
         raise LlmlabError(f"--gpus must be >= 1, got {gpus}", "pass the number of GPUs")
     if strategy != "ddp" and gpus == 1:
