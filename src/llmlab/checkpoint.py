@@ -154,6 +154,11 @@ def read_model_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data["model"])
 
 
+def read_quantization(path: str | Path) -> dict[str, Any] | None:
+    """The quantization section of a checkpoint's config.json, or None for full precision."""
+    return json.loads((Path(path) / "config.json").read_text()).get("quantization")
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Checkpoint:
@@ -167,7 +172,7 @@ def load_checkpoint(
             "the tokenizer.json does not belong to this model; use the one saved with it",
         )
     model = DecoderLM(config)
-    quantization = json.loads((path / "config.json").read_text()).get("quantization")
+    quantization = read_quantization(path)
     if quantization is not None:
         from llmlab.quantize import QuantizationSpec, prepare_quantized_structure
 

@@ -172,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from llmlab.checkpoint import load_checkpoint, save_checkpoint
+    from llmlab.checkpoint import load_checkpoint, read_quantization, save_checkpoint
     from llmlab.quantize import QuantizationSpec, quantize_model
 
     if args.report:
@@ -207,7 +207,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     )
     spec.validate()
     ckpt = load_checkpoint(args.checkpoint)
-    if json.loads((ckpt.path / "config.json").read_text()).get("quantization"):
+    if read_quantization(ckpt.path):
         raise LlmlabError(f"{args.checkpoint} is already quantized", "quantize the original full-precision checkpoint")
     model = quantize_model(ckpt.model, spec)
     out = save_checkpoint(args.out, model, ckpt.tokenizer, ckpt.generation, quantization=spec.to_dict())

@@ -213,7 +213,7 @@ def export_hf(checkpoint, out) -> None:
     import tempfile
     from pathlib import Path
 
-    from llmlab.checkpoint import load_checkpoint
+    from llmlab.checkpoint import load_checkpoint, read_quantization
     from llmlab.tokenizer import EOS
 
     try:
@@ -224,7 +224,7 @@ def export_hf(checkpoint, out) -> None:
     if out.exists():
         raise LlmlabError(f"{out} already exists", "choose another output folder or remove it")
     ckpt = load_checkpoint(checkpoint)
-    if json_quantization(ckpt.path):
+    if read_quantization(ckpt.path):
         raise LlmlabError(f"{checkpoint} is quantized", "export the full-precision checkpoint")
     hf = to_transformers(ckpt.model)
     hf.generation_config.eos_token_id = ckpt.tokenizer.eos_id
@@ -238,9 +238,3 @@ def export_hf(checkpoint, out) -> None:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def json_quantization(path) -> dict | None:
-    import json
-
-    return json.loads((path / "config.json").read_text()).get("quantization")
