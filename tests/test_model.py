@@ -35,7 +35,7 @@ def test_cached_forward_equals_full_recomputation(style):
 
 def test_grouped_query_attention_uses_fewer_kv_heads():
     model = tiny_model("llama", n_head=4, n_kv_head=1)
-    qkv = model.blocks[0].attn.qkv
+    qkv = model.decoder.blocks[0].attn.qkv
     assert qkv.out_features == (4 + 2 * 1) * 8
     assert model(torch.randint(0, 64, (1, 5))).shape == (1, 5, 64)
 
@@ -90,9 +90,22 @@ def test_presets_build_and_unknown_preset_is_refused():
     for name in PRESETS:  # each family is what its name says
         c = ModelConfig.from_preset(name)
         if name.startswith("gpt2"):
-            assert (c.positions, c.norm, c.mlp, c.n_kv_head) == ("learned", "layernorm", "gelu", c.n_head)
+            assert (c.family, c.positions, c.norm, c.mlp, c.n_kv_head) == (
+                "decoder",
+                "learned",
+                "layernorm",
+                "gelu",
+                c.n_head,
+            )
+        elif name.startswith("llama"):
+            assert (c.family, c.positions, c.norm, c.mlp) == ("decoder", "rope", "rmsnorm", "swiglu")
+            assert c.n_kv_head < c.n_head
+        elif name.startswith("bert"):
+            assert (c.family, c.positions, c.norm, c.mlp) == ("encoder", "learned", "layernorm", "gelu")
+        elif name.startswith("t5"):
+            assert (c.family, c.positions, c.norm, c.mlp) == ("encoder-decoder", "relative", "rmsnorm", "geglu")
         else:
-            assert (c.positions, c.norm, c.mlp) == ("rope", "rmsnorm", "swiglu") and c.n_kv_head < c.n_head
+            assert (c.family, c.positions, c.mlp) == ("encoder-decoder", "sinusoidal", "relu")
     with pytest.raises(LlmlabError, match="unknown preset"):
         ModelConfig.from_preset("gpt5-huge")
 
@@ -114,7 +127,7 @@ def test_cpu_packed_linears_give_the_same_logits_and_leave_the_model_trainable()
     x = torch.randint(0, 64, (2, 16))
     with torch.inference_mode():
         torch.testing.assert_close(packed(x).float(), model(x).float(), rtol=0.02, atol=0.02)
-    assert isinstance(model.blocks[0].attn.qkv, torch.nn.Linear)  # the original is untouched
+    assert isinstance(model.decoder.blocks[0].attn.qkv, torch.nn.Linear)  # the original is untouched
     assert packed.embed.weight is model.embed.weight  # everything but the linears is shared
 
 

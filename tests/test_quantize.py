@@ -62,14 +62,14 @@ def test_quantized_model_logits_stay_close(fmt, tolerance):
 
 def test_quantized_checkpoint_round_trips_bit_for_bit(tmp_path, char_tokenizer):
     model = tiny_model("gpt2", vocab_size=char_tokenizer.vocab_size, n_embd=64)
-    spec = QuantizationSpec("int4", group_size=32, skip=["blocks.1.*"])
+    spec = QuantizationSpec("int4", group_size=32, skip=["decoder.blocks.1.*"])
     quantized = quantize_model(model, spec)
     save_checkpoint(tmp_path / "q", quantized, char_tokenizer, quantization=spec.to_dict())
     loaded = load_checkpoint(tmp_path / "q").model
     for name, tensor in quantized.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    assert isinstance(loaded.blocks[0].mlp.up, Int4Linear)
-    assert isinstance(loaded.blocks[1].mlp.up, torch.nn.Linear)  # skipped by pattern
+    assert isinstance(loaded.decoder.blocks[0].mlp.up, Int4Linear)
+    assert isinstance(loaded.decoder.blocks[1].mlp.up, torch.nn.Linear)  # skipped by pattern
 
 
 def test_cli_quantize_then_generate(tmp_path, char_tokenizer, capsys):

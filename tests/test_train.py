@@ -118,7 +118,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     adamw, muon = make_optimizers(model, TrainConfig(optimizer="muon"), torch.device("cpu"))
     muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in muon_ids}
-    assert names == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert names == {n for n, p in model.named_parameters() if ".blocks." in f".{n}" and p.dim() == 2}
     adamw_ids = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert id(model.embed.weight) in adamw_ids and not muon_ids & adamw_ids
     assert len(make_optimizers(model, TrainConfig(), torch.device("cpu"))) == 1

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.generate import GenerationConfig
-from llmlab.model import DecoderLM
+from llmlab.model import LanguageModel, build_model
 from llmlab.tokenizer import TextTokenizer
 
 FORMAT = "llmlab-checkpoint-1"
@@ -39,7 +39,7 @@ REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
 
 @dataclass
 class Checkpoint:
-    model: DecoderLM
+    model: LanguageModel
     tokenizer: TextTokenizer
     generation: GenerationConfig
     path: Path
@@ -53,7 +53,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_state(model: DecoderLM) -> dict[str, torch.Tensor]:
+def model_state(model: LanguageModel) -> dict[str, torch.Tensor]:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:  # the head is the embedding: store it once
         state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
@@ -62,7 +62,7 @@ def model_state(model: DecoderLM) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(
     out: str | Path,
-    model: DecoderLM,
+    model: LanguageModel,
     tokenizer: TextTokenizer,
     generation: GenerationConfig | None = None,
     trainer_state: dict[str, Any] | None = None,
@@ -171,7 +171,7 @@ def load_checkpoint(
             f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}",
             "the tokenizer.json does not belong to this model; use the one saved with it",
         )
-    model = DecoderLM(config)
+    model = build_model(config)
     quantization = read_quantization(path)
     if quantization is not None:
         from llmlab.quantize import QuantizationSpec, prepare_quantized_structure
@@ -188,7 +188,7 @@ def load_checkpoint(
     return Checkpoint(model=model, tokenizer=tokenizer, generation=generation, path=path)
 
 
-def load_weights(model: DecoderLM, file: Path) -> None:
+def load_weights(model: LanguageModel, file: Path) -> None:
     try:
         state = load_file(file)
     except (SafetensorError, OSError) as exc:

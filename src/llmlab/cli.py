@@ -229,18 +229,31 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_presets(args: argparse.Namespace) -> None:
     from llmlab.config import PRESETS, ModelConfig
-    from llmlab.model import DecoderLM
+    from llmlab.model import build_model
 
     vocab = getattr(args, "vocab_size", 8192)
-    print(f"{'preset':<14}{'parameters':>14}  layers  width  heads  kv  context  style   (vocabulary {vocab:,})")
+    rows = []
     for name in PRESETS:
         c = ModelConfig.from_preset(name, vocab_size=vocab)
-        n = DecoderLM(c).num_parameters()
-        style = "llama" if c.positions == "rope" else "gpt2"
-        print(
-            f"{name:<14}{n:>14,}  {c.n_layer:>6}  {c.n_embd:>5}  {c.n_head:>5}  {c.n_kv_head:>2}  "
-            f"{c.block_size:>7}  {style}"
+        layers = f"{c.n_layer}+{c.n_decoder_layer}" if c.n_decoder_layer else str(c.n_layer)
+        rows.append(
+            [
+                name,
+                c.family,
+                f"{build_model(c).num_parameters():,}",
+                layers,
+                c.n_embd,
+                c.n_head,
+                c.n_kv_head,
+                c.block_size,
+                c.positions,
+                c.norm,
+                c.mlp,
+            ]
         )
+    header = ["preset", "family", "parameters", "layers", "width", "heads", "kv", "context", "positions", "norm", "mlp"]
+    _print_table(rows, header)
+    print(f"parameters at a {vocab:,}-token vocabulary; encoder-decoder layers are encoder+decoder")
 
 
 def _print_table(rows: list[list[str]], header: list[str] | None = None, right: bool = True) -> None:
@@ -432,9 +445,9 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     elif args.preset:
         config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
     if config is not None:
-        from llmlab.model import DecoderLM
+        from llmlab.model import build_model
 
-        params = float(DecoderLM(config).num_parameters())
+        params = float(build_model(config).num_parameters())
     elif args.params:
         params = args.params
     else:
@@ -527,7 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", help="text for --report's perplexity (default: the checkpoint's training data)")
     q.add_argument("--scheme", default="absmax", choices=["absmax", "zeropoint"], help="int8 scales (int4: zero-point)")
     q.add_argument("--group-size", type=int, default=128, help="int4 columns per scale and zero point")
-    q.add_argument("--skip", action="append", help="keep layers matching this pattern (e.g. 'blocks.0.*') in 16-bit")
+    q.add_argument(
+        "--skip", action="append", help="keep layers matching this pattern (e.g. 'decoder.blocks.0.*') in 16-bit"
+    )
     q.set_defaults(func=cmd_quantize)
 
     plan = sub.add_parser(

@@ -9,13 +9,18 @@ from typing import Any
 from llmlab.errors import LlmlabError
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
-POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "relu", "swiglu", "geglu")  # the last two are gated (Llama, T5 v1.1)
+POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's bucketed bias
+FAMILIES = ("decoder", "encoder", "encoder-decoder")
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of a decoder-only transformer. `None` fields are derived in __post_init__."""
+    """Architecture of a transformer of any family. `None` fields are derived in __post_init__.
+
+    For encoder-decoder models `n_layer` counts encoder blocks and `n_decoder_layer` decoder blocks;
+    `block_size` is the longest sequence either stack takes.
+    """
 
     vocab_size: int = 8192
     block_size: int = 256
@@ -33,12 +38,18 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     family: str = "decoder"
+    n_decoder_layer: int | None = None  # encoder-decoder only; default n_layer
+    relative_buckets: int = 32  # T5 relative position bias: buckets ...
+    relative_max_distance: int = 128  # ... and the distance beyond which all share the last bucket
+    decoder_start_token_id: int | None = None  # encoder-decoder: the first decoder input (T5: pad)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.n_decoder_layer is None and self.family == "encoder-decoder":
+            self.n_decoder_layer = self.n_layer
         if self.intermediate_size is None:
-            if self.mlp == "swiglu":
+            if self.gated_mlp:
                 hidden = int(8 * self.n_embd / 3)
                 self.intermediate_size = 64 * ((hidden + 63) // 64)
             else:
@@ -48,6 +59,10 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.mlp in ("swiglu", "geglu")
 
     def validate(self) -> None:
         def bad(what: str) -> LlmlabError:
@@ -62,13 +77,17 @@ class ModelConfig:
             raise bad(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
         if self.positions == "rope" and self.head_dim % 2:
             raise bad(f"rotary positions need an even head dimension, got {self.head_dim}")
-        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS)):
+        for name, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS), ("family", FAMILIES)):
             if getattr(self, name) not in allowed:
                 raise bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise bad(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.family != "decoder":
-            raise bad(f"family {self.family!r} is not supported yet (only 'decoder')")
+        if self.positions == "sinusoidal" and self.n_embd % 2:
+            raise bad(f"sinusoidal positions need an even width, got {self.n_embd}")
+        if self.family == "encoder-decoder" and int(self.n_decoder_layer or 0) <= 0:
+            raise bad(f"n_decoder_layer must be positive, got {self.n_decoder_layer}")
+        if self.family != "encoder-decoder" and self.n_decoder_layer is not None:
+            raise bad(f"n_decoder_layer is for encoder-decoder models, not family {self.family!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +113,16 @@ class ModelConfig:
 
 _GPT2 = dict(norm="layernorm", mlp="gelu", positions="learned", bias=True, tie_embeddings=True)
 _LLAMA = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False, tie_embeddings=True, norm_eps=1e-6)
+_BERT = dict(_GPT2, family="encoder", block_size=128)
+_T5 = dict(
+    family="encoder-decoder",
+    norm="rmsnorm",
+    mlp="geglu",
+    positions="relative",
+    bias=False,
+    norm_eps=1e-6,
+    block_size=128,
+)
 
 # Sizes are quoted for an 8,192-token vocabulary; the real count is printed at the start of training.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,4 +134,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-micro": dict(_LLAMA, n_layer=6, n_head=6, n_kv_head=2, n_embd=192),  # ~3.9M
     "llama-mini": dict(_LLAMA, n_layer=8, n_head=8, n_kv_head=4, n_embd=384),  # ~16M
     "llama-small": dict(_LLAMA, n_layer=12, n_head=12, n_kv_head=4, n_embd=768, block_size=1024),  # ~82M
+    "bert-nano": dict(_BERT, n_layer=4, n_head=4, n_embd=128),  # ~1.9M
+    "bert-micro": dict(_BERT, n_layer=6, n_head=6, n_embd=192),  # ~4.3M
+    "bert-mini": dict(_BERT, n_layer=6, n_head=6, n_embd=384),  # ~14M
+    "bert-base": dict(_BERT, n_layer=12, n_head=12, n_embd=768, block_size=512),  # ~92M (110M at 30,522)
+    "t5-nano": dict(_T5, n_layer=3, n_decoder_layer=3, n_head=4, n_embd=128),  # ~2.5M
+    "t5-micro": dict(_T5, n_layer=4, n_decoder_layer=4, n_head=6, n_embd=192),  # ~5.7M
+    "t5-mini": dict(_T5, n_layer=4, n_decoder_layer=4, n_head=6, n_embd=384),  # ~20M
+    "t5-small": dict(_T5, n_layer=6, n_decoder_layer=6, n_head=8, n_embd=512, block_size=512),  # ~49M
+    # The original Transformer (Vaswani et al. 2017) base model, pre-norm: sinusoidal positions, ReLU MLP.
+    "transformer-base": dict(
+        family="encoder-decoder",
+        norm="layernorm",
+        mlp="relu",
+        positions="sinusoidal",
+        bias=True,
+        n_layer=6,
+        n_decoder_layer=6,
+        n_head=8,
+        n_embd=512,
+        intermediate_size=2048,
+        block_size=512,
+    ),  # ~48M at 8,192 (63M at the paper's 37,000)
 }

@@ -31,23 +31,23 @@ GPT2 = Family(
     name="gpt2",
     global_map={
         "embed.weight": "transformer.wte.weight",
-        "pos_embed.weight": "transformer.wpe.weight",
-        "norm.weight": "transformer.ln_f.weight",
-        "norm.bias": "transformer.ln_f.bias",
+        "decoder.pos_embed.weight": "transformer.wpe.weight",
+        "decoder.norm.weight": "transformer.ln_f.weight",
+        "decoder.norm.bias": "transformer.ln_f.bias",
     },
     layer_map={
-        "blocks.{i}.norm1.weight": "transformer.h.{i}.ln_1.weight",
-        "blocks.{i}.norm1.bias": "transformer.h.{i}.ln_1.bias",
-        "blocks.{i}.attn.qkv.weight": "transformer.h.{i}.attn.c_attn.weight",
-        "blocks.{i}.attn.qkv.bias": "transformer.h.{i}.attn.c_attn.bias",
-        "blocks.{i}.attn.proj.weight": "transformer.h.{i}.attn.c_proj.weight",
-        "blocks.{i}.attn.proj.bias": "transformer.h.{i}.attn.c_proj.bias",
-        "blocks.{i}.norm2.weight": "transformer.h.{i}.ln_2.weight",
-        "blocks.{i}.norm2.bias": "transformer.h.{i}.ln_2.bias",
-        "blocks.{i}.mlp.up.weight": "transformer.h.{i}.mlp.c_fc.weight",
-        "blocks.{i}.mlp.up.bias": "transformer.h.{i}.mlp.c_fc.bias",
-        "blocks.{i}.mlp.down.weight": "transformer.h.{i}.mlp.c_proj.weight",
-        "blocks.{i}.mlp.down.bias": "transformer.h.{i}.mlp.c_proj.bias",
+        "decoder.blocks.{i}.norm1.weight": "transformer.h.{i}.ln_1.weight",
+        "decoder.blocks.{i}.norm1.bias": "transformer.h.{i}.ln_1.bias",
+        "decoder.blocks.{i}.attn.qkv.weight": "transformer.h.{i}.attn.c_attn.weight",
+        "decoder.blocks.{i}.attn.qkv.bias": "transformer.h.{i}.attn.c_attn.bias",
+        "decoder.blocks.{i}.attn.proj.weight": "transformer.h.{i}.attn.c_proj.weight",
+        "decoder.blocks.{i}.attn.proj.bias": "transformer.h.{i}.attn.c_proj.bias",
+        "decoder.blocks.{i}.norm2.weight": "transformer.h.{i}.ln_2.weight",
+        "decoder.blocks.{i}.norm2.bias": "transformer.h.{i}.ln_2.bias",
+        "decoder.blocks.{i}.mlp.up.weight": "transformer.h.{i}.mlp.c_fc.weight",
+        "decoder.blocks.{i}.mlp.up.bias": "transformer.h.{i}.mlp.c_fc.bias",
+        "decoder.blocks.{i}.mlp.down.weight": "transformer.h.{i}.mlp.c_proj.weight",
+        "decoder.blocks.{i}.mlp.down.bias": "transformer.h.{i}.mlp.c_proj.bias",
     },
     transposed=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
 )
@@ -56,20 +56,23 @@ LLAMA = Family(
     name="llama",
     global_map={
         "embed.weight": "model.embed_tokens.weight",
-        "norm.weight": "model.norm.weight",
+        "decoder.norm.weight": "model.norm.weight",
         "lm_head.weight": "lm_head.weight",  # dropped when the embeddings are tied
     },
     layer_map={
-        "blocks.{i}.norm1.weight": "model.layers.{i}.input_layernorm.weight",
-        "blocks.{i}.attn.qkv.weight": (
+        "decoder.blocks.{i}.norm1.weight": "model.layers.{i}.input_layernorm.weight",
+        "decoder.blocks.{i}.attn.qkv.weight": (
             "model.layers.{i}.self_attn.q_proj.weight",
             "model.layers.{i}.self_attn.k_proj.weight",
             "model.layers.{i}.self_attn.v_proj.weight",
         ),
-        "blocks.{i}.attn.proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
-        "blocks.{i}.norm2.weight": "model.layers.{i}.post_attention_layernorm.weight",
-        "blocks.{i}.mlp.up.weight": ("model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
-        "blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
+        "decoder.blocks.{i}.attn.proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+        "decoder.blocks.{i}.norm2.weight": "model.layers.{i}.post_attention_layernorm.weight",
+        "decoder.blocks.{i}.mlp.up.weight": (
+            "model.layers.{i}.mlp.gate_proj.weight",
+            "model.layers.{i}.mlp.up_proj.weight",
+        ),
+        "decoder.blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
     },
 )
 
@@ -91,6 +94,11 @@ def name_map(family: Family, config: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 def family_of(config: ModelConfig) -> Family:
     """The Hugging Face architecture this config is, or an error naming the options that prevent it."""
+    if config.family != "decoder":
+        raise LlmlabError(
+            f"Hugging Face export of {config.family} models is not supported yet",
+            "export a decoder-only (gpt2-* or llama-* style) checkpoint",
+        )
     gpt2 = dict(norm="layernorm", mlp="gelu", positions="learned", bias=True, tie_embeddings=True)
     llama = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False)
     for family, wanted in ((GPT2, gpt2), (LLAMA, llama)):

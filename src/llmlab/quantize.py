@@ -209,6 +209,11 @@ class QuantizedEmbedding(nn.Module):
 
 def _quantize_embeddings(model: nn.Module, spec: QuantizationSpec, empty: bool) -> None:
     """Replace embedding (and head) by quantized tables; tied models share one table."""
+    if model.config.family != "decoder":
+        raise LlmlabError(
+            f"quantizing the embeddings of {model.config.family} models is not supported",
+            "leave out --embeddings (the blocks' linear layers are still quantized)",
+        )
     weight = model.embed.weight
 
     def table_from(w: torch.Tensor) -> nn.Module:
@@ -228,6 +233,11 @@ def _quantize_embeddings(model: nn.Module, spec: QuantizationSpec, empty: bool) 
     model.lm_head = table if model.config.tie_embeddings else table_from(model.lm_head.weight)
 
 
+def in_blocks(name: str) -> bool:
+    """True for a module or parameter inside a stack's transformer blocks (any family)."""
+    return ".blocks." in f".{name}"
+
+
 def _quantizable(model: nn.Module, spec: QuantizationSpec) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, linear) for every linear layer to quantize: inside the blocks, not skipped."""
     found = []
@@ -236,7 +246,7 @@ def _quantizable(model: nn.Module, spec: QuantizationSpec) -> list[tuple[nn.Modu
             full = f"{name}.{child_name}" if name else child_name
             if (
                 isinstance(child, nn.Linear)
-                and full.startswith("blocks.")
+                and in_blocks(full)
                 and not any(fnmatch.fnmatch(full, pattern) for pattern in spec.skip)
             ):
                 found.append((module, child_name, child))

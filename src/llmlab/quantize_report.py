@@ -16,14 +16,12 @@ import torch.nn.functional as F
 from llmlab.checkpoint import load_checkpoint, model_state, save_checkpoint
 from llmlab.data.tokens import get_batch, prepare_data
 from llmlab.generate import GenerationConfig, Generator
-from llmlab.quantize import Int4Linear, Int8Linear, QuantizationSpec, quantize_model
+from llmlab.quantize import Int4Linear, Int8Linear, QuantizationSpec, in_blocks, quantize_model
 
 
 def variants(model) -> list[tuple[str, QuantizationSpec | None]]:
     """fp32, bf16, fp16, int8 and int4 at two group sizes (128 and 32, halved until they divide the widths)."""
-    widths = [
-        m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("blocks.")
-    ]
+    widths = [m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and in_blocks(n)]
     found = [
         ("fp32", None),
         ("bf16", QuantizationSpec("bf16")),

@@ -148,7 +148,7 @@ def make_optimizers(model: DecoderLM, cfg: TrainConfig, device: torch.device) ->
     embeddings, head, norms and biases stay with AdamW.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and n.startswith("blocks.")]
+    hidden = [p for n, p in named if cfg.optimizer == "muon" and p.dim() == 2 and ".blocks." in f".{n}"]
     taken = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in taken]
     groups = [

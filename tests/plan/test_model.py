@@ -3,20 +3,20 @@ import itertools
 import pytest
 
 from llmlab.config import PRESETS, ModelConfig
-from llmlab.model import DecoderLM
+from llmlab.model import build_model
 from llmlab.plan.model import parameter_breakdown
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_breakdown_equals_the_built_model_for_every_preset(preset):
     config = ModelConfig.from_preset(preset, vocab_size=5000)
-    assert sum(parameter_breakdown(config).values()) == DecoderLM(config).num_parameters()
+    assert sum(parameter_breakdown(config).values()) == build_model(config).num_parameters()
 
 
 @pytest.mark.parametrize("style,tie,kv", list(itertools.product(["gpt2", "llama"], [True, False], [1, 2, 4])))
 def test_breakdown_equals_the_built_model_for_variants(style, tie, kv):
     config = ModelConfig.from_preset(f"{style}-nano", vocab_size=300, tie_embeddings=tie, n_kv_head=kv)
-    assert sum(parameter_breakdown(config).values()) == DecoderLM(config).num_parameters()
+    assert sum(parameter_breakdown(config).values()) == build_model(config).num_parameters()
 
 
 def test_gpt2_small_components():

@@ -9,7 +9,8 @@ class KVCache:
     """Keys and values of every layer for `batch` rows and up to `max_len` positions.
 
     All rows share the write position (prompts are left-padded to a common length), so one integer
-    says where the next keys go.
+    says where the next keys go. An encoder-decoder's cross-attention keys/values, fixed for the whole
+    decode, are kept in `cross` by layer once the first step has computed them.
     """
 
     def __init__(
@@ -27,6 +28,7 @@ class KVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.max_len = max_len
         self.length = 0  # positions filled so far, advanced by `advance` after each forward
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.shape[2]

@@ -1,4 +1,5 @@
-"""The building blocks every family is made of: norms, positions, attention, feed-forward."""
+"""The building blocks every family is made of: norms, positions, attention, feed-forward, blocks
+and the stack of blocks. A family (model/transformer.py) is an embedding, one or two stacks and a head."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+# -- positions ---------------------------------------------------------------------------------------
 
 
 class RotaryEmbedding(nn.Module):
@@ -40,6 +44,58 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def sinusoidal_table(max_positions: int, width: int) -> torch.Tensor:
+    """The original Transformer's fixed positions: sin on even, cos on odd dims, wavelengths up to 10000*2pi."""
+    position = torch.arange(max_positions, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(max_positions, width)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)
+    return table
+
+
+def relative_position_bucket(
+    relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's buckets for key position minus query position: exact for small distances, logarithmic up
+    to max_distance, one shared bucket beyond. Bidirectional buckets split the range by direction."""
+    bucket = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)  # a causal query only looks back
+    exact = num_buckets // 2
+    logarithmic = (
+        exact
+        + (
+            torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+        ).long()
+    )
+    logarithmic = logarithmic.clamp(max=num_buckets - 1)
+    return bucket + torch.where(distance < exact, distance, logarithmic)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned bias per head and distance bucket, added to the attention scores of every layer."""
+
+    def __init__(self, config: ModelConfig, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+        self.bias = nn.Embedding(config.relative_buckets, config.n_head)
+
+    def forward(self, query_slots: torch.Tensor, key_slots: torch.Tensor) -> torch.Tensor:
+        """(T,) and (S,) positions -> (1, H, T, S) additive scores."""
+        relative = key_slots[None, :] - query_slots[:, None]
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.bias(buckets).permute(2, 0, 1).unsqueeze(0)
+
+
+# -- attention ---------------------------------------------------------------------------------------
+
+
 def attention_kernel(q: torch.Tensor) -> contextlib.AbstractContextManager:
     """On CPU, PyTorch's flash kernel trains short sequences slower than the plain (math) kernel:
     forward + backward at (batch 32, 4 heads, 128 positions, 64 dims) in bf16 took 39 ms vs 22 ms
@@ -49,17 +105,51 @@ def attention_kernel(q: torch.Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-class SelfAttention(nn.Module):
-    """Multi-head (or grouped-query) self-attention through scaled_dot_product_attention."""
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    dropout: float,
+    record: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v for (B, H, T, D) queries and (B, H_kv, S, D) keys/values.
 
-    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+    mask: None, boolean (True = may attend) or additive float, broadcastable to (B, H, T, S).
+    With `record` set, the weights are computed explicitly and appended to it (for inspection);
+    otherwise the fused kernel runs and no weights exist.
+    """
+    if record is None:
+        with attention_kernel(q):
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1]
+            )
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    if causal:
+        T, S = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1)
+    record.append(weights.detach())
+    return weights.to(v.dtype) @ v
+
+
+class SelfAttention(nn.Module):
+    """Multi-head (or grouped-query) self-attention, causal or bidirectional."""
+
+    def __init__(self, config: ModelConfig, layer_index: int, causal: bool) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.layer_index = layer_index
+        self.layer_index, self.causal = layer_index, causal
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        self.record: list[torch.Tensor] | None = None  # set by llmlab.attention to keep the weights
 
     def forward(
         self,
@@ -81,26 +171,63 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
         # With a cache and no mask, a single new query may see every cached key: no causal mask needed.
-        is_causal = mask is None and (cache is None or T > 1)
-        with attention_kernel(q):
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=is_causal,
-                enable_gqa=self.n_kv_head != self.n_head,
-            )
+        causal = self.causal and mask is None and (cache is None or T > 1)
+        dropout = self.dropout if self.training else 0.0
+        y = attend(q, k, v, mask, causal, dropout, self.record)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+class CrossAttention(nn.Module):
+    """Decoder queries attending to the encoder's output; its keys/values are computed once per input."""
+
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.layer_index = layer_index
+        self.q = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
+        self.kv = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_dim, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.record: list[torch.Tensor] | None = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if cache is not None and self.layer_index in cache.cross:
+            k, v = cache.cross[self.layer_index]
+        else:
+            S = memory.shape[1]
+            k, v = self.kv(memory).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
+            if cache is not None:
+                cache.cross[self.layer_index] = (k, v)
+        y = attend(q, k, v, memory_mask, False, self.dropout if self.training else 0.0, self.record)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+# -- feed-forward and blocks -------------------------------------------------------------------------
+
+
 class FeedForward(nn.Module):
-    """GELU MLP (GPT-2) or SwiGLU (Llama)."""
+    """GELU (GPT-2, BERT) or ReLU (original Transformer, T5 v1.0) MLP, or a gated one: SwiGLU (Llama),
+    GEGLU (T5 v1.1). Gated variants compute gate and up projections as one matrix."""
+
+    ACTIVATIONS = {
+        "gelu": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+        "swiglu": F.silu,
+        "geglu": lambda x: F.gelu(x, approximate="tanh"),
+    }
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gated = config.mlp == "swiglu"
+        self.gated = config.gated_mlp
+        self.act = self.ACTIVATIONS[config.mlp]
         width = config.intermediate_size * (2 if self.gated else 1)
         self.up = nn.Linear(config.n_embd, width, bias=config.bias)
         self.down = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
@@ -109,17 +236,19 @@ class FeedForward(nn.Module):
         h = self.up(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
-        return self.down(F.gelu(h, approximate="tanh"))
+            return self.down(self.act(gate) * up)
+        return self.down(self.act(h))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), [x + cross(norm(x), memory)], x + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+    def __init__(self, config: ModelConfig, layer_index: int, causal: bool, cross: bool) -> None:
         super().__init__()
         self.norm1 = make_norm(config)
-        self.attn = SelfAttention(config, layer_index)
+        self.attn = SelfAttention(config, layer_index, causal)
+        self.norm_cross = make_norm(config) if cross else None
+        self.cross = CrossAttention(config, layer_index) if cross else None
         self.norm2 = make_norm(config)
         self.mlp = FeedForward(config)
         self.drop = nn.Dropout(config.dropout)
@@ -131,9 +260,77 @@ class Block(nn.Module):
         rope: RotaryEmbedding | None,
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), positions, rope, cache, mask))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.norm_cross(x), memory, memory_mask, cache))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Stack(nn.Module):
+    """Positions + N blocks + final norm: an encoder (bidirectional), a decoder (causal), or a decoder
+    with cross-attention to an encoder's output. Takes embeddings, returns normalised hidden states."""
+
+    def __init__(self, config: ModelConfig, n_layer: int, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.positions = config.positions
+        self.scale = math.sqrt(config.n_embd) if config.positions == "sinusoidal" else 1.0
+        self.pos_embed = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
+        if config.positions == "sinusoidal":
+            self.register_buffer("sinusoids", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+        self.rope = (
+            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta)
+            if config.positions == "rope"
+            else None
+        )
+        self.rel_bias = (
+            RelativePositionBias(config, bidirectional=not causal) if config.positions == "relative" else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i, causal, cross) for i in range(n_layer))
+        self.norm = make_norm(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C) token embeddings; positions: (T,) or (B, T).
+
+        mask: boolean (B, 1, T, S), True = may attend; None means causal (decoder) or full (encoder).
+        """
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        elif self.positions == "sinusoidal":
+            x = x * self.scale + self.sinusoids[positions].to(x.dtype)
+        if self.rel_bias is not None:
+            mask = self._with_relative_bias(x.shape[1], cache, mask, x.device)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, positions, self.rope, cache, mask, memory, memory_mask)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return self.norm(x)
+
+    def _with_relative_bias(
+        self, T: int, cache: KVCache | None, mask: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
+        """One additive mask: the bucketed bias by cache slot (distances within a left-padded row equal
+        slot distances), with -inf where the boolean or causal mask forbids attending."""
+        start = cache.length if cache is not None else 0
+        query_slots = torch.arange(start, start + T, device=device)
+        key_slots = torch.arange(start + T, device=device)
+        bias = self.rel_bias(query_slots, key_slots)
+        if mask is None and self.causal:
+            mask = query_slots[:, None] >= key_slots[None, :]
+        return bias if mask is None else torch.where(mask, bias, float("-inf"))
 
 
 def init_weights(module: nn.Module, n_layer: int) -> None:

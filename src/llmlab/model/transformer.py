@@ -1,38 +1,88 @@
-"""The decoder-only language model (GPT-2 or Llama style, chosen by ModelConfig)."""
+"""The three families, each an embedding, one or two Stacks of the same blocks, and a head:
+
+DecoderLM          GPT/Llama: causal stack, next-token head (causal LM)
+EncoderLM          BERT: bidirectional stack, masked-LM head tied to the embedding
+EncoderDecoderLM   T5/original Transformer: bidirectional encoder, causal decoder with
+                   cross-attention, one shared embedding, next-token head
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmlab.config import ModelConfig
 from llmlab.model.cache import KVCache
-from llmlab.model.layers import Block, RotaryEmbedding, init_weights, make_norm
+from llmlab.model.layers import Stack, init_weights, make_norm
 
 
-class DecoderLM(nn.Module):
-    """Token embedding -> N pre-norm blocks with causal self-attention -> norm -> vocabulary logits."""
+def _default_positions(T: int, cache: KVCache | None, device: torch.device) -> torch.Tensor:
+    start = cache.length if cache is not None else 0
+    return torch.arange(start, start + T, device=device)
+
+
+def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) with True for real tokens -> (B, 1, 1, S) boolean mask for attention, None if all real."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+class LanguageModel(nn.Module):
+    """What every family shares: the token embedding, parameter count, device and dtype."""
+
+    config: ModelConfig
+
+    def _init(self, config: ModelConfig, n_layer: int) -> None:
+        init_weights(self, n_layer)
+        if config.positions == "sinusoidal":  # the paper's scale: embeddings * sqrt(d) ~ unit size
+            nn.init.normal_(self.embed.weight, std=config.n_embd**-0.5)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    @property
+    def last_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.last_norm.weight.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype activations run in: the final norm's (quantized models keep their norms in 16-bit)."""
+        return self.last_norm.weight.dtype
+
+
+class DecoderLM(LanguageModel):
+    """Token embedding -> causal stack -> vocabulary logits."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_embed = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
-        self.rope = (
-            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta)
-            if config.positions == "rope"
-            else None
-        )
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm = make_norm(config)
+        self.decoder = Stack(config, config.n_layer, causal=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        init_weights(self, config.n_layer)
+        self._init(config, config.n_layer)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if positions is None:
+            positions = _default_positions(idx.shape[1], cache, idx.device)
+        return self.decoder(self.embed(idx), positions, cache, mask)
 
     def forward(
         self,
@@ -47,31 +97,120 @@ class DecoderLM(nn.Module):
         mask: optional boolean (B, 1, T, S) attention mask (True = may attend); None means causal.
         Returns logits (B, T, vocab), or (B, 1, vocab) with last_only.
         """
-        T = idx.shape[1]
-        if positions is None:
-            start = cache.length if cache is not None else 0
-            positions = torch.arange(start, start + T, device=idx.device)
-        x = self.embed(idx)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(positions)
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, positions, self.rope, cache, mask)
-        if cache is not None:
-            cache.advance(T)
+        x = self.hidden_states(idx, positions, cache, mask)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))
-
-    @property
-    def device(self) -> torch.device:
-        return self.norm.weight.device
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype activations run in: the final norm's (quantized models keep their norms in 16-bit)."""
-        return self.norm.weight.dtype
+        return self.lm_head(x)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         c = self.config
         return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, dtype or self.compute_dtype, self.device)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's prediction head: dense + GELU + norm, then scores against the (tied) token embedding."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.norm = make_norm(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(x)))
+        return F.linear(h, embedding, self.bias)
+
+
+class EncoderLM(LanguageModel):
+    """Token embedding -> bidirectional stack -> masked-LM head (BERT-like)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.encoder = Stack(config, config.n_layer, causal=False)
+        self.mlm_head = MaskedLMHead(config)
+        self._init(config, config.n_layer)
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.encoder.norm
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids and optional (B, T) real-token mask -> (B, T, C) contextual vectors."""
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        return self.encoder(self.embed(idx), positions, mask=_key_mask(attention_mask))
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        select: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab); with a boolean (B, T) `select`, only those positions' logits (N, vocab),
+        which is what masked-LM training needs (15% of positions) at a fraction of the head's cost."""
+        h = self.hidden_states(idx, attention_mask)
+        return self.mlm_head(h if select is None else h[select], self.embed.weight)
+
+
+class EncoderDecoderLM(LanguageModel):
+    """Shared embedding -> bidirectional encoder; decoder with causal self-attention and cross-attention
+    to the encoder output -> vocabulary logits (T5-like; a tied head is scaled by 1/sqrt(d) as in T5)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.encoder = Stack(config, config.n_layer, causal=False)
+        self.decoder = Stack(config, config.n_decoder_layer, causal=True, cross=True)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self._init(config, config.n_layer + config.n_decoder_layer)
+        self.head_scale = config.n_embd**-0.5 if config.tie_embeddings else 1.0
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.decoder.norm
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) ids, optional (B, S) real-token mask -> (B, S, C) encoder output."""
+        positions = torch.arange(src.shape[1], device=src.device)
+        return self.encoder(self.embed(src), positions, mask=_key_mask(src_mask))
+
+    def decode(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Decoder logits (B, T, vocab) for target ids `tgt` given the encoder output."""
+        positions = _default_positions(tgt.shape[1], cache, tgt.device)
+        x = self.decoder(self.embed(tgt), positions, cache, None, memory, _key_mask(src_mask))
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x * self.head_scale)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: logits (B, T, vocab) for decoder inputs `tgt` (start token + shifted targets)."""
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        c = self.config
+        return KVCache(
+            c.n_decoder_layer, batch, c.n_kv_head, max_len, c.head_dim, dtype or self.compute_dtype, self.device
+        )
+
+
+MODEL_CLASSES: dict[str, type[LanguageModel]] = {
+    "decoder": DecoderLM,
+    "encoder": EncoderLM,
+    "encoder-decoder": EncoderDecoderLM,
+}
+
+
+def build_model(config: ModelConfig) -> LanguageModel:
+    """The model class of the config's family, freshly initialised."""
+    return MODEL_CLASSES[config.family](config)

@@ -6,16 +6,31 @@ from llmlab.config import ModelConfig
 
 
 def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
-    """Parameters of embeddings, attention, feed-forward, norms and output head (tied head = 0)."""
-    d, L = config.n_embd, config.n_layer
-    bias = 1 if config.bias else 0
-    qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
-    width = config.intermediate_size * (2 if config.mlp == "swiglu" else 1)
+    """Parameters of embeddings (tokens and positions), attention (self and cross), feed-forward,
+    norms and output head (a tied head counts 0; BERT's masked-LM head counts its transform)."""
+    d, bias = config.n_embd, 1 if config.bias else 0
+    hd = config.head_dim
+    q_out, kv_out = config.n_head * hd, config.n_kv_head * hd
+    self_attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + d * d + bias * d
+    cross_attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + d * d + bias * d
+    width = config.intermediate_size * (2 if config.gated_mlp else 1)
+    feed_forward = d * width + bias * width + config.intermediate_size * d + bias * d
     norm = d * (2 if config.norm == "layernorm" and config.bias else 1)
+
+    stacks = [(config.n_layer, False)]  # (blocks, with cross-attention)
+    if config.family == "encoder-decoder":
+        stacks.append((config.n_decoder_layer, True))
+    positions = {
+        "learned": config.block_size * d,
+        "relative": config.relative_buckets * config.n_head,
+    }.get(config.positions, 0)
+    head = 0 if config.tie_embeddings else config.vocab_size * d
+    if config.family == "encoder":  # dense + norm + output bias; the output matrix is the embedding
+        head = d * d + bias * d + norm + config.vocab_size
     return {
-        "embeddings": config.vocab_size * d + (config.block_size * d if config.positions == "learned" else 0),
-        "attention": L * (d * qkv_out + bias * qkv_out + d * d + bias * d),
-        "feed_forward": L * (d * width + bias * width + config.intermediate_size * d + bias * d),
-        "norms": (2 * L + 1) * norm,
-        "head": 0 if config.tie_embeddings else config.vocab_size * d,
+        "embeddings": config.vocab_size * d + positions * len(stacks),
+        "attention": sum(n * (self_attention + (cross_attention if cross else 0)) for n, cross in stacks),
+        "feed_forward": sum(n * feed_forward for n, _ in stacks),
+        "norms": sum((n * (3 if cross else 2) + 1) * norm for n, cross in stacks),
+        "head": head,
     }
