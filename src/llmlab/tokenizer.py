@@ -1,6 +1,8 @@
 """Tokenizers trained on the user's corpus (byte-level BPE or characters), saved as tokenizer.json.
 
 Both kinds are `tokenizers.Tokenizer` objects, so one file format and one fast encoder serve both.
+Each family gets the special tokens its objective needs (see `special_tokens_for`); their roles
+(end of text, padding, mask, ...) are found by name, so tokenizers from elsewhere work too.
 """
 
 from __future__ import annotations
@@ -15,19 +17,72 @@ from llmlab.errors import LlmlabError
 
 EOS = "<|endoftext|>"
 UNK = "<|unk|>"
+PAD, CLS, SEP, MASK = "[PAD]", "[CLS]", "[SEP]", "[MASK]"
+T5_PAD = "<pad>"
+SENTINELS = 100  # T5's <extra_id_0> ... <extra_id_99>
 KINDS = ("bpe", "char")
 CHUNK_CHARS = 1 << 16  # encoding one huge string is ~10x slower than batches of chunks
 
+# Names a role's token goes by (llmlab's own first, then Hugging Face conventions).
+ROLE_NAMES = {
+    "eos": (EOS, "</s>", "<|end_of_text|>"),
+    "pad": (PAD, T5_PAD),
+    "mask": (MASK, "<mask>"),
+    "cls": (CLS,),
+    "sep": (SEP,),
+}
+
+
+def sentinel(i: int) -> str:
+    return f"<extra_id_{i}>"
+
+
+def special_tokens_for(family: str) -> tuple[list[str], int]:
+    """(special tokens placed first in the vocabulary, number of T5 sentinels placed last)."""
+    if family == "encoder":
+        return [PAD, CLS, SEP, MASK], 0
+    if family == "encoder-decoder":
+        return [T5_PAD, EOS], SENTINELS
+    return [EOS], 0
+
 
 class TextTokenizer:
-    """Wraps a `tokenizers.Tokenizer` with the special tokens llmlab relies on."""
+    """Wraps a `tokenizers.Tokenizer` with the roles of its special tokens."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.inner = tokenizer
-        eos = tokenizer.token_to_id(EOS)
-        if eos is None:
-            raise LlmlabError(f"tokenizer has no {EOS} token", "train the tokenizer with llmlab")
-        self.eos_id: int = eos
+
+        def find(role: str) -> int | None:
+            return next((i for n in ROLE_NAMES[role] if (i := tokenizer.token_to_id(n)) is not None), None)
+
+        self.eos_id: int | None = find("eos")
+        self.pad_id: int | None = find("pad")
+        self.mask_id: int | None = find("mask")
+        self.cls_id: int | None = find("cls")
+        self.sep_id: int | None = find("sep")
+        if self.eos_id is None and self.sep_id is None:
+            raise LlmlabError(f"tokenizer has neither {EOS} nor {SEP}", "train the tokenizer with llmlab")
+        self.sentinel_ids: list[int] = []  # sentinel_ids[i] is <extra_id_i>
+        while (i := tokenizer.token_to_id(sentinel(len(self.sentinel_ids)))) is not None:
+            self.sentinel_ids.append(i)
+        self.special_ids: frozenset[int] = frozenset(
+            i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special
+        )
+
+    @property
+    def separator_id(self) -> int:
+        """The token written between documents: end-of-text, or [SEP] for BERT-style tokenizers."""
+        return self.eos_id if self.eos_id is not None else self.sep_id
+
+    def require(self, role: str, why: str) -> int:
+        """The id of a role's token, or a clear error saying this tokenizer cannot do `why`."""
+        value = getattr(self, f"{role}_id")
+        if value is None:
+            names = " or ".join(ROLE_NAMES[role])
+            raise LlmlabError(
+                f"the tokenizer has no {names} token, needed {why}", "use a checkpoint of a family that has it"
+            )
+        return value
 
     @property
     def vocab_size(self) -> int:
@@ -80,23 +135,27 @@ def split_chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
         start = end
 
 
-def train_tokenizer(documents: list[str], kind: str = "bpe", vocab_size: int = 8192) -> TextTokenizer:
-    """Train a tokenizer on the documents. BPE is byte-level (lossless for any text)."""
+def train_tokenizer(
+    documents: list[str], kind: str = "bpe", vocab_size: int = 8192, family: str = "decoder"
+) -> TextTokenizer:
+    """Train a tokenizer on the documents with the special tokens of `family`. BPE is byte-level
+    (lossless for any text) and its vocabulary, sentinels included, is at most `vocab_size`."""
+    specials, sentinels = special_tokens_for(family)
     if kind == "bpe":
-        if vocab_size < 257 + 1:
-            raise LlmlabError(f"BPE vocabulary size {vocab_size} is too small", "use at least 258")
+        smallest = 256 + len(specials) + sentinels + 2
+        if vocab_size < smallest:
+            raise LlmlabError(f"BPE vocabulary size {vocab_size} is too small", f"use at least {smallest}")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=[EOS],
+            vocab_size=vocab_size - sentinels,
+            special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         tok.train_from_iterator((c for d in documents for c in split_chunks(d)), trainer=trainer)
-        return TextTokenizer(tok)
-    if kind == "char":
+    elif kind == "char":
         chars = sorted(set().union(*(set(d) for d in documents)))
         vocab = {c: i for i, c in enumerate(chars)}
         vocab[UNK] = len(vocab)
@@ -104,9 +163,12 @@ def train_tokenizer(documents: list[str], kind: str = "bpe", vocab_size: int = 8
         # Split by lines so the BPE model never sees one giant "word"; no merges means one id per char.
         tok.pre_tokenizer = pre_tokenizers.Split(Regex("\n+|[^\n]+"), behavior="isolated")
         tok.decoder = decoders.Fuse()
-        tok.add_special_tokens([EOS])
-        return TextTokenizer(tok)
-    raise LlmlabError(f"unknown tokenizer kind {kind!r}", f"choose one of: {', '.join(KINDS)}")
+        tok.add_special_tokens(specials)
+    else:
+        raise LlmlabError(f"unknown tokenizer kind {kind!r}", f"choose one of: {', '.join(KINDS)}")
+    # T5 numbers its sentinels from the end of the vocabulary downward: <extra_id_0> is the last id.
+    tok.add_special_tokens([sentinel(i) for i in reversed(range(sentinels))])
+    return TextTokenizer(tok)
 
 
 def tokenizer_fingerprint(tokenizer: TextTokenizer) -> str:

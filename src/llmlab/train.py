@@ -1,4 +1,4 @@
-"""Pre-training loop for causal language models: one process, any device, exact resume.
+"""Pre-training loop for every family and objective: one process, any device, exact resume.
 
 AdamW (decay on matrices only), linear warmup then cosine decay, gradient clipping and accumulation,
 mixed precision, step and wall-clock budgets, periodic validation, checkpoints every N steps and on
@@ -22,18 +22,29 @@ import torch.nn.functional as F
 
 from llmlab.checkpoint import load_weights, read_model_config, save_checkpoint, verify_checkpoint
 from llmlab.config import ModelConfig
-from llmlab.data.tokens import TokenData, get_batch, prepare_data
+from llmlab.data.objectives import (
+    IGNORE,
+    Batch,
+    causal_lm_batch,
+    check_objective,
+    mlm_batch,
+    seq2seq_batch,
+    span_batch,
+    span_lengths,
+)
+from llmlab.data.pairs import PairData, prepare_pairs
+from llmlab.data.tokens import TokenData, prepare_data
 from llmlab.device import autocast, resolve_device, resolve_dtype
 from llmlab.errors import LlmlabError
 from llmlab.generate import GenerationConfig
-from llmlab.model import DecoderLM
+from llmlab.model import LanguageModel, build_model
 from llmlab.plot import plot_loss
 from llmlab.progress import MetricsLog, ProgressLine, format_duration
 from llmlab.tokenizer import TextTokenizer
 
-DEFAULT_PRESET = "llama-micro"
+DEFAULT_PRESETS = {"decoder": "llama-micro", "encoder": "bert-micro", "encoder-decoder": "t5-micro"}
 DEFAULT_MAX_STEPS = 2000
-MODEL_OVERRIDES = ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "dropout")
+MODEL_OVERRIDES = ("block_size", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "dropout")
 
 
 @dataclass
@@ -41,10 +52,19 @@ class TrainConfig:
     """Everything `llmlab pretrain` takes. Model fields left at None come from the preset."""
 
     out: str = "runs/default"
+    # what to train
+    family: str | None = None  # decoder, encoder or encoder-decoder; default: the preset's (decoder)
+    objective: str | None = None  # clm, mlm, span or seq2seq; default: the family's own
+    init: str | None = None  # start from this checkpoint's weights and tokenizer (e.g. seq2seq after span)
     # data
     data: str | None = None  # a text file, a folder, a .jsonl file; None = the default corpus
     glob: str = "**/*"
     text_field: str = "text"
+    input_field: str = "input"  # seq2seq JSONL fields
+    target_field: str = "target"
+    mask_probability: float = 0.15  # mlm
+    noise_density: float = 0.15  # span corruption
+    mean_span_length: float = 3.0
     tokenizer: str = "bpe"
     vocab_size: int = 8192
     val_fraction: float = 0.1
@@ -52,6 +72,7 @@ class TrainConfig:
     preset: str | None = None
     block_size: int | None = None
     n_layer: int | None = None
+    n_decoder_layer: int | None = None
     n_head: int | None = None
     n_kv_head: int | None = None
     n_embd: int | None = None
@@ -107,6 +128,27 @@ class TrainConfig:
             raise LlmlabError(f"--max-steps must be positive, got {self.max_steps}", "pass e.g. 2000")
         if self.max_time is not None and self.max_time <= 0:
             raise LlmlabError(f"--max-time must be positive, got {self.max_time}", "pass seconds, e.g. 180")
+        for name in ("mask_probability", "noise_density"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise LlmlabError(
+                    f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(self, name)}", "use e.g. 0.15"
+                )
+        if self.mean_span_length < 1:
+            raise LlmlabError(f"--mean-span-length must be >= 1, got {self.mean_span_length}", "use e.g. 3")
+
+    def resolved_family(self) -> str:
+        """The family to train: --family, else the preset's, else decoder; a mismatch is an error."""
+        from llmlab.config import FAMILIES, PRESETS
+
+        if self.family is not None and self.family not in FAMILIES:
+            raise LlmlabError(f"unknown family {self.family!r}", f"choose one of: {', '.join(FAMILIES)}")
+        preset_family = PRESETS.get(self.preset, {}).get("family", "decoder") if self.preset else None
+        if self.family and preset_family and self.family != preset_family:
+            raise LlmlabError(
+                f"preset {self.preset} is a {preset_family} model, not {self.family}",
+                f"leave out --family or pick a preset of that family (default {DEFAULT_PRESETS[self.family]})",
+            )
+        return self.family or preset_family or "decoder"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,12 +177,80 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def build_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+def build_model_config(cfg: TrainConfig, tokenizer: TextTokenizer) -> ModelConfig:
+    family = cfg.resolved_family()
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
-    return ModelConfig.from_preset(cfg.preset or DEFAULT_PRESET, vocab_size=vocab_size, **overrides)
+    if family == "encoder-decoder":
+        overrides["decoder_start_token_id"] = tokenizer.require("pad", "as the decoder's start token")
+    elif cfg.n_decoder_layer is not None:
+        raise LlmlabError(
+            "--n-decoder-layer is for encoder-decoder models", "leave it out or use --family encoder-decoder"
+        )
+    preset = cfg.preset or DEFAULT_PRESETS[family]
+    return ModelConfig.from_preset(preset, vocab_size=tokenizer.vocab_size, **overrides)
 
 
-def make_optimizers(model: DecoderLM, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+BatchSource = Callable[[bool, int, int], Batch]  # (validation?, step, micro) -> batch
+
+
+def batch_source(objective: str, cfg: TrainConfig, data: TokenData | PairData, config: ModelConfig) -> BatchSource:
+    """The objective's batches for training and validation, each a pure function of (seed, step, micro)."""
+    B, block, tok = cfg.batch_size, config.block_size, data.tokenizer
+    if objective == "seq2seq":
+        assert isinstance(data, PairData)
+        pad = tok.require("pad", "to pad sequence-to-sequence batches")
+        eos = tok.require("eos", "to end sequence-to-sequence inputs and targets")
+
+        def pairs(val: bool, step: int, micro: int) -> Batch:
+            src, tgt = (data.val_sources, data.val_targets) if val else (data.train_sources, data.train_targets)
+            return seq2seq_batch(src, tgt, B, block, pad, eos, config.decoder_start_token_id, cfg.seed, step, micro)
+
+        return pairs
+    split = lambda val: data.val if val else data.train  # noqa: E731
+    if objective == "clm":
+        return lambda val, step, micro: causal_lm_batch(split(val), B, block, cfg.seed, step, micro)
+    if objective == "mlm":
+        return lambda val, step, micro: mlm_batch(
+            split(val), tok, B, block, cfg.seed, step, micro, cfg.mask_probability
+        )
+    return lambda val, step, micro: span_batch(
+        split(val),
+        tok,
+        B,
+        block,
+        config.decoder_start_token_id,
+        cfg.seed,
+        step,
+        micro,
+        cfg.noise_density,
+        cfg.mean_span_length,
+    )
+
+
+def window_length(objective: str, cfg: TrainConfig, block: int) -> int:
+    """Raw tokens one training row reads from the token stream."""
+    if objective == "clm":
+        return block + 1
+    if objective == "mlm":
+        return block - 2
+    return span_lengths(block, cfg.noise_density, cfg.mean_span_length)[0]
+
+
+def batch_loss(model: LanguageModel, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the labelled positions, whatever the family."""
+    family = model.config.family
+    if family == "encoder":
+        selected = batch.labels != IGNORE
+        logits = model(batch.inputs, batch.attention_mask, select=selected)
+        return F.cross_entropy(logits.float(), batch.labels[selected])
+    if family == "encoder-decoder":
+        logits = model(batch.inputs, batch.decoder_inputs, batch.attention_mask)
+    else:
+        logits = model(batch.inputs)
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+
+
+def make_optimizers(model: LanguageModel, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     """AdamW with weight decay on matrices (weights, embeddings) but not on biases and norm gains.
 
     With `optimizer="muon"`, the matrices inside the blocks go to Muon (orthogonalised momentum, with
@@ -200,15 +310,13 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def evaluate_loss(model, ids, cfg: TrainConfig, block_size: int, device, dtype) -> float:
-    """Mean loss over a fixed set of validation windows (the same ones at every evaluation)."""
+def evaluate_loss(model: LanguageModel, batches: BatchSource, cfg: TrainConfig, device, dtype) -> float:
+    """Mean loss over a fixed set of validation batches (the same ones at every evaluation)."""
     model.eval()
     losses = []
     for i in range(cfg.eval_iters):
-        x, y = get_batch(ids, cfg.batch_size, block_size, seed=cfg.seed, step=2**31 + i)
         with autocast(device, dtype):
-            logits = model(x.to(device))
-        losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()).item())
+            losses.append(batch_loss(model, batches(True, 2**31 + i, 0).to(device)).item())
     model.train()
     return sum(losses) / len(losses)
 
@@ -272,11 +380,48 @@ def train(
             "pass --resume to continue it, --overwrite to replace it, or another --out",
         )
 
+    family = cfg.resolved_family()
+    objective = check_objective(family, cfg.objective)
+    init_config = None
+    if cfg.init is not None and not cfg.resume:
+        init_path = verify_checkpoint(cfg.init)
+        init_config = read_model_config(init_path)
+        if init_config.family != family:
+            raise LlmlabError(
+                f"--init {cfg.init} is a {init_config.family} model, not {family}",
+                f"pass --family {init_config.family}",
+            )
+        tokenizer = TextTokenizer.load(init_path / "tokenizer.json")
+
     torch.manual_seed(cfg.seed)
-    data: TokenData = prepare_data(
-        cfg.data, cfg.glob, cfg.text_field, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, tokenizer, log
-    )
-    model_config = build_model_config(cfg, data.tokenizer.vocab_size)
+    data: TokenData | PairData
+    if objective == "seq2seq":
+        if cfg.data is None:
+            raise LlmlabError("seq2seq training needs pairs", "pass --data FILE.jsonl with input and target fields")
+        data = prepare_pairs(
+            cfg.data,
+            cfg.input_field,
+            cfg.target_field,
+            cfg.tokenizer,
+            cfg.vocab_size,
+            cfg.val_fraction,
+            tokenizer,
+            log,
+            family,
+        )
+    else:
+        data = prepare_data(
+            cfg.data,
+            cfg.glob,
+            cfg.text_field,
+            cfg.tokenizer,
+            cfg.vocab_size,
+            cfg.val_fraction,
+            tokenizer,
+            log,
+            family,
+        )
+    model_config = init_config or build_model_config(cfg, data.tokenizer)
     if cfg.resume:
         saved = read_model_config(out)
         changed = [
@@ -284,20 +429,28 @@ def train(
             for k, v in saved.to_dict().items()
             if model_config.to_dict()[k] != v
         ]
-        if changed:
+        if changed and state.get("train_config", {}).get("init") is None:
             raise LlmlabError(
                 f"--resume with a changed model config ({'; '.join(changed)})",
                 "resume with the options of the original run, or train a new --out",
             )
+        model_config = saved
     block = model_config.block_size
-    for split, ids in (("training", data.train), ("validation", data.val)):
-        if len(ids) <= block + 1:
-            raise LlmlabError(
-                f"the {split} split has {len(ids)} tokens, fewer than one window of {block + 1}",
-                "use more data or a smaller --block-size",
-            )
+    if objective != "seq2seq":
+        window = window_length(objective, cfg, block)
+        for split, ids in (("training", data.train), ("validation", data.val)):
+            if len(ids) <= window:
+                raise LlmlabError(
+                    f"the {split} split has {len(ids)} tokens, fewer than one window of {window}",
+                    "use more data or a smaller --block-size",
+                )
+    batches = batch_source(objective, cfg, data, model_config)
 
-    model = DecoderLM(model_config).to(device)
+    model = build_model(model_config).to(device)
+    if init_config is not None:
+        load_weights(model, Path(cfg.init) / "model.safetensors")
+        model.to(device)
+        log(f"initialised from {cfg.init}")
     optimizers = make_optimizers(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, elapsed, best_val = 0, 0.0, math.inf
@@ -316,14 +469,16 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if cfg.resume else None)
     n_params = model.num_parameters()
+    layers = model_config.n_layer + (model_config.n_decoder_layer or 0)
     log(
-        f"model: {cfg.preset or DEFAULT_PRESET}, {n_params:,} parameters ({n_params / 1e6:.2f}M), "
-        f"{model_config.n_layer} layers, {model_config.n_embd} dims, context {block}; "
+        f"model: {cfg.init or cfg.preset or DEFAULT_PRESETS[family]} ({family}, objective {objective}), "
+        f"{n_params:,} parameters ({n_params / 1e6:.2f}M), "
+        f"{layers} layers, {model_config.n_embd} dims, context {block}; "
         f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}"
     )
     forward = torch.compile(model) if cfg.compile else model
     model.train()
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * block
+    tokens_seen = state.get("tokens_seen", 0)
     result = TrainResult(out=out, step=step, best_val_loss=best_val)
 
     def save(reason: str) -> None:
@@ -332,12 +487,13 @@ def train(
             "step": step,
             "elapsed": elapsed,
             "best_val_loss": best_val,
-            "tokens_seen": step * tokens_per_step,
+            "tokens_seen": tokens_seen,
             "optimizer_param_groups": groups,
             "train_config": cfg.to_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
-        defaults = GenerationConfig(max_new_tokens=min(128, block // 2))  # leave room for a prompt
+        # leave room for a prompt in a decoder's context; an encoder-decoder's output has its own
+        defaults = GenerationConfig(max_new_tokens=min(128, block if family == "encoder-decoder" else block // 2))
         save_checkpoint(out, model, data.tokenizer, defaults, trainer_state, {**tensors, **rng_tensors()})
         log(f"checkpoint: {out} at step {step} ({reason})")
 
@@ -353,13 +509,12 @@ def train(
                 for optimizer in optimizers:
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                loss_sum = 0.0
+                loss_sum, step_tokens = 0.0, 0
                 for micro in range(cfg.grad_accum):
-                    x, y = get_batch(data.train, cfg.batch_size, block, cfg.seed, step, micro)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    batch = batches(False, step, micro)
+                    step_tokens += batch.tokens
                     with autocast(device, dtype):
-                        logits = forward(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.grad_accum
+                        loss = batch_loss(forward, batch.to(device)) / cfg.grad_accum
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
                 for optimizer in optimizers:
@@ -371,7 +526,8 @@ def train(
                 scaler.update()
                 step += 1
                 elapsed += time.perf_counter() - t0
-                window_tokens += tokens_per_step
+                window_tokens += step_tokens
+                tokens_seen += step_tokens
                 result.train_losses[step] = loss_sum
                 if not math.isfinite(loss_sum):
                     raise LlmlabError(f"loss became {loss_sum} at step {step}", "lower --lr or use --dtype fp32")
@@ -391,7 +547,7 @@ def train(
 
                 if step % cfg.eval_interval == 0 or not budget_left():
                     t_eval = time.perf_counter()
-                    val = evaluate_loss(model, data.val, cfg, block, device, dtype)
+                    val = evaluate_loss(model, batches, cfg, device, dtype)
                     best_val = min(best_val, val)
                     result.best_val_loss = best_val
                     metrics.write(step=step, val_loss=round(val, 5), elapsed=round(elapsed, 2))
@@ -414,7 +570,7 @@ def train(
             save("done")
     plot_loss(metrics.records(), out / "loss.png", title=f"{out.name}: {n_params / 1e6:.1f}M parameters")
     log(
-        f"done: {step} steps, {step * tokens_per_step:,} tokens in {format_duration(elapsed)}, "
+        f"done: {step} steps, {tokens_seen:,} tokens in {format_duration(elapsed)}, "
         f"best validation loss {best_val:.4f}; loss curve {out / 'loss.png'}"
     )
     return result

@@ -39,7 +39,7 @@ class TokenData:
     source: str
 
 
-def _digest(*parts: bytes | str) -> str:
+def digest(*parts: bytes | str) -> str:
     h = hashlib.blake2b(digest_size=16)
     for part in parts:
         b = part.encode("utf-8") if isinstance(part, str) else part
@@ -72,15 +72,16 @@ def prepare_data(
     val_fraction: float = 0.1,
     tokenizer: TextTokenizer | None = None,
     log: Callable[[str], None] = print,
+    family: str = "decoder",
 ) -> TokenData:
-    """Corpus -> (cached) tokenizer -> (cached) memory-mapped train/val token ids."""
+    """Corpus -> (cached) tokenizer with `family`'s special tokens -> (cached) memory-mapped train/val ids."""
     if not 0.0 < val_fraction < 1.0:
         raise LlmlabError(f"val fraction must be in (0, 1), got {val_fraction}", "use e.g. 0.1")
     docs = load_corpus(data, glob, text_field, log)
-    corpus_key = _digest(CACHE_VERSION, *docs)
+    corpus_key = digest(CACHE_VERSION, *docs)
     if tokenizer is None:
-        tokenizer = _cached_tokenizer(docs, corpus_key, tokenizer_kind, vocab_size, log)
-    key = _digest(corpus_key, tokenizer.to_json(), str(val_fraction))
+        tokenizer = cached_tokenizer(docs, corpus_key, tokenizer_kind, vocab_size, family, log)
+    key = digest(corpus_key, tokenizer.to_json(), str(val_fraction))
     folder = cache_root() / "tokens" / key
     if not (folder / "meta.json").exists():
         _write_tokens(docs, tokenizer, val_fraction, folder, log)
@@ -94,13 +95,13 @@ def prepare_data(
     return TokenData(train=train, val=val, tokenizer=tokenizer, source=data or "python-stdlib")
 
 
-def _cached_tokenizer(docs: list[str], corpus_key: str, kind: str, vocab_size: int, log) -> TextTokenizer:
-    path = cache_root() / "tokenizers" / f"{_digest(corpus_key, kind, str(vocab_size))}.json"
+def cached_tokenizer(docs: list[str], corpus_key: str, kind: str, vocab_size: int, family: str, log) -> TextTokenizer:
+    path = cache_root() / "tokenizers" / f"{digest(corpus_key, kind, str(vocab_size), family)}.json"
     if path.exists():
         log(f"tokenizer: reusing {path}")
         return TextTokenizer.load(path)
     start = time.perf_counter()
-    tokenizer = train_tokenizer(docs, kind, vocab_size)
+    tokenizer = train_tokenizer(docs, kind, vocab_size, family)
     log(f"tokenizer: trained {kind} with {tokenizer.vocab_size:,} tokens in {time.perf_counter() - start:.1f}s")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -113,10 +114,10 @@ def _write_tokens(docs: list[str], tokenizer: TextTokenizer, val_fraction: float
     start = time.perf_counter()
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     chunks, ends = [], set()
-    for doc in docs:  # each document ends with end-of-text so the model learns where texts stop
+    for doc in docs:  # each document ends with end-of-text ([SEP] for BERT) so the model learns where texts stop
         chunks.extend(split_chunks(doc))
         ends.add(len(chunks) - 1)
-    pieces, eos = [], np.array([tokenizer.eos_id], dtype=dtype)
+    pieces, eos = [], np.array([tokenizer.separator_id], dtype=dtype)
     for first in range(0, len(chunks), 512):  # batches across documents keep every core busy
         for i, ids in enumerate(tokenizer.encode_batch(chunks[first : first + 512]), first):
             pieces.append(np.asarray(ids, dtype=dtype))
@@ -139,20 +140,24 @@ def _write_tokens(docs: list[str], tokenizer: TextTokenizer, val_fraction: float
     log(f"data: tokenised {len(ids):,} tokens in {elapsed:.1f}s ({len(ids) / max(elapsed, 1e-9):,.0f} tokens/s)")
 
 
-def get_batch(
-    ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows (inputs, next-token targets), a pure function of (seed, step, micro).
+def sample_windows(ids: np.ndarray, batch_size: int, length: int, seed: int, step: int, micro: int = 0) -> np.ndarray:
+    """(batch_size, length) int64 windows at random offsets, a pure function of (seed, step, micro).
 
     Making the batch depend only on these numbers is what lets a resumed run see the same data.
     """
-    if len(ids) <= block_size + 1:
+    if len(ids) <= length:
         raise LlmlabError(
-            f"only {len(ids)} tokens to draw windows of {block_size + 1} from",
+            f"only {len(ids)} tokens to draw windows of {length} from",
             "use more data, a smaller --block-size or a smaller --val-fraction",
         )
     rng = np.random.default_rng([seed, step, micro])
-    offsets = rng.integers(0, len(ids) - block_size - 1, size=batch_size)
-    window = np.stack([np.asarray(ids[o : o + block_size + 1], dtype=np.int64) for o in offsets])
-    t = torch.from_numpy(window)
+    offsets = rng.integers(0, len(ids) - length, size=batch_size)
+    return np.stack([np.asarray(ids[o : o + length], dtype=np.int64) for o in offsets])
+
+
+def get_batch(
+    ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows (inputs, next-token targets) for causal LM, a pure function of (seed, step, micro)."""
+    t = torch.from_numpy(sample_windows(ids, batch_size, block_size + 1, seed, step, micro))
     return t[:, :-1], t[:, 1:]
