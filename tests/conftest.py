@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmlab.config import ModelConfig
-from llmlab.model import DecoderLM
+from llmlab.model import LanguageModel, build_model
 from llmlab.tokenizer import train_tokenizer
 
 
@@ -53,8 +53,8 @@ def bpe_tokenizer():
     return train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300)
 
 
-def tiny_model(style: str = "llama", vocab_size: int = 64, **overrides) -> DecoderLM:
+def tiny_model(style: str = "llama", vocab_size: int = 64, **overrides) -> LanguageModel:
     torch.manual_seed(0)
     fields = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=vocab_size)
     fields.update(overrides)
-    return DecoderLM(ModelConfig.from_preset(f"{style}-nano", **fields)).eval()
+    return build_model(ModelConfig.from_preset(f"{style}-nano", **fields)).eval()

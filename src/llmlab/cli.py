@@ -17,19 +17,31 @@ from llmlab.errors import LlmlabError
 
 TRAIN_HELP = {
     "out": "run folder for the checkpoint, metrics.jsonl and loss.png",
+    "family": "decoder (GPT), encoder (BERT) or encoder-decoder (T5); default: the preset's",
+    "objective": "clm (decoder), mlm (encoder), span or seq2seq (encoder-decoder); default: the family's first",
+    "init": "start from this checkpoint's weights and tokenizer (e.g. seq2seq on a span-pre-trained model)",
+    "input_field": "seq2seq JSONL field holding the input",
+    "target_field": "seq2seq JSONL field holding the target",
+    "mask_probability": "mlm: fraction of ordinary tokens selected for prediction",
+    "noise_density": "span: fraction of tokens dropped into spans",
+    "mean_span_length": "span: mean length of a noise span",
+    "n_decoder_layer": "decoder blocks of an encoder-decoder model (overrides the preset)",
     "data": "text file, folder (see --glob) or .jsonl file; default: the Python standard library's source",
     "glob": "files to read under a --data folder",
     "text_field": "JSONL field holding the text",
     "tokenizer": "bpe (byte-level) or char",
     "vocab_size": "BPE vocabulary size",
     "val_fraction": "fraction of tokens held out for validation (the end of the corpus)",
-    "preset": "model preset (see `llmlab presets`); default llama-micro",
+    "preset": "model preset (see `llmlab presets`); default llama-micro, bert-micro or t5-micro by family",
     "block_size": "context length in tokens (overrides the preset)",
     "n_layer": "number of transformer blocks (overrides the preset)",
     "n_head": "attention heads (overrides the preset)",
     "n_kv_head": "key/value heads for grouped-query attention (overrides the preset)",
     "n_embd": "model width (overrides the preset)",
     "dropout": "dropout probability (overrides the preset's 0)",
+    "positions": "learned, rope, sinusoidal or relative (T5 bias) (overrides the preset)",
+    "norm": "layernorm or rmsnorm (overrides the preset)",
+    "mlp": "gelu, relu, swiglu or geglu (overrides the preset)",
     "batch_size": "sequences per micro-batch",
     "grad_accum": "micro-batches per optimizer step",
     "lr": "peak learning rate",
@@ -140,7 +152,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if getattr(args, "stream", False):
         if len(prompts) != 1 or config.num_samples != 1:
             raise LlmlabError("--stream prints one sample as it is generated", "use one --prompt and --num-samples 1")
-        sys.stdout.write(prompts[0])
+        sys.stdout.write("" if generator.seq2seq else prompts[0])  # a seq2seq output does not continue its input
         for piece in generator.stream(prompts[0], config):
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -168,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                     else (f"temperature {config.temperature}, top-k {config.top_k or 'off'}, top-p {config.top_p}")
                 )
                 print(f"--- prompt {i}, sample {j} ({mode}; ended by {c.finish_reason}) ---")
-                print(c.prompt + c.text)
+                print(f"{c.prompt}\n=> {c.text}" if generator.seq2seq else c.prompt + c.text)
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -225,6 +237,104 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     export_hf(args.checkpoint, args.out)
     print(f"{args.out}: Hugging Face folder; load it with transformers' AutoModelForCausalLM and AutoTokenizer")
+
+
+def _load_for_inspection(args: argparse.Namespace):
+    """A checkpoint in fp32 (exact probabilities and weights) on --device."""
+    import torch
+
+    from llmlab.checkpoint import load_checkpoint
+    from llmlab.device import resolve_device
+
+    return load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=torch.float32)
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> None:
+    from llmlab.encode import fill_mask
+
+    ckpt = _load_for_inspection(args)
+    results = fill_mask(ckpt.model, ckpt.tokenizer, unescape(args.text), args.top_k)
+    if args.json:
+        print(json.dumps([[dataclasses.asdict(f) for f in fillers] for fillers in results]))
+        return
+    for n, fillers in enumerate(results, 1):
+        rows = [[r, repr(f.token), f"{f.probability:.4f}", f.text] for r, f in enumerate(fillers, 1)]
+        _print_table(rows, [f"mask {n}: rank", "token", "probability", "filled in"], right=False)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from llmlab.encode import embed
+
+    texts = [unescape(t) for t in args.text or []]
+    if args.file:
+        try:
+            texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmlabError(
+                f"cannot read --file {args.file}: {exc}", "pass a UTF-8 text file, one text a line"
+            ) from None
+    ckpt = _load_for_inspection(args)
+    vectors = embed(ckpt.model, ckpt.tokenizer, texts, normalize=not args.raw)
+    if args.json:
+        for text, v in zip(texts, vectors.tolist()):
+            print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v]}))
+        return
+    print(f"{len(texts)} vectors of {vectors.shape[1]} dims ({'raw' if args.raw else 'unit length'}, mean-pooled)")
+    for text, v in zip(texts, vectors.tolist()):
+        print(f"{text[:40]!r}: [{', '.join(f'{x:.4f}' for x in v[:6])}, ...]")
+    if len(texts) > 1:
+        sims = (vectors @ vectors.T) if not args.raw else torch_cosine(vectors)
+        header = ["cosine similarity"] + [f"{i}" for i in range(1, len(texts) + 1)]
+        rows = [
+            [f"{i} {t[:30]!r}"] + [f"{x:.3f}" for x in row] for i, (t, row) in enumerate(zip(texts, sims.tolist()), 1)
+        ]
+        _print_table(rows, header)
+
+
+def torch_cosine(vectors):
+    import torch.nn.functional as F
+
+    unit = F.normalize(vectors, dim=-1)
+    return unit @ unit.T
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    from llmlab.attention import attention_maps, plot_attention
+
+    ckpt = _load_for_inspection(args)
+    maps = attention_maps(ckpt.model, ckpt.tokenizer, unescape(args.text), args.target)
+    kind = args.kind or next(iter(maps))
+    if kind not in maps:
+        raise LlmlabError(f"a {ckpt.model.config.family} model has no {kind} attention", f"use {' or '.join(maps)}")
+    amap = maps[kind]
+    layer = args.layer if args.layer is not None else amap.weights.shape[0] - 1
+    head = f"head{args.head}" if args.head is not None else "heads"
+    out = Path(args.out or Path(args.checkpoint) / f"attention-{kind}-layer{layer % amap.weights.shape[0]}-{head}.png")
+    plot_attention(amap, out, layer, args.head)
+    print(
+        f"{kind} attention: {amap.weights.shape[0]} layers x {amap.weights.shape[1]} heads over "
+        f"{len(amap.query_tokens)} x {len(amap.key_tokens)} tokens; heat map: {out}"
+    )
+
+
+def cmd_next_token(args: argparse.Namespace) -> None:
+    from llmlab.generate import GenerationConfig
+    from llmlab.next_token import STAGES, next_token_logits, next_token_report, plot_next_token
+
+    ckpt = _load_for_inspection(args)
+    config = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    logits = next_token_logits(ckpt.model, ckpt.tokenizer, unescape(args.prompt), unescape(args.target_prefix))
+    report = next_token_report(logits, ckpt.tokenizer, config, args.show)
+    out = Path(args.out or Path(args.checkpoint) / "next-token.png")
+    title = f"after {args.prompt[-40:]!r}: T={args.temperature}, top-k={args.top_k or 'off'}, top-p={args.top_p}"
+    plot_next_token(report, out, title)
+    if args.json:
+        print(json.dumps({"rows": [dataclasses.asdict(r) for r in report.rows], "kept": report.kept}))
+        return
+    header = ["token", "id"] + [f"{s} ({report.kept[s]:,} kept)" for s in STAGES]
+    rows = [[repr(r.token), r.token_id] + [f"{r.probabilities[s]:.4f}" for s in STAGES] for r in report.rows]
+    _print_table(rows, header)
+    print(f"chart: {out}")
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -510,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlab", description="Train, sample and study language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pre-train a decoder-only model on your text (causal LM)")
+    p = sub.add_parser("pretrain", help="pre-train a model of any family on your text (clm, mlm, span, seq2seq)")
     add_dataclass_options(p, TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_pretrain)
 
@@ -524,6 +634,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
     g.set_defaults(func=cmd_generate)
+
+    def inspection(name: str, help_text: str):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("checkpoint", help="run folder written by pretrain")
+        sp.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    fm = inspection("fill-mask", "top-k tokens for each [MASK] of a text (encoder models)")
+    fm.add_argument("text", help='text with [MASK] where a token is missing, e.g. "def [MASK](self):"')
+    fm.add_argument("--top-k", type=int, default=5)
+    fm.set_defaults(func=cmd_fill_mask)
+
+    em = inspection("embed", "mean-pooled sentence vectors, with their cosine similarities")
+    em.add_argument("--text", action="append", help="a text to embed (repeatable)")
+    em.add_argument("--file", help="a UTF-8 file, one text a line")
+    em.add_argument("--raw", action="store_true", help="do not scale vectors to unit length")
+    em.set_defaults(func=cmd_embed)
+
+    at = inspection("attention", "heat map of attention weights (self- or cross-attention) as a PNG")
+    at.add_argument("--text", required=True, help="input text (the encoder's, for encoder-decoder models)")
+    at.add_argument("--target", help="encoder-decoder: decoder text (default: the model's greedy output)")
+    at.add_argument("--kind", choices=["encoder", "decoder", "cross"], help="which attention (default: the first)")
+    at.add_argument("--layer", type=int, help="layer index, negative from the end (default: last)")
+    at.add_argument("--head", type=int, help="one head (default: a grid of all heads)")
+    at.add_argument("--out", help="PNG path (default: in the checkpoint folder)")
+    at.set_defaults(func=cmd_attention)
+
+    nt = inspection("next-token", "next-token probabilities before and after temperature, top-k, top-p")
+    nt.add_argument("--prompt", required=True)
+    nt.add_argument("--target-prefix", default="", help="encoder-decoder: decoder text already written")
+    nt.add_argument("--temperature", type=float, default=1.0)
+    nt.add_argument("--top-k", type=int, default=0)
+    nt.add_argument("--top-p", type=float, default=1.0)
+    nt.add_argument("--show", type=int, default=10, help="how many of the likeliest tokens to show")
+    nt.add_argument("--out", help="PNG path (default: next-token.png in the checkpoint folder)")
+    nt.set_defaults(func=cmd_next_token)
 
     e = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2 or Llama style)")
     e.add_argument("checkpoint")

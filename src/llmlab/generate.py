@@ -1,4 +1,6 @@
-"""Decoding for decoder-only models: KV cache, left-padded batches, greedy and sampling, stop rules.
+"""Decoding for decoder-only and encoder-decoder models: KV cache (and cross-attention cache),
+batches, greedy and sampling, stop rules. One loop serves both families; only how a step's logits
+are computed differs (`_decoder_steps`, `_seq2seq_steps`).
 
 Sampling follows the semantics of `transformers`: temperature, then top-k (ties at the k-th value
 kept), then top-p (the smallest set whose probability reaches p, never fewer than one token).
@@ -8,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from llmlab.errors import LlmlabError
-from llmlab.model import DecoderLM
+from llmlab.model import LanguageModel
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
 from llmlab.tokenizer import TextTokenizer
 
@@ -104,14 +106,20 @@ def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch
 class Generator:
     """Generates text from a model with the tokenizer it was trained with."""
 
-    def __init__(self, model: DecoderLM, tokenizer: TextTokenizer) -> None:
+    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer) -> None:
         if tokenizer.vocab_size != model.config.vocab_size:
             raise LlmlabError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}",
                 "use the tokenizer.json saved with this checkpoint",
             )
+        if model.config.family == "encoder":
+            raise LlmlabError(
+                "encoder-only models do not generate text", "use llmlab fill-mask or embed with this checkpoint"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.eos_id = tokenizer.require("eos", "to generate text")
+        self.seq2seq = model.config.family == "encoder-decoder"
         self._packed: torch.nn.Module | None = None
         self._packed_version = -1
 
@@ -154,7 +162,7 @@ class Generator:
         ids: list[int] = []
         emitted = ""
         for new, done in self._decode([self._encode_prompt(prompt, config)], config):
-            if new[0] == self.tokenizer.eos_id:
+            if new[0] == self.eos_id:
                 break
             ids.append(new[0])
             text = self._cut_at_stop(self.tokenizer.decode(ids), config)
@@ -176,27 +184,36 @@ class Generator:
     # -- internals -------------------------------------------------------------------------------
 
     def _encode_prompt(self, prompt: str, config: GenerationConfig) -> list[int]:
-        ids = self.tokenizer.encode(prompt) or [self.tokenizer.eos_id]  # empty prompt: start a new text
-        budget = self.model.config.block_size - config.max_new_tokens
-        if budget < 1:
-            raise LlmlabError(
-                f"max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the "
-                f"{self.model.config.block_size}-token context window",
-                f"use at most {self.model.config.block_size - 1} new tokens",
-            )
+        block = self.model.config.block_size
+        if self.seq2seq:  # the prompt is the encoder's input, ended by end-of-sequence as in training
+            if config.max_new_tokens > block:
+                raise LlmlabError(
+                    f"max-new-tokens {config.max_new_tokens} exceeds the decoder's {block} positions",
+                    f"use at most {block} new tokens",
+                )
+            ids, budget = self.tokenizer.encode(prompt), block - 1
+        else:
+            ids = self.tokenizer.encode(prompt) or [self.eos_id]  # empty prompt: start a new text
+            budget = block - config.max_new_tokens
+            if budget < 1:
+                raise LlmlabError(
+                    f"max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the "
+                    f"{block}-token context window",
+                    f"use at most {block - 1} new tokens",
+                )
         if len(ids) > budget:
+            room = f"before {config.max_new_tokens} new tokens " if not self.seq2seq else ""
             if not config.truncate_prompt:
                 raise LlmlabError(
-                    f"prompt has {len(ids)} tokens but only {budget} fit before {config.max_new_tokens} new tokens "
-                    f"in the {self.model.config.block_size}-token context window",
+                    f"prompt has {len(ids)} tokens but only {budget} fit {room}in the {block}-token context window",
                     "shorten the prompt, lower --max-new-tokens, or pass --truncate-prompt to keep its last tokens",
                 )
             warnings.warn(f"prompt truncated from {len(ids)} to its last {budget} tokens", stacklevel=3)
             ids = ids[-budget:]
-        return ids
+        return ids + [self.eos_id] if self.seq2seq else ids
 
     def _finish_reason(self, ids: list[int], config: GenerationConfig) -> str:
-        if ids and ids[-1] == self.tokenizer.eos_id:
+        if ids and ids[-1] == self.eos_id:
             return "eos"
         if config.stop and self._cut_at_stop(self.tokenizer.decode(ids), config) != self.tokenizer.decode(ids):
             return "stop"
@@ -214,37 +231,23 @@ class Generator:
     @torch.inference_mode()
     def _decode(self, prompt_ids: list[list[int]], config: GenerationConfig) -> Iterator[tuple[list[int], list[bool]]]:
         """Yield (next token of every row, which rows are done) once per step."""
-        device, pad = self.device, self.tokenizer.eos_id
-        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
-        total = P + config.max_new_tokens
-        tokens = torch.full((B, P), pad, dtype=torch.long)
-        valid = torch.zeros((B, total), dtype=torch.bool)
-        for r, ids in enumerate(prompt_ids):  # left padding keeps every row's last token at slot P-1
-            tokens[r, P - len(ids) :] = torch.tensor(ids)
-            valid[r, P - len(ids) :] = True
-        tokens, valid = tokens.to(device), valid.to(device)
-        padded = not bool(valid[:, :P].all())
-        positions = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)
-        mask = None
-        if padded:  # causal and not padding; a padding query sees itself so no row is all -inf
-            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-            mask = (causal & valid[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        device, pad = self.device, self.eos_id
+        B = len(prompt_ids)
+        steps = (self._seq2seq_steps if self.seq2seq else self._decoder_steps)(prompt_ids, config)
         generator = None
         if config.do_sample and config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
-        runner = self.runner
-        cache = runner.new_cache(B, total)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         stop_done = [False] * B
         generated: list[list[int]] = [[] for _ in range(B)]
-        pos = positions[:, -1:]
+        new = None
         for step in range(config.max_new_tokens):
-            logits = runner(tokens, positions, cache, mask, last_only=True)[:, -1].float()
+            logits = steps(new)
             if step < config.min_new_tokens:
-                logits[:, self.tokenizer.eos_id] = float("-inf")
+                logits[:, self.eos_id] = float("-inf")
             new = next_tokens(logits, config, generator)
             new = torch.where(done, torch.full_like(new, pad), new)
-            done = done | (new == self.tokenizer.eos_id)
+            done = done | (new == self.eos_id)
             new_list = new.tolist()
             if config.stop:
                 for r in range(B):
@@ -257,8 +260,66 @@ class Generator:
             yield new_list, done_list
             if all(done_list):
                 return
-            slot = P + step
+
+    def _decoder_steps(
+        self, prompt_ids: list[list[int]], config: GenerationConfig
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """Prompts left-padded to one length (every row's last token at the same slot), prefilled into
+        the KV cache on the first call; each later call feeds the previous step's tokens."""
+        device, pad = self.device, self.eos_id
+        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+        total = P + config.max_new_tokens
+        tokens = torch.full((B, P), pad, dtype=torch.long)
+        valid = torch.zeros((B, total), dtype=torch.bool)
+        for r, ids in enumerate(prompt_ids):
+            tokens[r, P - len(ids) :] = torch.tensor(ids)
+            valid[r, P - len(ids) :] = True
+        tokens, valid = tokens.to(device), valid.to(device)
+        padded = not bool(valid[:, :P].all())
+        positions = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+        mask = None
+        if padded:  # causal and not padding; a padding query sees itself so no row is all -inf
+            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+            mask = (causal & valid[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        runner = self.runner
+        cache = runner.new_cache(B, total)
+        state = {"positions": positions, "mask": mask, "slot": P}
+
+        def step(new: torch.Tensor | None) -> torch.Tensor:
+            if new is None:
+                return runner(tokens, state["positions"], cache, state["mask"], last_only=True)[:, -1].float()
+            slot = state["slot"]
             valid[:, slot] = True
-            tokens, pos = new[:, None], pos + 1
-            positions = pos
-            mask = valid[:, None, None, : slot + 1] if padded else None
+            state["positions"] = state["positions"][:, -1:] + 1
+            state["mask"] = valid[:, None, None, : slot + 1] if padded else None
+            state["slot"] = slot + 1
+            return runner(new[:, None], state["positions"], cache, state["mask"], last_only=True)[:, -1].float()
+
+        return step
+
+    def _seq2seq_steps(
+        self, prompt_ids: list[list[int]], config: GenerationConfig
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """Encode the (right-padded) prompts once; the decoder starts from its start token and caches
+        both its self-attention and its cross-attention keys/values."""
+        device = self.device
+        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.eos_id
+        B, S = len(prompt_ids), max(len(p) for p in prompt_ids)
+        src = torch.full((B, S), pad, dtype=torch.long)
+        src_mask = torch.zeros((B, S), dtype=torch.bool)
+        for r, ids in enumerate(prompt_ids):
+            src[r, : len(ids)] = torch.tensor(ids)
+            src_mask[r, : len(ids)] = True
+        src, src_mask = src.to(device), src_mask.to(device)
+        runner = self.runner
+        memory = runner.encode(src, src_mask)
+        cache = runner.new_cache(B, max(config.max_new_tokens, 1))
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            start = pad
+
+        def step(new: torch.Tensor | None) -> torch.Tensor:
+            tokens = torch.full((B, 1), start, dtype=torch.long, device=device) if new is None else new[:, None]
+            return runner.decode(tokens, memory, src_mask, cache, last_only=True)[:, -1].float()
+
+        return step

@@ -44,7 +44,18 @@ from llmlab.tokenizer import TextTokenizer
 
 DEFAULT_PRESETS = {"decoder": "llama-micro", "encoder": "bert-micro", "encoder-decoder": "t5-micro"}
 DEFAULT_MAX_STEPS = 2000
-MODEL_OVERRIDES = ("block_size", "n_layer", "n_decoder_layer", "n_head", "n_kv_head", "n_embd", "dropout")
+MODEL_OVERRIDES = (
+    "block_size",
+    "n_layer",
+    "n_decoder_layer",
+    "n_head",
+    "n_kv_head",
+    "n_embd",
+    "dropout",
+    "positions",
+    "norm",
+    "mlp",
+)
 
 
 @dataclass
@@ -77,6 +88,9 @@ class TrainConfig:
     n_kv_head: int | None = None
     n_embd: int | None = None
     dropout: float | None = None
+    positions: str | None = None  # learned, rope, sinusoidal or relative
+    norm: str | None = None  # layernorm or rmsnorm
+    mlp: str | None = None  # gelu, relu, swiglu or geglu
     # optimisation
     batch_size: int = 16
     grad_accum: int = 1
