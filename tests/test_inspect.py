@@ -12,8 +12,10 @@ from llmlab.next_token import next_token_report
 from tests.conftest import tiny_model
 from tests.test_cli import assert_one_line_error, run_cli
 
-COMMON = ["--n-layer", "1", "--n-head", "4", "--n-embd", "32", "--block-size", "32", "--batch-size", "4", "--eval-iters", "1",
-          "--tokenizer", "char", "--dtype", "fp32", "--max-steps", "4"]  # fmt: skip
+COMMON = (
+    "--n-layer 1 --n-head 4 --n-embd 32 --block-size 32 --batch-size 4 --eval-iters 1 --tokenizer char "
+    "--dtype fp32 --max-steps 4"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def test_pretrain_takes_the_family_preset_and_refuses_nonsense(runs, capsys):
     code, _, err = run_cli(capsys, "pretrain", "--family", "encoder", "--objective", "span", "--out", str(runs / "x"))
     assert_one_line_error(code, err, "does not train encoder", "--objective mlm")
     code, _, err = run_cli(capsys, "pretrain", "--family", "decoder", "--preset", "t5-nano", "--out", str(runs / "x"))
-    assert_one_line_error(code, err, "t5-nano is a encoder-decoder model")
+    assert_one_line_error(code, err, "t5-nano is of family encoder-decoder, not decoder")
     assert not (runs / "x").exists()
 
 

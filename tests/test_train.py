@@ -54,10 +54,13 @@ def test_training_drives_the_loss_near_zero_and_the_model_recites(tmp_path):
     assert (result.out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, optimizer):
-    # dropout and accumulation exercise RNG and data order; Muon adds a second optimizer's state
-    config = dict(dropout=0.1, grad_accum=2, optimizer=optimizer)
+@pytest.mark.parametrize(
+    "optimizer,preset", [("adamw", "llama-nano"), ("muon", "llama-nano"), ("adamw", "bert-nano"), ("adamw", "t5-nano")]
+)
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tmp_path, optimizer, preset):
+    # dropout and accumulation exercise RNG and data order; Muon adds a second optimizer's state;
+    # BERT's masking and T5's span corruption draw their own random numbers
+    config = dict(dropout=0.1, grad_accum=2, optimizer=optimizer, preset=preset)
     full = train(tiny_run(tmp_path, "full", **config), log=lambda s: None)
 
     def interrupt(step, loss):
@@ -130,3 +133,34 @@ def test_bf16_autocast_follows_the_fp32_loss_curve(tmp_path):
     gaps = [abs(fp32.train_losses[s] - bf16.train_losses[s]) for s in range(1, 41)]
     assert max(gaps) < 0.1, gaps
     assert bf16.train_losses[40] < fp32.train_losses[1] - 1.5  # and it learned
+
+
+def test_seq2seq_training_can_start_from_a_span_pretrained_checkpoint(tmp_path):
+    import torch
+
+    pretrained = train(tiny_run(tmp_path, "span", preset="t5-nano", max_steps=5), log=lambda s: None)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"q": w, "a": w.upper()}) + "\n" for w in TEXT.split() * 10))
+    tuned = train(
+        tiny_run(
+            tmp_path,
+            "tuned",
+            preset=None,
+            family="encoder-decoder",
+            objective="seq2seq",
+            init=str(pretrained.out),
+            data=str(pairs),
+            input_field="q",
+            target_field="a",
+            lr=1e-12,
+            warmup_steps=0,
+            max_steps=1,
+        ),
+        log=lambda s: None,
+    )
+    before, after = load_checkpoint(pretrained.out), load_checkpoint(tuned.out)
+    assert after.tokenizer.to_json() == before.tokenizer.to_json()  # the checkpoint's tokenizer, not a new one
+    for (name, a), b in zip(before.model.state_dict().items(), after.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # started from the pre-trained weights
+    with pytest.raises(LlmlabError, match="of family encoder-decoder, not encoder"):
+        train(tiny_run(tmp_path, "bad", preset=None, family="encoder", init=str(pretrained.out)), log=lambda s: None)

@@ -159,7 +159,7 @@ class TrainConfig:
         preset_family = PRESETS.get(self.preset, {}).get("family", "decoder") if self.preset else None
         if self.family and preset_family and self.family != preset_family:
             raise LlmlabError(
-                f"preset {self.preset} is a {preset_family} model, not {self.family}",
+                f"preset {self.preset} is of family {preset_family}, not {self.family}",
                 f"leave out --family or pick a preset of that family (default {DEFAULT_PRESETS[self.family]})",
             )
         return self.family or preset_family or "decoder"
@@ -402,7 +402,7 @@ def train(
         init_config = read_model_config(init_path)
         if init_config.family != family:
             raise LlmlabError(
-                f"--init {cfg.init} is a {init_config.family} model, not {family}",
+                f"--init {cfg.init} holds a model of family {init_config.family}, not {family}",
                 f"pass --family {init_config.family}",
             )
         tokenizer = TextTokenizer.load(init_path / "tokenizer.json")
