@@ -11,7 +11,7 @@ from llmlab.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from llmlab.config import PRESETS, ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.generate import Completion, GenerationConfig, Generator
-from llmlab.model import DecoderLM
+from llmlab.model import DecoderLM, EncoderDecoderLM, EncoderLM, build_model
 from llmlab.tokenizer import TextTokenizer, train_tokenizer
 from llmlab.train import TrainConfig, TrainResult, train
 
@@ -22,6 +22,8 @@ __all__ = [
     "Checkpoint",
     "Completion",
     "DecoderLM",
+    "EncoderDecoderLM",
+    "EncoderLM",
     "GenerationConfig",
     "Generator",
     "LlmlabError",
@@ -29,6 +31,7 @@ __all__ = [
     "TextTokenizer",
     "TrainConfig",
     "TrainResult",
+    "build_model",
     "load_checkpoint",
     "save_checkpoint",
     "train",
