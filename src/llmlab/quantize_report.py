@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from llmlab.checkpoint import load_checkpoint, model_state, save_checkpoint
 from llmlab.data.tokens import get_batch, prepare_data
+from llmlab.errors import LlmlabError
 from llmlab.generate import GenerationConfig, Generator
 from llmlab.quantize import Int4Linear, Int8Linear, QuantizationSpec, in_blocks, quantize_model
 
@@ -96,6 +97,11 @@ def quantize_report(
     log=print,
 ) -> list[ReportRow]:
     base = load_checkpoint(checkpoint)
+    if base.model.config.family != "decoder":
+        raise LlmlabError(
+            f"--report measures decoder-only models (perplexity, decode speed), not {base.model.config.family}",
+            "quantize it without --report, or report on a decoder checkpoint",
+        )
     state = Path(checkpoint) / "trainer_state.json"
     if data is None and state.is_file():
         data = json.loads(state.read_text())["train_config"]["data"]

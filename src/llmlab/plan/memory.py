@@ -58,6 +58,11 @@ def activation_bytes(config: ModelConfig, batch: int, seq_len: int, recompute: s
     """
     if recompute not in RECOMPUTE:
         raise LlmlabError(f"unknown recompute mode {recompute!r}", f"use one of: {', '.join(RECOMPUTE)}")
+    if config.family != "decoder":
+        raise LlmlabError(
+            f"activation memory is modelled for decoder-only models, not {config.family}",
+            "leave out --batch/--seq-len for weights, gradients and optimizer states only",
+        )
     s, b, h, a = seq_len, batch, config.n_embd, config.n_head
     per_token = 34.0
     if config.mlp == "swiglu":
