@@ -4,7 +4,8 @@ Each llmlab family trains with its own objective (decoder: causal LM, encoder: m
 decoder: span corruption) on batches of 16 x 256 tokens; its baseline, measured in the same
 interleaved rounds, is the transformers model of the same shape (GPT2LMHeadModel, BertForMaskedLM,
 T5ForConditionalGeneration) on the same batches, in the same bf16 autocast and with the same AdamW
-step. Sizes: 384 wide, 6 decoder / 6 encoder / 3+3 encoder-decoder layers, vocabulary 8,192.
+step, with dropout off in both (transformers' configs default to 0.1). Sizes: 384 wide, 6 decoder /
+6 encoder / 3+3 encoder-decoder layers, vocabulary 8,192.
 tokens/s counts the tokens a model reads (encoder + decoder inputs).
 
 Decoding: greedy generation of 64 new tokens from 64-token inputs at batch 1 and 8 with the T5-style
@@ -50,7 +51,16 @@ def hf_model(family: str):
     import transformers as tf
 
     if family == "decoder":
-        config = tf.GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=WIDTH, n_layer=6, n_head=6)
+        config = tf.GPT2Config(
+            vocab_size=VOCAB,
+            n_positions=BLOCK,
+            n_embd=WIDTH,
+            n_layer=6,
+            n_head=6,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         return tf.GPT2LMHeadModel(config)
     if family == "encoder":
         config = tf.BertConfig(
