@@ -249,6 +249,11 @@ def _load_for_inspection(args: argparse.Namespace):
     return load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=torch.float32)
 
 
+def escape(text: str) -> str:
+    """One table cell per line: newlines and tabs shown as \\n and \\t (the inverse of `unescape`)."""
+    return text.replace("\n", "\\n").replace("\t", "\\t")
+
+
 def cmd_fill_mask(args: argparse.Namespace) -> None:
     from llmlab.encode import fill_mask
 
@@ -258,7 +263,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
         print(json.dumps([[dataclasses.asdict(f) for f in fillers] for fillers in results]))
         return
     for n, fillers in enumerate(results, 1):
-        rows = [[r, repr(f.token), f"{f.probability:.4f}", f.text] for r, f in enumerate(fillers, 1)]
+        rows = [[r, repr(f.token), f"{f.probability:.4f}", escape(f.text)] for r, f in enumerate(fillers, 1)]
         _print_table(rows, [f"mask {n}: rank", "token", "probability", "filled in"], right=False)
 
 
