@@ -241,6 +241,22 @@ def batch_source(objective: str, cfg: TrainConfig, data: TokenData | PairData, c
     )
 
 
+def load_training_data(
+    cfg: TrainConfig, objective: str, family: str, tokenizer: TextTokenizer | None, log: Callable[[str], None]
+) -> TokenData | PairData:
+    """JSONL pairs for seq2seq, else the cached token stream; the tokenizer is trained if not given."""
+    if objective == "seq2seq":
+        if cfg.data is None:
+            raise LlmlabError("seq2seq training needs pairs", "pass --data FILE.jsonl with input and target fields")
+        return prepare_pairs(
+            cfg.data, cfg.input_field, cfg.target_field, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction,
+            tokenizer, log, family,
+        )  # fmt: skip
+    return prepare_data(
+        cfg.data, cfg.glob, cfg.text_field, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, tokenizer, log, family
+    )
+
+
 def window_length(objective: str, cfg: TrainConfig, block: int) -> int:
     """Raw tokens one training row reads from the token stream."""
     if objective == "clm":
@@ -408,33 +424,7 @@ def train(
         tokenizer = TextTokenizer.load(init_path / "tokenizer.json")
 
     torch.manual_seed(cfg.seed)
-    data: TokenData | PairData
-    if objective == "seq2seq":
-        if cfg.data is None:
-            raise LlmlabError("seq2seq training needs pairs", "pass --data FILE.jsonl with input and target fields")
-        data = prepare_pairs(
-            cfg.data,
-            cfg.input_field,
-            cfg.target_field,
-            cfg.tokenizer,
-            cfg.vocab_size,
-            cfg.val_fraction,
-            tokenizer,
-            log,
-            family,
-        )
-    else:
-        data = prepare_data(
-            cfg.data,
-            cfg.glob,
-            cfg.text_field,
-            cfg.tokenizer,
-            cfg.vocab_size,
-            cfg.val_fraction,
-            tokenizer,
-            log,
-            family,
-        )
+    data = load_training_data(cfg, objective, family, tokenizer, log)
     model_config = init_config or build_model_config(cfg, data.tokenizer)
     if cfg.resume:
         saved = read_model_config(out)
