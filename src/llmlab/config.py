@@ -9,7 +9,7 @@ from typing import Any
 from llmlab.errors import LlmlabError
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "relu", "swiglu", "geglu")  # the last two are gated (Llama, T5 v1.1)
+MLPS = ("gelu", "gelu-erf", "relu", "swiglu", "geglu")  # gelu: tanh form (GPT-2); gelu-erf: exact (BERT)
 POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's bucketed bias
 FAMILIES = ("decoder", "encoder", "encoder-decoder")
 
@@ -42,6 +42,12 @@ class ModelConfig:
     relative_buckets: int = 32  # T5 relative position bias: buckets ...
     relative_max_distance: int = 128  # ... and the distance beyond which all share the last bucket
     decoder_start_token_id: int | None = None  # encoder-decoder: the first decoder input (T5: pad)
+    attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1 (folded into its init)
+    norm_position: str = "pre"  # pre: x + f(norm(x)) (GPT-2, Llama, T5); post: norm(x + f(x)) (BERT)
+    embed_norm: bool = False  # a norm over the summed embeddings (BERT)
+    type_vocab_size: int = 0  # BERT's token-type (segment) embeddings; 0 = none
+    mlm_head: bool = True  # encoder: the masked-LM head (False for a bare BertModel, e.g. sentence encoders)
+    rope_scaling: dict[str, Any] | None = None  # Llama 3 style or linear frequency scaling, as in HF configs
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -64,6 +70,10 @@ class ModelConfig:
     def gated_mlp(self) -> bool:
         return self.mlp in ("swiglu", "geglu")
 
+    @property
+    def softmax_scale(self) -> float:
+        return self.attention_scale if self.attention_scale is not None else self.head_dim**-0.5
+
     def validate(self) -> None:
         def bad(what: str) -> LlmlabError:
             return LlmlabError(f"invalid model config: {what}", "fix the option or the config.json")
@@ -82,6 +92,14 @@ class ModelConfig:
                 raise bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm_position not in ("pre", "post"):
+            raise bad(f"norm_position must be pre or post, got {self.norm_position!r}")
+        if self.rope_scaling is not None and self.rope_scaling.get("rope_type", "default") not in (
+            "default",
+            "linear",
+            "llama3",
+        ):
+            raise bad(f"rope scaling {self.rope_scaling.get('rope_type')!r} is not supported (default, linear, llama3)")
         if self.positions == "sinusoidal" and self.n_embd % 2:
             raise bad(f"sinusoidal positions need an even width, got {self.n_embd}")
         if self.family == "encoder-decoder" and int(self.n_decoder_layer or 0) <= 0:

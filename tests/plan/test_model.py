@@ -23,3 +23,15 @@ def test_gpt2_small_components():
     parts = parameter_breakdown(ModelConfig.from_preset("gpt2-small", vocab_size=50257))
     assert parts["embeddings"] == 50257 * 768 + 1024 * 768
     assert sum(parts.values()) == 124_439_808
+
+
+def test_breakdown_equals_the_built_model_for_bert_and_t5_variants():
+    variants = [
+        ("bert-nano", dict(norm_position="post", embed_norm=True, type_vocab_size=2, mlp="gelu-erf")),
+        ("bert-nano", dict(mlm_head=False, norm_position="post", embed_norm=True)),
+        ("t5-nano", dict(tie_embeddings=False, mlp="relu", n_decoder_layer=5)),
+        ("transformer-base", dict(norm_position="post")),
+    ]
+    for preset, fields in variants:
+        config = ModelConfig.from_preset(preset, vocab_size=300, **fields)
+        assert sum(parameter_breakdown(config).values()) == build_model(config).num_parameters(), (preset, fields)

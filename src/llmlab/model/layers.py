@@ -24,12 +24,32 @@ def make_norm(config: ModelConfig) -> nn.Module:
 # -- positions ---------------------------------------------------------------------------------------
 
 
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """Rotation frequencies theta^(-2i/d), optionally rescaled for longer contexts: `linear` divides them
+    all by the factor; `llama3` (Llama 3.1) divides only the low ones (wavelengths beyond the original
+    context / low_freq_factor), keeps the high ones, and blends smoothly in between."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        context = scaling["original_max_position_embeddings"]
+        wavelength = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelength > context / low, inv_freq / factor, inv_freq)
+        smooth = (context / wavelength - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelength >= context / high) & (wavelength <= context / low)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoFormer), rotating halves of each head as in Llama."""
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None = None) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        inv_freq = rope_frequencies(head_dim, theta, scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -112,9 +132,11 @@ def attend(
     mask: torch.Tensor | None,
     causal: bool,
     dropout: float,
+    scale: float,
     record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v for (B, H, T, D) queries and (B, H_kv, S, D) keys/values.
+    """softmax(scale * q k^T + mask) v for (B, H, T, D) queries and (B, H_kv, S, D) keys/values
+    (scale is 1/sqrt(D) but for T5, which folds it into its initialisation).
 
     mask: None, boolean (True = may attend) or additive float, broadcastable to (B, H, T, S).
     With `record` set, the weights are computed explicitly and appended to it (for inspection);
@@ -123,11 +145,18 @@ def attend(
     if record is None:
         with attention_kernel(q):
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1]
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=k.shape[1] != q.shape[1],
             )
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    scores = (q @ k.transpose(-2, -1)).float() * scale
     if causal:
         T, S = scores.shape[-2:]
         scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T), float("-inf"))
@@ -148,7 +177,7 @@ class SelfAttention(nn.Module):
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
+        self.dropout, self.scale = config.dropout, config.softmax_scale
         self.record: list[torch.Tensor] | None = None  # set by llmlab.attention to keep the weights
 
     def forward(
@@ -173,7 +202,7 @@ class SelfAttention(nn.Module):
         # With a cache and no mask, a single new query may see every cached key: no causal mask needed.
         causal = self.causal and mask is None and (cache is None or T > 1)
         dropout = self.dropout if self.training else 0.0
-        y = attend(q, k, v, mask, causal, dropout, self.record)
+        y = attend(q, k, v, mask, causal, dropout, self.scale, self.record)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -187,7 +216,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
         self.kv = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_dim, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
+        self.dropout, self.scale = config.dropout, config.softmax_scale
         self.record: list[torch.Tensor] | None = None
 
     def forward(
@@ -206,7 +235,7 @@ class CrossAttention(nn.Module):
             k, v = self.kv(memory).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
             if cache is not None:
                 cache.cross[self.layer_index] = (k, v)
-        y = attend(q, k, v, memory_mask, False, self.dropout if self.training else 0.0, self.record)
+        y = attend(q, k, v, memory_mask, False, self.dropout if self.training else 0.0, self.scale, self.record)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -219,6 +248,7 @@ class FeedForward(nn.Module):
 
     ACTIVATIONS = {
         "gelu": lambda x: F.gelu(x, approximate="tanh"),
+        "gelu-erf": F.gelu,
         "relu": F.relu,
         "swiglu": F.silu,
         "geglu": lambda x: F.gelu(x, approximate="tanh"),
@@ -241,10 +271,12 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), [x + cross(norm(x), memory)], x + mlp(norm(x))."""
+    """Transformer block. Pre-norm: x + attn(norm(x)), [x + cross(norm(x), memory)], x + mlp(norm(x)).
+    Post-norm (BERT, the original Transformer): norm(x + attn(x)), [norm(x + cross(x))], norm(x + mlp(x))."""
 
     def __init__(self, config: ModelConfig, layer_index: int, causal: bool, cross: bool) -> None:
         super().__init__()
+        self.post_norm = config.norm_position == "post"
         self.norm1 = make_norm(config)
         self.attn = SelfAttention(config, layer_index, causal)
         self.norm_cross = make_norm(config) if cross else None
@@ -263,6 +295,11 @@ class Block(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.post_norm:
+            x = self.norm1(x + self.drop(self.attn(x, positions, rope, cache, mask)))
+            if self.cross is not None:
+                x = self.norm_cross(x + self.drop(self.cross(x, memory, memory_mask, cache)))
+            return self.norm2(x + self.drop(self.mlp(x)))
         x = x + self.drop(self.attn(self.norm1(x), positions, rope, cache, mask))
         if self.cross is not None:
             x = x + self.drop(self.cross(self.norm_cross(x), memory, memory_mask, cache))
@@ -282,16 +319,17 @@ class Stack(nn.Module):
         if config.positions == "sinusoidal":
             self.register_buffer("sinusoids", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
         self.rope = (
-            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta)
+            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
             if config.positions == "rope"
             else None
         )
         self.rel_bias = (
             RelativePositionBias(config, bidirectional=not causal) if config.positions == "relative" else None
         )
+        self.embed_norm = make_norm(config) if config.embed_norm else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i, causal, cross) for i in range(n_layer))
-        self.norm = make_norm(config)
+        self.norm = make_norm(config) if config.norm_position == "pre" else nn.Identity()  # post-norm ends normed
 
     def forward(
         self,
@@ -310,6 +348,8 @@ class Stack(nn.Module):
             x = x + self.pos_embed(positions)
         elif self.positions == "sinusoidal":
             x = x * self.scale + self.sinusoids[positions].to(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         if self.rel_bias is not None:
             mask = self._with_relative_bias(x.shape[1], cache, mask, x.device)
         x = self.drop(x)

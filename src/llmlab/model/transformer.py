@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.config import ModelConfig
+from llmlab.errors import LlmlabError
 from llmlab.model.cache import KVCache
 from llmlab.model.layers import Stack, init_weights, make_norm
 
@@ -43,17 +44,18 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
     @property
-    def last_norm(self) -> nn.Module:
-        raise NotImplementedError
+    def a_norm(self) -> nn.Module:
+        """Any norm of the model: every family has them, in every format (quantization keeps them)."""
+        return next(m for m in self.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm)))
 
     @property
     def device(self) -> torch.device:
-        return self.last_norm.weight.device
+        return self.a_norm.weight.device
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The dtype activations run in: the final norm's (quantized models keep their norms in 16-bit)."""
-        return self.last_norm.weight.dtype
+        """The dtype activations run in: the norms' (quantized models keep their norms in 16-bit)."""
+        return self.a_norm.weight.dtype
 
 
 class DecoderLM(LanguageModel):
@@ -68,10 +70,6 @@ class DecoderLM(LanguageModel):
         self._init(config, config.n_layer)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.decoder.norm
 
     def hidden_states(
         self,
@@ -128,18 +126,20 @@ class EncoderLM(LanguageModel):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.type_embed = nn.Embedding(config.type_vocab_size, config.n_embd) if config.type_vocab_size else None
         self.encoder = Stack(config, config.n_layer, causal=False)
-        self.mlm_head = MaskedLMHead(config)
+        self.mlm_head = MaskedLMHead(config) if config.mlm_head else None
         self._init(config, config.n_layer)
 
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.encoder.norm
-
-    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids and optional (B, T) real-token mask -> (B, T, C) contextual vectors."""
+    def hidden_states(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids, optional (B, T) real-token mask and segment ids -> (B, T, C) contextual vectors."""
         positions = torch.arange(idx.shape[1], device=idx.device)
-        return self.encoder(self.embed(idx), positions, mask=_key_mask(attention_mask))
+        x = self.embed(idx)
+        if self.type_embed is not None:  # one segment unless told otherwise: type 0 everywhere
+            x = x + (self.type_embed(token_types) if token_types is not None else self.type_embed.weight[0])
+        return self.encoder(x, positions, mask=_key_mask(attention_mask))
 
     def forward(
         self,
@@ -149,6 +149,11 @@ class EncoderLM(LanguageModel):
     ) -> torch.Tensor:
         """Logits (B, T, vocab); with a boolean (B, T) `select`, only those positions' logits (N, vocab),
         which is what masked-LM training needs (15% of positions) at a fraction of the head's cost."""
+        if self.mlm_head is None:
+            raise LlmlabError(
+                "this encoder has no masked-LM head (it was imported from a bare encoder)",
+                "use it for embeddings (llmlab embed), or import a checkpoint with its masked-LM head",
+            )
         h = self.hidden_states(idx, attention_mask)
         return self.mlm_head(h if select is None else h[select], self.embed.weight)
 
@@ -168,10 +173,6 @@ class EncoderDecoderLM(LanguageModel):
         self.head_scale = config.n_embd**-0.5 if config.tie_embeddings else 1.0
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.decoder.norm
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) ids, optional (B, S) real-token mask -> (B, S, C) encoder output."""

@@ -26,11 +26,13 @@ def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
     }.get(config.positions, 0)
     head = 0 if config.tie_embeddings else config.vocab_size * d
     if config.family == "encoder":  # dense + norm + output bias; the output matrix is the embedding
-        head = d * d + bias * d + norm + config.vocab_size
+        head = d * d + bias * d + norm + config.vocab_size if config.mlm_head else 0
+    final_norm = 1 if config.norm_position == "pre" else 0
+    embed_norm = 1 if config.embed_norm else 0
     return {
-        "embeddings": config.vocab_size * d + positions * len(stacks),
+        "embeddings": config.vocab_size * d + positions * len(stacks) + config.type_vocab_size * d,
         "attention": sum(n * (self_attention + (cross_attention if cross else 0)) for n, cross in stacks),
         "feed_forward": sum(n * feed_forward for n, _ in stacks),
-        "norms": sum((n * (3 if cross else 2) + 1) * norm for n, cross in stacks),
+        "norms": sum((n * (3 if cross else 2) + final_norm + embed_norm) * norm for n, cross in stacks),
         "head": head,
     }
