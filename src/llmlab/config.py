@@ -42,6 +42,7 @@ class ModelConfig:
     relative_buckets: int = 32  # T5 relative position bias: buckets ...
     relative_max_distance: int = 128  # ... and the distance beyond which all share the last bucket
     decoder_start_token_id: int | None = None  # encoder-decoder: the first decoder input (T5: pad)
+    head_size: int | None = None  # per-head width when not n_embd / n_head (T5 v1.1 small: 6 x 64 in 512)
     attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1 (folded into its init)
     norm_position: str = "pre"  # pre: x + f(norm(x)) (GPT-2, Llama, T5); post: norm(x + f(x)) (BERT)
     embed_norm: bool = False  # a norm over the summed embeddings (BERT)
@@ -64,7 +65,12 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def attention_width(self) -> int:
+        """Width of the concatenated heads (n_embd unless head_size says otherwise)."""
+        return self.n_head * self.head_dim
 
     @property
     def gated_mlp(self) -> bool:
@@ -81,7 +87,7 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if int(getattr(self, name)) <= 0:
                 raise bad(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise bad(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.n_head % self.n_kv_head:
             raise bad(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")

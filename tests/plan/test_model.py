@@ -30,6 +30,7 @@ def test_breakdown_equals_the_built_model_for_bert_and_t5_variants():
         ("bert-nano", dict(norm_position="post", embed_norm=True, type_vocab_size=2, mlp="gelu-erf")),
         ("bert-nano", dict(mlm_head=False, norm_position="post", embed_norm=True)),
         ("t5-nano", dict(tie_embeddings=False, mlp="relu", n_decoder_layer=5)),
+        ("t5-nano", dict(n_head=6, head_size=16)),  # heads narrower than the model, as in T5 v1.1 small
         ("transformer-base", dict(norm_position="post")),
     ]
     for preset, fields in variants:

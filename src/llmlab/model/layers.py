@@ -176,7 +176,7 @@ class SelfAttention(nn.Module):
         self.layer_index, self.causal = layer_index, causal
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
         self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.attention_width, config.n_embd, bias=config.bias)
         self.dropout, self.scale = config.dropout, config.softmax_scale
         self.record: list[torch.Tensor] | None = None  # set by llmlab.attention to keep the weights
 
@@ -188,7 +188,7 @@ class SelfAttention(nn.Module):
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
         )
@@ -203,7 +203,7 @@ class SelfAttention(nn.Module):
         causal = self.causal and mask is None and (cache is None or T > 1)
         dropout = self.dropout if self.training else 0.0
         y = attend(q, k, v, mask, causal, dropout, self.scale, self.record)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
 class CrossAttention(nn.Module):
@@ -215,7 +215,7 @@ class CrossAttention(nn.Module):
         self.layer_index = layer_index
         self.q = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
         self.kv = nn.Linear(config.n_embd, 2 * config.n_kv_head * config.head_dim, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.attention_width, config.n_embd, bias=config.bias)
         self.dropout, self.scale = config.dropout, config.softmax_scale
         self.record: list[torch.Tensor] | None = None
 
@@ -226,7 +226,7 @@ class CrossAttention(nn.Module):
         memory_mask: torch.Tensor | None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         if cache is not None and self.layer_index in cache.cross:
             k, v = cache.cross[self.layer_index]
@@ -236,7 +236,7 @@ class CrossAttention(nn.Module):
             if cache is not None:
                 cache.cross[self.layer_index] = (k, v)
         y = attend(q, k, v, memory_mask, False, self.dropout if self.training else 0.0, self.scale, self.record)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
 # -- feed-forward and blocks -------------------------------------------------------------------------

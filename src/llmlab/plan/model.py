@@ -11,8 +11,8 @@ def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
     d, bias = config.n_embd, 1 if config.bias else 0
     hd = config.head_dim
     q_out, kv_out = config.n_head * hd, config.n_kv_head * hd
-    self_attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + d * d + bias * d
-    cross_attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + d * d + bias * d
+    self_attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + q_out * d + bias * d
+    cross_attention = self_attention
     width = config.intermediate_size * (2 if config.gated_mlp else 1)
     feed_forward = d * width + bias * width + config.intermediate_size * d + bias * d
     norm = d * (2 if config.norm == "layernorm" and config.bias else 1)
