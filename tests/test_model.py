@@ -65,10 +65,10 @@ def test_hf_state_round_trip_is_exact(preset):
 
 
 def test_configs_without_a_hugging_face_counterpart_are_refused():
-    from llmlab.hf import family_of
+    from llmlab.hf import architecture_of
 
-    with pytest.raises(LlmlabError, match="no gpt2 counterpart: norm='rmsnorm'"):
-        family_of(ModelConfig.from_preset("gpt2-nano", norm="rmsnorm"))
+    with pytest.raises(LlmlabError, match="as gpt2 it would need to change norm=.rmsnorm."):
+        architecture_of(ModelConfig.from_preset("gpt2-nano", norm="rmsnorm"))
 
 
 def test_gpt2_style_logits_equal_transformers_gpt2_on_the_same_weights():

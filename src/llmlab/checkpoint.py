@@ -77,6 +77,8 @@ def save_checkpoint(
         config = {"format": FORMAT, "model": model.config.to_dict()}
         if quantization is not None:
             config["quantization"] = quantization
+        if tokenizer.roles:  # special tokens not found by their usual names (imported tokenizers)
+            config["tokenizer_roles"] = tokenizer.roles
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: v.cpu() for k, v in model_state(model).items()}, tmp / "model.safetensors")
         tokenizer.save(tmp / "tokenizer.json")
@@ -162,11 +164,22 @@ def read_quantization(path: str | Path) -> dict[str, Any] | None:
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Checkpoint:
-    """Load model, tokenizer and generation defaults; the model is on `device` in eval mode."""
+    """Load model, tokenizer and generation defaults; the model is on `device` in eval mode.
+
+    `path` may also be a Hugging Face model folder or hub id (GPT-2, Llama, T5, BERT), converted on
+    the fly; `llmlab import` converts one once.
+    """
+    from llmlab.hf_import import is_hf_source, load_hf
+
+    if is_hf_source(path):
+        ckpt = load_hf(path)
+        ckpt.model.to(device=device, dtype=dtype).eval()
+        return ckpt
     path = verify_checkpoint(path)
     config = read_model_config(path)
-    tokenizer = TextTokenizer.load(path / "tokenizer.json")
-    if tokenizer.vocab_size != config.vocab_size:
+    roles = json.loads((path / "config.json").read_text()).get("tokenizer_roles")
+    tokenizer = TextTokenizer.load(path / "tokenizer.json", roles)
+    if tokenizer.vocab_size != config.vocab_size and not tokenizer.roles:  # imported ones may be padded
         raise LlmlabError(
             f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}",
             "the tokenizer.json does not belong to this model; use the one saved with it",

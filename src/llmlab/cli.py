@@ -235,8 +235,19 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from llmlab.hf import export_hf
 
-    export_hf(args.checkpoint, args.out)
-    print(f"{args.out}: Hugging Face folder; load it with transformers' AutoModelForCausalLM and AutoTokenizer")
+    name = export_hf(args.checkpoint, args.out)
+    print(f"{args.out}: Hugging Face folder; load it with transformers' {name} (or its Auto class) and AutoTokenizer")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from llmlab.hf_import import import_hf
+
+    ckpt = import_hf(args.source, args.out)
+    c = ckpt.model.config
+    print(
+        f"{args.out}: llmlab checkpoint of {args.source} ({c.family}, {ckpt.model.num_parameters():,} parameters, "
+        f"{c.n_layer + (c.n_decoder_layer or 0)} layers, vocabulary {c.vocab_size:,})"
+    )
 
 
 def _load_for_inspection(args: argparse.Namespace):
@@ -630,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     g = sub.add_parser("generate", help="generate text from a checkpoint")
-    g.add_argument("checkpoint", help="run folder written by pretrain")
+    g.add_argument("checkpoint", help="run folder written by pretrain, or a Hugging Face folder or hub id")
     g.add_argument("--prompt", action="append", default=argparse.SUPPRESS, help="prompt text (repeatable)")
     g.add_argument("--prompts-file", default=argparse.SUPPRESS, help="one prompt a line (\\n for newlines)")
     add_dataclass_options(g, GenerationConfig, GEN_HELP)
@@ -642,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def inspection(name: str, help_text: str):
         sp = sub.add_parser(name, help=help_text)
-        sp.add_argument("checkpoint", help="run folder written by pretrain")
+        sp.add_argument("checkpoint", help="run folder written by pretrain, or a Hugging Face folder or hub id")
         sp.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
@@ -677,7 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--out", help="PNG path (default: next-token.png in the checkpoint folder)")
     nt.set_defaults(func=cmd_next_token)
 
-    e = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2 or Llama style)")
+    im = sub.add_parser("import", help="convert a Hugging Face folder or hub id (GPT-2, Llama, T5, BERT) once")
+    im.add_argument("source", help="a Hugging Face model folder, or a hub id such as google/flan-t5-small")
+    im.add_argument("out", help="the llmlab checkpoint folder to write")
+    im.set_defaults(func=cmd_import)
+
+    e = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2, Llama, T5, BERT)")
     e.add_argument("checkpoint")
     e.add_argument("out")
     e.add_argument("--to", default="hf", choices=["hf"])

@@ -48,6 +48,7 @@ class ModelConfig:
     embed_norm: bool = False  # a norm over the summed embeddings (BERT)
     type_vocab_size: int = 0  # BERT's token-type (segment) embeddings; 0 = none
     mlm_head: bool = True  # encoder: the masked-LM head (False for a bare BertModel, e.g. sentence encoders)
+    scale_decoder_outputs: bool | None = None  # encoder-decoder: x / sqrt(d) before the head; None = iff tied (T5)
     rope_scaling: dict[str, Any] | None = None  # Llama 3 style or linear frequency scaling, as in HF configs
 
     def __post_init__(self) -> None:

@@ -107,7 +107,7 @@ class Generator:
     """Generates text from a model with the tokenizer it was trained with."""
 
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer) -> None:
-        if tokenizer.vocab_size != model.config.vocab_size:
+        if tokenizer.vocab_size > model.config.vocab_size:  # imported models may pad their vocabulary
             raise LlmlabError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}",
                 "use the tokenizer.json saved with this checkpoint",
@@ -193,7 +193,8 @@ class Generator:
                 )
             ids, budget = self.tokenizer.encode(prompt), block - 1
         else:
-            ids = self.tokenizer.encode(prompt) or [self.eos_id]  # empty prompt: start a new text
+            # The tokenizer's own prefix (Llama's <s>) as its users get it; an empty prompt starts a new text.
+            ids = self.tokenizer.prefix_ids + self.tokenizer.encode(prompt) or [self.eos_id]
             budget = block - config.max_new_tokens
             if budget < 1:
                 raise LlmlabError(

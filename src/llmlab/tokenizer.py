@@ -30,7 +30,10 @@ ROLE_NAMES = {
     "mask": (MASK, "<mask>"),
     "cls": (CLS,),
     "sep": (SEP,),
+    "bos": ("<s>", "<|begin_of_text|>"),
+    "unk": (UNK, "<unk>", "[UNK]"),
 }
+ROLES = tuple(ROLE_NAMES)
 
 
 def sentinel(i: int) -> str:
@@ -47,12 +50,19 @@ def special_tokens_for(family: str) -> tuple[list[str], int]:
 
 
 class TextTokenizer:
-    """Wraps a `tokenizers.Tokenizer` with the roles of its special tokens."""
+    """Wraps a `tokenizers.Tokenizer` with the roles of its special tokens.
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    Roles are found by the usual names (ROLE_NAMES) unless `roles` names the token of a role, as an
+    imported tokenizer's special_tokens_map does; explicit roles are saved with a checkpoint.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, roles: dict[str, str] | None = None) -> None:
         self.inner = tokenizer
+        self.roles = {k: v for k, v in (roles or {}).items() if k in ROLE_NAMES and v is not None}
 
         def find(role: str) -> int | None:
+            if role in self.roles:
+                return tokenizer.token_to_id(self.roles[role])
             return next((i for n in ROLE_NAMES[role] if (i := tokenizer.token_to_id(n)) is not None), None)
 
         self.eos_id: int | None = find("eos")
@@ -60,6 +70,8 @@ class TextTokenizer:
         self.mask_id: int | None = find("mask")
         self.cls_id: int | None = find("cls")
         self.sep_id: int | None = find("sep")
+        self.bos_id: int | None = find("bos")
+        self.unk_id: int | None = find("unk")
         if self.eos_id is None and self.sep_id is None:
             raise LlmlabError(f"tokenizer has neither {EOS} nor {SEP}", "train the tokenizer with llmlab")
         self.sentinel_ids: list[int] = []  # sentinel_ids[i] is <extra_id_i>
@@ -68,6 +80,10 @@ class TextTokenizer:
         self.special_ids: frozenset[int] = frozenset(
             i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special
         )
+        # What the tokenizer's own post-processor puts before a text (Llama's <s>): prompts get it too.
+        bare = tokenizer.encode("a", add_special_tokens=False).ids
+        full = tokenizer.encode("a").ids
+        self.prefix_ids: list[int] = full[: full.index(bare[0])] if bare and bare[0] in full else []
 
     @property
     def separator_id(self) -> int:
@@ -89,10 +105,11 @@ class TextTokenizer:
         return self.inner.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text).ids
+        """The text's own tokens; each family adds its special tokens itself (see encode.model_input)."""
+        return self.inner.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.inner.encode_batch(texts)]
+        return [e.ids for e in self.inner.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.inner.decode(list(ids), skip_special_tokens=False)
@@ -100,7 +117,7 @@ class TextTokenizer:
     def encode_document(self, text: str) -> list[int]:
         """Encode text of any size in newline-aligned chunks (fast and memory-bounded)."""
         ids: list[int] = []
-        for enc in self.inner.encode_batch(list(split_chunks(text))):
+        for enc in self.inner.encode_batch(list(split_chunks(text)), add_special_tokens=False):
             ids.extend(enc.ids)
         return ids
 
@@ -111,9 +128,9 @@ class TextTokenizer:
         self.inner.save(str(path))
 
     @classmethod
-    def load(cls, path: str | Path) -> TextTokenizer:
+    def load(cls, path: str | Path, roles: dict[str, str] | None = None) -> TextTokenizer:
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            return cls(Tokenizer.from_file(str(path)), roles)
         except Exception as exc:  # the tokenizers library raises bare Exceptions on bad JSON
             raise LlmlabError(f"cannot read tokenizer {path}: {exc}", "re-copy the checkpoint") from None
 

@@ -170,7 +170,8 @@ class EncoderDecoderLM(LanguageModel):
         self.decoder = Stack(config, config.n_decoder_layer, causal=True, cross=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self._init(config, config.n_layer + config.n_decoder_layer)
-        self.head_scale = config.n_embd**-0.5 if config.tie_embeddings else 1.0
+        scaled = config.tie_embeddings if config.scale_decoder_outputs is None else config.scale_decoder_outputs
+        self.head_scale = config.n_embd**-0.5 if scaled else 1.0
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
