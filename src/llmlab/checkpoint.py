@@ -156,6 +156,12 @@ def read_model_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data["model"])
 
 
+def load_tokenizer(path: str | Path) -> TextTokenizer:
+    """The checkpoint's tokenizer, with the special-token roles its config.json records (imported ones)."""
+    roles = json.loads((Path(path) / "config.json").read_text()).get("tokenizer_roles")
+    return TextTokenizer.load(Path(path) / "tokenizer.json", roles)
+
+
 def read_quantization(path: str | Path) -> dict[str, Any] | None:
     """The quantization section of a checkpoint's config.json, or None for full precision."""
     return json.loads((Path(path) / "config.json").read_text()).get("quantization")
@@ -177,8 +183,7 @@ def load_checkpoint(
         return ckpt
     path = verify_checkpoint(path)
     config = read_model_config(path)
-    roles = json.loads((path / "config.json").read_text()).get("tokenizer_roles")
-    tokenizer = TextTokenizer.load(path / "tokenizer.json", roles)
+    tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != config.vocab_size and not tokenizer.roles:  # imported ones may be padded
         raise LlmlabError(
             f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}",

@@ -566,8 +566,12 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     config = None
     if args.model:
         from llmlab.checkpoint import read_model_config, verify_checkpoint
+        from llmlab.hf_import import is_hf_source, read_hf_config, resolve_folder
 
-        config = read_model_config(verify_checkpoint(args.model))
+        if is_hf_source(args.model):  # only config.json is read, never the weights
+            config = read_hf_config(resolve_folder(args.model))[1]
+        else:
+            config = read_model_config(verify_checkpoint(args.model))
     elif args.preset:
         config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
     if config is not None:
@@ -725,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     pmem = plan.add_parser("memory", help="bytes of weights, gradients, optimizer, activations, KV cache per GPU")
     pmem.add_argument("--params", type=float, help="parameter count (e.g. 7e9)")
     pmem.add_argument("--preset", help="count parameters and take the architecture from a preset")
-    pmem.add_argument("--model", help="an llmlab checkpoint folder")
+    pmem.add_argument("--model", help="an llmlab checkpoint folder, or a Hugging Face folder or hub id")
     pmem.add_argument("--vocab-size", type=int, default=8192)
     pmem.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "int4"])
     pmem.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "adam8bit"])

@@ -20,7 +20,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmlab.checkpoint import load_weights, read_model_config, save_checkpoint, verify_checkpoint
+from llmlab.checkpoint import (
+    load_checkpoint,
+    load_tokenizer,
+    load_weights,
+    read_model_config,
+    read_quantization,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from llmlab.config import ModelConfig
 from llmlab.data.objectives import (
     IGNORE,
@@ -403,7 +411,7 @@ def train(
         if not (out / "trainer_state.json").is_file() or not (out / "optimizer.safetensors").is_file():
             raise LlmlabError(f"{out} has no trainer state to resume from", "train without --resume")
         state = json.loads((out / "trainer_state.json").read_text())
-        tokenizer = TextTokenizer.load(out / "tokenizer.json")
+        tokenizer = load_tokenizer(out)
     elif (out / "config.json").exists() and not cfg.overwrite:
         raise LlmlabError(
             f"{out} already holds a checkpoint",
@@ -412,16 +420,17 @@ def train(
 
     family = cfg.resolved_family()
     objective = check_objective(family, cfg.objective)
-    init_config = None
-    if cfg.init is not None and not cfg.resume:
-        init_path = verify_checkpoint(cfg.init)
-        init_config = read_model_config(init_path)
+    init_config, init_state = None, None
+    if cfg.init is not None and not cfg.resume:  # an llmlab checkpoint or a Hugging Face folder / hub id
+        init = load_checkpoint(cfg.init)
+        if read_quantization(init.path):
+            raise LlmlabError(f"--init {cfg.init} is quantized", "start from the full-precision checkpoint")
+        init_config, init_state, tokenizer = init.model.config, init.model.state_dict(), init.tokenizer
         if init_config.family != family:
             raise LlmlabError(
                 f"--init {cfg.init} holds a model of family {init_config.family}, not {family}",
                 f"pass --family {init_config.family}",
             )
-        tokenizer = TextTokenizer.load(init_path / "tokenizer.json")
 
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg, objective, family, tokenizer, log)
@@ -451,8 +460,8 @@ def train(
     batches = batch_source(objective, cfg, data, model_config)
 
     model = build_model(model_config).to(device)
-    if init_config is not None:
-        load_weights(model, Path(cfg.init) / "model.safetensors")
+    if init_state is not None:
+        model.load_state_dict(init_state)
         model.to(device)
         log(f"initialised from {cfg.init}")
     optimizers = make_optimizers(model, cfg, device)
