@@ -269,3 +269,22 @@ def test_presets_without_a_counterpart_are_refused_naming_the_options(tmp_path, 
     err = capsys.readouterr().err
     assert "as t5 it would need to change" in err and "positions='sinusoidal'" in err and "norm='layernorm'" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_pretrain_can_start_from_a_hugging_face_folder(hf_folder, tmp_path):
+    from llmlab.train import TrainConfig, train
+
+    kind, folder, _ = hf_folder
+    if kind != "t5":
+        pytest.skip("one architecture is enough: --init goes through load_checkpoint like every command")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"input": w, "target": w[::-1]}) + "\n" for w in SAMPLE_TEXT.split() * 5))
+    config = TrainConfig(
+        out=str(tmp_path / "tuned"), family="encoder-decoder", objective="seq2seq", init=str(folder),
+        data=str(pairs), lr=1e-12, warmup_steps=0, max_steps=1, batch_size=2, eval_iters=1, dtype="fp32",
+    )  # fmt: skip
+    train(config, log=lambda s: None)
+    before, after = load_hf(folder), load_checkpoint(tmp_path / "tuned")
+    assert after.tokenizer.roles == before.tokenizer.roles and after.tokenizer.eos_id == before.tokenizer.eos_id
+    for name, tensor in before.model.state_dict().items():
+        assert torch.allclose(after.model.state_dict()[name], tensor, atol=1e-6), name
