@@ -213,6 +213,11 @@ def load_weights(model: LanguageModel, file: Path) -> None:
         raise LlmlabError(
             f"cannot read {file}: {exc}", "the file is truncated or not safetensors; re-copy it"
         ) from None
+    if model.config.family == "decoder" and any(k.startswith("blocks.") for k in state):
+        # written before the families shared one Stack (llmlab <= 2026-11-26): same tensors, shorter names
+        state = {
+            (f"decoder.{k}" if k.startswith(("blocks.", "norm.", "pos_embed.")) else k): v for k, v in state.items()
+        }
     expected = model_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

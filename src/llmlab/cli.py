@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -353,6 +354,105 @@ def cmd_next_token(args: argparse.Namespace) -> None:
     print(f"chart: {out}")
 
 
+def _task_from_args(args: argparse.Namespace):
+    from llmlab.tasks import load_task
+
+    options = {}
+    if args.task.endswith(".jsonl"):
+        options = dict(
+            template=unescape(args.template) if args.template else None,
+            input_field=args.input_field,
+            label_field=args.label_field,
+            labels=args.labels.split(",") if args.labels else None,
+            instruction=unescape(args.instruction or ""),
+            demonstrations=args.demonstrations,
+        )
+    return load_task(args.task, **options)
+
+
+def _parse_shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise LlmlabError(f"--shots {text!r} is not a list of counts", "write it like 0,1,3,5") from None
+    if not shots or min(shots) < 0:
+        raise LlmlabError(f"--shots {text!r} needs counts >= 0", "write it like 0,1,3,5")
+    return shots
+
+
+def cmd_prompt(args: argparse.Namespace) -> None:
+    from llmlab.evaluate import Scorer, prompts_for
+
+    task = _task_from_args(args)
+    ckpt = _load_for_inspection(args)
+    scorer = Scorer(ckpt.model, ckpt.tokenizer)
+    if not 0 <= args.index < len(task.examples):
+        raise LlmlabError(f"--index {args.index} is out of range", f"the task has {len(task.examples)} examples")
+    example = task.examples[args.index]
+    reserve = args.max_new_tokens
+    if task.kind == "classification":
+        reserve = max(len(ckpt.tokenizer.encode(task.template.answer(label))) for label in task.labels) + 2
+    (prompt,) = prompts_for(task, scorer, [example], args.shots, args.select, args.seed, reserve)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(prompt)))
+        return
+    print(prompt.text)
+    print(
+        f"--- {prompt.tokens} tokens with this model's tokenizer ({scorer.budget(reserve)} allowed, {reserve} "
+        f"kept for the answer); {prompt.shots_used} of {prompt.shots_requested} examples"
+    )
+    for note in prompt.notes:
+        print(f"--- note: {note}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from llmlab.evaluate import evaluate_task, perplexity, plot_shots
+    from llmlab.generate import GenerationConfig
+
+    ckpt = _load_for_inspection(args)
+    if args.perplexity:
+        try:
+            text = Path(args.perplexity).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmlabError(f"cannot read {args.perplexity}: {exc}", "pass a UTF-8 text file") from None
+        ppl, tokens = perplexity(ckpt.model, ckpt.tokenizer, text, args.stride)
+        result = {"perplexity": ppl, "tokens": tokens, "nats_per_token": math.log(ppl)}
+        print(
+            json.dumps(result)
+            if args.json
+            else f"perplexity {ppl:.3f} over {tokens:,} tokens ({math.log(ppl):.4f} nats/token)"
+        )
+        return
+    if not args.task:
+        raise LlmlabError("nothing to evaluate", "pass --task NAME|FILE.jsonl or --perplexity FILE")
+    task = _task_from_args(args)
+    generation = GenerationConfig(greedy=True, max_new_tokens=args.max_new_tokens)
+    results = evaluate_task(
+        ckpt.model, ckpt.tokenizer, task, _parse_shots(args.shots), args.limit, args.seed, args.select,
+        args.length_normalize, generation, log=lambda s: print(s, file=sys.stderr),
+    )  # fmt: skip
+    local = Path(args.checkpoint)
+    out = Path(args.out or (local / f"eval-{task.name}" if local.is_dir() else f"runs/eval-{task.name}"))
+    out.mkdir(parents=True, exist_ok=True)
+    records = [dataclasses.asdict(r) for r in results]
+    (out / "results.json").write_text(json.dumps({"task": task.name, "seed": args.seed, "results": records}, indent=2))
+    plot_shots(results, out / "shots.png", f"{task.name}: {args.checkpoint}")
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "predictions"} for r in records]))
+        return
+    names = list(results[0].metrics)
+    rows = []
+    for r in results:
+        cells = []
+        for name in names:
+            low, high = r.intervals.get(name, (None, None))
+            cells.append(f"{r.metrics[name]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""))
+        rows.append([r.shots, f"{r.mean_shots_used:.1f}", *cells])
+    _print_table(rows, ["shots", "fit", *names])
+    print(f"{results[0].examples} examples of {task.name} ({task.kind}); [95% bootstrap interval]; "
+          f"results: {out / 'results.json'}, plot: {out / 'shots.png'}")  # fmt: skip
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     from llmlab.config import PRESETS, ModelConfig
     from llmlab.model import build_model
@@ -696,6 +796,36 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("source", help="a Hugging Face model folder, or a hub id such as google/flan-t5-small")
     im.add_argument("out", help="the llmlab checkpoint folder to write")
     im.set_defaults(func=cmd_import)
+
+    def task_options(sp) -> None:
+        sp.add_argument("--task", help="sentiment, dialogsum, icl-synthetic, or a .jsonl file")
+        sp.add_argument("--select", default="random", choices=["first", "random", "balanced"], help="which shots")
+        sp.add_argument("--seed", type=int, default=0, help="seed for the examples and the shots")
+        sp.add_argument("--max-new-tokens", type=int, default=64, help="tokens kept for a generated answer")
+        sp.add_argument(
+            "--template", help="JSONL task: one example, answer last, e.g. 'Review: {text}\\nLabel: {label}'"
+        )
+        sp.add_argument("--instruction", help="JSONL task: text before the examples")
+        sp.add_argument("--input-field", default="text", help="JSONL task: the input field (cut if too long)")
+        sp.add_argument("--label-field", default="label", help="JSONL task: the answer field")
+        sp.add_argument("--labels", help="JSONL task: the classes, comma-separated (default: the distinct answers)")
+        sp.add_argument("--demonstrations", help="JSONL task: a file to draw shots from (default: its first half)")
+
+    pr = inspection("prompt", "print a zero/one/few-shot prompt as the model will read it, with its token count")
+    task_options(pr)
+    pr.add_argument("--shots", type=int, default=0)
+    pr.add_argument("--index", type=int, default=0, help="which evaluated example is the query")
+    pr.set_defaults(func=cmd_prompt)
+
+    ev = inspection("evaluate", "task metrics against the number of shots (table, JSON, PNG), or perplexity")
+    task_options(ev)
+    ev.add_argument("--shots", default="0,1,3,5", help="shot counts, comma-separated")
+    ev.add_argument("--limit", type=int, help="evaluate a seeded sample of this many examples")
+    ev.add_argument("--length-normalize", action="store_true", help="rank labels by mean, not total, log-probability")
+    ev.add_argument("--perplexity", help="a text file: its perplexity with a sliding window instead")
+    ev.add_argument("--stride", type=int, help="perplexity: tokens newly scored per window (default half the context)")
+    ev.add_argument("--out", help="folder for results.json and shots.png (default: in the checkpoint folder)")
+    ev.set_defaults(func=cmd_evaluate)
 
     e = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2, Llama, T5, BERT)")
     e.add_argument("checkpoint")
