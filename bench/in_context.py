@@ -56,7 +56,8 @@ def main() -> None:
         cells = [f"{r.metrics[m]:.3f} [{r.intervals[m][0]:.3f}, {r.intervals[m][1]:.3f}]" for m in r.metrics]
         print(f"| {r.shots} | {cells[0]} | {cells[1]} | {ceiling:.3f} |")
     print(
-        f"\nthe same with the CLI: .venv/bin/llmlab evaluate {args.out} --task icl-synthetic --shots 0,1,3,5 --limit {args.limit}"
+        f"\nthe same with the CLI: .venv/bin/llmlab evaluate {args.out} --task icl-synthetic "
+        f"--shots 0,1,3,5 --limit {args.limit}"
     )
 
 
