@@ -78,3 +78,18 @@ def test_config_that_does_not_fit_the_weights_is_refused(checkpoint):
     (path / "manifest.json").unlink()
     with pytest.raises(LlmlabError, match="does not fit the model"):
         load_checkpoint(path)
+
+
+def test_a_decoder_checkpoint_with_pre_stack_names_still_loads(tmp_path):
+    """Checkpoints written before the families shared one Stack named blocks.*, norm.*, pos_embed.*."""
+    from safetensors.torch import load_file, save_file
+
+    tokenizer = train_tokenizer(["an old corpus of text"], kind="char")
+    model = tiny_model("gpt2", vocab_size=tokenizer.vocab_size)
+    save_checkpoint(tmp_path / "old", model, tokenizer)
+    state = load_file(tmp_path / "old" / "model.safetensors")
+    save_file({k.removeprefix("decoder."): v for k, v in state.items()}, tmp_path / "old" / "model.safetensors")
+    (tmp_path / "old" / "manifest.json").unlink()
+    loaded = load_checkpoint(tmp_path / "old")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name

@@ -49,8 +49,8 @@ def test_rank_classification_picks_the_label_with_the_highest_total_log_probabil
             n = len(tokenizer.encode(label))
             by_hand.append(sum(logp[len(ids) - 1 - n + j, ids[len(ids) - n + j]].item() for j in range(n)))
     scored = Scorer(model, tokenizer).logprobs([context] * 3, labels)
-    assert [n for _, n in scored] == [9, 9, 2]
-    assert [s for s, _ in scored] == pytest.approx(by_hand, abs=1e-4)
+    assert [score.tokens for score in scored] == [9, 9, 2]
+    assert [score.logprob for score in scored] == pytest.approx(by_hand, abs=1e-4)
 
     task = tiny_task()
     (result,) = evaluate_task(model, tokenizer, task, [1], seed=0)
@@ -58,7 +58,7 @@ def test_rank_classification_picks_the_label_with_the_highest_total_log_probabil
         from llmlab.evaluate import prompts_for
 
         (prompt,) = prompts_for(task, Scorer(model, tokenizer), [example], 1, "random", 0, reserve=11)
-        totals = [s for s, _ in Scorer(model, tokenizer).logprobs([prompt.text] * 2, [" Positive", " Negative"])]
+        totals = [s.logprob for s in Scorer(model, tokenizer).logprobs([prompt.text] * 2, [" Positive", " Negative"])]
         assert row["ranked"] == ["Positive", "Negative"][totals.index(max(totals))]
 
 
@@ -66,7 +66,7 @@ def test_encoder_decoder_scores_the_continuation_as_decoder_targets(char_tokeniz
     tokenizer = train_tokenizer([ALPHABET], kind="char", family="encoder-decoder")
     model = tiny_model("t5", vocab_size=tokenizer.vocab_size)
     model.config.decoder_start_token_id = tokenizer.pad_id
-    ((total, n),) = Scorer(model, tokenizer).logprobs(["In: def add"], [" Positive"])
+    ((total, n, _),) = Scorer(model, tokenizer).logprobs(["In: def add"], [" Positive"])
     src = torch.tensor([tokenizer.encode("In: def add") + [tokenizer.eos_id]])
     target = tokenizer.encode(" Positive")
     with torch.no_grad():
@@ -159,3 +159,27 @@ def test_evaluate_and_prompt_commands(decoder, tmp_path, capsys):
     (tmp_path / "text.txt").write_text(SAMPLE_TEXT)
     code, out, _ = run_cli(capsys, "evaluate", tmp_path / "ckpt", "--perplexity", tmp_path / "text.txt", "--json")
     assert code == 0 and json.loads(out)["tokens"] == len(tokenizer.encode(SAMPLE_TEXT)) - 1
+
+
+def test_sweep_measures_each_setting_once_reproducibly(decoder, tmp_path, capsys):
+    from llmlab.checkpoint import save_checkpoint
+    from llmlab.evaluate import sweep
+
+    model, tokenizer = decoder
+    task = tiny_task()
+    task.labels = None  # a generation task: ROUGE against the answer field
+    rows = sweep(model, tokenizer, task, [0, 1.0], [0, 5], [1.0], limit=4, seed=3, max_new_tokens=8)
+    assert [(r.temperature, r.top_k) for r in rows] == [(0, 0), (1.0, 0), (1.0, 5)]  # greedy once
+    again = sweep(model, tokenizer, task, [0, 1.0], [0, 5], [1.0], limit=4, seed=3, max_new_tokens=8)
+    assert [r.metrics for r in rows] == [r.metrics for r in again]
+    assert {"rougeL", "distinct-1", "distinct-2", "repetition"} <= set(rows[0].metrics)
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"add{i}", "label": f"summary {i}"}) + "\n" for i in range(40)))
+    code, out, _ = run_cli(
+        capsys, "sweep", tmp_path / "ckpt", "--task", data, "--temperature", "0,0.8", "--top-k", "0", "--top-p", "1",
+        "--limit", "3", "--max-new-tokens", "6", "--out", tmp_path / "sw",
+    )  # fmt: skip
+    assert code == 0 and "best rougeL" in out and len(json.loads((tmp_path / "sw" / "sweep.json").read_text())) == 2
+    code, _, err = run_cli(capsys, "sweep", tmp_path / "ckpt", "--task", data, "--temperature", "hot")
+    assert_one_line_error(code, err, "--temperature 'hot'")

@@ -453,6 +453,41 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"results: {out / 'results.json'}, plot: {out / 'shots.png'}")  # fmt: skip
 
 
+def _floats(option: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LlmlabError(f"{option} {text!r} is not a list of numbers", "write it like 0,0.7,1.0") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from llmlab.evaluate import plot_sweep, quality_metric, sweep
+
+    if not args.task:
+        raise LlmlabError("no task to sweep", "pass --task NAME|FILE.jsonl")
+    task = _task_from_args(args)
+    ckpt = _load_for_inspection(args)
+    rows = sweep(
+        ckpt.model, ckpt.tokenizer, task, _floats("--temperature", args.temperature),
+        [int(k) for k in _floats("--top-k", args.top_k)], _floats("--top-p", args.top_p), args.shots, args.limit,
+        args.seed, args.max_new_tokens, log=lambda s: print(s, file=sys.stderr),
+    )  # fmt: skip
+    local = Path(args.checkpoint)
+    out = Path(args.out or (local / f"sweep-{task.name}" if local.is_dir() else f"runs/sweep-{task.name}"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    plot_sweep(rows, out / "sweep.png", f"{task.name}, {args.shots} shots: quality vs diversity")
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return
+    names = list(rows[0].metrics)
+    table = [[r.temperature, r.top_k or "off", r.top_p, *(f"{r.metrics[n]:.3f}" for n in names)] for r in rows]
+    _print_table(table, ["temperature", "top-k", "top-p", *names])
+    best = max(rows, key=lambda r: r.metrics[quality_metric(rows)])
+    print(f"best {quality_metric(rows)}: temperature {best.temperature}, top-k {best.top_k or 'off'}, "
+          f"top-p {best.top_p}; results: {out / 'sweep.json'}, plot: {out / 'sweep.png'}")  # fmt: skip
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     from llmlab.config import PRESETS, ModelConfig
     from llmlab.model import build_model
@@ -826,6 +861,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stride", type=int, help="perplexity: tokens newly scored per window (default half the context)")
     ev.add_argument("--out", help="folder for results.json and shots.png (default: in the checkpoint folder)")
     ev.set_defaults(func=cmd_evaluate)
+
+    sw = inspection("sweep", "quality and diversity for every temperature / top-k / top-p combination")
+    task_options(sw)
+    sw.add_argument("--temperature", default="0,0.7,1.0", help="comma-separated (0 = greedy)")
+    sw.add_argument("--top-k", default="0,50", help="comma-separated (0 = off)")
+    sw.add_argument("--top-p", default="0.9,1.0", help="comma-separated (1 = off)")
+    sw.add_argument("--shots", type=int, default=0)
+    sw.add_argument("--limit", type=int, default=100, help="examples per setting")
+    sw.add_argument("--out", help="folder for sweep.json and sweep.png (default: in the checkpoint folder)")
+    sw.set_defaults(func=cmd_sweep)
 
     e = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2, Llama, T5, BERT)")
     e.add_argument("checkpoint")

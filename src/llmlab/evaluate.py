@@ -19,6 +19,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,12 @@ from llmlab.plot import pyplot, save_figure
 from llmlab.prompts import Prompt, build_prompt, select_examples
 from llmlab.tasks import Task
 from llmlab.tokenizer import TextTokenizer
+
+
+class ContinuationScore(NamedTuple):
+    logprob: float  # sum over the continuation's tokens
+    tokens: int
+    greedy: bool  # whether greedy decoding would have produced exactly this continuation
 
 
 class Scorer:
@@ -62,15 +69,15 @@ class Scorer:
         return self.block if self.seq2seq else self.block - reserve
 
     @torch.inference_mode()
-    def logprobs(self, contexts: list[str], continuations: list[str]) -> list[tuple[float, int]]:
-        """(sum of log-probabilities, token count) of each continuation after its context."""
-        results: list[tuple[float, int]] = []
+    def logprobs(self, contexts: list[str], continuations: list[str]) -> list[ContinuationScore]:
+        """Log-probability, token count and greediness of each continuation after its context."""
+        results: list[ContinuationScore] = []
         for start in range(0, len(contexts), self.batch_size):
             pairs = list(zip(contexts[start : start + self.batch_size], continuations[start : start + self.batch_size]))
             results += self._seq2seq_batch(pairs) if self.seq2seq else self._decoder_batch(pairs)
         return results
 
-    def _decoder_batch(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    def _decoder_batch(self, pairs: list[tuple[str, str]]) -> list[ContinuationScore]:
         rows, lengths = [], []
         for context, continuation in pairs:
             cont = self.tokenizer.encode(continuation)
@@ -84,11 +91,12 @@ class Scorer:
         logp = F.log_softmax(self.model(x.to(self.model.device)).float(), dim=-1).cpu()
         out = []
         for i, (r, n) in enumerate(zip(rows, lengths)):
-            positions = torch.arange(len(r) - 1 - n, len(r) - 1)
-            out.append((float(logp[i, positions, torch.tensor(r[-n:])].sum()), n))
+            positions, target = torch.arange(len(r) - 1 - n, len(r) - 1), torch.tensor(r[-n:])
+            greedy = bool((logp[i, positions].argmax(-1) == target).all())
+            out.append(ContinuationScore(float(logp[i, positions, target].sum()), n, greedy))
         return out
 
-    def _seq2seq_batch(self, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    def _seq2seq_batch(self, pairs: list[tuple[str, str]]) -> list[ContinuationScore]:
         sources = [self.prompt_ids(c)[-self.block :] for c, _ in pairs]
         targets = [self.tokenizer.encode(t)[: self.block] for _, t in pairs]
         S, T = max(map(len, sources)), max(map(len, targets))
@@ -103,7 +111,12 @@ class Scorer:
         decoder_in = torch.cat([torch.full((len(pairs), 1), start), tgt[:, :-1]], dim=1)
         device = self.model.device
         logp = F.log_softmax(self.model(src.to(device), decoder_in.to(device), mask.to(device)).float(), -1).cpu()
-        return [(float(logp[i, torch.arange(len(t)), torch.tensor(t)].sum()), len(t)) for i, t in enumerate(targets)]
+        out = []
+        for i, t in enumerate(targets):
+            positions, target = torch.arange(len(t)), torch.tensor(t)
+            greedy = bool((logp[i, positions].argmax(-1) == target).all())
+            out.append(ContinuationScore(float(logp[i, positions, target].sum()), len(t), greedy))
+        return out
 
 
 # -- metrics -----------------------------------------------------------------------------------------
@@ -232,7 +245,7 @@ def _classify(task, scorer, generator, examples, k, select, seed, length_normali
     normalized_labels = [normalize_answer(label) for label in labels]
     for i, (example, prompt) in enumerate(zip(examples, prompts)):
         row = scores[i * len(labels) : (i + 1) * len(labels)]
-        values = [s / n if length_normalize else s for s, n in row]
+        values = [score.logprob / score.tokens if length_normalize else score.logprob for score in row]
         predicted = labels[int(np.argmax(values))]
         gold = example[task.template.answer_field]
         text = outputs[i][0].text
@@ -319,6 +332,79 @@ def plot_shots(results: list[ShotResult], out: Path, title: str) -> Path:
     ax.set_xticks(shots)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out)
+
+
+# -- generation settings, measured -------------------------------------------------------------------
+
+
+@dataclass
+class SweepRow:
+    temperature: float
+    top_k: int
+    top_p: float
+    metrics: dict[str, float]
+
+
+def sweep(
+    model: LanguageModel,
+    tokenizer: TextTokenizer,
+    task: Task,
+    temperatures: list[float],
+    top_ks: list[int],
+    top_ps: list[float],
+    shots: int = 0,
+    limit: int | None = None,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[SweepRow]:
+    """Quality and diversity of generated answers for every combination of the sampling settings.
+
+    Greedy (temperature 0) ignores top-k and top-p, so it is measured once. Sampling is seeded: the
+    same seed gives the same table."""
+    rows = []
+    combinations = sorted(
+        {(t, 0 if t == 0 else k, 1.0 if t == 0 else p) for t in temperatures for k in top_ks for p in top_ps}
+    )
+    for temperature, top_k, top_p in combinations:
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            greedy=temperature == 0,
+        )  # fmt: skip
+        config.validate()
+        (result,) = evaluate_task(model, tokenizer, task, [shots], limit, seed, generation=config)
+        texts = [p["generated"] for p in result.predictions]
+        metrics = {k: v for k, v in result.metrics.items() if k != "accuracy (rank)"}  # rank ignores sampling
+        metrics.update({"distinct-1": distinct_n(texts, 1), "distinct-2": distinct_n(texts, 2),
+                        "repetition": repetition_rate(texts)})  # fmt: skip
+        rows.append(SweepRow(temperature, top_k, top_p, metrics))
+        log(
+            f"temperature {temperature}, top-k {top_k}, top-p {top_p}: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        )
+    return rows
+
+
+def quality_metric(rows: list[SweepRow]) -> str:
+    return "accuracy (generation)" if "accuracy (generation)" in rows[0].metrics else "rougeL"
+
+
+def plot_sweep(rows: list[SweepRow], out: Path, title: str) -> Path:
+    """Quality against diversity (distinct-2), one point per setting: where the trade-off sits."""
+    plt = pyplot()
+    quality = quality_metric(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in rows:
+        ax.scatter(r.metrics["distinct-2"], r.metrics[quality], s=30)
+        label = "greedy" if r.temperature == 0 else f"T={r.temperature:g} k={r.top_k or '-'} p={r.top_p:g}"
+        ax.annotate(label, (r.metrics["distinct-2"], r.metrics[quality]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("diversity: distinct-2 of the generated answers")
+    ax.set_ylabel(quality)
+    ax.set_title(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out)
