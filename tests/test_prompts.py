@@ -61,3 +61,23 @@ def test_balanced_selection_alternates_labels_and_is_seeded():
     assert select_examples(pool, 2, "first", seed=0) == pool[:2]
     with pytest.raises(LlmlabError, match="only 40 examples"):
         select_examples(pool, 41, "random", seed=0)
+
+
+def test_built_in_tasks_read_the_shared_data(monkeypatch):
+    from llmlab.tasks import load_task
+    from tests.conftest import require_data
+
+    monkeypatch.setenv("LLMLAB_DATA", str(require_data("rt-polarity").parent))
+    require_data("dialogsum/test.jsonl")
+    sentiment = load_task("sentiment")
+    assert len(sentiment.demonstrations) + len(sentiment.examples) == 2 * 5331 and sentiment.labels == [
+        "Positive",
+        "Negative",
+    ]
+    assert {e["label"] for e in sentiment.examples} == {"Positive", "Negative"}
+    dialogsum = load_task("dialogsum")
+    assert len(dialogsum.demonstrations) == 12460 and len(dialogsum.examples) == 500
+    assert len(dialogsum.reference_answers(dialogsum.examples[0])) == 3
+    prompt = build_prompt(dialogsum.template, dialogsum.demonstrations[:3], dialogsum.examples[0], words, budget=60)
+    assert prompt.tokens <= 60 and prompt.shots_used == 0 and prompt.query_shortened
+    assert prompt.text.startswith("Summarize the following conversation.") and prompt.text.endswith("Summary:")

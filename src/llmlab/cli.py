@@ -383,6 +383,11 @@ def _parse_shots(text: str) -> list[int]:
 def cmd_prompt(args: argparse.Namespace) -> None:
     from llmlab.evaluate import Scorer, prompts_for
 
+    args.checkpoint = args.checkpoint or args.model
+    if not args.checkpoint:
+        raise LlmlabError("prompt needs the model whose tokenizer and context count", "pass CKPT or --model CKPT")
+    if not args.task:
+        raise LlmlabError("no task given", "pass --task sentiment|dialogsum|icl-synthetic|FILE.jsonl")
     task = _task_from_args(args)
     ckpt = _load_for_inspection(args)
     scorer = Scorer(ckpt.model, ckpt.tokenizer)
@@ -792,7 +797,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def inspection(name: str, help_text: str):
         sp = sub.add_parser(name, help=help_text)
-        sp.add_argument("checkpoint", help="run folder written by pretrain, or a Hugging Face folder or hub id")
+        sp.add_argument(
+            "checkpoint", nargs="?" if name == "prompt" else None,
+            help="run folder written by pretrain, or a Hugging Face folder or hub id",
+        )  # fmt: skip
         sp.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
@@ -847,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--demonstrations", help="JSONL task: a file to draw shots from (default: its first half)")
 
     pr = inspection("prompt", "print a zero/one/few-shot prompt as the model will read it, with its token count")
+    pr.add_argument("--model", help="the checkpoint, as an option (same as the positional one)")
     task_options(pr)
     pr.add_argument("--shots", type=int, default=0)
     pr.add_argument("--index", type=int, default=0, help="which evaluated example is the query")
