@@ -100,6 +100,11 @@ def test_helpers_for_answers_intervals_and_diversity():
     assert low < 0.5 < high and (low, high) == bootstrap_interval([0, 1] * 50, seed=1)
     assert distinct_n(["a b a b"], 1) == 0.5 and distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
     assert repetition_rate(["x y z x y z"], n=3) == pytest.approx(1 - 3 / 4)
+    from llmlab.evaluate import bootstrap_statistic
+
+    texts = ["a b c", "a a a", "b c d", "c c d"] * 5
+    low, high = bootstrap_statistic(texts, lambda ts: distinct_n(ts, 1), seed=0)
+    assert low <= distinct_n(texts, 1) <= high and low < high
 
 
 def test_perplexity_scores_every_token_once_and_matches_one_window(decoder):

@@ -149,6 +149,19 @@ def bootstrap_interval(values: list[float], seed: int = 0, resamples: int = 1000
     return float(low), float(high)
 
 
+def bootstrap_statistic(
+    items: list, statistic: Callable[[list], float], seed: int = 0, resamples: int = 300
+) -> tuple[float, float]:
+    """95% percentile interval of a corpus-level statistic (distinct-n), resampling the items."""
+    if len(items) < 2:
+        value = statistic(items)
+        return value, value
+    rng = np.random.default_rng(seed)
+    values = [statistic([items[i] for i in rng.integers(0, len(items), len(items))]) for _ in range(resamples)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def distinct_n(texts: list[str], n: int) -> float:
     """Distinct n-grams over all n-grams of the outputs (word level): diversity of what is generated."""
     grams = [tuple(words[i : i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
@@ -279,8 +292,14 @@ def _generate(task, scorer, generator, examples, k, select, seed, generation) ->
         rows.append({"prompt_tokens": prompt.tokens, "generated": text})
     metrics = {name: float(np.mean(v)) for name, v in per_metric.items()}
     intervals = {name: bootstrap_interval(v, seed) for name, v in per_metric.items()}
-    metrics.update({"distinct-1": distinct_n(texts, 1), "distinct-2": distinct_n(texts, 2),
-                    "repetition": repetition_rate(texts)})  # fmt: skip
+    diversity = {
+        "distinct-1": lambda ts: distinct_n(ts, 1),
+        "distinct-2": lambda ts: distinct_n(ts, 2),
+        "repetition": repetition_rate,
+    }
+    for name, statistic in diversity.items():
+        metrics[name] = statistic(texts)
+        intervals[name] = bootstrap_statistic(texts, statistic, seed)
     return ShotResult(k, metrics, intervals, len(examples), float(np.mean([p.shots_used for p in prompts])),
                       sum(p.query_shortened for p in prompts), rows)  # fmt: skip
 
