@@ -154,17 +154,17 @@ def bootstrap_statistic(
 ) -> tuple[float, float]:
     """95% interval of a corpus-level statistic (distinct-n), resampling the items.
 
-    The basic (reverse-percentile) bootstrap: resampling adds duplicates, so distinct-n of a
-    resample is biased low and a plain percentile interval would sit below the estimate; reflecting
-    the percentiles around the estimate corrects for that shift."""
+    Resampling adds duplicates, so distinct-n of a resample is biased low and a plain percentile
+    interval would sit below the estimate: the resampled values are shifted by their mean bias
+    (estimate - mean of the resamples) before taking the percentiles."""
     if len(items) < 2:
         value = statistic(items)
         return value, value
     rng = np.random.default_rng(seed)
     values = [statistic([items[i] for i in rng.integers(0, len(items), len(items))]) for _ in range(resamples)]
+    shift = statistic(items) - float(np.mean(values))
     low, high = np.percentile(values, [2.5, 97.5])
-    estimate = statistic(items)
-    return float(2 * estimate - high), float(2 * estimate - low)
+    return float(low + shift), float(high + shift)
 
 
 def distinct_n(texts: list[str], n: int) -> float:
