@@ -973,7 +973,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except LlmlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        import os
+
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""  # under torchrun
+        print(f"error: {rank}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

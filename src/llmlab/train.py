@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -43,6 +45,19 @@ from llmlab.data.objectives import (
 from llmlab.data.pairs import PairData, prepare_pairs
 from llmlab.data.tokens import TokenData, prepare_data
 from llmlab.device import autocast, resolve_device, resolve_dtype
+from llmlab.distributed import (
+    DistContext,
+    all_reduce_mean,
+    barrier,
+    full_model_state,
+    gather_objects,
+    init_distributed,
+    load_sharded,
+    model_state_bytes,
+    save_sharded,
+    unwrap,
+    wrap_model,
+)
 from llmlab.errors import LlmlabError
 from llmlab.generate import GenerationConfig
 from llmlab.model import LanguageModel, build_model
@@ -124,6 +139,10 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
+    # distributed (launch with torchrun)
+    strategy: str = "none"  # none, ddp or fsdp
+    zero: int = 3  # fsdp: 3 shards parameters too (reshard after forward), 2 keeps them gathered
+    fsdp_mixed_precision: str | None = None  # fsdp: bf16 or fp16 parameters in compute, fp32 reductions
 
     def validate(self) -> None:
         positive = (
@@ -274,18 +293,23 @@ def window_length(objective: str, cfg: TrainConfig, block: int) -> int:
     return span_lengths(block, cfg.noise_density, cfg.mean_span_length)[0]
 
 
-def batch_loss(model: LanguageModel, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over the labelled positions, whatever the family."""
-    family = model.config.family
+def batch_loss(model: LanguageModel, batch: Batch, normalizer: float | None = None) -> torch.Tensor:
+    """Cross-entropy over the labelled positions, whatever the family: their mean, or their sum divided
+    by `normalizer` (a rank's share of a global batch: global labelled count / world size)."""
+    family = unwrap(model).config.family
+    reduction = "mean" if normalizer is None else "sum"
     if family == "encoder":
         selected = batch.labels != IGNORE
         logits = model(batch.inputs, batch.attention_mask, select=selected)
-        return F.cross_entropy(logits.float(), batch.labels[selected])
-    if family == "encoder-decoder":
-        logits = model(batch.inputs, batch.decoder_inputs, batch.attention_mask)
+        loss = F.cross_entropy(logits.float(), batch.labels[selected], reduction=reduction)
     else:
-        logits = model(batch.inputs)
-    return F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+        if family == "encoder-decoder":
+            logits = model(batch.inputs, batch.decoder_inputs, batch.attention_mask)
+        else:
+            logits = model(batch.inputs)
+        flat = logits.float().flatten(0, 1)
+        loss = F.cross_entropy(flat, batch.labels.flatten(), ignore_index=IGNORE, reduction=reduction)
+    return loss if normalizer is None else loss / normalizer
 
 
 def make_optimizers(model: LanguageModel, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
@@ -347,14 +371,25 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def rank_share(batch: Batch, ctx: DistContext | None) -> tuple[Batch, float | None]:
+    """This rank's rows of a global batch and its loss normaliser (None for one process: the mean)."""
+    if ctx is None:
+        return batch, None
+    per_rank = batch.inputs.shape[0] // ctx.world
+    return batch.rows(ctx.rank * per_rank, (ctx.rank + 1) * per_rank), batch.labelled / ctx.world
+
+
 @torch.no_grad()
-def evaluate_loss(model: LanguageModel, batches: BatchSource, cfg: TrainConfig, device, dtype) -> float:
+def evaluate_loss(
+    model: LanguageModel, batches: BatchSource, cfg: TrainConfig, device, dtype, ctx: DistContext | None = None
+) -> float:
     """Mean loss over a fixed set of validation batches (the same ones at every evaluation)."""
     model.eval()
     losses = []
     for i in range(cfg.eval_iters):
+        local, normalizer = rank_share(batches(True, 2**31 + i, 0), ctx)
         with autocast(device, dtype):
-            losses.append(batch_loss(model, batches(True, 2**31 + i, 0).to(device)).item())
+            losses.append(all_reduce_mean(batch_loss(model, local.to(device), normalizer).item(), ctx))
     model.train()
     return sum(losses) / len(losses)
 
@@ -396,19 +431,25 @@ def train(
     cfg.validate()
     if cfg.max_steps is None and cfg.max_time is None:
         cfg = dataclasses.replace(cfg, max_steps=DEFAULT_MAX_STEPS)
+    ctx = init_distributed(cfg.strategy, cfg.zero, cfg.device)
+    if ctx is not None and cfg.optimizer == "muon":
+        raise LlmlabError("Muon is not supported with --strategy ddp/fsdp", "use --optimizer adamw")
+    main = ctx is None or ctx.is_main
     progress = ProgressLine()
-    log = log or progress.message
+    log = (log or progress.message) if main else (lambda message: None)  # only rank 0 speaks
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    device = ctx.device if ctx is not None else resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if dtype == torch.float16 and device.type != "cuda":
         raise LlmlabError("fp16 training needs a CUDA GPU (it relies on loss scaling)", "use --dtype bf16 or fp32")
 
     state: dict[str, Any] = {}
     tokenizer: TextTokenizer | None = None
+    sharded_dir = out / "sharded"  # resumable state of distributed runs, any world size
     if cfg.resume:
         verify_checkpoint(out)
-        if not (out / "trainer_state.json").is_file() or not (out / "optimizer.safetensors").is_file():
+        resumable = (out / "optimizer.safetensors").is_file() or sharded_dir.is_dir()
+        if not (out / "trainer_state.json").is_file() or not resumable:
             raise LlmlabError(f"{out} has no trainer state to resume from", "train without --resume")
         state = json.loads((out / "trainer_state.json").read_text())
         tokenizer = load_tokenizer(out)
@@ -433,7 +474,11 @@ def train(
             )
 
     torch.manual_seed(cfg.seed)
+    if ctx is not None and not main:
+        barrier(ctx)  # rank 0 trains the tokenizer and writes the token cache; the others then read it
     data = load_training_data(cfg, objective, family, tokenizer, log)
+    if ctx is not None and main:
+        barrier(ctx)
     model_config = init_config or build_model_config(cfg, data.tokenizer)
     if cfg.resume:
         saved = read_model_config(out)
@@ -457,17 +502,27 @@ def train(
                     f"the {split} split has {len(ids)} tokens, fewer than one window of {window}",
                     "use more data or a smaller --block-size",
                 )
-    batches = batch_source(objective, cfg, data, model_config)
+    world = ctx.world if ctx is not None else 1
+    batches = batch_source(objective, dataclasses.replace(cfg, batch_size=cfg.batch_size * world), data, model_config)
 
     model = build_model(model_config).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
         model.to(device)
         log(f"initialised from {cfg.init}")
+    forward = model
+    if ctx is not None:  # DDP wraps; FSDP shards the model in place
+        forward = wrap_model(model, ctx, cfg.fsdp_mixed_precision)
+        log(f"distributed: {ctx.world} ranks, {ctx.strategy}{f' (ZeRO-{ctx.zero})' if ctx.sharded else ''}, "
+            f"{cfg.batch_size} sequences per rank")  # fmt: skip
     optimizers = make_optimizers(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, elapsed, best_val = 0, 0.0, math.inf
-    if cfg.resume:
+    if cfg.resume and sharded_dir.is_dir():
+        load_sharded(model, optimizers, sharded_dir)
+        step, elapsed, best_val = state["step"], state["elapsed"], state["best_val_loss"]
+        log(f"resuming {out} at step {step} from its sharded checkpoint (written by {state.get('world', '?')} ranks)")
+    elif cfg.resume:
         from safetensors.torch import load_file
 
         load_weights(model, out / "model.safetensors")
@@ -480,8 +535,8 @@ def train(
             scaler.load_state_dict(state["scaler"])
         log(f"resuming {out} at step {step}")
     out.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if cfg.resume else None)
-    n_params = model.num_parameters()
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if cfg.resume else None) if main else None
+    n_params = sum(p.numel() for p in model.parameters())  # DTensors count their global size
     layers = model_config.n_layer + (model_config.n_decoder_layer or 0)
     log(
         f"model: {cfg.init or cfg.preset or DEFAULT_PRESETS[family]} ({family}, objective {objective}), "
@@ -489,25 +544,39 @@ def train(
         f"{layers} layers, {model_config.n_embd} dims, context {block}; "
         f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}"
     )
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(forward) if cfg.compile else forward
     model.train()
     tokens_seen = state.get("tokens_seen", 0)
     result = TrainResult(out=out, step=step, best_val_loss=best_val)
 
     def save(reason: str) -> None:
-        tensors, groups = optimizer_tensors(optimizers)
         trainer_state = {
             "step": step,
             "elapsed": elapsed,
             "best_val_loss": best_val,
             "tokens_seen": tokens_seen,
-            "optimizer_param_groups": groups,
             "train_config": cfg.to_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "world": world,
         }
         # leave room for a prompt in a decoder's context; an encoder-decoder's output has its own
         defaults = GenerationConfig(max_new_tokens=min(128, block if family == "encoder-decoder" else block // 2))
-        save_checkpoint(out, model, data.tokenizer, defaults, trainer_state, {**tensors, **rng_tensors()})
+        if ctx is None:
+            tensors, groups = optimizer_tensors(optimizers)
+            trainer_state["optimizer_param_groups"] = groups
+            save_checkpoint(out, model, data.tokenizer, defaults, trainer_state, {**tensors, **rng_tensors()})
+            shutil.rmtree(sharded_dir, ignore_errors=True)  # a stale one would win the next --resume
+        else:  # every rank writes its shards; rank 0 the consolidated checkpoint
+            staging = out.parent / f".{out.name}.sharded-{step}"
+            save_sharded(model, optimizers, staging)
+            full = full_model_state(model)
+            if main:
+                plain = build_model(model_config)
+                plain.load_state_dict(full)
+                save_checkpoint(out, plain, data.tokenizer, defaults, trainer_state)
+                shutil.rmtree(sharded_dir, ignore_errors=True)
+                os.replace(staging, sharded_dir)
+            barrier(ctx)
         log(f"checkpoint: {out} at step {step} ({reason})")
 
     def budget_left() -> bool:
@@ -524,17 +593,22 @@ def train(
                         group["lr"] = lr
                 loss_sum, step_tokens = 0.0, 0
                 for micro in range(cfg.grad_accum):
-                    batch = batches(False, step, micro)
+                    batch = batches(False, step, micro)  # the global batch; this rank takes its rows
                     step_tokens += batch.tokens
+                    local, normalizer = rank_share(batch, ctx)
                     with autocast(device, dtype):
-                        loss = batch_loss(forward, batch.to(device)) / cfg.grad_accum
+                        loss = batch_loss(forward, local.to(device), normalizer) / cfg.grad_accum
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
+                loss_sum = all_reduce_mean(loss_sum, ctx)
                 for optimizer in optimizers:
                     scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 for optimizer in optimizers:
                     scaler.step(optimizer)
+                if ctx is not None and step == state.get("step", 0):  # first step of this run
+                    _log_memory(model, optimizers, ctx, step + 1, n_params, log, metrics)
+                for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 scaler.update()
                 step += 1
@@ -549,21 +623,24 @@ def train(
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     window_start, window_tokens = now, 0
-                    metrics.write(
-                        step=step,
-                        train_loss=round(loss_sum, 5),
-                        lr=lr,
-                        tokens_per_s=round(tps, 1),
-                        elapsed=round(elapsed, 2),
-                    )
-                    progress.update(_progress_text(cfg, step, loss_sum, lr, tps, elapsed))
+                    if metrics is not None:
+                        metrics.write(
+                            step=step,
+                            train_loss=round(loss_sum, 5),
+                            lr=lr,
+                            tokens_per_s=round(tps, 1),
+                            elapsed=round(elapsed, 2),
+                        )
+                    if main:
+                        progress.update(_progress_text(cfg, step, loss_sum, lr, tps, elapsed))
 
                 if step % cfg.eval_interval == 0 or not budget_left():
                     t_eval = time.perf_counter()
-                    val = evaluate_loss(model, batches, cfg, device, dtype)
+                    val = evaluate_loss(forward, batches, cfg, device, dtype, ctx)
                     best_val = min(best_val, val)
                     result.best_val_loss = best_val
-                    metrics.write(step=step, val_loss=round(val, 5), elapsed=round(elapsed, 2))
+                    if metrics is not None:
+                        metrics.write(step=step, val_loss=round(val, 5), elapsed=round(elapsed, 2))
                     log(f"step {step}: validation loss {val:.4f} (best {best_val:.4f})")
                     eval_time = time.perf_counter() - t_eval
                     elapsed += eval_time
@@ -581,12 +658,32 @@ def train(
             save("interrupted; continue with --resume")
         else:
             save("done")
-    plot_loss(metrics.records(), out / "loss.png", title=f"{out.name}: {n_params / 1e6:.1f}M parameters")
+    if metrics is not None:
+        plot_loss(metrics.records(), out / "loss.png", title=f"{out.name}: {n_params / 1e6:.1f}M parameters")
     log(
         f"done: {step} steps, {tokens_seen:,} tokens in {format_duration(elapsed)}, "
         f"best validation loss {best_val:.4f}; loss curve {out / 'loss.png'}"
     )
     return result
+
+
+def _log_memory(model, optimizers, ctx: DistContext, step: int, n_params: int, log, metrics) -> None:
+    """Each rank's real bytes of weights, gradients and optimizer states next to `plan memory`'s figure."""
+    from llmlab.plan.memory import plan_memory
+
+    actual = gather_objects(model_state_bytes(model, optimizers), ctx)
+    strategy = "ddp" if ctx.strategy == "ddp" else f"zero{ctx.zero}"
+    planned = plan_memory(float(n_params), "fp32", "adamw", False, ctx.world, strategy).training
+    for rank, parts in enumerate(actual):
+        log(f"memory rank {rank}: " + ", ".join(
+            f"{name} {parts[name] / 1e6:.2f} MB (plan {planned[name] / 1e6:.2f})" for name in parts))  # fmt: skip
+    if strategy == "zero2":
+        log("memory: under ZeRO-2 the plan counts the weights gathered between forward and backward; "
+            "measured at the optimizer step they are sharded")  # fmt: skip
+    if metrics is not None:
+        metrics.write(
+            step=step, memory=actual, planned={k: planned[k] for k in actual[0]}, strategy=strategy, world=ctx.world
+        )
 
 
 def _progress_text(cfg: TrainConfig, step: int, loss: float, lr: float, tps: float, elapsed: float) -> str:

@@ -34,6 +34,16 @@ class Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.inputs), move(self.labels), move(self.attention_mask), move(self.decoder_inputs))
 
+    def rows(self, start: int, end: int) -> Batch:
+        """Rows start..end-1: one rank's share of a global batch."""
+        pick = lambda t: None if t is None else t[start:end]  # noqa: E731
+        return Batch(pick(self.inputs), pick(self.labels), pick(self.attention_mask), pick(self.decoder_inputs))
+
+    @property
+    def labelled(self) -> int:
+        """Positions that carry a loss."""
+        return int((self.labels != IGNORE).sum())
+
     @property
     def tokens(self) -> int:
         """Tokens the model reads (both stacks, padding excluded): the unit of tokens/s."""
