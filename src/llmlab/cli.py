@@ -63,6 +63,9 @@ TRAIN_HELP = {
     "seed": "seed for initialisation, data order and dropout",
     "resume": "continue the run in --out exactly where it stopped",
     "overwrite": "replace a checkpoint already in --out",
+    "strategy": "none, ddp or fsdp; launch with: torchrun --nproc_per_node N -m llmlab pretrain ... --strategy ddp",
+    "zero": "fsdp: 3 shards parameters, gradients and optimizer states; 2 keeps parameters gathered in fwd+bwd",
+    "fsdp_mixed_precision": "fsdp: bf16 or fp16 parameters in compute, fp32 gradient reduction",
 }
 
 GEN_HELP = {
