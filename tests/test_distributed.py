@@ -28,9 +28,17 @@ def base(tmp: Path, **overrides) -> dict:
     return {**config, **overrides}
 
 
-def torchrun(tmp: Path, config: dict, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def torchrun(tmp: Path, config: dict, *extra: str, ranks: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(ranks),
+        str(WORKER),
+    ]
     return subprocess.run(
         [*command, json.dumps(config), *extra], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -47,6 +55,7 @@ def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
     (tmp / "corpus.txt").write_text(TEXT)
     train(TrainConfig(**base(tmp, batch_size=8, out=str(tmp / "single"))), log=lambda s: None)
+    train(TrainConfig(**base(tmp, batch_size=8, out=str(tmp / "whole"), max_steps=6)), log=lambda s: None)
     return tmp
 
 
@@ -78,17 +87,25 @@ def test_two_ranks_train_exactly_like_one_process(reference, strategy, zero):
 
 def test_a_sharded_checkpoint_from_two_ranks_resumes_in_one_process(reference):
     config = base(reference, max_steps=6)
-    full = train(TrainConfig(**{**config, "batch_size": 8, "out": str(reference / "whole")}), log=lambda s: None)
+    whole = losses(reference / "whole")  # one process, global batch 8, uninterrupted
     split = reference / "split"
     done = torchrun(reference, {**config, "batch_size": 4, "out": str(split), "strategy": "fsdp"}, "3")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (split / "sharded").is_dir() and (split / "model.safetensors").is_file()
     resumed = train(TrainConfig(**{**config, "batch_size": 8, "out": str(split), "resume": True}), log=lambda s: None)
     assert resumed.step == 6
-    assert {s: round(v, 5) for s, v in resumed.train_losses.items()} == {
-        s: round(full.train_losses[s], 5) for s in (4, 5, 6)
-    }
+    assert {s: round(v, 5) for s, v in resumed.train_losses.items()} == {s: whole[s] for s in (4, 5, 6)}
     assert not (split / "sharded").exists()  # the one-process save replaced it with its own state
+
+
+def test_a_sharded_checkpoint_from_two_ranks_resumes_with_four(reference):
+    config = base(reference, max_steps=6, strategy="fsdp")
+    split = reference / "split4"
+    assert torchrun(reference, {**config, "batch_size": 4, "out": str(split)}, "3").returncode == 0
+    done = torchrun(reference, {**config, "batch_size": 2, "out": str(split), "resume": True}, ranks=4)
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole = losses(reference / "whole")
+    assert {s: v for s, v in losses(split).items() if s > 3} == {s: whole[s] for s in (4, 5, 6)}
 
 
 def test_a_failing_rank_ends_the_job_quickly(reference):
