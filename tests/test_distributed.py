@@ -118,3 +118,13 @@ def test_a_failing_rank_ends_the_job_quickly(reference):
 def test_a_strategy_without_torchrun_is_refused(tmp_path):
     with pytest.raises(LlmlabError, match="needs to be launched by torchrun"):
         train(TrainConfig(out=str(tmp_path / "x"), strategy="ddp"), log=lambda s: None)
+
+
+def test_masked_lm_with_uneven_labels_per_rank_matches_one_process(reference):
+    """Ranks see different numbers of masked tokens: the global normaliser keeps the one-process loss."""
+    config = base(reference, preset="bert-nano", family="encoder", n_kv_head=4)
+    train(TrainConfig(**{**config, "batch_size": 8, "out": str(reference / "mlm1")}), log=lambda s: None)
+    done = torchrun(reference, {**config, "batch_size": 4, "out": str(reference / "mlm2"), "strategy": "ddp"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    single, ours = losses(reference / "mlm1"), losses(reference / "mlm2")
+    assert sorted(ours) == [1, 2, 3, 4, 5] and all(abs(ours[s] - single[s]) <= 1e-5 for s in ours), (ours, single)

@@ -122,3 +122,31 @@ def test_nonsense_family_objective_pairs_are_refused(family, objective, message)
     with pytest.raises(LlmlabError, match=message):
         check_objective(family, objective)
     assert check_objective("encoder", None) == "mlm" and check_objective("encoder-decoder", None) == "span"
+
+
+def test_a_ranks_rows_are_exactly_those_rows_of_the_whole_batch():
+    """Each rank reads only its share of a global batch, drawn exactly as one process draws it."""
+    from llmlab.data.objectives import causal_lm_batch, seq2seq_batch
+
+    encoder = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    t5 = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    ids_e = np.asarray(encoder.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    ids_t = np.asarray(t5.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    sources = [np.arange(3, 3 + n) for n in range(2, 14)]
+    makers = {
+        "clm": lambda rows: causal_lm_batch(ids_e, 6, 16, 7, 3, 1, rows),
+        "mlm": lambda rows: mlm_batch(ids_e, encoder, 6, 32, 7, 3, 1, 0.15, rows),
+        "span": lambda rows: span_batch(ids_t, t5, 6, 32, t5.pad_id, 7, 3, 1, 0.15, 3.0, rows),
+        "seq2seq": lambda rows: seq2seq_batch(sources, sources, 6, 16, 0, 1, 0, 7, 3, 1, rows),
+    }
+    for name, make in makers.items():
+        whole = make(None)
+        for start in (0, 2, 4):
+            part = make(slice(start, start + 2))
+            if name == "seq2seq":  # padded to its own longest row: compare the real tokens
+                for r in range(2):
+                    real = part.labels[r] != IGNORE
+                    assert torch.equal(part.labels[r][real], whole.labels[start + r][whole.labels[start + r] != IGNORE])
+                continue
+            assert torch.equal(part.inputs, whole.inputs[start : start + 2]), name
+            assert torch.equal(part.labels, whole.labels[start : start + 2]), name

@@ -234,9 +234,13 @@ def build_model_config(cfg: TrainConfig, tokenizer: TextTokenizer) -> ModelConfi
 BatchSource = Callable[[bool, int, int], Batch]  # (validation?, step, micro) -> batch
 
 
-def batch_source(objective: str, cfg: TrainConfig, data: TokenData | PairData, config: ModelConfig) -> BatchSource:
-    """The objective's batches for training and validation, each a pure function of (seed, step, micro)."""
-    B, block, tok = cfg.batch_size, config.block_size, data.tokenizer
+def batch_source(
+    objective: str, cfg: TrainConfig, data: TokenData | PairData, config: ModelConfig, rows: slice | None = None
+) -> BatchSource:
+    """The objective's batches for training and validation, each a pure function of (seed, step, micro).
+    `rows` picks one rank's share of each batch of `cfg.batch_size` rows; only those rows are read."""
+    B, block, tok, seed = cfg.batch_size, config.block_size, data.tokenizer, cfg.seed
+    start = config.decoder_start_token_id
     if objective == "seq2seq":
         assert isinstance(data, PairData)
         pad = tok.require("pad", "to pad sequence-to-sequence batches")
@@ -244,28 +248,17 @@ def batch_source(objective: str, cfg: TrainConfig, data: TokenData | PairData, c
 
         def pairs(val: bool, step: int, micro: int) -> Batch:
             src, tgt = (data.val_sources, data.val_targets) if val else (data.train_sources, data.train_targets)
-            return seq2seq_batch(src, tgt, B, block, pad, eos, config.decoder_start_token_id, cfg.seed, step, micro)
+            return seq2seq_batch(src, tgt, B, block, pad, eos, start, seed, step, micro, rows)
 
         return pairs
     split = lambda val: data.val if val else data.train  # noqa: E731
     if objective == "clm":
-        return lambda val, step, micro: causal_lm_batch(split(val), B, block, cfg.seed, step, micro)
+        return lambda val, step, micro: causal_lm_batch(split(val), B, block, seed, step, micro, rows)
     if objective == "mlm":
-        return lambda val, step, micro: mlm_batch(
-            split(val), tok, B, block, cfg.seed, step, micro, cfg.mask_probability
-        )
-    return lambda val, step, micro: span_batch(
-        split(val),
-        tok,
-        B,
-        block,
-        config.decoder_start_token_id,
-        cfg.seed,
-        step,
-        micro,
-        cfg.noise_density,
-        cfg.mean_span_length,
-    )
+        p = cfg.mask_probability
+        return lambda val, step, micro: mlm_batch(split(val), tok, B, block, seed, step, micro, p, rows)
+    density, mean = cfg.noise_density, cfg.mean_span_length
+    return lambda val, step, micro: span_batch(split(val), tok, B, block, start, seed, step, micro, density, mean, rows)
 
 
 def load_training_data(
@@ -371,12 +364,14 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def rank_share(batch: Batch, ctx: DistContext | None) -> tuple[Batch, float | None]:
-    """This rank's rows of a global batch and its loss normaliser (None for one process: the mean)."""
+def global_counts(batch: Batch, ctx: DistContext | None) -> tuple[float | None, int]:
+    """(loss normaliser, tokens read) for this rank's share of a global batch: the normaliser is the
+    global labelled count / world (None for one process: the mean), the tokens are summed over ranks."""
     if ctx is None:
-        return batch, None
-    per_rank = batch.inputs.shape[0] // ctx.world
-    return batch.rows(ctx.rank * per_rank, (ctx.rank + 1) * per_rank), batch.labelled / ctx.world
+        return None, batch.tokens
+    counts = torch.tensor([batch.labelled, batch.tokens], dtype=torch.float64, device=ctx.device)
+    torch.distributed.all_reduce(counts)
+    return float(counts[0]) / ctx.world, int(counts[1])
 
 
 @torch.no_grad()
@@ -387,7 +382,8 @@ def evaluate_loss(
     model.eval()
     losses = []
     for i in range(cfg.eval_iters):
-        local, normalizer = rank_share(batches(True, 2**31 + i, 0), ctx)
+        local = batches(True, 2**31 + i, 0)
+        normalizer, _ = global_counts(local, ctx)
         with autocast(device, dtype):
             losses.append(all_reduce_mean(batch_loss(model, local.to(device), normalizer).item(), ctx))
     model.train()
@@ -503,7 +499,9 @@ def train(
                     "use more data or a smaller --block-size",
                 )
     world = ctx.world if ctx is not None else 1
-    batches = batch_source(objective, dataclasses.replace(cfg, batch_size=cfg.batch_size * world), data, model_config)
+    rows = slice(ctx.rank * cfg.batch_size, (ctx.rank + 1) * cfg.batch_size) if ctx is not None else None
+    global_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * world)
+    batches = batch_source(objective, global_cfg, data, model_config, rows)  # this rank's rows of the global batch
 
     model = build_model(model_config).to(device)
     if init_state is not None:
@@ -593,9 +591,9 @@ def train(
                         group["lr"] = lr
                 loss_sum, step_tokens = 0.0, 0
                 for micro in range(cfg.grad_accum):
-                    batch = batches(False, step, micro)  # the global batch; this rank takes its rows
-                    step_tokens += batch.tokens
-                    local, normalizer = rank_share(batch, ctx)
+                    local = batches(False, step, micro)
+                    normalizer, tokens = global_counts(local, ctx)
+                    step_tokens += tokens
                     with autocast(device, dtype):
                         loss = batch_loss(forward, local.to(device), normalizer) / cfg.grad_accum
                     scaler.scale(loss).backward()

@@ -34,11 +34,6 @@ class Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.inputs), move(self.labels), move(self.attention_mask), move(self.decoder_inputs))
 
-    def rows(self, start: int, end: int) -> Batch:
-        """Rows start..end-1: one rank's share of a global batch."""
-        pick = lambda t: None if t is None else t[start:end]  # noqa: E731
-        return Batch(pick(self.inputs), pick(self.labels), pick(self.attention_mask), pick(self.decoder_inputs))
-
     @property
     def labelled(self) -> int:
         """Positions that carry a loss."""
@@ -78,8 +73,10 @@ def _generator(seed: int, step: int, micro: int, salt: int) -> torch.Generator:
 # -- causal LM ---------------------------------------------------------------------------------------
 
 
-def causal_lm_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro: int = 0) -> Batch:
-    return Batch(*get_batch(ids, batch_size, block_size, seed, step, micro))
+def causal_lm_batch(
+    ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro: int = 0, rows: slice | None = None
+) -> Batch:
+    return Batch(*get_batch(ids, batch_size, block_size, seed, step, micro, rows))
 
 
 # -- masked LM ---------------------------------------------------------------------------------------
@@ -92,22 +89,31 @@ def mask_tokens(
     random_pool: torch.Tensor,
     generator: torch.Generator,
     probability: float = 0.15,
+    share: tuple[int, slice | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking of (B, T) ids, returning (inputs, labels).
 
     In each row round(15%) of the non-special tokens are selected (at least one), as in BERT's
     create_pretraining_data; of those 80% become [MASK], 10% a random ordinary token from
     `random_pool`, 10% stay. Labels hold the original token at selected positions, IGNORE elsewhere.
+    `share` = (whole batch size, rows): `ids` are those rows, and the random draws are those of the
+    whole batch, so a rank's share is masked exactly as in one process.
     """
+    full, rows = share if share is not None else (ids.shape[0], None)
+    pick = rows or slice(None)
+
+    def draw(fn) -> torch.Tensor:
+        return fn((full, ids.shape[1]))[pick]
+
     candidates = (~special).sum(dim=1)
     n_select = (candidates.float() * probability).round().long().clamp(min=1).minimum(candidates)
-    keys = torch.rand(ids.shape, generator=generator).masked_fill(special, 2.0)  # specials sort last
+    keys = draw(lambda shape: torch.rand(shape, generator=generator)).masked_fill(special, 2.0)  # specials last
     rank = torch.empty_like(ids)
     rank.scatter_(1, keys.argsort(dim=1), torch.arange(ids.shape[1]).expand_as(ids).contiguous())
     selected = rank < n_select[:, None]
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
-    action = torch.rand(ids.shape, generator=generator)
-    random_tokens = random_pool[torch.randint(len(random_pool), ids.shape, generator=generator)]
+    action = draw(lambda shape: torch.rand(shape, generator=generator))
+    random_tokens = random_pool[draw(lambda shape: torch.randint(len(random_pool), shape, generator=generator))]
     inputs = torch.where(selected & (action < 0.8), torch.full_like(ids, mask_id), ids)
     inputs = torch.where(selected & (action >= 0.8) & (action < 0.9), random_tokens, inputs)
     return inputs, labels
@@ -126,16 +132,21 @@ def mlm_batch(
     step: int,
     micro: int = 0,
     probability: float = 0.15,
+    rows: slice | None = None,
 ) -> Batch:
-    """[CLS] window [SEP] rows with BERT masking; the [SEP]s between documents are never masked."""
+    """[CLS] window [SEP] rows with BERT masking; the [SEP]s between documents are never masked.
+    `rows`: only these rows of the batch (one rank's share), drawn exactly as in the whole batch."""
     cls_id = tokenizer.require("cls", "for masked-LM training")
     sep_id = tokenizer.require("sep", "for masked-LM training")
     mask_id = tokenizer.require("mask", "for masked-LM training")
-    window = torch.from_numpy(sample_windows(ids, batch_size, block_size - 2, seed, step, micro))
-    rows = torch.cat([torch.full((batch_size, 1), cls_id), window, torch.full((batch_size, 1), sep_id)], dim=1)
-    special = torch.isin(rows, torch.tensor(sorted(tokenizer.special_ids)))
+    window = torch.from_numpy(sample_windows(ids, batch_size, block_size - 2, seed, step, micro, rows))
+    n = window.shape[0]
+    tokens = torch.cat([torch.full((n, 1), cls_id), window, torch.full((n, 1), sep_id)], dim=1)
+    special = torch.isin(tokens, torch.tensor(sorted(tokenizer.special_ids)))
     generator = _generator(seed, step, micro, 1)
-    inputs, labels = mask_tokens(rows, special, mask_id, ordinary_tokens(tokenizer), generator, probability)
+    inputs, labels = mask_tokens(
+        tokens, special, mask_id, ordinary_tokens(tokenizer), generator, probability, (batch_size, rows)
+    )
     return Batch(inputs, labels)
 
 
@@ -247,22 +258,24 @@ def span_batch(
     micro: int = 0,
     noise_density: float = 0.15,
     mean_noise_span_length: float = 3.0,
+    rows: slice | None = None,
 ) -> Batch:
-    """Span-corrupted windows: encoder inputs of exactly `input_length`, targets of fixed length."""
+    """Span-corrupted windows: encoder inputs of exactly `input_length`, targets of fixed length.
+    `rows`: only these rows of the batch (one rank's share); every row's noise mask is still drawn."""
     eos_id = tokenizer.require("eos", "for span corruption")
     if not tokenizer.sentinel_ids:
         raise LlmlabError("the tokenizer has no <extra_id_N> sentinels", "train an encoder-decoder tokenizer")
     raw, _ = span_lengths(input_length, noise_density, mean_noise_span_length)
-    windows = sample_windows(ids, batch_size, raw, seed, step, micro)
+    windows = sample_windows(ids, batch_size, raw, seed, step, micro, rows)
     rng = np.random.default_rng([seed, step, micro, 2])
+    masks = [random_spans_noise_mask(raw, noise_density, mean_noise_span_length, rng) for _ in range(batch_size)]
     inputs, targets = [], []
-    for row in windows:
-        mask = random_spans_noise_mask(raw, noise_density, mean_noise_span_length, rng)
+    for row, mask in zip(windows, masks[rows or slice(None)]):
         x, y = span_corrupt(row, mask, tokenizer.sentinel_ids, eos_id)
         inputs.append(x)
         targets.append(y)
     labels = torch.from_numpy(np.stack(targets))
-    decoder_inputs = torch.cat([torch.full((batch_size, 1), start_id), labels[:, :-1]], dim=1)
+    decoder_inputs = torch.cat([torch.full((len(targets), 1), start_id), labels[:, :-1]], dim=1)
     return Batch(torch.from_numpy(np.stack(inputs)), labels, None, decoder_inputs)
 
 
@@ -280,20 +293,22 @@ def seq2seq_batch(
     seed: int,
     step: int,
     micro: int = 0,
+    rows: slice | None = None,
 ) -> Batch:
-    """Random (input, target) pairs, each cut to max_length with end-of-sequence, padded to the longest."""
+    """Random (input, target) pairs, each cut to max_length with end-of-sequence, padded to the longest.
+    `rows`: only these rows of the batch (one rank's share)."""
     rng = np.random.default_rng([seed, step, micro, 3])
-    picks = rng.integers(0, len(sources), size=batch_size)
+    picks = rng.integers(0, len(sources), size=batch_size)[rows or slice(None)]
     src = [np.append(sources[i][: max_length - 1], eos_id) for i in picks]
     tgt = [np.append(targets[i][: max_length - 1], eos_id) for i in picks]
-    S, T = max(len(s) for s in src), max(len(t) for t in tgt)
-    inputs = torch.full((batch_size, S), pad_id, dtype=torch.long)
-    attention = torch.zeros((batch_size, S), dtype=torch.bool)
-    labels = torch.full((batch_size, T), IGNORE, dtype=torch.long)
+    S, T, n = max(len(s) for s in src), max(len(t) for t in tgt), len(picks)
+    inputs = torch.full((n, S), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, S), dtype=torch.bool)
+    labels = torch.full((n, T), IGNORE, dtype=torch.long)
     for r, (s, t) in enumerate(zip(src, tgt)):
         inputs[r, : len(s)] = torch.from_numpy(s.astype(np.int64))
         attention[r, : len(s)] = True
         labels[r, : len(t)] = torch.from_numpy(t.astype(np.int64))
-    decoder_inputs = torch.cat([torch.full((batch_size, 1), start_id), labels[:, :-1]], dim=1)
+    decoder_inputs = torch.cat([torch.full((n, 1), start_id), labels[:, :-1]], dim=1)
     decoder_inputs = decoder_inputs.masked_fill(decoder_inputs == IGNORE, pad_id)
     return Batch(inputs, labels, attention, decoder_inputs)

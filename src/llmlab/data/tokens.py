@@ -140,10 +140,13 @@ def _write_tokens(docs: list[str], tokenizer: TextTokenizer, val_fraction: float
     log(f"data: tokenised {len(ids):,} tokens in {elapsed:.1f}s ({len(ids) / max(elapsed, 1e-9):,.0f} tokens/s)")
 
 
-def sample_windows(ids: np.ndarray, batch_size: int, length: int, seed: int, step: int, micro: int = 0) -> np.ndarray:
+def sample_windows(
+    ids: np.ndarray, batch_size: int, length: int, seed: int, step: int, micro: int = 0, rows: slice | None = None
+) -> np.ndarray:
     """(batch_size, length) int64 windows at random offsets, a pure function of (seed, step, micro).
 
     Making the batch depend only on these numbers is what lets a resumed run see the same data.
+    `rows` reads only those rows of the batch (one rank's share): the offsets are drawn for all.
     """
     if len(ids) <= length:
         raise LlmlabError(
@@ -151,13 +154,13 @@ def sample_windows(ids: np.ndarray, batch_size: int, length: int, seed: int, ste
             "use more data, a smaller --block-size or a smaller --val-fraction",
         )
     rng = np.random.default_rng([seed, step, micro])
-    offsets = rng.integers(0, len(ids) - length, size=batch_size)
+    offsets = rng.integers(0, len(ids) - length, size=batch_size)[rows or slice(None)]
     return np.stack([np.asarray(ids[o : o + length], dtype=np.int64) for o in offsets])
 
 
 def get_batch(
-    ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro: int = 0
+    ids: np.ndarray, batch_size: int, block_size: int, seed: int, step: int, micro: int = 0, rows: slice | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows (inputs, next-token targets) for causal LM, a pure function of (seed, step, micro)."""
-    t = torch.from_numpy(sample_windows(ids, batch_size, block_size + 1, seed, step, micro))
+    t = torch.from_numpy(sample_windows(ids, batch_size, block_size + 1, seed, step, micro, rows))
     return t[:, :-1], t[:, 1:]
