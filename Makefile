@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/shakespeare_char.py
 	$(PY) bench/quantization.py
+	$(PY) bench/families.py
+	$(PY) bench/in_context.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench
