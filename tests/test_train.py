@@ -164,3 +164,26 @@ def test_seq2seq_training_can_start_from_a_span_pretrained_checkpoint(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name  # started from the pre-trained weights
     with pytest.raises(LlmlabError, match="of family encoder-decoder, not encoder"):
         train(tiny_run(tmp_path, "bad", preset=None, family="encoder", init=str(pretrained.out)), log=lambda s: None)
+
+
+def test_overflowing_fp16_gradients_skip_the_step_and_are_counted():
+    """What fp16 training on a GPU relies on, exercised with the CPU's GradScaler."""
+    import torch
+
+    from llmlab.train import optimizer_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = model.weight.detach().clone()
+    scaler.scale(model(torch.ones(1, 4)).sum()).backward()
+    model.weight.grad[0, 0] = float("inf")  # an fp16 overflow
+    assert optimizer_step(model, [optimizer], scaler, grad_clip=1.0) is True
+    assert torch.equal(model.weight, before) and scaler.get_scale() == 512.0  # untouched, scale halved
+    scaler.scale(model(torch.ones(1, 4)).sum()).backward()
+    assert optimizer_step(model, [optimizer], scaler, grad_clip=1.0) is False
+    assert not torch.equal(model.weight, before) and model.weight.grad is None
+    disabled = torch.amp.GradScaler("cpu", enabled=False)  # fp32/bf16 runs never count a skip
+    model(torch.ones(1, 4)).sum().backward()
+    assert optimizer_step(model, [optimizer], disabled, grad_clip=1.0) is False

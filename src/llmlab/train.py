@@ -8,6 +8,7 @@ Ctrl-C. Batches are a pure function of (seed, step), so a resumed run sees exact
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -545,6 +546,7 @@ def train(
     forward = torch.compile(forward) if cfg.compile else forward
     model.train()
     tokens_seen = state.get("tokens_seen", 0)
+    skipped_steps = state.get("skipped_steps", 0)  # fp16 steps the loss scaler threw away
     result = TrainResult(out=out, step=step, best_val_loss=best_val)
 
     def save(reason: str) -> None:
@@ -553,6 +555,7 @@ def train(
             "elapsed": elapsed,
             "best_val_loss": best_val,
             "tokens_seen": tokens_seen,
+            "skipped_steps": skipped_steps,
             "train_config": cfg.to_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "world": world,
@@ -599,22 +602,18 @@ def train(
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
                 loss_sum = all_reduce_mean(loss_sum, ctx)
-                for optimizer in optimizers:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                for optimizer in optimizers:
-                    scaler.step(optimizer)
-                if ctx is not None and step == state.get("step", 0):  # first step of this run
-                    _log_memory(model, optimizers, ctx, step + 1, n_params, log, metrics)
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                scaler.update()
+                measure = None
+                if ctx is not None and step == state.get("step", 0):  # every rank's real bytes, next to the plan
+                    measure = functools.partial(_log_memory, model, optimizers, ctx, step + 1, n_params, log, metrics)
+                if optimizer_step(model, optimizers, scaler, cfg.grad_clip, before_zero_grad=measure):
+                    skipped_steps += 1
+                    log(f"step {step + 1}: fp16 gradients overflowed; step skipped, loss scale {scaler.get_scale():g}")
                 step += 1
                 elapsed += time.perf_counter() - t0
                 window_tokens += step_tokens
                 tokens_seen += step_tokens
                 result.train_losses[step] = loss_sum
-                if not math.isfinite(loss_sum):
+                if not math.isfinite(loss_sum) and not scaler.is_enabled():  # fp16: the scaler skips such steps
                     raise LlmlabError(f"loss became {loss_sum} at step {step}", "lower --lr or use --dtype fp32")
 
                 if step % cfg.log_interval == 0 or not budget_left():
@@ -628,6 +627,7 @@ def train(
                             lr=lr,
                             tokens_per_s=round(tps, 1),
                             elapsed=round(elapsed, 2),
+                            **({"skipped_steps": skipped_steps} if scaler.is_enabled() else {}),
                         )
                     if main:
                         progress.update(_progress_text(cfg, step, loss_sum, lr, tps, elapsed))
@@ -663,6 +663,29 @@ def train(
         f"best validation loss {best_val:.4f}; loss curve {out / 'loss.png'}"
     )
     return result
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+    before_zero_grad: Callable[[], None] | None = None,
+) -> bool:
+    """Unscale, clip, step every optimizer and update the loss scale; True when the scaler skipped the
+    step (fp16 gradients with inf/NaN: the weights are left as they were and the scale is lowered)."""
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    for optimizer in optimizers:
+        scaler.step(optimizer)
+    if before_zero_grad is not None:
+        before_zero_grad()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    scaler.update()
+    return scale is not None and scaler.get_scale() < scale
 
 
 def _log_memory(model, optimizers, ctx: DistContext, step: int, n_params: int, log, metrics) -> None:
