@@ -108,6 +108,17 @@ def test_a_sharded_checkpoint_from_two_ranks_resumes_with_four(reference):
     assert {s: v for s, v in losses(split).items() if s > 3} == {s: whole[s] for s in (4, 5, 6)}
 
 
+def test_resuming_at_the_same_world_size_is_exact_with_dropout(reference):
+    """Each rank's random-number state travels with the shards, so dropout masks continue unchanged."""
+    config = base(reference, max_steps=6, strategy="ddp", batch_size=4, dropout=0.1)
+    assert torchrun(reference, {**config, "out": str(reference / "drop-whole")}).returncode == 0
+    assert torchrun(reference, {**config, "out": str(reference / "drop-split")}, "3").returncode == 0
+    done = torchrun(reference, {**config, "out": str(reference / "drop-split"), "resume": True, "overwrite": False})
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole, split = losses(reference / "drop-whole"), losses(reference / "drop-split")
+    assert split == whole and len(whole) == 6
+
+
 def test_a_failing_rank_ends_the_job_quickly(reference):
     start = time.monotonic()
     done = torchrun(reference, base(reference, batch_size=4, out=str(reference / "fail"), strategy="ddp"), "-", "1")

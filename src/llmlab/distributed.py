@@ -188,6 +188,30 @@ def load_sharded(model: nn.Module, optimizers: list[torch.optim.Optimizer], fold
     set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
+def save_rng(folder: Path, ctx: DistContext | None) -> None:
+    """Every rank's random-number state (dropout), written by rank 0 next to the shards."""
+    from safetensors.torch import save_file
+
+    states = gather_objects(torch.get_rng_state(), ctx)
+    if ctx is None or ctx.is_main:
+        save_file({f"rng.rank{r}": state for r, state in enumerate(states)}, folder / "rng.safetensors")
+
+
+def load_rng(folder: Path, ctx: DistContext | None) -> bool:
+    """Restore this rank's random-number state if the checkpoint was written at the same world size."""
+    from safetensors.torch import load_file
+
+    file = folder / "rng.safetensors"
+    if not file.is_file():
+        return False
+    states = load_file(file)
+    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
+    if len(states) != world:
+        return False
+    torch.set_rng_state(states[f"rng.rank{rank}"])
+    return True
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights as plain CPU tensors (on rank 0; other ranks get an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -53,8 +53,10 @@ from llmlab.distributed import (
     full_model_state,
     gather_objects,
     init_distributed,
+    load_rng,
     load_sharded,
     model_state_bytes,
+    save_rng,
     save_sharded,
     unwrap,
     wrap_model,
@@ -519,6 +521,8 @@ def train(
     step, elapsed, best_val = 0, 0.0, math.inf
     if cfg.resume and sharded_dir.is_dir():
         load_sharded(model, optimizers, sharded_dir)
+        if not load_rng(sharded_dir, ctx):
+            log("random-number state not restored (another world size): dropout masks will differ")
         step, elapsed, best_val = state["step"], state["elapsed"], state["best_val_loss"]
         log(f"resuming {out} at step {step} from its sharded checkpoint (written by {state.get('world', '?')} ranks)")
     elif cfg.resume:
@@ -570,6 +574,7 @@ def train(
         else:  # every rank writes its shards; rank 0 the consolidated checkpoint
             staging = out.parent / f".{out.name}.sharded-{step}"
             save_sharded(model, optimizers, staging)
+            save_rng(staging, ctx)
             full = full_model_state(model)
             if main:
                 plain = build_model(model_config)
