@@ -53,6 +53,8 @@ def is_hf_source(source: str | Path) -> bool:
         except (OSError, json.JSONDecodeError):
             return False
         return isinstance(data, dict) and "format" not in data and "model_type" in data
+    if Path(str(source).split("/")[0]).is_dir():  # runs/typo: a local path that is missing, not a hub id
+        return False
     return not path.exists() and HUB_ID.fullmatch(str(source)) is not None
 
 
