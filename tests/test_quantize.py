@@ -128,3 +128,17 @@ def test_quantized_embeddings_and_head(tmp_path, char_tokenizer, fmt, tolerance,
     loaded = load_checkpoint(tmp_path / "q").model
     with torch.no_grad():
         assert torch.equal(loaded(x), quantized(x))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantized_head_decodes_batches(char_tokenizer, fmt):
+    """Batched decoding hands the head a strided last-position slice; the fused kernels need it contiguous."""
+    from llmlab.generate import GenerationConfig, Generator
+    from llmlab.quantize import QuantizationSpec, quantize_model
+
+    model = tiny_model("llama", vocab_size=char_tokenizer.vocab_size + (-char_tokenizer.vocab_size % 16))
+    quantize_model(model, QuantizationSpec(fmt, group_size=32, embeddings=True))
+    out = Generator(model, char_tokenizer).generate(
+        ["def ", "class Stack"], GenerationConfig(max_new_tokens=5, greedy=True)
+    )
+    assert [len(samples[0].token_ids) for samples in out] == [5, 5] or all(s[0].finish_reason == "eos" for s in out)

@@ -117,7 +117,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel needs it
             scales = self.scales.to(torch.bfloat16)
             y = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, scales)
             if self.zeros is not None:  # x @ ((q - z) s)^T = x @ (q s)^T - sum(x) * (z s)
@@ -176,7 +176,7 @@ class Int4Linear(nn.Module):
             and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
         ):
             weight, scales = self._cpu_kernel_operands()
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel needs it
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, weight, self.group_size, scales)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
