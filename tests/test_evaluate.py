@@ -188,3 +188,21 @@ def test_sweep_measures_each_setting_once_reproducibly(decoder, tmp_path, capsys
     assert code == 0 and "best rougeL" in out and len(json.loads((tmp_path / "sw" / "sweep.json").read_text())) == 2
     code, _, err = run_cli(capsys, "sweep", tmp_path / "ckpt", "--task", data, "--temperature", "hot")
     assert_one_line_error(code, err, "--temperature 'hot'")
+
+
+def test_bad_evaluation_options_are_one_line_errors(decoder, tmp_path, capsys):
+    from llmlab.checkpoint import save_checkpoint
+
+    model, tokenizer = decoder
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": f"add{i}", "label": "Positive"}) + "\n" for i in range(6)))
+    for args, fragment in (
+        (["evaluate", "--limit", "-1"], "--limit must be >= 1"),
+        (["evaluate", "--max-new-tokens", "-3"], "max-new-tokens must be >= 0"),
+        (["sweep", "--top-k", "0.5"], "--top-k '0.5' is not a list of whole numbers"),
+        (["evaluate", "--perplexity", tmp_path / "missing.txt"], "cannot read"),
+    ):
+        code, _, err = run_cli(capsys, args[0], tmp_path / "ckpt", "--task", data, *args[1:])
+        assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "ckpt" / "eval-rows").exists()  # nothing written for a refused run

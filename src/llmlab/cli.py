@@ -468,6 +468,13 @@ def _floats(option: str, text: str) -> list[float]:
         raise LlmlabError(f"{option} {text!r} is not a list of numbers", "write it like 0,0.7,1.0") from None
 
 
+def _ints(option: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LlmlabError(f"{option} {text!r} is not a list of whole numbers", "write it like 0,50") from None
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from llmlab.evaluate import plot_sweep, quality_metric, sweep
 
@@ -477,7 +484,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     ckpt = _load_for_inspection(args)
     rows = sweep(
         ckpt.model, ckpt.tokenizer, task, _floats("--temperature", args.temperature),
-        [int(k) for k in _floats("--top-k", args.top_k)], _floats("--top-p", args.top_p), args.shots, args.limit,
+        _ints("--top-k", args.top_k), _floats("--top-p", args.top_p), args.shots, args.limit,
         args.seed, args.max_new_tokens, log=lambda s: print(s, file=sys.stderr),
     )  # fmt: skip
     local = Path(args.checkpoint)

@@ -199,6 +199,8 @@ class ShotResult:
 
 
 def pick_examples(task: Task, limit: int | None, seed: int) -> list[dict[str, str]]:
+    if limit is not None and limit < 1:
+        raise LlmlabError(f"--limit must be >= 1, got {limit}", "pass a number of examples, e.g. 200")
     examples = task.examples
     if limit is not None and limit < len(examples):
         indices = sorted(random.Random(seed).sample(range(len(examples)), limit))
@@ -231,6 +233,10 @@ def evaluate_task(
     log: Callable[[str], None] = lambda s: None,
 ) -> list[ShotResult]:
     """The task's metrics at each shot count, on the same examples (a seeded sample of `limit`)."""
+    if generation is not None:
+        generation.validate()
+        if generation.max_new_tokens < 1:
+            raise LlmlabError(f"--max-new-tokens must be >= 1, got {generation.max_new_tokens}", "pass e.g. 64")
     scorer = Scorer(model, tokenizer)
     generator = Generator(model, tokenizer)
     examples = pick_examples(task, limit, seed)
