@@ -699,14 +699,48 @@ def _size(n: float) -> str:
     return f"{n:,.0f} B"
 
 
+def _verify_memory(args: argparse.Namespace) -> list:
+    """Exact model-state checks on CPU, then the peak of a step on `--device` (a GPU when there is one):
+    small models on CPU, ~100M-parameter ones on a GPU, where the fixed cuBLAS workspaces are noise."""
+    import torch
+
+    from llmlab.device import resolve_device
+    from llmlab.plan.verify import verify, verify_peak
+
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    presets = ["gpt2-mini", "gpt2-small", "llama-mini", "llama-small"] if on_gpu else ["gpt2-micro", "llama-micro"]
+    batch, seq_len = args.batch or (8 if on_gpu else 4), args.seq_len or (1024 if on_gpu else 256)
+    checks = verify(["gpt2-nano", "gpt2-micro", "llama-nano", "llama-micro"])
+    vocab_size = 32768 if on_gpu else 8192
+    for dtype in (torch.bfloat16, torch.float32):  # autocast (the trainer's default) and plain fp32
+        checks += verify_peak(presets, batch, seq_len, device, dtype, vocab_size)
+    return checks
+
+
+def _step_peak(config, batch: int, seq_len: int, args: argparse.Namespace):
+    """The peak of one `llmlab pretrain --dtype D` step on one device (plan/peak.py), or None where
+    it does not apply: sharded or multi-GPU plans, other families, int8/int4."""
+    import torch
+
+    from llmlab.model import build_model
+    from llmlab.plan.peak import training_step_peak
+    from llmlab.plan.verify import model_shape_counts
+
+    if args.gpus != 1 or config.family != "decoder" or args.dtype not in ("fp32", "bf16", "fp16"):
+        return None
+    with torch.device("meta"):  # shapes only: a 70B config costs no memory
+        counts = model_shape_counts(build_model(config))
+    precision = "fp32" if args.dtype == "fp32" else "autocast"
+    return training_step_peak(config, *counts, batch, seq_len, device=args.device or "cuda", precision=precision)
+
+
 def cmd_plan_memory(args: argparse.Namespace) -> None:
     from llmlab.config import ModelConfig
     from llmlab.plan import memory
 
     if args.verify:
-        from llmlab.plan.verify import verify
-
-        checks = verify(["gpt2-nano", "gpt2-micro", "llama-nano", "llama-micro"])
+        checks = _verify_memory(args)
         if args.json:
             print(json.dumps([dict(dataclasses.asdict(c), ratio=c.ratio) for c in checks]))
             return
@@ -725,9 +759,12 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     elif args.preset:
         config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
     if config is not None:
+        import torch
+
         from llmlab.model import build_model
 
-        params = float(build_model(config).num_parameters())
+        with torch.device("meta"):  # shapes only: a 70B config costs no memory
+            params = float(build_model(config).num_parameters())
     elif args.params:
         params = args.params
     else:
@@ -748,6 +785,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
         args.recompute,
     )
     capacity = memory.parse_size(args.gpu_memory) if args.gpu_memory else None
+    step = _step_peak(config, args.batch, args.seq_len, args) if config and args.batch and args.seq_len else None
     result = {
         "params": params,
         "strategy": strategy,
@@ -761,6 +799,16 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
         "training_fits": None if capacity is None else plan.training_total <= capacity,
         "inference_fits": None if capacity is None else plan.inference_total <= capacity,
     }
+    if step is not None:
+        result["llmlab_step"] = {
+            "device": args.device or "cuda",
+            "precision": "fp32" if args.dtype == "fp32" else "autocast",
+            "components": step.components,
+            "phases": step.phases,
+            "peak": step.peak,
+            "peak_phase": step.peak_phase,
+            "fits": None if capacity is None else step.peak <= capacity,
+        }
     if args.json:
         print(json.dumps(result))
         return
@@ -775,11 +823,20 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     print()
     rows = [[name, _size(n)] for name, n in plan.inference.items()] + [["total", _size(plan.inference_total)]]
     _print_table(rows, [f"inference ({args.dtype})", "bytes"])
+    if step is not None:
+        what = "fp32" if args.dtype == "fp32" else f"{args.dtype} autocast over fp32 weights"
+        device = args.device or "cuda"
+        print(f"\nllmlab pretrain on one {device} device ({what}, AdamW): alive at each high point of a step")
+        rows = [[name, _size(n)] for name, n in step.components.items() if n]
+        rows += [[f"at the {phase}", _size(n)] for phase, n in step.phases.items()]
+        rows.append([f"peak (at the {step.peak_phase})", _size(step.peak)])
+        _print_table(rows, ["component / phase", "bytes"])
     if capacity is not None:
         verdict = lambda fits: "fits" if fits else "does not fit"  # noqa: E731
         print(
             f"\non {_size(capacity)} per GPU: training {verdict(result['training_fits'])}, "
             f"inference {verdict(result['inference_fits'])}"
+            + ("" if step is None else f", an llmlab pretrain step {verdict(step.peak <= capacity)}")
         )
 
 
@@ -938,6 +995,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ddp", "zero1", "zero2", "zero3", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD"],
     )
     pmem.add_argument("--gpu-memory", help="memory per GPU, e.g. 80GB, to say whether it fits")
+    pmem.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        help="device of the llmlab step's peak (its kernels differ); --verify measures there (default: a GPU if any)",
+    )
     pmem.add_argument("--verify", action="store_true", help="compare predictions with real llmlab tensors")
     pmem.add_argument("--json", action="store_true")
     pmem.set_defaults(func=cmd_plan_memory)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -80,4 +84,133 @@ def verify(presets: list[str], batch: int = 4, seq_len: int = 256, vocab_size: i
         mode = "none" if seq_len <= 128 else "selective"
         predicted = activation_bytes(config, batch, seq_len, mode) + logits_bytes(config, batch, seq_len)
         checks.append(MemoryCheck(preset, f"activations (bf16, recompute {mode})", predicted, measured))
+    return checks
+
+
+def model_shape_counts(model: DecoderLM) -> tuple[int, int, int]:
+    """(all parameters, 2-D weights inside the blocks, elements of the largest parameter): what
+    `training_step_peak` needs to know of a model beyond its config."""
+    named = list(model.named_parameters())
+    blocks = sum(p.numel() for n, p in named if ".blocks." in f".{n}" and p.dim() == 2)
+    return model.num_parameters(), blocks, max(p.numel() for _, p in named)
+
+
+@contextlib.contextmanager
+def _silent_stderr() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_allocator_peak(step: Callable[[], None]) -> int:
+    """Highest bytes the CPU allocator held above its starting point while `step` ran, from the
+    profiler's allocation events (each malloc and free with its size, in time order): the CPU
+    counterpart of `torch.cuda.max_memory_allocated`."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _silent_stderr():  # kineto prints a line on stderr at start and at stop
+        prof.start()
+    try:
+        step()
+    finally:
+        with _silent_stderr():
+            prof.stop()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation:
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+    held = peak = 0
+    for _, size in sorted(events):
+        held += size
+        peak = max(peak, held)
+    return peak
+
+
+def measured_step_peaks(
+    model: DecoderLM, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype, accumulation_steps: int = 1
+) -> dict[str, int]:
+    """Peak bytes of the forward + backward and of the optimizer step of the second training step (the
+    first creates the optimizer states), running llmlab's own trainer code: batch_loss under autocast,
+    backward, optimizer_step. On CUDA the allocator's peak; on CPU the tensors alive before the phase
+    plus the allocator's highest rise during it."""
+    from llmlab.data.objectives import Batch
+    from llmlab.device import autocast
+    from llmlab.train import TrainConfig, batch_loss, make_optimizers, optimizer_step
+
+    model.to(device)
+    optimizers = make_optimizers(model, TrainConfig(), device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    vocab = model.config.vocab_size
+    data = Batch(torch.randint(0, vocab, (batch, seq_len)), torch.randint(0, vocab, (batch, seq_len))).to(device)
+
+    def forward_backward() -> None:
+        for _ in range(accumulation_steps):
+            with autocast(device, dtype):
+                loss = batch_loss(model, data) / accumulation_steps
+            loss.backward()
+
+    def update() -> None:
+        optimizer_step(model, optimizers, scaler, grad_clip=1.0)
+
+    forward_backward()
+    update()
+    peaks = {}
+    for phase, run in (("forward and backward", forward_backward), ("optimizer step", update)):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            run()
+            torch.cuda.synchronize(device)
+            peaks[phase] = torch.cuda.max_memory_allocated(device)
+        else:
+            states = [v for o in optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v)]
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            alive = _bytes(model.parameters()) + _bytes(states) + _bytes(grads) + _bytes([data.inputs, data.labels])
+            peaks[phase] = alive + cpu_allocator_peak(run)
+    return peaks
+
+
+def verify_peak(
+    presets: list[str],
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    vocab_size: int = 8192,
+    accumulation_steps: int = 1,
+) -> list[MemoryCheck]:
+    """Predicted peaks of a training step's two halves, and of the whole step, against the allocator's."""
+    from llmlab.plan.peak import training_step_peak
+
+    checks = []
+    precision = "fp32" if dtype == torch.float32 else "autocast"
+    for preset in presets:
+        torch.manual_seed(0)
+        config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=seq_len)
+        model = DecoderLM(config)
+        step = training_step_peak(
+            config, *model_shape_counts(model), batch, seq_len, device.type, precision, accumulation_steps
+        )
+        measured = measured_step_peaks(model, batch, seq_len, device, dtype, accumulation_steps)
+        predicted = {
+            "forward and backward": max(step.phases["loss backward"], step.phases["end of backward"]),
+            "optimizer step": step.phases["optimizer step"],
+        }
+        where = f"{device.type}, {precision}, b{batch} x {seq_len}"
+        where += f", {accumulation_steps} micro-batches" if accumulation_steps > 1 else ""
+        checks += [MemoryCheck(preset, f"peak: {k} ({where})", predicted[k], measured[k]) for k in predicted]
+        checks.append(MemoryCheck(preset, f"peak of a step ({where})", step.peak, max(measured.values())))
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return checks

@@ -1,0 +1,93 @@
+"""The peak of a training step: predicted phase by phase, measured by the allocator (CPU here; the same
+check runs on CUDA with `llmlab plan memory --verify` where a GPU is visible)."""
+
+import json
+
+import pytest
+import torch
+
+from llmlab.cli import main
+from llmlab.config import ModelConfig
+from llmlab.model import DecoderLM
+from llmlab.plan.peak import training_step_peak
+from llmlab.plan.verify import cpu_allocator_peak, model_shape_counts, verify_peak
+
+
+@pytest.mark.parametrize(
+    "preset,batch,seq_len,dtype,micro_batches",
+    [
+        ("gpt2-nano", 2, 256, torch.bfloat16, 1),  # flash kernel: no attention weights kept
+        ("llama-nano", 2, 256, torch.bfloat16, 1),
+        ("gpt2-nano", 4, 128, torch.float32, 1),  # math kernel (<= 128 positions on CPU): weights kept
+        ("llama-nano", 4, 128, torch.float32, 1),
+        ("llama-nano", 2, 256, torch.bfloat16, 3),  # accumulation: gradients alive during backward
+        ("gpt2-mini", 1, 32, torch.bfloat16, 1),  # tiny batch: the optimizer step is the peak
+    ],
+)
+def test_step_peak_matches_the_allocator(preset, batch, seq_len, dtype, micro_batches):
+    checks = verify_peak([preset], batch, seq_len, torch.device("cpu"), dtype, 8192, micro_batches)
+    assert len(checks) == 3
+    for check in checks:
+        # the issue asks 10%; every case here measured within 2%, so a miss beyond 3% means a term of the
+        # model went missing (the tied embedding's second gradient alone is ~6% of gpt2-mini's backward)
+        assert 0.97 <= check.ratio <= 1.03, check
+
+
+def test_peak_phase_moves_with_the_batch():
+    config = ModelConfig.from_preset("llama-mini", vocab_size=8192)
+    counts = model_shape_counts(DecoderLM(config))
+    small = training_step_peak(config, *counts, batch=1, seq_len=32, device="cpu")
+    large = training_step_peak(config, *counts, batch=8, seq_len=512, device="cpu")
+    assert small.peak_phase == "optimizer step" and large.peak_phase == "loss backward"
+    # the fused CUDA AdamW needs no temporaries: there the end of backward (tied embedding's second
+    # gradient) tops the optimizer step
+    cuda = training_step_peak(config, *counts, batch=1, seq_len=32, device="cuda")
+    assert cuda.phases["end of backward"] > cuda.phases["optimizer step"]
+    fp32 = training_step_peak(config, *counts, batch=8, seq_len=512, device="cuda", precision="fp32")
+    assert fp32.components["16-bit weight copies (autocast)"] == 0
+    assert fp32.components["activations kept for backward"] > large.components["activations kept for backward"]
+
+
+def test_cpu_allocator_peak_sees_a_temporary():
+    def step():
+        x = torch.empty(1_000_000, dtype=torch.float32)  # 4 MB, freed on return
+        del x
+
+    assert 4_000_000 <= cpu_allocator_peak(step) < 4_100_000
+
+
+def test_plan_memory_shows_the_step_peak(capsys):
+    args = ["plan", "memory", "--preset", "llama-small", "--vocab-size", "32000", "--batch", "8", "--seq-len", "1024"]
+    assert main([*args, "--dtype", "bf16", "--gpu-memory", "8GB", "--json"]) == 0
+    step = json.loads(capsys.readouterr().out)["llmlab_step"]
+    assert step["device"] == "cuda" and step["precision"] == "autocast"
+    assert step["peak"] == max(step["phases"].values()) and step["peak_phase"] == "loss backward"
+    assert step["components"]["loss on the logits (fp32)"] == 12 * 8 * 1024 * 32000
+    assert step["fits"] is False  # ~8.0 GB
+    assert main([*args, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "llmlab pretrain on one cpu device (fp32, AdamW)" in out and "peak (at the loss backward)" in out
+    # sharded plans and other families have no single-device step to describe
+    assert main([*args, "--gpus", "8", "--strategy", "zero3", "--json"]) == 0
+    assert "llmlab_step" not in json.loads(capsys.readouterr().out)
+
+
+def test_plan_memory_builds_no_real_weights_for_large_configs(capsys, tmp_path):
+    llama_2_70b = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(llama_2_70b))
+    assert main(["plan", "memory", "--model", str(tmp_path), "--batch", "1", "--seq-len", "4096", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == 68_976_648_192  # Llama-2-70B's published count
+    assert result["llmlab_step"]["phases"]["end of backward"] == 16 * result["params"]  # untied: no second gradient
