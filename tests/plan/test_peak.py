@@ -91,3 +91,16 @@ def test_plan_memory_builds_no_real_weights_for_large_configs(capsys, tmp_path):
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == 68_976_648_192  # Llama-2-70B's published count
     assert result["llmlab_step"]["phases"]["end of backward"] == 16 * result["params"]  # untied: no second gradient
+
+
+def test_trainer_plans_its_peak_only_where_the_model_describes_the_run():
+    from llmlab.train import TrainConfig, _planned_step_peak
+
+    model = DecoderLM(ModelConfig.from_preset("gpt2-nano", vocab_size=512, block_size=64))
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    planned = _planned_step_peak(model, TrainConfig(batch_size=4, grad_accum=2), 64, cuda, bf16)
+    expected = training_step_peak(model.config, *model_shape_counts(model), 4, 64, "cuda", "autocast", 2)
+    assert planned == expected
+    assert _planned_step_peak(model, TrainConfig(), 64, torch.device("cpu"), bf16) is None  # logged on CUDA only
+    assert _planned_step_peak(model, TrainConfig(compile=True), 64, cuda, bf16) is None  # inductor plans its own
+    assert _planned_step_peak(model, TrainConfig(optimizer="muon"), 64, cuda, bf16) is None
