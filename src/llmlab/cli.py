@@ -704,35 +704,40 @@ def _verify_memory(args: argparse.Namespace) -> list:
     small models on CPU, ~100M-parameter ones on a GPU, where the fixed cuBLAS workspaces are noise."""
     import torch
 
+    from llmlab.config import ModelConfig
     from llmlab.device import resolve_device
     from llmlab.plan.verify import verify, verify_peak
 
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
-    presets = ["gpt2-mini", "gpt2-small", "llama-mini", "llama-small"] if on_gpu else ["gpt2-micro", "llama-micro"]
-    batch, seq_len = args.batch or (8 if on_gpu else 4), args.seq_len or (1024 if on_gpu else 256)
+    size = "small" if on_gpu else "micro"
+    presets = [f"gpt2-{size}", f"llama-{size}", "bert-base" if on_gpu else "bert-micro", f"t5-{size}"]
+    batch, seq_len = args.batch or (8 if on_gpu else 4), args.seq_len or (512 if on_gpu else 256)
     checks = verify(["gpt2-nano", "gpt2-micro", "llama-nano", "llama-micro"])
     vocab_size = 32768 if on_gpu else 8192
     for dtype in (torch.bfloat16, torch.float32):  # autocast (the trainer's default) and plain fp32
-        checks += verify_peak(presets, batch, seq_len, device, dtype, vocab_size)
+        for preset in presets:  # encoder-decoders: targets a quarter of the input, as span corruption makes
+            seq2seq = ModelConfig.from_preset(preset).family == "encoder-decoder"
+            target_len = (args.target_len or seq_len // 4) if seq2seq else None
+            checks += verify_peak([preset], batch, seq_len, device, dtype, vocab_size, target_len=target_len)
     return checks
 
 
 def _step_peak(config, batch: int, seq_len: int, args: argparse.Namespace):
     """The peak of one `llmlab pretrain --dtype D` step on one device (plan/peak.py), or None where
-    it does not apply: sharded or multi-GPU plans, other families, int8/int4."""
+    it does not apply: sharded or multi-GPU plans, int8/int4."""
     import torch
 
     from llmlab.model import build_model
-    from llmlab.plan.peak import training_step_peak
-    from llmlab.plan.verify import model_shape_counts
+    from llmlab.plan.peak import ModelShape, training_step_peak
 
-    if args.gpus != 1 or config.family != "decoder" or args.dtype not in ("fp32", "bf16", "fp16"):
+    if args.gpus != 1 or args.dtype not in ("fp32", "bf16", "fp16"):
         return None
     with torch.device("meta"):  # shapes only: a 70B config costs no memory
-        counts = model_shape_counts(build_model(config))
+        shape = ModelShape.of(build_model(config))
     precision = "fp32" if args.dtype == "fp32" else "autocast"
-    return training_step_peak(config, *counts, batch, seq_len, device=args.device or "cuda", precision=precision)
+    device = args.device or "cuda"
+    return training_step_peak(config, shape, batch, seq_len, device, precision, target_len=args.target_len)
 
 
 def cmd_plan_memory(args: argparse.Namespace) -> None:
@@ -783,6 +788,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
         args.batch,
         args.seq_len,
         args.recompute,
+        args.target_len,
     )
     capacity = memory.parse_size(args.gpu_memory) if args.gpu_memory else None
     step = _step_peak(config, args.batch, args.seq_len, args) if config and args.batch and args.seq_len else None
@@ -988,6 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
     pmem.add_argument("--batch", type=int)
     pmem.add_argument("--seq-len", type=int)
     pmem.add_argument("--recompute", default="none", choices=["none", "selective", "full"])
+    pmem.add_argument("--target-len", type=int, help="an encoder-decoder's target length (default: --seq-len)")
     pmem.add_argument("--gpus", type=int, default=1)
     pmem.add_argument(
         "--strategy",

@@ -547,7 +547,7 @@ def train(
         f"{layers} layers, {model_config.n_embd} dims, context {block}; "
         f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}"
     )
-    step_peak = _planned_step_peak(model, cfg, block, device, dtype) if ctx is None else None
+    watch_peak = device.type == "cuda" and ctx is None  # the allocator's peak of one step, next to the plan
     forward = torch.compile(forward) if cfg.compile else forward
     model.train()
     tokens_seen = state.get("tokens_seen", 0)
@@ -608,7 +608,7 @@ def train(
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
                 loss_sum = all_reduce_mean(loss_sum, ctx)
-                if step_peak is not None and step == state.get("step", 0) + 1:
+                if watch_peak and step == state.get("step", 0) + 1:
                     torch.cuda.reset_peak_memory_stats(device)  # the second step: the optimizer states exist
                 measure = None
                 if ctx is not None and step == state.get("step", 0):  # every rank's real bytes, next to the plan
@@ -617,8 +617,8 @@ def train(
                     skipped_steps += 1
                     log(f"step {step + 1}: fp16 gradients overflowed; step skipped, loss scale {scaler.get_scale():g}")
                 step += 1
-                if step_peak is not None and step == state.get("step", 0) + 2:
-                    _log_step_peak(step_peak, device, step, log, metrics)
+                if watch_peak and step == state.get("step", 0) + 2:
+                    _log_step_peak(_planned_step_peak(model, cfg, local, device, dtype), device, step, log, metrics)
                 elapsed += time.perf_counter() - t0
                 window_tokens += step_tokens
                 tokens_seen += step_tokens
@@ -698,23 +698,24 @@ def optimizer_step(
     return scale is not None and scaler.get_scale() < scale
 
 
-def _planned_step_peak(model, cfg: TrainConfig, seq_len: int, device: torch.device, dtype: torch.dtype):
-    """`plan memory`'s peak for this run, where it models the run: one CUDA device, a decoder-only
-    model, AdamW, eager mode. None elsewhere."""
-    from llmlab.plan.peak import training_step_peak
-    from llmlab.plan.verify import model_shape_counts
+def _planned_step_peak(model, cfg: TrainConfig, batch: Batch, device: torch.device, dtype: torch.dtype):
+    """`plan memory`'s peak for a step on this batch's shapes, where it models the run: one CUDA
+    device, AdamW, eager mode. None elsewhere."""
+    from llmlab.plan.peak import ModelShape, training_step_peak
 
-    config = model.config
-    if device.type != "cuda" or config.family != "decoder" or cfg.optimizer != "adamw" or cfg.compile:
+    if device.type != "cuda" or cfg.optimizer != "adamw" or cfg.compile:
         return None
+    rows, length = batch.inputs.shape
+    target = batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
     precision = "fp32" if dtype == torch.float32 else "autocast"
-    return training_step_peak(
-        config, *model_shape_counts(model), cfg.batch_size, seq_len, "cuda", precision, cfg.grad_accum
-    )
+    shape = ModelShape.of(model)
+    return training_step_peak(model.config, shape, rows, length, "cuda", precision, cfg.grad_accum, target)
 
 
 def _log_step_peak(planned, device: torch.device, step: int, log, metrics) -> None:
     """The allocator's peak over one steady-state step next to the prediction: the GPU check of the plan."""
+    if planned is None:
+        return
     measured = torch.cuda.max_memory_allocated(device)
     log(
         f"memory: peak of step {step} {measured / 1e9:.2f} GB allocated; plan memory predicted "

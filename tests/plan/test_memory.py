@@ -87,3 +87,22 @@ def test_bad_inputs():
 def test_non_positive_parameter_count_is_refused():
     with pytest.raises(LlmlabError, match="must be positive"):
         plan_memory(0)
+
+
+def test_activation_formula_covers_every_family():
+    bert = ModelConfig.from_preset("bert-base", vocab_size=30522)
+    s, b, h, a = 512, 8, 768, 12
+    plan = plan_memory(110e6, config=bert, batch=b, seq_len=s)
+    assert plan.training["activations"] == 12 * s * b * h * (34 + 5 * a * s / h)  # a BERT layer is a GPT layer
+    assert plan.training["logits and loss"] == b * 77 * 30522 * 10  # the head scores the 15% masked: 77 of 512
+    assert "KV cache" not in plan.inference  # an encoder generates nothing
+
+    t5 = ModelConfig.from_preset("t5-small", vocab_size=32128)  # 6+6 layers, 512 wide, 8 heads, GEGLU 1365
+    S, T, h, a, i = 512, 114, 512, 8, t5.intermediate_size
+    per_token = 11 + 4 + 3 + 8 * i / h  # attention, norms, gated MLP
+    encoder = 6 * S * b * h * (per_token + 5 * a * S / h)
+    decoder = 6 * (T * b * h * (per_token + 5 * a * T / h) + T * b * h * 11 + S * b * h * 6 + 5 * a * T * S * b)
+    plan = plan_memory(60e6, config=t5, batch=b, seq_len=S, target_len=T)
+    assert plan.training["activations"] == pytest.approx(encoder + decoder)
+    assert plan.training["logits and loss"] == b * T * 32128 * 10
+    assert plan.inference["KV cache"] == 6 * (T + S) * 2 * b * h * 4  # fp32 self- and cross-attention keys/values

@@ -8,9 +8,9 @@ import torch
 
 from llmlab.cli import main
 from llmlab.config import ModelConfig
-from llmlab.model import DecoderLM
-from llmlab.plan.peak import training_step_peak
-from llmlab.plan.verify import cpu_allocator_peak, model_shape_counts, verify_peak
+from llmlab.model import DecoderLM, build_model
+from llmlab.plan.peak import ModelShape, training_step_peak
+from llmlab.plan.verify import cpu_allocator_peak, verify_peak
 
 
 @pytest.mark.parametrize(
@@ -22,10 +22,18 @@ from llmlab.plan.verify import cpu_allocator_peak, model_shape_counts, verify_pe
         ("llama-nano", 4, 128, torch.float32, 1),
         ("llama-nano", 2, 256, torch.bfloat16, 3),  # accumulation: gradients alive during backward
         ("gpt2-mini", 1, 32, torch.bfloat16, 1),  # tiny batch: the optimizer step is the peak
+        ("bert-nano", 4, 256, torch.bfloat16, 1),  # masked LM: the head and loss at 15% of positions
+        ("bert-nano", 4, 128, torch.float32, 1),
+        ("t5-nano", 4, 256, torch.bfloat16, 1),  # relative bias: CPU keeps attention weights at any length
+        ("t5-nano", 2, 128, torch.float32, 1),  # peak: the decoder's embedding gradient, encoder still waiting
+        ("t5-mini", 1, 32, torch.float32, 1),  # the end of backward: the shared table's last sum
+        ("bert-mini", 1, 32, torch.float32, 1),  # fp32 tied head: its gradient's sum is a new tensor
+        ("transformer-base", 1, 64, torch.bfloat16, 1),  # sinusoidal positions, ReLU, LayerNorm
     ],
 )
 def test_step_peak_matches_the_allocator(preset, batch, seq_len, dtype, micro_batches):
-    checks = verify_peak([preset], batch, seq_len, torch.device("cpu"), dtype, 8192, micro_batches)
+    target_len = seq_len // 4 if preset.startswith(("t5", "transformer")) else None
+    checks = verify_peak([preset], batch, seq_len, torch.device("cpu"), dtype, 8192, micro_batches, target_len)
     assert len(checks) == 3
     for check in checks:
         # the issue asks 10%; every case here measured within 2%, so a miss beyond 3% means a term of the
@@ -35,15 +43,15 @@ def test_step_peak_matches_the_allocator(preset, batch, seq_len, dtype, micro_ba
 
 def test_peak_phase_moves_with_the_batch():
     config = ModelConfig.from_preset("llama-mini", vocab_size=8192)
-    counts = model_shape_counts(DecoderLM(config))
-    small = training_step_peak(config, *counts, batch=1, seq_len=32, device="cpu")
-    large = training_step_peak(config, *counts, batch=8, seq_len=512, device="cpu")
+    shape = ModelShape.of(DecoderLM(config))
+    small = training_step_peak(config, shape, batch=1, seq_len=32, device="cpu")
+    large = training_step_peak(config, shape, batch=8, seq_len=512, device="cpu")
     assert small.peak_phase == "optimizer step" and large.peak_phase == "loss backward"
     # the fused CUDA AdamW needs no temporaries: there the end of backward (tied embedding's second
     # gradient) tops the optimizer step
-    cuda = training_step_peak(config, *counts, batch=1, seq_len=32, device="cuda")
+    cuda = training_step_peak(config, shape, batch=1, seq_len=32, device="cuda")
     assert cuda.phases["end of backward"] > cuda.phases["optimizer step"]
-    fp32 = training_step_peak(config, *counts, batch=8, seq_len=512, device="cuda", precision="fp32")
+    fp32 = training_step_peak(config, shape, batch=8, seq_len=512, device="cuda", precision="fp32")
     assert fp32.components["16-bit weight copies (autocast)"] == 0
     assert fp32.components["activations kept for backward"] > large.components["activations kept for backward"]
 
@@ -94,13 +102,15 @@ def test_plan_memory_builds_no_real_weights_for_large_configs(capsys, tmp_path):
 
 
 def test_trainer_plans_its_peak_only_where_the_model_describes_the_run():
+    from llmlab.data.objectives import Batch
     from llmlab.train import TrainConfig, _planned_step_peak
 
-    model = DecoderLM(ModelConfig.from_preset("gpt2-nano", vocab_size=512, block_size=64))
+    model = build_model(ModelConfig.from_preset("t5-nano", vocab_size=512, block_size=64))
+    batch = Batch(torch.zeros(4, 64, dtype=torch.long), torch.zeros(4, 16), decoder_inputs=torch.zeros(4, 16))
     cuda, bf16 = torch.device("cuda"), torch.bfloat16
-    planned = _planned_step_peak(model, TrainConfig(batch_size=4, grad_accum=2), 64, cuda, bf16)
-    expected = training_step_peak(model.config, *model_shape_counts(model), 4, 64, "cuda", "autocast", 2)
-    assert planned == expected
-    assert _planned_step_peak(model, TrainConfig(), 64, torch.device("cpu"), bf16) is None  # logged on CUDA only
-    assert _planned_step_peak(model, TrainConfig(compile=True), 64, cuda, bf16) is None  # inductor plans its own
-    assert _planned_step_peak(model, TrainConfig(optimizer="muon"), 64, cuda, bf16) is None
+    planned = _planned_step_peak(model, TrainConfig(grad_accum=2), batch, cuda, bf16)
+    expected = training_step_peak(model.config, ModelShape.of(model), 4, 64, "cuda", "autocast", 2, 16)
+    assert planned == expected  # the batch's own shapes: 4 rows, 64 input and 16 target positions
+    assert _planned_step_peak(model, TrainConfig(), batch, torch.device("cpu"), bf16) is None  # logged on CUDA
+    assert _planned_step_peak(model, TrainConfig(compile=True), batch, cuda, bf16) is None  # inductor's own plan
+    assert _planned_step_peak(model, TrainConfig(optimizer="muon"), batch, cuda, bf16) is None

@@ -48,44 +48,91 @@ class MemoryPlan:
         return sum(self.inference.values())
 
 
-def activation_bytes(config: ModelConfig, batch: int, seq_len: int, recompute: str = "none") -> float:
-    """16-bit activations of all layers kept for the backward pass (Korthikanti et al., 2022).
+def token_bytes(config: ModelConfig) -> float:
+    """16-bit bytes one transformer layer keeps per token and channel, attention weights aside
+    (Korthikanti et al., 2022): 34 for a GPT block: 11 for attention, 19 for the GELU MLP (4h wide), 4
+    for the two norms. Other blocks are counted the same way: an MLP of width i keeps its input and a
+    dropout mask (3 per h) plus, ungated, the up projection and its activation (4i/h; ReLU's output is
+    both: 2i/h) or, gated, gate, up, act(gate) and their product (8i/h); rotary positions keep q and k
+    once more (4)."""
+    i, h = config.intermediate_size, config.n_embd
+    if config.gated_mlp:
+        mlp = 3 + 8 * i / h
+    else:
+        mlp = 3 + (2 if config.mlp == "relu" else 4) * i / h
+    return 11 + 4 + mlp + (4 if config.positions == "rope" else 0)
 
-    The published 34 s*b*h per layer is a GPT block: 11 for attention, 19 for the GELU MLP (4h wide),
-    4 for the two norms. Llama-style blocks are counted the same way: a SwiGLU MLP of width i keeps
-    its input (2 bytes per h), gate and up (2+2 per i), silu(gate) and the product (2+2 per i) and a
-    dropout mask (1 per h): (3 + 8i/h) s*b*h; rotary positions keep q and k once more (4 s*b*h).
-    """
+
+def cross_attention_bytes(config: ModelConfig, batch: int, target_len: int, source_len: int, recompute: str) -> float:
+    """A decoder layer's cross-attention, counted like self-attention: its norm, query input, query, output,
+    projection input and dropout mask on the decoder side (2+2+2+2+2+1), the memory's projection input
+    and keys and values on the encoder side (2 + 4 * kv_heads/heads), and 5 bytes per attention weight."""
+    b, h, a = batch, config.n_embd, config.n_head
+    if recompute == "full":
+        return 0.0  # the memory is kept once, by the encoder
+    side = target_len * b * h * 11 + source_len * b * h * (2 + 4 * config.n_kv_head / config.n_head)
+    return side + (5 * a * target_len * source_len * b if recompute == "none" else 0.0)
+
+
+def activation_bytes(
+    config: ModelConfig, batch: int, seq_len: int, recompute: str = "none", target_len: int | None = None
+) -> float:
+    """16-bit activations of all layers kept for the backward pass (Korthikanti et al., 2022):
+    s*b*h*(34 + 5*a*s/h) per GPT layer without recomputation, s*b*h*34 with selective recomputation
+    (attention weights recomputed, as FlashAttention does), 2*s*b*h with full recomputation (only each
+    layer's input kept). Encoder-decoders: the encoder's layers at `seq_len`, the decoder's at
+    `target_len` (default `seq_len`) plus their cross-attention (`cross_attention_bytes`)."""
     if recompute not in RECOMPUTE:
         raise LlmlabError(f"unknown recompute mode {recompute!r}", f"use one of: {', '.join(RECOMPUTE)}")
-    if config.family != "decoder":
-        raise LlmlabError(
-            f"activation memory is modelled for decoder-only models, not {config.family}",
-            "leave out --batch/--seq-len for weights, gradients and optimizer states only",
-        )
-    s, b, h, a = seq_len, batch, config.n_embd, config.n_head
-    per_token = 34.0
-    if config.mlp == "swiglu":
-        per_token += (3 + 8 * config.intermediate_size / h) - 19
-    if config.positions == "rope":
-        per_token += 4
-    per_layer = {
-        "none": s * b * h * (per_token + 5 * a * s / h),
-        "selective": per_token * s * b * h,
-        "full": 2 * s * b * h,
-    }
-    return config.n_layer * per_layer[recompute]
+    b, h, a = batch, config.n_embd, config.n_head
+
+    def layer(s: int) -> float:
+        return {
+            "none": s * b * h * (token_bytes(config) + 5 * a * s / h),
+            "selective": token_bytes(config) * s * b * h,
+            "full": 2 * s * b * h,
+        }[recompute]
+
+    if config.family != "encoder-decoder":
+        return config.n_layer * layer(seq_len)
+    T = target_len or seq_len
+    decoder = layer(T) + cross_attention_bytes(config, batch, T, seq_len, recompute)
+    return config.n_layer * layer(seq_len) + config.n_decoder_layer * decoder
 
 
-def logits_bytes(config: ModelConfig, batch: int, seq_len: int) -> float:
+def scored_positions(config: ModelConfig, batch: int, seq_len: int, target_len: int | None = None) -> int:
+    """Positions the output layer scores in training: every one (causal LM), the target's
+    (encoder-decoder), the masked 15% (masked LM: its head runs only there)."""
+    if config.family == "encoder":
+        return batch * masked_positions(seq_len)
+    if config.family == "encoder-decoder":
+        return batch * (target_len or seq_len)
+    return batch * seq_len
+
+
+def masked_positions(seq_len: int, probability: float = 0.15) -> int:
+    """Positions a masked-LM row labels (BERT: round(15%), at least one)."""
+    return max(1, round(probability * seq_len))
+
+
+def logits_bytes(config: ModelConfig, batch: int, seq_len: int, target_len: int | None = None) -> float:
     """The output layer's share: 16-bit logits, their fp32 copy and the fp32 log-softmax for the loss."""
-    return batch * seq_len * config.vocab_size * (2 + 4 + 4)
+    return scored_positions(config, batch, seq_len, target_len) * config.vocab_size * (2 + 4 + 4)
 
 
-def kv_cache_bytes(config: ModelConfig, batch: int, seq_len: int, dtype: str = "bf16") -> float:
-    """Keys and values of every layer: 2 * layers * batch * length * kv_heads * head_dim elements."""
+def kv_cache_bytes(
+    config: ModelConfig, batch: int, seq_len: int, dtype: str = "bf16", target_len: int | None = None
+) -> float:
+    """Keys and values of every decoder layer: 2 * layers * batch * length * kv_heads * head_dim elements.
+    An encoder-decoder caches its decoder's own `target_len` positions and the cross-attention's keys and
+    values of the `seq_len` input; an encoder generates nothing and caches nothing."""
     kv_dtype = dtype if dtype in ("fp32", "fp16", "bf16") else "bf16"  # quantized weights, 16-bit cache
-    return 2 * config.n_layer * batch * seq_len * config.n_kv_head * config.head_dim * DTYPE_BYTES[kv_dtype]
+    per_position = 2 * batch * config.n_kv_head * config.head_dim * DTYPE_BYTES[kv_dtype]
+    if config.family == "encoder":
+        return 0.0
+    if config.family == "encoder-decoder":
+        return config.n_decoder_layer * ((target_len or seq_len) + seq_len) * per_position
+    return config.n_layer * seq_len * per_position
 
 
 def plan_memory(
@@ -99,6 +146,7 @@ def plan_memory(
     batch: int | None = None,
     seq_len: int | None = None,
     recompute: str = "none",
+    target_len: int | None = None,
 ) -> MemoryPlan:
     """Per-GPU bytes for training under `strategy` and for inference (weights + KV cache)."""
     for value, allowed, what in (
@@ -128,13 +176,13 @@ def plan_memory(
     plan.training["gradients"] = params * grads / g_div
     plan.training["optimizer states"] = params * states / s_div
     if batch and seq_len and config is not None:
-        plan.training["activations"] = activation_bytes(config, batch, seq_len, recompute)
-        plan.training["logits and loss"] = logits_bytes(config, batch, seq_len)
+        plan.training["activations"] = activation_bytes(config, batch, seq_len, recompute, target_len)
+        plan.training["logits and loss"] = logits_bytes(config, batch, seq_len, target_len)
     elif not mixed_precision:  # the rule of thumb is the fp32 course table's; mixed precision needs the formula
         plan.training["activations and temporaries (rule of thumb)"] = params * COURSE_ACTIVATION_BYTES_PER_PARAM
     plan.inference["weights"] = params * DTYPE_BYTES[dtype]
-    if batch and seq_len and config is not None:
-        plan.inference["KV cache"] = kv_cache_bytes(config, batch, seq_len, dtype)
+    if batch and seq_len and config is not None and config.family != "encoder":
+        plan.inference["KV cache"] = kv_cache_bytes(config, batch, seq_len, dtype, target_len)
     return plan
 
 

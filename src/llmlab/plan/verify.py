@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.config import ModelConfig
-from llmlab.model import DecoderLM
-from llmlab.plan.memory import activation_bytes, logits_bytes, plan_memory
+from llmlab.data.objectives import Batch
+from llmlab.model import DecoderLM, LanguageModel, build_model
+from llmlab.plan.memory import activation_bytes, logits_bytes, masked_positions, plan_memory
 
 
 @dataclass
@@ -87,14 +88,6 @@ def verify(presets: list[str], batch: int = 4, seq_len: int = 256, vocab_size: i
     return checks
 
 
-def model_shape_counts(model: DecoderLM) -> tuple[int, int, int]:
-    """(all parameters, 2-D weights inside the blocks, elements of the largest parameter): what
-    `training_step_peak` needs to know of a model beyond its config."""
-    named = list(model.named_parameters())
-    blocks = sum(p.numel() for n, p in named if ".blocks." in f".{n}" and p.dim() == 2)
-    return model.num_parameters(), blocks, max(p.numel() for _, p in named)
-
-
 @contextlib.contextmanager
 def _silent_stderr() -> Iterator[None]:
     sys.stderr.flush()
@@ -136,22 +129,45 @@ def cpu_allocator_peak(step: Callable[[], None]) -> int:
     return peak
 
 
+def synthetic_batch(config: ModelConfig, batch: int, seq_len: int, target_len: int | None = None) -> Batch:
+    """Random ids shaped as the family's objective feeds them: next-token pairs (decoder); a masked-LM
+    row with exactly round(15%) of positions labelled (encoder); an input and a target of `target_len`
+    (encoder-decoder)."""
+    from llmlab.data.objectives import IGNORE, Batch
+
+    vocab = config.vocab_size
+    inputs = torch.randint(0, vocab, (batch, seq_len))
+    if config.family == "decoder":
+        return Batch(inputs, torch.randint(0, vocab, (batch, seq_len)))
+    if config.family == "encoder":
+        labels = torch.full((batch, seq_len), IGNORE)
+        picked = torch.rand(batch, seq_len).argsort(dim=1)[:, : masked_positions(seq_len)]
+        labels.scatter_(1, picked, torch.randint(0, vocab, picked.shape))
+        return Batch(inputs, labels)
+    T = target_len or seq_len
+    return Batch(inputs, torch.randint(0, vocab, (batch, T)), decoder_inputs=torch.randint(0, vocab, (batch, T)))
+
+
 def measured_step_peaks(
-    model: DecoderLM, batch: int, seq_len: int, device: torch.device, dtype: torch.dtype, accumulation_steps: int = 1
+    model: LanguageModel,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    accumulation_steps: int = 1,
+    target_len: int | None = None,
 ) -> dict[str, int]:
     """Peak bytes of the forward + backward and of the optimizer step of the second training step (the
     first creates the optimizer states), running llmlab's own trainer code: batch_loss under autocast,
     backward, optimizer_step. On CUDA the allocator's peak; on CPU the tensors alive before the phase
     plus the allocator's highest rise during it."""
-    from llmlab.data.objectives import Batch
     from llmlab.device import autocast
     from llmlab.train import TrainConfig, batch_loss, make_optimizers, optimizer_step
 
     model.to(device)
     optimizers = make_optimizers(model, TrainConfig(), device)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    vocab = model.config.vocab_size
-    data = Batch(torch.randint(0, vocab, (batch, seq_len)), torch.randint(0, vocab, (batch, seq_len))).to(device)
+    data = synthetic_batch(model.config, batch, seq_len, target_len).to(device)
 
     def forward_backward() -> None:
         for _ in range(accumulation_steps):
@@ -188,25 +204,24 @@ def verify_peak(
     dtype: torch.dtype,
     vocab_size: int = 8192,
     accumulation_steps: int = 1,
+    target_len: int | None = None,
 ) -> list[MemoryCheck]:
     """Predicted peaks of a training step's two halves, and of the whole step, against the allocator's."""
-    from llmlab.plan.peak import training_step_peak
+    from llmlab.plan.peak import ModelShape, training_step_peak
 
     checks = []
     precision = "fp32" if dtype == torch.float32 else "autocast"
     for preset in presets:
         torch.manual_seed(0)
-        config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=seq_len)
-        model = DecoderLM(config)
+        config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=max(seq_len, target_len or 0))
+        model = build_model(config)
         step = training_step_peak(
-            config, *model_shape_counts(model), batch, seq_len, device.type, precision, accumulation_steps
+            config, ModelShape.of(model), batch, seq_len, device.type, precision, accumulation_steps, target_len
         )
-        measured = measured_step_peaks(model, batch, seq_len, device, dtype, accumulation_steps)
-        predicted = {
-            "forward and backward": max(step.phases["loss backward"], step.phases["end of backward"]),
-            "optimizer step": step.phases["optimizer step"],
-        }
-        where = f"{device.type}, {precision}, b{batch} x {seq_len}"
+        measured = measured_step_peaks(model, batch, seq_len, device, dtype, accumulation_steps, target_len)
+        backward = [bytes_ for phase, bytes_ in step.phases.items() if phase != "optimizer step"]
+        predicted = {"forward and backward": max(backward), "optimizer step": step.phases["optimizer step"]}
+        where = f"{device.type}, {precision}, b{batch} x {seq_len}" + (f" -> {target_len}" if target_len else "")
         where += f", {accumulation_steps} micro-batches" if accumulation_steps > 1 else ""
         checks += [MemoryCheck(preset, f"peak: {k} ({where})", predicted[k], measured[k]) for k in predicted]
         checks.append(MemoryCheck(preset, f"peak of a step ({where})", step.peak, max(measured.values())))
