@@ -724,20 +724,23 @@ def _verify_memory(args: argparse.Namespace) -> list:
 
 
 def _step_peak(config, batch: int, seq_len: int, args: argparse.Namespace):
-    """The peak of one `llmlab pretrain --dtype D` step on one device (plan/peak.py), or None where
-    it does not apply: sharded or multi-GPU plans, int8/int4."""
+    """The peak of one `llmlab pretrain --dtype D` step on one device, alone or in DDP (plan/peak.py),
+    or None where it does not apply: sharded plans (FSDP's gathered blocks are not modelled), int8/int4."""
     import torch
 
     from llmlab.model import build_model
     from llmlab.plan.peak import ModelShape, training_step_peak
 
-    if args.gpus != 1 or args.dtype not in ("fp32", "bf16", "fp16"):
+    data_parallel = args.gpus > 1 and args.strategy in ("ddp", "NO_SHARD")
+    if (args.gpus > 1 and not data_parallel) or args.dtype not in ("fp32", "bf16", "fp16"):
         return None
     with torch.device("meta"):  # shapes only: a 70B config costs no memory
         shape = ModelShape.of(build_model(config))
     precision = "fp32" if args.dtype == "fp32" else "autocast"
     device = args.device or "cuda"
-    return training_step_peak(config, shape, batch, seq_len, device, precision, target_len=args.target_len)
+    return training_step_peak(
+        config, shape, batch, seq_len, device, precision, target_len=args.target_len, ddp=data_parallel
+    )
 
 
 def cmd_plan_memory(args: argparse.Namespace) -> None:
@@ -832,7 +835,8 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     if step is not None:
         what = "fp32" if args.dtype == "fp32" else f"{args.dtype} autocast over fp32 weights"
         device = args.device or "cuda"
-        print(f"\nllmlab pretrain on one {device} device ({what}, AdamW): alive at each high point of a step")
+        where = f"one {device} device" + (f" of {args.gpus} in DDP" if args.gpus > 1 else "")
+        print(f"\nllmlab pretrain on {where} ({what}, AdamW): alive at each high point of a step")
         rows = [[name, _size(n)] for name, n in step.components.items() if n]
         rows += [[f"at the {phase}", _size(n)] for phase, n in step.phases.items()]
         rows.append([f"peak (at the {step.peak_phase})", _size(step.peak)])

@@ -547,7 +547,9 @@ def train(
         f"{layers} layers, {model_config.n_embd} dims, context {block}; "
         f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}"
     )
-    watch_peak = device.type == "cuda" and ctx is None  # the allocator's peak of one step, next to the plan
+    # the allocator's peak of the third step (the first creates the optimizer states, DDP rebuilds its
+    # buckets in the second) next to `plan memory`'s: the GPU check of the plan, in every GPU run
+    watch_peak = device.type == "cuda" and (ctx is None or ctx.strategy == "ddp")
     forward = torch.compile(forward) if cfg.compile else forward
     model.train()
     tokens_seen = state.get("tokens_seen", 0)
@@ -608,8 +610,8 @@ def train(
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
                 loss_sum = all_reduce_mean(loss_sum, ctx)
-                if watch_peak and step == state.get("step", 0) + 1:
-                    torch.cuda.reset_peak_memory_stats(device)  # the second step: the optimizer states exist
+                if watch_peak and step == state.get("step", 0) + 2:
+                    torch.cuda.reset_peak_memory_stats(device)
                 measure = None
                 if ctx is not None and step == state.get("step", 0):  # every rank's real bytes, next to the plan
                     measure = functools.partial(_log_memory, model, optimizers, ctx, step + 1, n_params, log, metrics)
@@ -617,8 +619,9 @@ def train(
                     skipped_steps += 1
                     log(f"step {step + 1}: fp16 gradients overflowed; step skipped, loss scale {scaler.get_scale():g}")
                 step += 1
-                if watch_peak and step == state.get("step", 0) + 2:
-                    _log_step_peak(_planned_step_peak(model, cfg, local, device, dtype), device, step, log, metrics)
+                if watch_peak and step == state.get("step", 0) + 3:
+                    planned = _planned_step_peak(model, cfg, local, device, dtype, ddp=ctx is not None)
+                    _log_step_peak(planned, device, step, log, metrics)
                 elapsed += time.perf_counter() - t0
                 window_tokens += step_tokens
                 tokens_seen += step_tokens
@@ -698,9 +701,11 @@ def optimizer_step(
     return scale is not None and scaler.get_scale() < scale
 
 
-def _planned_step_peak(model, cfg: TrainConfig, batch: Batch, device: torch.device, dtype: torch.dtype):
-    """`plan memory`'s peak for a step on this batch's shapes, where it models the run: one CUDA
-    device, AdamW, eager mode. None elsewhere."""
+def _planned_step_peak(
+    model, cfg: TrainConfig, batch: Batch, device: torch.device, dtype: torch.dtype, ddp: bool = False
+):
+    """`plan memory`'s peak for a step on this batch's shapes, where it models the run: CUDA, one
+    process or DDP, AdamW, eager mode. None elsewhere."""
     from llmlab.plan.peak import ModelShape, training_step_peak
 
     if device.type != "cuda" or cfg.optimizer != "adamw" or cfg.compile:
@@ -709,7 +714,7 @@ def _planned_step_peak(model, cfg: TrainConfig, batch: Batch, device: torch.devi
     target = batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
     precision = "fp32" if dtype == torch.float32 else "autocast"
     shape = ModelShape.of(model)
-    return training_step_peak(model.config, shape, rows, length, "cuda", precision, cfg.grad_accum, target)
+    return training_step_peak(model.config, shape, rows, length, "cuda", precision, cfg.grad_accum, target, ddp)
 
 
 def _log_step_peak(planned, device: torch.device, step: int, log, metrics) -> None:

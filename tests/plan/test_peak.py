@@ -114,3 +114,22 @@ def test_trainer_plans_its_peak_only_where_the_model_describes_the_run():
     assert _planned_step_peak(model, TrainConfig(), batch, torch.device("cpu"), bf16) is None  # logged on CUDA
     assert _planned_step_peak(model, TrainConfig(compile=True), batch, cuda, bf16) is None  # inductor's own plan
     assert _planned_step_peak(model, TrainConfig(optimizer="muon"), batch, cuda, bf16) is None
+
+
+def test_ddp_step_peak_matches_the_allocator_on_each_rank(tmp_path):
+    """2 gloo processes: DDP keeps a bucket copy of the gradients through every phase of a step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cases = [["gpt2-mini", 2, 256, "bf16", None], ["bert-nano", 1, 32, "fp32", None], ["t5-nano", 2, 128, "bf16", 32]]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    worker = Path(__file__).with_name("peak_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)]
+    done = subprocess.run([*command, json.dumps(cases)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    checks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(checks) == 9 and all("DDP" in component for _, component, _, _ in checks)
+    for preset, component, predicted, measured in checks:
+        assert 0.97 <= measured / predicted <= 1.03, (preset, component, predicted, measured)

@@ -192,9 +192,12 @@ def training_step_peak(
     precision: str = "autocast",
     accumulation_steps: int = 1,
     target_len: int | None = None,
+    ddp: bool = False,
 ) -> StepPeak:
     """Bytes at each high point of a steady-state llmlab training step with AdamW (see the module doc);
-    batch is the micro-batch; target_len the decoder's length of an encoder-decoder (default seq_len)."""
+    batch is the micro-batch; target_len the decoder's length of an encoder-decoder (default seq_len);
+    `ddp`: one process of DistributedDataParallel, whose gradient buckets (a second fp32 copy of the
+    gradients, all-reduced in place) live from the first backward on, through every phase."""
     b, h, V = batch, config.n_embd, config.vocab_size
     weights = 4.0 * shape.params
     gradients = 4.0 * shape.params
@@ -220,6 +223,7 @@ def training_step_peak(
         "loss on the logits (fp32)": loss_path,
         "shared embedding's second gradient": second_gradient,
         "optimizer temporaries": optimizer_temporaries,
+        "DDP gradient buckets": gradients if ddp else 0.0,
     }
     earlier_gradients = gradients if accumulation_steps > 1 else 0.0
     phases = {
@@ -227,6 +231,8 @@ def training_step_peak(
         "end of backward": weights + states + gradients + second_gradient,
         "optimizer step": weights + states + gradients + optimizer_temporaries,
     }
+    if ddp:
+        phases = {phase: bytes_ + gradients for phase, bytes_ in phases.items()}
     if config.family == "encoder-decoder":
         # the decoder's embedding lookup is differentiated before the encoder (it was created later): its
         # gradient is summed with the head's while the encoder's activations and weight copies still
@@ -235,5 +241,6 @@ def training_step_peak(
         encoder_copies = 2.0 * shape.encoder_block_matrices if precision == "autocast" else 0.0
         later = gradients if accumulation_steps > 1 else 4.0 * (shape.params - shape.encoder_params - V * h)
         tables = (1 + extra_tables) * 4.0 * V * h
-        phases["decoder embedding backward"] = weights + states + later + tables + encoder + encoder_copies
+        buckets = gradients if ddp else 0.0
+        phases["decoder embedding backward"] = weights + states + later + tables + encoder + encoder_copies + buckets
     return StepPeak(components, phases)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -101,10 +102,10 @@ def _silent_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def cpu_allocator_peak(step: Callable[[], None]) -> int:
-    """Highest bytes the CPU allocator held above its starting point while `step` ran, from the
-    profiler's allocation events (each malloc and free with its size, in time order): the CPU
-    counterpart of `torch.cuda.max_memory_allocated`."""
+def cpu_allocation_timeline(run: Callable[[], None]) -> tuple[list[tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Every CPU allocation (+bytes) and free (-bytes) while `run` ran, in time order, from the profiler's
+    memory events, and the time span of each `record_function` region named `llmlab.peak.*`: the
+    allocator's own record, the CPU counterpart of `torch.cuda.max_memory_allocated`."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
@@ -112,18 +113,25 @@ def cpu_allocator_peak(step: Callable[[], None]) -> int:
     with _silent_stderr():  # kineto prints a line on stderr at start and at stop
         prof.start()
     try:
-        step()
+        run()
     finally:
         with _silent_stderr():
             prof.stop()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    events, regions, stack = [], {}, list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         node = stack.pop()
         stack.extend(node.children)
         if node.tag == _EventType.Allocation:
             events.append((node.start_time_ns, node.extra_fields.alloc_size))
+        elif node.name.startswith("llmlab.peak."):
+            regions[node.name.removeprefix("llmlab.peak.")] = (node.start_time_ns, node.end_time_ns)
+    return sorted(events), regions
+
+
+def cpu_allocator_peak(run: Callable[[], None]) -> int:
+    """Highest bytes the CPU allocator held above its starting point while `run` ran."""
     held = peak = 0
-    for _, size in sorted(events):
+    for _, size in cpu_allocation_timeline(run)[0]:
         held += size
         peak = max(peak, held)
     return peak
@@ -156,43 +164,71 @@ def measured_step_peaks(
     dtype: torch.dtype,
     accumulation_steps: int = 1,
     target_len: int | None = None,
+    ddp: bool = False,
 ) -> dict[str, int]:
-    """Peak bytes of the forward + backward and of the optimizer step of the second training step (the
-    first creates the optimizer states), running llmlab's own trainer code: batch_loss under autocast,
-    backward, optimizer_step. On CUDA the allocator's peak; on CPU the tensors alive before the phase
-    plus the allocator's highest rise during it."""
+    """Peak bytes of the forward + backward and of the optimizer step of the third training step (the
+    steady state), running llmlab's own trainer code: batch_loss under autocast,
+    backward, optimizer_step; with `ddp`, through DistributedDataParallel (a process group must be up).
+    On CUDA the allocator's peak; on CPU the model's weights and the batch plus everything the allocator
+    recorded from the wrapping on (optimizer states, DDP's buckets, each step's temporaries)."""
+    from torch.profiler import record_function
+
     from llmlab.device import autocast
     from llmlab.train import TrainConfig, batch_loss, make_optimizers, optimizer_step
 
     model.to(device)
-    optimizers = make_optimizers(model, TrainConfig(), device)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
     data = synthetic_batch(model.config, batch, seq_len, target_len).to(device)
+    trainer: dict = {}
+
+    def setup() -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [device.index or 0] if device.type == "cuda" else None
+        trainer["forward"] = DistributedDataParallel(model, device_ids=device_ids) if ddp else model
+        trainer["optimizers"] = make_optimizers(model, TrainConfig(), device)
 
     def forward_backward() -> None:
         for _ in range(accumulation_steps):
             with autocast(device, dtype):
-                loss = batch_loss(model, data) / accumulation_steps
+                loss = batch_loss(trainer["forward"], data) / accumulation_steps
             loss.backward()
 
     def update() -> None:
-        optimizer_step(model, optimizers, scaler, grad_clip=1.0)
+        optimizer_step(model, trainer["optimizers"], torch.amp.GradScaler(device.type, enabled=False), 1.0)
 
-    forward_backward()
-    update()
-    peaks = {}
-    for phase, run in (("forward and backward", forward_backward), ("optimizer step", update)):
-        if device.type == "cuda":
+    phases = {"forward and backward": forward_backward, "optimizer step": update}
+
+    def warm_up() -> None:  # the first step creates the optimizer states; DDP rebuilds its buckets in the second
+        setup()
+        for _ in range(2):
+            forward_backward()
+            update()
+
+    if device.type == "cuda":
+        warm_up()
+        peaks = {}
+        for phase, run in phases.items():
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             run()
             torch.cuda.synchronize(device)
             peaks[phase] = torch.cuda.max_memory_allocated(device)
-        else:
-            states = [v for o in optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v)]
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            alive = _bytes(model.parameters()) + _bytes(states) + _bytes(grads) + _bytes([data.inputs, data.labels])
-            peaks[phase] = alive + cpu_allocator_peak(run)
+        return peaks
+
+    def steps() -> None:
+        warm_up()
+        for phase, run in phases.items():
+            with record_function(f"llmlab.peak.{phase}"):
+                run()
+
+    held = _bytes(model.parameters()) + _bytes(t for t in vars(data).values() if t is not None)
+    events, regions = cpu_allocation_timeline(steps)
+    peaks = dict.fromkeys(regions, 0)
+    for time, size in events:
+        held += size
+        for phase, (begin, end) in regions.items():
+            if time <= end:  # what is held when a phase begins counts as well as what it adds
+                peaks[phase] = max(peaks[phase], held) if time >= begin else held
     return peaks
 
 
@@ -205,6 +241,7 @@ def verify_peak(
     vocab_size: int = 8192,
     accumulation_steps: int = 1,
     target_len: int | None = None,
+    ddp: bool = False,
 ) -> list[MemoryCheck]:
     """Predicted peaks of a training step's two halves, and of the whole step, against the allocator's."""
     from llmlab.plan.peak import ModelShape, training_step_peak
@@ -216,16 +253,18 @@ def verify_peak(
         config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=max(seq_len, target_len or 0))
         model = build_model(config)
         step = training_step_peak(
-            config, ModelShape.of(model), batch, seq_len, device.type, precision, accumulation_steps, target_len
+            config, ModelShape.of(model), batch, seq_len, device.type, precision, accumulation_steps, target_len, ddp
         )
-        measured = measured_step_peaks(model, batch, seq_len, device, dtype, accumulation_steps, target_len)
+        measured = measured_step_peaks(model, batch, seq_len, device, dtype, accumulation_steps, target_len, ddp)
         backward = [bytes_ for phase, bytes_ in step.phases.items() if phase != "optimizer step"]
         predicted = {"forward and backward": max(backward), "optimizer step": step.phases["optimizer step"]}
         where = f"{device.type}, {precision}, b{batch} x {seq_len}" + (f" -> {target_len}" if target_len else "")
         where += f", {accumulation_steps} micro-batches" if accumulation_steps > 1 else ""
+        where += ", DDP" if ddp else ""
         checks += [MemoryCheck(preset, f"peak: {k} ({where})", predicted[k], measured[k]) for k in predicted]
         checks.append(MemoryCheck(preset, f"peak of a step ({where})", step.peak, max(measured.values())))
         del model
+        gc.collect()  # the last model's DDP reducer and optimizer states, before the next one is measured
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return checks
