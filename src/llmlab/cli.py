@@ -620,10 +620,49 @@ def cmd_plan_formats(args: argparse.Namespace) -> None:
     _print_table(rows, ["method", "scale", "zero point", "int8", "dequantized", "max error over tensor"])
 
 
+def _verify_flops(args: argparse.Namespace) -> None:
+    """Counted FLOPs of real llmlab models (every family) against the formula and against 6ND."""
+    from llmlab.plan.verify import verify_flops
+
+    cases = [
+        ("gpt2-micro", 2, 256, None),
+        ("llama-micro", 2, 256, None),
+        ("bert-micro", 2, 128, None),
+        ("t5-micro", 2, 128, 128),
+        ("t5-micro", 2, 128, 32),
+        ("transformer-base", 1, 64, 64),
+    ]
+    checks = verify_flops(cases)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks]))
+        return
+    rows = [
+        [c.preset, c.shape, f"{c.counted:.4g}", f"{c.formula:.4g}", f"{c.counted / c.formula:.4f}",
+         f"{c.six_nd:.4g}", f"{c.counted / c.six_nd:.3f}"]
+        for c in checks
+    ]  # fmt: skip
+    header = ["model", "batch", "counted FLOPs", "formula", "counted/formula", "6ND", "counted/6ND"]
+    _print_table(rows, header)
+    print("counted: torch.utils.flop_counter over one forward + backward of llmlab's loss")
+
+
 def cmd_plan_compute(args: argparse.Namespace) -> None:
     from llmlab.plan import compute
 
+    if args.verify:
+        _verify_flops(args)
+        return
     params, tokens, flops = args.params, args.tokens, args.budget_flops
+    config = None
+    if args.preset:
+        import torch
+
+        from llmlab.config import ModelConfig
+        from llmlab.model import build_model
+
+        config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
+        with torch.device("meta"):  # shapes only
+            params = float(build_model(config).num_parameters())
     for flag, value in (
         ("--params", params),
         ("--tokens", tokens),
@@ -664,6 +703,12 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
         "rule_params": rule_params,
         "rule_tokens": rule_tokens,
     }
+    exact = None
+    if config is not None and config.family == "decoder" and args.seq_len:
+        from llmlab.plan.flops import flops_per_token
+
+        exact = flops_per_token(config, args.seq_len)
+        result["training_flops_per_token_with_attention"] = exact
     if args.chinchilla:
         from llmlab.plot import plot_chinchilla
 
@@ -673,12 +718,21 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    rows = [["training compute", f"{flops:.2e} FLOPs = {result['pf_days']:,.0f} petaflop/s-days"]]
+    pf = result["pf_days"]
+    rows = [["training compute", f"{flops:.2e} FLOPs = {pf:,.0f}" if pf >= 10 else f"{flops:.2e} FLOPs = {pf:.3g}"]]
+    rows[0][1] += " petaflop/s-days"
     if params and tokens:
         rows.append(["model and data", f"{params:.4g} parameters x {tokens:.4g} tokens ({tokens / params:.1f}/param)"])
         rows.append([f"predicted loss ({args.fit})", f"{result['predicted_loss']:.3f}"])
     if params:
         rows.append(["generation", f"{compute.inference_flops(params, 1):.3g} FLOPs per token (2N)"])
+    if exact:
+        rows.append(
+            [
+                f"training FLOPs per token at {args.seq_len} positions",
+                f"{exact:.3g} with attention (6 x matmul weights + 12 L s h) = {exact / (6 * params):.3f} x 6N",
+            ]
+        )
     rows.append([f"on {args.gpus} x {args.gpu} {args.dtype} at {args.mfu:.0%} MFU", f"{days:,.1f} days"])
     rows.append(
         [
@@ -1016,6 +1070,10 @@ def build_parser() -> argparse.ArgumentParser:
     pmem.set_defaults(func=cmd_plan_memory)
     pc = plan.add_parser("compute", help="training FLOPs, petaflop/s-days, GPU-days, Chinchilla optimum")
     pc.add_argument("--params", type=float, help="parameters N (e.g. 7e9)")
+    pc.add_argument("--preset", help="take N from a preset (with --seq-len: FLOPs per token with attention)")
+    pc.add_argument("--vocab-size", type=int, default=8192)
+    pc.add_argument("--seq-len", type=int, help="context length for the attention FLOPs (with --preset)")
+    pc.add_argument("--verify", action="store_true", help="count the FLOPs of real llmlab models against 6ND")
     pc.add_argument("--tokens", type=float, help="training tokens D (e.g. 2e12)")
     pc.add_argument("--budget-flops", type=float, help="a compute budget instead of N and D")
     pc.add_argument("--budget-pf-days", type=float, help="a compute budget in petaflop/s-days")

@@ -268,3 +268,42 @@ def verify_peak(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return checks
+
+
+@dataclass
+class FlopCheck:
+    preset: str
+    shape: str
+    counted: float  # FLOPs torch's FlopCounterMode saw in one forward + backward
+    formula: float  # plan.flops.step_flops
+    six_nd: float  # the rule, with N all parameters and D every input and target token
+
+
+def count_step_flops(model: LanguageModel, batch: Batch) -> int:
+    """FLOPs of one forward + backward of llmlab's training loss, counted op by op by torch. Attention
+    runs on the math kernel here, so that its matmuls are seen (the fused kernels' are not counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmlab.train import batch_loss
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        batch_loss(model, batch).backward()
+    return counter.get_total_flops()
+
+
+def verify_flops(cases: list[tuple[str, int, int, int | None]], vocab_size: int = 8192) -> list[FlopCheck]:
+    """(preset, batch, seq_len, target_len) cases: counted FLOPs against the term-by-term formula and 6ND."""
+    from llmlab.plan.flops import step_flops
+
+    checks = []
+    for preset, batch, seq_len, target_len in cases:
+        torch.manual_seed(0)
+        config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=max(seq_len, target_len or 0))
+        model = build_model(config)
+        counted = count_step_flops(model, synthetic_batch(config, batch, seq_len, target_len))
+        tokens = batch * (seq_len + (target_len or 0) if config.family == "encoder-decoder" else seq_len)
+        shape = f"b{batch} x {seq_len}" + (f" -> {target_len}" if target_len else "")
+        formula = sum(step_flops(config, batch, seq_len, target_len).values())
+        checks.append(FlopCheck(preset, shape, counted, formula, 6.0 * model.num_parameters() * tokens))
+    return checks

@@ -1,0 +1,58 @@
+"""The FLOPs of a training step, term by term, against torch's own count of llmlab's models."""
+
+import json
+
+import pytest
+import torch
+
+from llmlab.cli import main
+from llmlab.config import ModelConfig
+from llmlab.model import build_model
+from llmlab.plan.flops import flops_per_token, step_flops
+from llmlab.plan.verify import verify_flops
+
+
+@pytest.mark.parametrize(
+    "preset,batch,seq_len,target_len",
+    [
+        ("gpt2-nano", 2, 64, None),
+        ("llama-nano", 2, 64, None),  # grouped-query attention: narrower key/value projections
+        ("bert-nano", 2, 64, None),  # the masked-LM head at 15% of positions only
+        ("t5-nano", 2, 64, 16),  # cross-attention keys/values per source token
+        ("transformer-base", 1, 16, 8),
+    ],
+)
+def test_formula_equals_the_counted_flops(preset, batch, seq_len, target_len):
+    (check,) = verify_flops([(preset, batch, seq_len, target_len)])
+    assert check.counted == check.formula, check
+
+
+def test_six_nd_and_its_corrections():
+    gpt2 = ModelConfig.from_preset("gpt2-small", vocab_size=50257)
+    with torch.device("meta"):
+        model = build_model(gpt2)
+    n = model.num_parameters()
+    # the matmul weights: every matrix but the position table (the token table counts once, as the tied
+    # head); biases and norm gains (0.1% of N) are not matmuls
+    matrices = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "pos_embed" not in name)
+    assert step_flops(gpt2, 1, 1)["matmuls"] == 6 * matrices
+    assert matrices == n - 1024 * 768 - 121_344
+    # at 1024 positions attention adds 12 L s h per token: GPT-2 small trains at 1.144 x 6N
+    assert flops_per_token(gpt2, 1024) / (6 * n) == pytest.approx(1.144, abs=5e-4)
+    t5 = ModelConfig.from_preset("t5-small", vocab_size=32128)
+    with torch.device("meta"):
+        n = build_model(t5).num_parameters()
+    flops = sum(step_flops(t5, 1, 512, 512).values())
+    # each token passes through one stack: about 3 N per token (T5's convention), here 1.15 x with attention
+    assert flops / (3 * n * 1024) == pytest.approx(1.154, abs=5e-3)
+
+
+def test_plan_compute_verify_and_per_token_flops(capsys):
+    assert main(["plan", "compute", "--verify", "--json"]) == 0
+    checks = json.loads(capsys.readouterr().out)
+    assert len(checks) == 6 and all(c["counted"] == c["formula"] for c in checks)
+    args = ["plan", "compute", "--preset", "gpt2-small", "--vocab-size", "50257", "--seq-len", "1024"]
+    assert main([*args, "--tokens", "1e10", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] == 124_439_808 and result["flops"] == 6 * 124_439_808 * 1e10
+    assert result["training_flops_per_token_with_attention"] / (6 * result["params"]) == pytest.approx(1.144, abs=5e-4)
