@@ -64,6 +64,8 @@ from llmlab.distributed import (
 from llmlab.errors import LlmlabError
 from llmlab.generate import GenerationConfig
 from llmlab.model import LanguageModel, build_model
+from llmlab.plan.compute import accelerator_peak_flops
+from llmlab.plan.flops import step_flops
 from llmlab.plot import plot_loss
 from llmlab.progress import MetricsLog, ProgressLine, format_duration
 from llmlab.tokenizer import TextTokenizer
@@ -550,6 +552,8 @@ def train(
     # the allocator's peak of the third step (the first creates the optimizer states, DDP rebuilds its
     # buckets in the second) next to `plan memory`'s: the GPU check of the plan, in every GPU run
     watch_peak = device.type == "cuda" and (ctx is None or ctx.strategy == "ddp")
+    flops_per_token: float | None = None
+    peak_flops = accelerator_peak_flops(device, dtype) * (ctx.world if ctx is not None else 1)
     forward = torch.compile(forward) if cfg.compile else forward
     model.train()
     tokens_seen = state.get("tokens_seen", 0)
@@ -605,6 +609,8 @@ def train(
                     local = batches(False, step, micro)
                     normalizer, tokens = global_counts(local, ctx)
                     step_tokens += tokens
+                    if flops_per_token is None:  # the model FLOPs of this batch's shapes, per token read
+                        flops_per_token = sum(step_flops(model_config, *_batch_shape(local)).values()) / local.tokens
                     with autocast(device, dtype):
                         loss = batch_loss(forward, local.to(device), normalizer) / cfg.grad_accum
                     scaler.scale(loss).backward()
@@ -639,11 +645,13 @@ def train(
                             train_loss=round(loss_sum, 5),
                             lr=lr,
                             tokens_per_s=round(tps, 1),
+                            model_flops_per_s=round(tps * flops_per_token),
                             elapsed=round(elapsed, 2),
                             **({"skipped_steps": skipped_steps} if scaler.is_enabled() else {}),
                         )
                     if main:
-                        progress.update(_progress_text(cfg, step, loss_sum, lr, tps, elapsed))
+                        throughput = _throughput_text(tps * flops_per_token, peak_flops)
+                        progress.update(_progress_text(cfg, step, loss_sum, lr, tps, elapsed, throughput))
 
                 if step % cfg.eval_interval == 0 or not budget_left():
                     t_eval = time.perf_counter()
@@ -749,7 +757,22 @@ def _log_memory(model, optimizers, ctx: DistContext, step: int, n_params: int, l
         )
 
 
-def _progress_text(cfg: TrainConfig, step: int, loss: float, lr: float, tps: float, elapsed: float) -> str:
+def _batch_shape(batch: Batch) -> tuple[int, int, int | None]:
+    """(rows, input length, target length or None): what `plan.flops.step_flops` takes."""
+    rows, length = batch.inputs.shape
+    return rows, length, batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
+
+
+def _throughput_text(flops_per_s: float, peak: float | None) -> str:
+    """Model FLOP/s (6 x matmul weights x tokens + attention, plan/flops.py) and, where the accelerator's
+    peak is known, the model FLOPs utilisation."""
+    text = f"{flops_per_s / 1e12:.2f} TFLOP/s" if flops_per_s >= 1e11 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
+    return text + (f" (MFU {flops_per_s / peak:.0%})" if peak else "")
+
+
+def _progress_text(
+    cfg: TrainConfig, step: int, loss: float, lr: float, tps: float, elapsed: float, throughput: str = ""
+) -> str:
     per_step = elapsed / max(step, 1)
     remaining = []
     if cfg.max_steps is not None:
@@ -759,5 +782,6 @@ def _progress_text(cfg: TrainConfig, step: int, loss: float, lr: float, tps: flo
     total = f"/{cfg.max_steps}" if cfg.max_steps is not None else ""
     return (
         f"step {step}{total} | loss {loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | "
-        f"{format_duration(elapsed)} elapsed | ETA {format_duration(min(remaining))}"
+        + (f"{throughput} | " if throughput else "")
+        + f"{format_duration(elapsed)} elapsed | ETA {format_duration(min(remaining))}"
     )

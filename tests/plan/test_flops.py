@@ -56,3 +56,26 @@ def test_plan_compute_verify_and_per_token_flops(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == 124_439_808 and result["flops"] == 6 * 124_439_808 * 1e10
     assert result["training_flops_per_token_with_attention"] / (6 * result["params"]) == pytest.approx(1.144, abs=5e-4)
+
+
+def test_training_reports_model_flops(tmp_path):
+    from llmlab.plan.compute import accelerator_peak_flops
+    from llmlab.train import TrainConfig, _throughput_text, train
+
+    assert _throughput_text(2.5e12, 1e13) == "2.50 TFLOP/s (MFU 25%)"
+    assert _throughput_text(5e10, 0.0) == "50.0 GFLOP/s"  # no known peak (CPU): no MFU
+    assert accelerator_peak_flops(torch.device("cpu"), torch.bfloat16) == 0.0
+    (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 200)
+    config = TrainConfig(
+        data=str(tmp_path / "corpus.txt"), tokenizer="char", preset="gpt2-nano", block_size=32, batch_size=4,
+        max_steps=4, log_interval=2, eval_interval=100, out=str(tmp_path / "run"), dtype="fp32", device="cpu",
+    )  # fmt: skip
+    train(config, log=lambda line: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "model_flops_per_s" in r]
+    assert len(logged) == 2
+    vocab_size = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["vocab_size"]
+    model = ModelConfig.from_preset("gpt2-nano", vocab_size=vocab_size, block_size=32)
+    per_token = sum(step_flops(model, 4, 32).values()) / (4 * 32)
+    for record in logged:
+        assert record["model_flops_per_s"] == pytest.approx(record["tokens_per_s"] * per_token, rel=1e-3)

@@ -18,6 +18,23 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
 }
 
 
+def accelerator_peak_flops(device, dtype) -> float:
+    """The dense peak FLOP/s of the GPU `device` is (by its name: V100, A100, H100, H200) in the
+    format `dtype` computes in, from the table above; 0 where unknown (CPUs, other GPUs)."""
+    import torch
+
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    fmt = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    if fmt is None:
+        fmt = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    for gpu, peaks in GPU_PEAK_TFLOPS.items():
+        if gpu in name and fmt in peaks:
+            return peaks[fmt] * 1e12
+    return 0.0
+
+
 def training_flops(params: float, tokens: float, flops_per_param_token: float = 6.0) -> float:
     """C = k N D: 2 FLOPs per parameter per token forward, 4 backward (k = 6). An encoder-decoder such
     as T5 uses about half its parameters per token, which the GPT-3 paper counts as k = 3."""
