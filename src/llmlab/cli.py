@@ -660,6 +660,8 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
         from llmlab.config import ModelConfig
         from llmlab.model import build_model
 
+        if params is not None:
+            raise LlmlabError("both --params and --preset given", "pass one: the preset's parameters are counted")
         config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
         with torch.device("meta"):  # shapes only
             params = float(build_model(config).num_parameters())
@@ -791,9 +793,8 @@ def _step_peak(config, batch: int, seq_len: int, args: argparse.Namespace):
     with torch.device("meta"):  # shapes only: a 70B config costs no memory
         shape = ModelShape.of(build_model(config))
     precision = "fp32" if args.dtype == "fp32" else "autocast"
-    device = args.device or "cuda"
     return training_step_peak(
-        config, shape, batch, seq_len, device, precision, target_len=args.target_len, ddp=data_parallel
+        config, shape, batch, seq_len, args.device, precision, target_len=args.target_len, ddp=data_parallel
     )
 
 
@@ -802,13 +803,14 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     from llmlab.plan import memory
 
     if args.verify:
-        checks = _verify_memory(args)
+        checks = _verify_memory(args)  # measures on --device, else a GPU if there is one
         if args.json:
             print(json.dumps([dict(dataclasses.asdict(c), ratio=c.ratio) for c in checks]))
             return
         rows = [[c.preset, c.component, f"{c.predicted:,.0f}", f"{c.measured:,.0f}", f"{c.ratio:.3f}"] for c in checks]
         _print_table(rows, ["model", "component", "predicted bytes", "measured bytes", "measured/predicted"])
         return
+    args.device = args.device or "cuda"  # the step peak describes a GPU unless told otherwise
     config = None
     if args.model:
         from llmlab.checkpoint import read_model_config, verify_checkpoint
@@ -864,7 +866,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     }
     if step is not None:
         result["llmlab_step"] = {
-            "device": args.device or "cuda",
+            "device": args.device,
             "precision": "fp32" if args.dtype == "fp32" else "autocast",
             "components": step.components,
             "phases": step.phases,
@@ -888,8 +890,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     _print_table(rows, [f"inference ({args.dtype})", "bytes"])
     if step is not None:
         what = "fp32" if args.dtype == "fp32" else f"{args.dtype} autocast over fp32 weights"
-        device = args.device or "cuda"
-        where = f"one {device} device" + (f" of {args.gpus} in DDP" if args.gpus > 1 else "")
+        where = f"one {args.device} device" + (f" of {args.gpus} in DDP" if args.gpus > 1 else "")
         print(f"\nllmlab pretrain on {where} ({what}, AdamW): alive at each high point of a step")
         rows = [[name, _size(n)] for name, n in step.components.items() if n]
         rows += [[f"at the {phase}", _size(n)] for phase, n in step.phases.items()]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmlab.config import ModelConfig
+from llmlab.errors import LlmlabError
 from llmlab.plan.memory import masked_positions, scored_positions, token_bytes
 
 DEVICES = ("cuda", "cpu")
@@ -32,7 +33,7 @@ PRECISIONS = ("autocast", "fp32")
 
 @dataclass
 class StepPeak:
-    """Bytes alive at each high point of a training step (steady state, one GPU, no sharding)."""
+    """Bytes alive at each high point of a training step (steady state, one device: alone or a DDP rank)."""
 
     components: dict[str, float]
     phases: dict[str, float]
@@ -198,6 +199,11 @@ def training_step_peak(
     batch is the micro-batch; target_len the decoder's length of an encoder-decoder (default seq_len);
     `ddp`: one process of DistributedDataParallel, whose gradient buckets (a second fp32 copy of the
     gradients, all-reduced in place) live from the first backward on, through every phase."""
+    if device not in DEVICES or precision not in PRECISIONS:
+        raise LlmlabError(
+            f"no peak model for device {device!r} with precision {precision!r}",
+            f"use a device of {', '.join(DEVICES)} and a precision of {', '.join(PRECISIONS)}",
+        )
     b, h, V = batch, config.n_embd, config.vocab_size
     weights = 4.0 * shape.params
     gradients = 4.0 * shape.params

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.config import ModelConfig
-from llmlab.data.objectives import Batch
+from llmlab.data.objectives import IGNORE, Batch
 from llmlab.model import DecoderLM, LanguageModel, build_model
 from llmlab.plan.memory import activation_bytes, logits_bytes, masked_positions, plan_memory
 
@@ -141,8 +141,6 @@ def synthetic_batch(config: ModelConfig, batch: int, seq_len: int, target_len: i
     """Random ids shaped as the family's objective feeds them: next-token pairs (decoder); a masked-LM
     row with exactly round(15%) of positions labelled (encoder); an input and a target of `target_len`
     (encoder-decoder)."""
-    from llmlab.data.objectives import IGNORE, Batch
-
     vocab = config.vocab_size
     inputs = torch.randint(0, vocab, (batch, seq_len))
     if config.family == "decoder":
