@@ -133,3 +133,22 @@ def test_ddp_step_peak_matches_the_allocator_on_each_rank(tmp_path):
     assert len(checks) == 9 and all("DDP" in component for _, component, _, _ in checks)
     for preset, component, predicted, measured in checks:
         assert 0.97 <= measured / predicted <= 1.03, (preset, component, predicted, measured)
+
+
+def test_trainer_logs_the_measured_peak_next_to_the_plan(monkeypatch):
+    from llmlab.train import _log_step_peak
+
+    config = ModelConfig.from_preset("gpt2-nano", vocab_size=512)
+    planned = training_step_peak(config, ModelShape.of(DecoderLM(config)), 4, 64, "cuda")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: int(planned.peak * 1.05))
+    lines, written = [], []
+
+    class Metrics:
+        def write(self, **record):
+            written.append(record)
+
+    _log_step_peak(planned, torch.device("cuda"), 3, lines.append, Metrics())
+    assert "measured/predicted 1.050" in lines[0] and f"at the {planned.peak_phase}" in lines[0]
+    assert written == [{"step": 3, "peak_memory": int(planned.peak * 1.05), "planned_peak_memory": planned.peak}]
+    _log_step_peak(None, torch.device("cuda"), 3, lines.append, Metrics())  # nothing planned: nothing logged
+    assert len(lines) == 1
