@@ -835,6 +835,13 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
         raise LlmlabError("no model given", "pass --params N, --preset NAME or --model CKPT")
     if (args.batch or args.seq_len) and config is None:
         raise LlmlabError("activations from --batch/--seq-len need the architecture", "pass --preset or --model")
+    for flag, value in (("--batch", args.batch), ("--seq-len", args.seq_len), ("--target-len", args.target_len)):
+        if value is not None and value < 1:
+            raise LlmlabError(f"{flag} must be >= 1, got {value}", f"pass a positive {flag}")
+    if bool(args.batch) != bool(args.seq_len):
+        raise LlmlabError("--batch and --seq-len go together", "pass both, or neither for model states only")
+    if args.target_len and (config is None or config.family != "encoder-decoder"):
+        raise LlmlabError("--target-len is an encoder-decoder's decoder length", "leave it out for this model")
     strategy = {"NO_SHARD": "ddp", "SHARD_GRAD_OP": "zero2", "FULL_SHARD": "zero3"}.get(args.strategy, args.strategy)
     plan = memory.plan_memory(
         params,

@@ -152,3 +152,17 @@ def test_trainer_logs_the_measured_peak_next_to_the_plan(monkeypatch):
     assert written == [{"step": 3, "peak_memory": int(planned.peak * 1.05), "planned_peak_memory": planned.peak}]
     _log_step_peak(None, torch.device("cuda"), 3, lines.append, Metrics())  # nothing planned: nothing logged
     assert len(lines) == 1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--batch", "2"], "--batch and --seq-len go together"),
+        (["--batch", "0", "--seq-len", "64"], "--batch must be >= 1"),
+        (["--batch", "2", "--seq-len", "64", "--target-len", "8"], "--target-len is an encoder-decoder's"),
+    ],
+)
+def test_plan_memory_refuses_incomplete_shapes(capsys, extra, message):
+    assert main(["plan", "memory", "--preset", "gpt2-nano", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
