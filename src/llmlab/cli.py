@@ -809,6 +809,13 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
             return
         rows = [[c.preset, c.component, f"{c.predicted:,.0f}", f"{c.measured:,.0f}", f"{c.ratio:.3f}"] for c in checks]
         _print_table(rows, ["model", "component", "predicted bytes", "measured bytes", "measured/predicted"])
+        on_gpu = any("(cuda" in c.component for c in checks)
+        print(
+            "peaks measured by torch.cuda.max_memory_allocated"
+            if on_gpu
+            else "peaks measured from the CPU allocator's malloc/free events; on a GPU (--device cuda) "
+            "the same check reads torch.cuda.max_memory_allocated"
+        )
         return
     args.device = args.device or "cuda"  # the step peak describes a GPU unless told otherwise
     config = None

@@ -106,3 +106,26 @@ def test_activation_formula_covers_every_family():
     assert plan.training["activations"] == pytest.approx(encoder + decoder)
     assert plan.training["logits and loss"] == b * T * 32128 * 10
     assert plan.inference["KV cache"] == 6 * (T + S) * 2 * b * h * 4  # fp32 self- and cross-attention keys/values
+
+
+@pytest.mark.parametrize("preset", ["gpt2-nano", "llama-nano", "t5-nano"])
+def test_kv_cache_formula_equals_the_cache_llmlab_allocates(preset):
+    import torch
+
+    from llmlab.model import build_model
+
+    config = ModelConfig.from_preset(preset, vocab_size=512)
+    model = build_model(config).eval()
+    batch, source, target = 3, 40, 24
+    cache = model.new_cache(batch, target, torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        if config.family == "encoder-decoder":  # the first step computes the cross-attention keys/values
+            memory = model.encode(torch.randint(0, 512, (batch, source)))
+            model.decode(torch.zeros(batch, 1, dtype=torch.long), memory, cache=cache)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.keys + cache.values}
+    for k, v in cache.cross.values():
+        storages |= {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (k, v)}
+    if config.family == "encoder-decoder":
+        assert kv_cache_bytes(config, batch, source, "bf16", target_len=target) == sum(storages.values())
+    else:
+        assert kv_cache_bytes(config, batch, target, "bf16") == sum(storages.values())
