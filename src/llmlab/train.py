@@ -600,6 +600,8 @@ def train(
         try:
             while budget_left() and not stop.requested:
                 t0 = time.perf_counter()
+                if watch_peak and step == state.get("step", 0) + 2:  # the window: the whole third step
+                    torch.cuda.reset_peak_memory_stats(device)
                 lr = learning_rate(cfg, step, elapsed)
                 for optimizer in optimizers:
                     for group in optimizer.param_groups:
@@ -616,8 +618,6 @@ def train(
                     scaler.scale(loss).backward()
                     loss_sum += loss.item()
                 loss_sum = all_reduce_mean(loss_sum, ctx)
-                if watch_peak and step == state.get("step", 0) + 2:
-                    torch.cuda.reset_peak_memory_stats(device)
                 measure = None
                 if ctx is not None and step == state.get("step", 0):  # every rank's real bytes, next to the plan
                     measure = functools.partial(_log_memory, model, optimizers, ctx, step + 1, n_params, log, metrics)
@@ -718,8 +718,7 @@ def _planned_step_peak(
 
     if device.type != "cuda" or cfg.optimizer != "adamw" or cfg.compile:
         return None
-    rows, length = batch.inputs.shape
-    target = batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
+    rows, length, target = _batch_shape(batch)
     precision = "fp32" if dtype == torch.float32 else "autocast"
     shape = ModelShape.of(model)
     return training_step_peak(model.config, shape, rows, length, "cuda", precision, cfg.grad_accum, target, ddp)
