@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import math
 import os
@@ -66,6 +67,7 @@ from llmlab.generate import GenerationConfig
 from llmlab.model import LanguageModel, build_model
 from llmlab.plan.compute import accelerator_peak_flops
 from llmlab.plan.flops import step_flops
+from llmlab.plan.measure import PeakWindow
 from llmlab.plot import plot_loss
 from llmlab.progress import MetricsLog, ProgressLine, format_duration
 from llmlab.tokenizer import TextTokenizer
@@ -550,8 +552,12 @@ def train(
         f"device {device}, {str(dtype).replace('torch.', '')}{', compiled' if cfg.compile else ''}"
     )
     # the allocator's peak of the third step (the first creates the optimizer states, DDP rebuilds its
-    # buckets in the second) next to `plan memory`'s: the GPU check of the plan, in every GPU run
-    watch_peak = device.type == "cuda" and (ctx is None or ctx.strategy == "ddp")
+    # buckets in the second) next to `plan memory`'s: a check of the plan in every run (on CPU one
+    # process only: DDP's buckets are not visible there)
+    watch_peak = (device.type == "cuda" and (ctx is None or ctx.strategy == "ddp")) or (
+        device.type == "cpu" and ctx is None
+    )
+    peak_window: PeakWindow | None = None
     flops_per_token: float | None = None
     peak_flops = accelerator_peak_flops(device, dtype) * (ctx.world if ctx is not None else 1)
     forward = torch.compile(forward) if cfg.compile else forward
@@ -601,7 +607,9 @@ def train(
             while budget_left() and not stop.requested:
                 t0 = time.perf_counter()
                 if watch_peak and step == state.get("step", 0) + 2:  # the window: the whole third step
-                    torch.cuda.reset_peak_memory_stats(device)
+                    gc.collect()  # DDP's first buckets go with a reference cycle, at a collection
+                    peak_window = PeakWindow(device, alive=_alive_bytes(model, optimizers))
+                    peak_window.open()
                 lr = learning_rate(cfg, step, elapsed)
                 for optimizer in optimizers:
                     for group in optimizer.param_groups:
@@ -625,9 +633,10 @@ def train(
                     skipped_steps += 1
                     log(f"step {step + 1}: fp16 gradients overflowed; step skipped, loss scale {scaler.get_scale():g}")
                 step += 1
-                if watch_peak and step == state.get("step", 0) + 3:
+                if peak_window is not None and step == state.get("step", 0) + 3:
                     planned = _planned_step_peak(model, cfg, local, device, dtype, ddp=ctx is not None)
-                    _log_step_peak(planned, device, step, log, metrics)
+                    _log_step_peak(planned, peak_window.close(), step, log, metrics)
+                    peak_window = None
                 elapsed += time.perf_counter() - t0
                 window_tokens += step_tokens
                 tokens_seen += step_tokens
@@ -716,19 +725,25 @@ def _planned_step_peak(
     process or DDP, AdamW, eager mode. None elsewhere."""
     from llmlab.plan.peak import ModelShape, training_step_peak
 
-    if device.type != "cuda" or cfg.optimizer != "adamw" or cfg.compile:
+    if device.type not in ("cuda", "cpu") or cfg.optimizer != "adamw" or cfg.compile:
         return None
     rows, length, target = _batch_shape(batch)
     precision = "fp32" if dtype == torch.float32 else "autocast"
     shape = ModelShape.of(model)
-    return training_step_peak(model.config, shape, rows, length, "cuda", precision, cfg.grad_accum, target, ddp)
+    return training_step_peak(model.config, shape, rows, length, device.type, precision, cfg.grad_accum, target, ddp)
 
 
-def _log_step_peak(planned, device: torch.device, step: int, log, metrics) -> None:
-    """The allocator's peak over one steady-state step next to the prediction: the GPU check of the plan."""
+def _alive_bytes(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
+    """Weights, gradients and optimizer states: what a step starts from (the CPU window counts on it)."""
+    tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
+    tensors += [v for o in optimizers for state in o.state.values() for v in state.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _log_step_peak(planned, measured: int, step: int, log, metrics) -> None:
+    """The allocator's peak over one steady-state step next to the prediction: the check of the plan."""
     if planned is None:
         return
-    measured = torch.cuda.max_memory_allocated(device)
     log(
         f"memory: peak of step {step} {measured / 1e9:.2f} GB allocated; plan memory predicted "
         f"{planned.peak / 1e9:.2f} GB (at the {planned.peak_phase}), measured/predicted {measured / planned.peak:.3f}"

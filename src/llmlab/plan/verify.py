@@ -1,12 +1,9 @@
-"""Predicted memory against the real tensors of llmlab models after one training step."""
+"""The plans against real llmlab models: model-state bytes against the tensors, the peak of a training
+step against the allocator, the FLOPs of a step against torch's FLOP counter."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +12,7 @@ import torch.nn.functional as F
 from llmlab.config import ModelConfig
 from llmlab.data.objectives import IGNORE, Batch
 from llmlab.model import DecoderLM, LanguageModel, build_model
+from llmlab.plan.measure import PeakWindow, cpu_allocation_timeline
 from llmlab.plan.memory import activation_bytes, logits_bytes, masked_positions, plan_memory
 
 
@@ -89,54 +87,6 @@ def verify(presets: list[str], batch: int = 4, seq_len: int = 256, vocab_size: i
     return checks
 
 
-@contextlib.contextmanager
-def _silent_stderr() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def cpu_allocation_timeline(run: Callable[[], None]) -> tuple[list[tuple[int, int]], dict[str, tuple[int, int]]]:
-    """Every CPU allocation (+bytes) and free (-bytes) while `run` ran, in time order, from the profiler's
-    memory events, and the time span of each `record_function` region named `llmlab.peak.*`: the
-    allocator's own record, the CPU counterpart of `torch.cuda.max_memory_allocated`."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _silent_stderr():  # kineto prints a line on stderr at start and at stop
-        prof.start()
-    try:
-        run()
-    finally:
-        with _silent_stderr():
-            prof.stop()
-    events, regions, stack = [], {}, list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.tag == _EventType.Allocation:
-            events.append((node.start_time_ns, node.extra_fields.alloc_size))
-        elif node.name.startswith("llmlab.peak."):
-            regions[node.name.removeprefix("llmlab.peak.")] = (node.start_time_ns, node.end_time_ns)
-    return sorted(events), regions
-
-
-def cpu_allocator_peak(run: Callable[[], None]) -> int:
-    """Highest bytes the CPU allocator held above its starting point while `run` ran."""
-    held = peak = 0
-    for _, size in cpu_allocation_timeline(run)[0]:
-        held += size
-        peak = max(peak, held)
-    return peak
-
-
 def synthetic_batch(config: ModelConfig, batch: int, seq_len: int, target_len: int | None = None) -> Batch:
     """Random ids shaped as the family's objective feeds them: next-token pairs (decoder); a masked-LM
     row with exactly round(15%) of positions labelled (encoder); an input and a target of `target_len`
@@ -201,16 +151,16 @@ def measured_step_peaks(
         for _ in range(2):
             forward_backward()
             update()
+        gc.collect()  # DDP's first buckets are freed with a reference cycle: at the next collection, not at once
 
     if device.type == "cuda":
         warm_up()
         peaks = {}
         for phase, run in phases.items():
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+            window = PeakWindow(device)
+            window.open()
             run()
-            torch.cuda.synchronize(device)
-            peaks[phase] = torch.cuda.max_memory_allocated(device)
+            peaks[phase] = window.close()
         return peaks
 
     def steps() -> None:
