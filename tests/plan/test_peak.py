@@ -112,7 +112,9 @@ def test_trainer_plans_its_peak_only_where_the_model_describes_the_run():
     planned = _planned_step_peak(model, TrainConfig(grad_accum=2), batch, cuda, bf16)
     expected = training_step_peak(model.config, ModelShape.of(model), 4, 64, "cuda", "autocast", 2, 16)
     assert planned == expected  # the batch's own shapes: 4 rows, 64 input and 16 target positions
-    assert _planned_step_peak(model, TrainConfig(), batch, torch.device("cpu"), bf16) is None  # logged on CUDA
+    on_cpu = _planned_step_peak(model, TrainConfig(), batch, torch.device("cpu"), bf16)
+    assert on_cpu == training_step_peak(model.config, ModelShape.of(model), 4, 64, "cpu", "autocast", 1, 16)
+    assert _planned_step_peak(model, TrainConfig(), batch, torch.device("mps"), bf16) is None  # no model of MPS
     assert _planned_step_peak(model, TrainConfig(compile=True), batch, cuda, bf16) is None  # inductor's own plan
     assert _planned_step_peak(model, TrainConfig(optimizer="muon"), batch, cuda, bf16) is None
 
