@@ -129,3 +129,12 @@ def test_kv_cache_formula_equals_the_cache_llmlab_allocates(preset):
         assert kv_cache_bytes(config, batch, source, "bf16", target_len=target) == sum(storages.values())
     else:
         assert kv_cache_bytes(config, batch, target, "bf16") == sum(storages.values())
+
+
+def test_data_parallel_adds_the_all_reduce_buffer():
+    # the ZeRO paper's example: a fused fp32 gradient buffer of 6 GB for 1.5B parameters
+    plan = plan_memory(1.5e9, mixed_precision=True, gpus=8, strategy="ddp")
+    assert plan.training["temporary buffers (gradient all-reduce)"] == 6e9
+    assert plan.model_states == 16 * 1.5e9  # the buffer is not a model state: ZeRO's figures stay
+    assert "temporary buffers (gradient all-reduce)" not in plan_memory(1.5e9, gpus=1).training
+    assert "temporary buffers (gradient all-reduce)" not in plan_memory(1.5e9, gpus=8, strategy="zero3").training

@@ -11,6 +11,8 @@ Conventions, each from its source:
   FlashAttention does), 2*s*b*h with full recomputation (only each layer's input kept).
 - Without a batch and sequence, the course's rule of thumb: 8 bytes per parameter for activations and
   temporary buffers in fp32 training (so 4 + 4 + 8 + 8 = 24 bytes, "6x" the weights).
+- Data parallelism over several GPUs adds the all-reduce's flat gradient buffer: 4 bytes per parameter
+  (the ZeRO paper's temporary buffer; PyTorch DDP's gradient buckets).
 """
 
 from __future__ import annotations
@@ -180,6 +182,10 @@ def plan_memory(
         plan.training["logits and loss"] = logits_bytes(config, batch, seq_len, target_len)
     elif not mixed_precision:  # the rule of thumb is the fp32 course table's; mixed precision needs the formula
         plan.training["activations and temporaries (rule of thumb)"] = params * COURSE_ACTIVATION_BYTES_PER_PARAM
+    if strategy == "ddp" and gpus > 1:
+        # the gradients flattened for the all-reduce: PyTorch DDP's buckets, the ZeRO paper's fused fp32
+        # buffer ("6 GB for 1.5B parameters"); ZeRO's stages use constant-size buckets instead
+        plan.training["temporary buffers (gradient all-reduce)"] = params * 4.0
     plan.inference["weights"] = params * DTYPE_BYTES[dtype]
     if batch and seq_len and config is not None and config.family != "encoder":
         plan.inference["KV cache"] = kv_cache_bytes(config, batch, seq_len, dtype, target_len)
