@@ -607,7 +607,7 @@ def train(
             while budget_left() and not stop.requested:
                 t0 = time.perf_counter()
                 if watch_peak and step == state.get("step", 0) + 2:  # the window: the whole third step
-                    gc.collect()  # DDP's first buckets go with a reference cycle, at a collection
+                    gc.collect()  # what earlier steps left to the garbage collector goes before the window
                     peak_window = PeakWindow(device, alive=_alive_bytes(model, optimizers))
                     peak_window.open()
                 lr = learning_rate(cfg, step, elapsed)

@@ -151,7 +151,7 @@ def measured_step_peaks(
         for _ in range(2):
             forward_backward()
             update()
-        gc.collect()  # DDP's first buckets are freed with a reference cycle: at the next collection, not at once
+        gc.collect()  # what the warm-up left to the garbage collector goes before the measured step
 
     if device.type == "cuda":
         warm_up()
