@@ -705,8 +705,16 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
         "rule_params": rule_params,
         "rule_tokens": rule_tokens,
     }
+    if args.seq_len is not None:
+        if args.seq_len < 1:
+            raise LlmlabError(f"--seq-len must be >= 1, got {args.seq_len}", "pass the context length, e.g. 1024")
+        if config is None or config.family != "decoder":
+            raise LlmlabError(
+                "--seq-len gives a decoder's FLOPs per token with attention",
+                "pass it with --preset of a decoder (gpt2-*, llama-*)",
+            )
     exact = None
-    if config is not None and config.family == "decoder" and args.seq_len:
+    if config is not None and args.seq_len:
         from llmlab.plan.flops import flops_per_token
 
         exact = flops_per_token(config, args.seq_len)
@@ -720,9 +728,8 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result))
         return
-    pf = result["pf_days"]
-    rows = [["training compute", f"{flops:.2e} FLOPs = {pf:,.0f}" if pf >= 10 else f"{flops:.2e} FLOPs = {pf:.3g}"]]
-    rows[0][1] += " petaflop/s-days"
+    pf = f"{result['pf_days']:,.0f}" if result["pf_days"] >= 10 else f"{result['pf_days']:.3g}"
+    rows = [["training compute", f"{flops:.2e} FLOPs = {pf} petaflop/s-days"]]
     if params and tokens:
         rows.append(["model and data", f"{params:.4g} parameters x {tokens:.4g} tokens ({tokens / params:.1f}/param)"])
         rows.append([f"predicted loss ({args.fit})", f"{result['predicted_loss']:.3f}"])

@@ -79,3 +79,18 @@ def test_training_reports_model_flops(tmp_path):
     per_token = sum(step_flops(model, 4, 32).values()) / (4 * 32)
     for record in logged:
         assert record["model_flops_per_s"] == pytest.approx(record["tokens_per_s"] * per_token, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--preset", "gpt2-nano", "--seq-len", "0"], "--seq-len must be >= 1"),
+        (["--params", "1e9", "--seq-len", "64"], "--seq-len gives a decoder's FLOPs"),
+        (["--preset", "bert-nano", "--seq-len", "64"], "--seq-len gives a decoder's FLOPs"),
+        (["--params", "1e9", "--preset", "gpt2-nano"], "both --params and --preset"),
+    ],
+)
+def test_plan_compute_refuses_what_it_would_ignore(capsys, extra, message):
+    assert main(["plan", "compute", *extra, "--tokens", "1e9"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
