@@ -2,7 +2,7 @@
 
 For a GPT-2-style and a T5-style model of ~15M parameters (vocabulary 8,192), the script builds the
 transformers model, saves it as a Hugging Face folder, and imports that folder into llmlab
-(`llmlab.hf_import.load_hf`, the code behind `llmlab import`). Greedy, 128 new tokens (end-of-text
+(`llmlab.hf.importer.load_hf`, the code behind `llmlab import`). Greedy, 128 new tokens (end-of-text
 suppressed in both), batch 1 and batch 8 (prompts of different lengths, padded). The fp32 outputs
 of both libraries must be identical token for token (asserted).
 
@@ -23,8 +23,9 @@ from machine import describe, median_time  # noqa: E402
 
 from llmlab.data.clean import clean_documents  # noqa: E402
 from llmlab.data.sources import read_documents  # noqa: E402
-from llmlab.generate import GenerationConfig, Generator  # noqa: E402
-from llmlab.hf_import import load_hf  # noqa: E402
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import Generator  # noqa: E402
+from llmlab.hf.importer import load_hf  # noqa: E402
 from llmlab.tokenizer import train_tokenizer  # noqa: E402
 
 PROMPTS = [

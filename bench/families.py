@@ -33,7 +33,8 @@ from machine import describe, median_time  # noqa: E402
 from llmlab.config import ModelConfig  # noqa: E402
 from llmlab.data.objectives import Batch, causal_lm_batch, mlm_batch, span_batch  # noqa: E402
 from llmlab.data.sources import read_documents  # noqa: E402
-from llmlab.generate import GenerationConfig, Generator  # noqa: E402
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import Generator  # noqa: E402
 from llmlab.model import build_model  # noqa: E402
 from llmlab.tokenizer import train_tokenizer  # noqa: E402
 from llmlab.train import batch_loss  # noqa: E402

@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from llmlab.checkpoint import load_checkpoint  # noqa: E402
-from llmlab.evaluate import evaluate_task  # noqa: E402
-from llmlab.tasks import icl_corpus, icl_task  # noqa: E402
+from llmlab.evaluation.evaluate import evaluate_task  # noqa: E402
+from llmlab.evaluation.tasks import icl_corpus, icl_task  # noqa: E402
+from llmlab.load import load_checkpoint  # noqa: E402
 from llmlab.train import TrainConfig, train  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from llmlab.quantize_report import quantize_report  # noqa: E402
+from llmlab.report.quantization import quantize_report  # noqa: E402
 from llmlab.train import TrainConfig, train  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def main() -> None:
             eval_iters=2,
         )
         result = train(config, log=lambda s: None)
-        from llmlab.checkpoint import load_checkpoint
+        from llmlab.load import load_checkpoint
 
         n = load_checkpoint(result.out).model.num_parameters()
         print(f"model: llama-small, {n:,} parameters, trained {result.step} steps ({args.train_seconds:.0f} s)\n")

@@ -29,7 +29,7 @@ from machine import describe  # noqa: E402
 from llmlab.config import ModelConfig  # noqa: E402
 from llmlab.data.tokens import get_batch, prepare_data  # noqa: E402
 from llmlab.device import resolve_dtype  # noqa: E402
-from llmlab.hf import to_transformers  # noqa: E402
+from llmlab.hf.exporter import to_transformers  # noqa: E402
 from llmlab.model import DecoderLM  # noqa: E402
 from llmlab.train import TrainConfig, train  # noqa: E402
 

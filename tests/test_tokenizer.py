@@ -4,7 +4,7 @@ from llmlab.data.clean import clean_documents
 from llmlab.data.sources import read_documents
 from llmlab.errors import LlmlabError
 from llmlab.tokenizer import EOS, TextTokenizer, split_chunks, train_tokenizer
-from tests.conftest import require_data
+from tests.helpers import require_data
 
 
 def test_bpe_round_trips_the_whole_default_corpus():

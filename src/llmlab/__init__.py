@@ -7,10 +7,12 @@ gen = llmlab.Generator(ckpt.model, ckpt.tokenizer)
 print(gen.generate(["def fib(n):"], llmlab.GenerationConfig(greedy=True))[0][0].text)
 """
 
-from llmlab.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from llmlab.checkpoint.folder import Checkpoint, save_checkpoint
 from llmlab.config import PRESETS, ModelConfig
 from llmlab.errors import LlmlabError
-from llmlab.generate import Completion, GenerationConfig, Generator
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import Completion, Generator
+from llmlab.load import load_checkpoint
 from llmlab.model import DecoderLM, EncoderDecoderLM, EncoderLM, build_model
 from llmlab.tokenizer import TextTokenizer, train_tokenizer
 from llmlab.train import TrainConfig, TrainResult, train

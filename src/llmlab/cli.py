@@ -130,9 +130,10 @@ def unescape(text: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from llmlab.checkpoint import load_checkpoint
     from llmlab.device import resolve_device, resolve_dtype
-    from llmlab.generate import GenerationConfig, Generator
+    from llmlab.generation.config import GenerationConfig
+    from llmlab.generation.generator import Generator
+    from llmlab.load import load_checkpoint
 
     prompts = list(getattr(args, "prompt", []) or [])
     if getattr(args, "prompts_file", None):
@@ -188,11 +189,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from llmlab.checkpoint import load_checkpoint, read_quantization, save_checkpoint
-    from llmlab.quantize import QuantizationSpec, quantize_model
+    from llmlab.checkpoint.folder import read_quantization, save_checkpoint
+    from llmlab.load import load_checkpoint
+    from llmlab.model.quantize import QuantizationSpec, quantize_model
 
     if args.report:
-        from llmlab.quantize_report import plot_report, quantize_report, report_json
+        from llmlab.report.quantization import plot_report, quantize_report, report_json
 
         rows = quantize_report(args.checkpoint, args.data, log=lambda s: print(s, file=sys.stderr))
         out = Path(args.out or Path(args.checkpoint) / "quantization")
@@ -237,14 +239,15 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from llmlab.hf import export_hf
+    from llmlab.hf.exporter import export_hf
+    from llmlab.load import load_checkpoint
 
-    name = export_hf(args.checkpoint, args.out)
+    name = export_hf(load_checkpoint(args.checkpoint), args.out)
     print(f"{args.out}: Hugging Face folder; load it with transformers' {name} (or its Auto class) and AutoTokenizer")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from llmlab.hf_import import import_hf
+    from llmlab.hf.importer import import_hf
 
     ckpt = import_hf(args.source, args.out)
     c = ckpt.model.config
@@ -258,8 +261,8 @@ def _load_for_inspection(args: argparse.Namespace):
     """A checkpoint in fp32 (exact probabilities and weights) on --device."""
     import torch
 
-    from llmlab.checkpoint import load_checkpoint
     from llmlab.device import resolve_device
+    from llmlab.load import load_checkpoint
 
     return load_checkpoint(args.checkpoint, device=resolve_device(args.device), dtype=torch.float32)
 
@@ -270,7 +273,7 @@ def escape(text: str) -> str:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from llmlab.encode import fill_mask
+    from llmlab.introspect.encode import fill_mask
 
     ckpt = _load_for_inspection(args)
     results = fill_mask(ckpt.model, ckpt.tokenizer, unescape(args.text), args.top_k)
@@ -283,7 +286,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from llmlab.encode import embed
+    from llmlab.introspect.encode import embed
 
     texts = [unescape(t) for t in args.text or []]
     if args.file:
@@ -319,7 +322,7 @@ def torch_cosine(vectors):
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
-    from llmlab.attention import attention_maps, plot_attention
+    from llmlab.introspect.attention import attention_maps, plot_attention
 
     ckpt = _load_for_inspection(args)
     maps = attention_maps(ckpt.model, ckpt.tokenizer, unescape(args.text), args.target)
@@ -338,8 +341,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 
 def cmd_next_token(args: argparse.Namespace) -> None:
-    from llmlab.generate import GenerationConfig
-    from llmlab.next_token import STAGES, next_token_logits, next_token_report, plot_next_token
+    from llmlab.generation.config import GenerationConfig
+    from llmlab.introspect.next_token import STAGES, next_token_logits, next_token_report, plot_next_token
 
     ckpt = _load_for_inspection(args)
     config = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -358,7 +361,7 @@ def cmd_next_token(args: argparse.Namespace) -> None:
 
 
 def _task_from_args(args: argparse.Namespace):
-    from llmlab.tasks import load_task
+    from llmlab.evaluation.tasks import load_task
 
     options = {}
     if args.task.endswith(".jsonl"):
@@ -384,7 +387,7 @@ def _parse_shots(text: str) -> list[int]:
 
 
 def cmd_prompt(args: argparse.Namespace) -> None:
-    from llmlab.evaluate import Scorer, prompts_for
+    from llmlab.evaluation.evaluate import Scorer, prompts_for
 
     args.checkpoint = args.checkpoint or args.model
     if not args.checkpoint:
@@ -414,8 +417,8 @@ def cmd_prompt(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from llmlab.evaluate import evaluate_task, perplexity, plot_shots
-    from llmlab.generate import GenerationConfig
+    from llmlab.evaluation.evaluate import evaluate_task, perplexity, plot_shots
+    from llmlab.generation.config import GenerationConfig
 
     ckpt = _load_for_inspection(args)
     if args.perplexity:
@@ -476,7 +479,7 @@ def _ints(option: str, text: str) -> list[int]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from llmlab.evaluate import plot_sweep, quality_metric, sweep
+    from llmlab.evaluation.evaluate import plot_sweep, quality_metric, sweep
 
     if not args.task:
         raise LlmlabError("no task to sweep", "pass --task NAME|FILE.jsonl")
@@ -827,8 +830,8 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     args.device = args.device or "cuda"  # the step peak describes a GPU unless told otherwise
     config = None
     if args.model:
-        from llmlab.checkpoint import read_model_config, verify_checkpoint
-        from llmlab.hf_import import is_hf_source, read_hf_config, resolve_folder
+        from llmlab.checkpoint.folder import read_model_config, verify_checkpoint
+        from llmlab.hf.importer import is_hf_source, read_hf_config, resolve_folder
 
         if is_hf_source(args.model):  # only config.json is read, never the weights
             config = read_hf_config(resolve_folder(args.model))[1]
@@ -927,7 +930,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmlab.generate import GenerationConfig
+    from llmlab.generation.config import GenerationConfig
     from llmlab.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="llmlab", description="Train, sample and study language models.")

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmlab.checkpoint import (
-    load_checkpoint,
+from llmlab.checkpoint.folder import (
     load_tokenizer,
     load_weights,
     read_model_config,
@@ -47,7 +46,17 @@ from llmlab.data.objectives import (
 from llmlab.data.pairs import PairData, prepare_pairs
 from llmlab.data.tokens import TokenData, prepare_data
 from llmlab.device import autocast, resolve_device, resolve_dtype
-from llmlab.distributed import (
+from llmlab.errors import LlmlabError
+from llmlab.generation.config import GenerationConfig
+from llmlab.load import load_checkpoint
+from llmlab.model import LanguageModel, build_model
+from llmlab.plan.compute import accelerator_peak_flops
+from llmlab.plan.flops import step_flops
+from llmlab.plan.measure import PeakWindow
+from llmlab.plot import plot_loss
+from llmlab.progress import MetricsLog, ProgressLine, format_duration
+from llmlab.tokenizer import TextTokenizer
+from llmlab.training.distributed import (
     DistContext,
     all_reduce_mean,
     barrier,
@@ -62,15 +71,6 @@ from llmlab.distributed import (
     unwrap,
     wrap_model,
 )
-from llmlab.errors import LlmlabError
-from llmlab.generate import GenerationConfig
-from llmlab.model import LanguageModel, build_model
-from llmlab.plan.compute import accelerator_peak_flops
-from llmlab.plan.flops import step_flops
-from llmlab.plan.measure import PeakWindow
-from llmlab.plot import plot_loss
-from llmlab.progress import MetricsLog, ProgressLine, format_duration
-from llmlab.tokenizer import TextTokenizer
 
 DEFAULT_PRESETS = {"decoder": "llama-micro", "encoder": "bert-micro", "encoder-decoder": "t5-micro"}
 DEFAULT_MAX_STEPS = 2000

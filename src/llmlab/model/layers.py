@@ -178,7 +178,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
         self.proj = nn.Linear(config.attention_width, config.n_embd, bias=config.bias)
         self.dropout, self.scale = config.dropout, config.softmax_scale
-        self.record: list[torch.Tensor] | None = None  # set by llmlab.attention to keep the weights
+        self.record: list[torch.Tensor] | None = None  # set by llmlab.introspect.attention to keep the weights
 
     def forward(
         self,

@@ -1,0 +1,1 @@
+"""Evaluation: prompts within a context budget, tasks, scoring, metrics, perplexity, sweeps, lm-eval."""

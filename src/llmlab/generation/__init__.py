@@ -1,0 +1,1 @@
+"""Decoding: settings (`config`), the offline batched generator (`generator`)."""

@@ -1,0 +1,60 @@
+"""How to decode: the settings a checkpoint stores as its defaults and a Generator takes.
+
+Kept apart from the generator so the checkpoint format can read and write them without importing
+decoding code (layers point down: checkpoint -> generation.config, never -> generation.generator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlab.errors import LlmlabError
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode. temperature 0 (or greedy=True) means greedy; top_k 0 and top_p 1 mean off."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    num_samples: int = 1
+    truncate_prompt: bool = False  # keep the prompt's last tokens (with a warning) instead of refusing
+
+    @property
+    def do_sample(self) -> bool:
+        return not self.greedy and self.temperature > 0
+
+    def validate(self) -> None:
+        def bad(what: str, fix: str) -> LlmlabError:
+            return LlmlabError(what, fix)
+
+        if self.max_new_tokens < 0:
+            raise bad(f"max-new-tokens must be >= 0, got {self.max_new_tokens}", "pass a count such as 128")
+        if not 0 <= self.min_new_tokens <= max(self.max_new_tokens, 0):
+            raise bad(f"min-new-tokens must be in [0, max-new-tokens], got {self.min_new_tokens}", "lower it")
+        if self.temperature < 0:
+            raise bad(f"temperature must be >= 0, got {self.temperature}", "use 0 for greedy or e.g. 0.8")
+        if self.top_k < 0:
+            raise bad(f"top-k must be >= 0, got {self.top_k}", "use 0 to disable it or e.g. 50")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad(f"top-p must be in (0, 1], got {self.top_p}", "use 1 to disable it or e.g. 0.95")
+        if self.num_samples < 1:
+            raise bad(f"num-samples must be >= 1, got {self.num_samples}", "pass 1 or more")
+        if any(not s for s in self.stop):
+            raise bad("a stop string is empty", "remove it or give it text")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

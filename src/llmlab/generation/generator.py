@@ -1,0 +1,278 @@
+"""Decoding for decoder-only and encoder-decoder models: KV cache (and cross-attention cache),
+batches, greedy and sampling, stop rules. One loop serves both families; only how a step's logits
+are computed differs (`_decoder_steps`, `_seq2seq_steps`).
+
+Sampling follows the semantics of `transformers`: temperature, then top-k (ties at the k-th value
+kept), then top-p (the smallest set whose probability reaches p, never fewer than one token).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from llmlab.errors import LlmlabError
+from llmlab.generation.config import GenerationConfig
+from llmlab.model import LanguageModel
+from llmlab.model.cpu_packing import can_pack, packed_for_inference
+from llmlab.tokenizer import TextTokenizer
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop" or "length"
+
+
+def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Scale by temperature, then mask (to -inf) everything outside top-k and top-p. logits: (B, V)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+        remove_sorted = mass_before >= top_p
+        remove_sorted[..., 0] = False  # never fewer than one token
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from (B, V) logits."""
+    if not config.do_sample:
+        return logits.argmax(dim=-1)
+    probs = process_logits(logits.float(), config.temperature, config.top_k, config.top_p).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Generator:
+    """Generates text from a model with the tokenizer it was trained with."""
+
+    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer) -> None:
+        if tokenizer.vocab_size > model.config.vocab_size:  # imported models may pad their vocabulary
+            raise LlmlabError(
+                f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}",
+                "use the tokenizer.json saved with this checkpoint",
+            )
+        if model.config.family == "encoder":
+            raise LlmlabError(
+                "encoder-only models do not generate text", "use llmlab fill-mask or embed with this checkpoint"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.require("eos", "to generate text")
+        self.seq2seq = model.config.family == "encoder-decoder"
+        self._packed: torch.nn.Module | None = None
+        self._packed_version = -1
+
+    @property
+    def runner(self) -> torch.nn.Module:
+        """The module that decodes: on CPUs with native bf16, a copy with oneDNN pre-packed weights
+        (~1.8x faster, same numbers), re-packed whenever the model's weights have changed since."""
+        if not can_pack(self.model):
+            return self.model
+        version = sum(p._version for p in self.model.parameters())  # bumped by every in-place update
+        if self._packed is None or version != self._packed_version:
+            self._packed, self._packed_version = packed_for_inference(self.model), version
+        return self._packed
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def generate(self, prompts: list[str], config: GenerationConfig) -> list[list[Completion]]:
+        """All prompts (x num_samples) decoded together as one batch; returns num_samples per prompt."""
+        config.validate()
+        rows = [p for p in prompts for _ in range(config.num_samples)]
+        prompt_ids = [self._encode_prompt(p, config) for p in rows]
+        outputs = [[] for _ in rows]
+        finish = ["length"] * len(rows)
+        for new, done in self._decode(prompt_ids, config):
+            for r, token in enumerate(new):
+                if not done[r] or finish[r] == "length":
+                    outputs[r].append(token)
+            for r in range(len(rows)):
+                if done[r] and finish[r] == "length":
+                    finish[r] = self._finish_reason(outputs[r], config)
+        completions = [self._completion(p, ids, f, config) for p, ids, f in zip(rows, outputs, finish)]
+        n = config.num_samples
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
+        """Yield the text of one completion piece by piece as tokens arrive."""
+        config.validate()
+        ids: list[int] = []
+        emitted = ""
+        for new, done in self._decode([self._encode_prompt(prompt, config)], config):
+            if new[0] == self.eos_id:
+                break
+            ids.append(new[0])
+            text = self._cut_at_stop(self.tokenizer.decode(ids), config)
+            if done[0] and self._finish_reason(ids, config) == "stop":
+                yield text[len(emitted) :]
+                return
+            # Hold back a partial UTF-8 character (byte-level BPE can split one across tokens).
+            if text.endswith("\ufffd"):
+                continue
+            # Hold back text that might be the beginning of a stop string.
+            safe = len(text) - max((len(s) - 1 for s in config.stop), default=0)
+            if safe > len(emitted):
+                yield text[len(emitted) : safe]
+                emitted = text[:safe]
+        final = self._cut_at_stop(self.tokenizer.decode(ids), config)
+        if len(final) > len(emitted):
+            yield final[len(emitted) :]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _encode_prompt(self, prompt: str, config: GenerationConfig) -> list[int]:
+        block = self.model.config.block_size
+        if self.seq2seq:  # the prompt is the encoder's input, ended by end-of-sequence as in training
+            if config.max_new_tokens > block:
+                raise LlmlabError(
+                    f"max-new-tokens {config.max_new_tokens} exceeds the decoder's {block} positions",
+                    f"use at most {block} new tokens",
+                )
+            ids, budget = self.tokenizer.encode(prompt), block - 1
+        else:
+            # The tokenizer's own prefix (Llama's <s>) as its users get it; an empty prompt starts a new text.
+            ids = self.tokenizer.prefix_ids + self.tokenizer.encode(prompt) or [self.eos_id]
+            budget = block - config.max_new_tokens
+            if budget < 1:
+                raise LlmlabError(
+                    f"max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the "
+                    f"{block}-token context window",
+                    f"use at most {block - 1} new tokens",
+                )
+        if len(ids) > budget:
+            room = f"before {config.max_new_tokens} new tokens " if not self.seq2seq else ""
+            if not config.truncate_prompt:
+                raise LlmlabError(
+                    f"prompt has {len(ids)} tokens but only {budget} fit {room}in the {block}-token context window",
+                    "shorten the prompt, lower --max-new-tokens, or pass --truncate-prompt to keep its last tokens",
+                )
+            warnings.warn(f"prompt truncated from {len(ids)} to its last {budget} tokens", stacklevel=3)
+            ids = ids[-budget:]
+        return ids + [self.eos_id] if self.seq2seq else ids
+
+    def _finish_reason(self, ids: list[int], config: GenerationConfig) -> str:
+        if ids and ids[-1] == self.eos_id:
+            return "eos"
+        if config.stop and self._cut_at_stop(self.tokenizer.decode(ids), config) != self.tokenizer.decode(ids):
+            return "stop"
+        return "length"
+
+    def _cut_at_stop(self, text: str, config: GenerationConfig) -> str:
+        cut = min((i for i in (text.find(s) for s in config.stop) if i >= 0), default=len(text))
+        return text[:cut]
+
+    def _completion(self, prompt: str, ids: list[int], finish: str, config: GenerationConfig) -> Completion:
+        if finish == "eos":
+            ids = ids[:-1]
+        return Completion(prompt, self._cut_at_stop(self.tokenizer.decode(ids), config), ids, finish)
+
+    @torch.inference_mode()
+    def _decode(self, prompt_ids: list[list[int]], config: GenerationConfig) -> Iterator[tuple[list[int], list[bool]]]:
+        """Yield (next token of every row, which rows are done) once per step."""
+        device, pad = self.device, self.eos_id
+        B = len(prompt_ids)
+        steps = (self._seq2seq_steps if self.seq2seq else self._decoder_steps)(prompt_ids, config)
+        generator = None
+        if config.do_sample and config.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(config.seed)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        stop_done = [False] * B
+        generated: list[list[int]] = [[] for _ in range(B)]
+        new = None
+        for step in range(config.max_new_tokens):
+            logits = steps(new)
+            if step < config.min_new_tokens:
+                logits[:, self.eos_id] = float("-inf")
+            new = next_tokens(logits, config, generator)
+            new = torch.where(done, torch.full_like(new, pad), new)
+            done = done | (new == self.eos_id)
+            new_list = new.tolist()
+            if config.stop:
+                for r in range(B):
+                    if not stop_done[r] and not bool(done[r]):
+                        generated[r].append(new_list[r])
+                        text = self.tokenizer.decode(generated[r])
+                        stop_done[r] = any(s in text for s in config.stop)
+                done = done | torch.tensor(stop_done, device=device)
+            done_list = done.tolist()
+            yield new_list, done_list
+            if all(done_list):
+                return
+
+    def _decoder_steps(
+        self, prompt_ids: list[list[int]], config: GenerationConfig
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """Prompts left-padded to one length (every row's last token at the same slot), prefilled into
+        the KV cache on the first call; each later call feeds the previous step's tokens."""
+        device, pad = self.device, self.eos_id
+        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+        total = P + config.max_new_tokens
+        tokens = torch.full((B, P), pad, dtype=torch.long)
+        valid = torch.zeros((B, total), dtype=torch.bool)
+        for r, ids in enumerate(prompt_ids):
+            tokens[r, P - len(ids) :] = torch.tensor(ids)
+            valid[r, P - len(ids) :] = True
+        tokens, valid = tokens.to(device), valid.to(device)
+        padded = not bool(valid[:, :P].all())
+        positions = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)
+        mask = None
+        if padded:  # causal and not padding; a padding query sees itself so no row is all -inf
+            causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+            mask = (causal & valid[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        runner = self.runner
+        cache = runner.new_cache(B, total)
+        state = {"positions": positions, "mask": mask, "slot": P}
+
+        def step(new: torch.Tensor | None) -> torch.Tensor:
+            if new is None:
+                return runner(tokens, state["positions"], cache, state["mask"], last_only=True)[:, -1].float()
+            slot = state["slot"]
+            valid[:, slot] = True
+            state["positions"] = state["positions"][:, -1:] + 1
+            state["mask"] = valid[:, None, None, : slot + 1] if padded else None
+            state["slot"] = slot + 1
+            return runner(new[:, None], state["positions"], cache, state["mask"], last_only=True)[:, -1].float()
+
+        return step
+
+    def _seq2seq_steps(
+        self, prompt_ids: list[list[int]], config: GenerationConfig
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """Encode the (right-padded) prompts once; the decoder starts from its start token and caches
+        both its self-attention and its cross-attention keys/values."""
+        device = self.device
+        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.eos_id
+        B, S = len(prompt_ids), max(len(p) for p in prompt_ids)
+        src = torch.full((B, S), pad, dtype=torch.long)
+        src_mask = torch.zeros((B, S), dtype=torch.bool)
+        for r, ids in enumerate(prompt_ids):
+            src[r, : len(ids)] = torch.tensor(ids)
+            src_mask[r, : len(ids)] = True
+        src, src_mask = src.to(device), src_mask.to(device)
+        runner = self.runner
+        memory = runner.encode(src, src_mask)
+        cache = runner.new_cache(B, max(config.max_new_tokens, 1))
+        start = self.model.config.decoder_start_token_id
+        if start is None:
+            start = pad
+
+        def step(new: torch.Tensor | None) -> torch.Tensor:
+            tokens = torch.full((B, 1), start, dtype=torch.long, device=device) if new is None else new[:, None]
+            return runner.decode(tokens, memory, src_mask, cache, last_only=True)[:, -1].float()
+
+        return step

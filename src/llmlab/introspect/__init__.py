@@ -1,0 +1,1 @@
+"""Look inside a model: fill-mask, embeddings, attention maps, next-token probabilities."""

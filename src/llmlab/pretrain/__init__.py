@@ -1,0 +1,1 @@
+"""The pre-training recipe: every family and objective on the training core."""

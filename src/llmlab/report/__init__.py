@@ -1,0 +1,1 @@
+"""Reports that measure a checkpoint: the quantization report."""

@@ -1,0 +1,221 @@
+"""Bad input gets one clear line and exit code 2, nothing half-written; the happy path works end to end."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmlab.cli import main
+from tests.helpers import assert_one_line_error, run_cli
+
+TINY = [
+    "--preset",
+    "llama-nano",
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "32",
+    "--block-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--eval-iters",
+    "1",
+    "--tokenizer",
+    "char",
+    "--dtype",
+    "fp32",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text("hello world, hello llmlab.\n" * 300)
+    assert main(["pretrain", "--data", str(corpus), "--out", str(root / "run"), "--max-steps", "6", *TINY]) == 0
+    return root / "run"
+
+
+def test_pretrain_leaves_checkpoint_metrics_and_plot(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "loss.png",
+        "trainer_state.json",
+        "optimizer.safetensors",
+    } <= names
+
+
+def test_generate_batches_prompts_and_samples(capsys, trained):
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        trained,
+        "--prompt",
+        "hello",
+        "--prompt",
+        "wor",
+        "--max-new-tokens",
+        5,
+        "--num-samples",
+        2,
+        "--seed",
+        1,
+        "--json",
+    )
+    assert code == 0
+    assert len(out.splitlines()) == 4
+
+
+def test_prompts_file_and_stream(capsys, trained, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\nwor\n")
+    code, out, _ = run_cli(capsys, "generate", trained, "--prompts-file", prompts, "--greedy", "--max-new-tokens", 4)
+    assert code == 0 and out.count("--- prompt") == 2
+    code, out, _ = run_cli(
+        capsys, "generate", trained, "--prompt", "hel", "--greedy", "--stream", "--max-new-tokens", 4
+    )
+    assert code == 0 and out.startswith("hel")
+
+
+@pytest.mark.parametrize(
+    "option,value,fragment",
+    [
+        ("--temperature", -1, "temperature"),
+        ("--top-p", 0, "top-p"),
+        ("--top-p", 1.5, "top-p"),
+        ("--top-k", -1, "top-k"),
+        ("--max-new-tokens", -1, "max-new-tokens"),
+    ],
+)
+def test_invalid_sampling_values(capsys, trained, option, value, fragment):
+    code, _, err = run_cli(capsys, "generate", trained, "--prompt", "hi", option, value)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_prompt_longer_than_context(capsys, trained):
+    code, _, err = run_cli(capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8)
+    assert_one_line_error(code, err, "context window", "--truncate-prompt")
+    code, out, _ = run_cli(
+        capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8, "--truncate-prompt"
+    )
+    assert code == 0
+
+
+def test_missing_empty_and_binary_data(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "pretrain", "--data", tmp_path / "absent.txt", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(code, err, "does not exist")
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run_cli(capsys, "pretrain", "--data", tmp_path / "empty.txt", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(code, err, "no usable text")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "x.dat").write_bytes(b"\x00\x01\x02" * 100)
+    code, _, err = run_cli(capsys, "pretrain", "--data", tmp_path / "bin", "--out", tmp_path / "r", *TINY)
+    assert_one_line_error(code, err, "no usable text")
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_unknown_preset(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "pretrain", "--preset", "gpt9", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "unknown preset 'gpt9'", "llama-nano")
+
+
+def test_tampered_and_incomplete_checkpoints(capsys, trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    with open(broken / "model.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x00\x00\x01")
+    code, _, err = run_cli(capsys, "generate", broken, "--prompt", "hi")
+    assert_one_line_error(code, err, "checksum")
+    (broken / "config.json").unlink()
+    code, _, err = run_cli(capsys, "generate", broken, "--prompt", "hi")
+    assert_one_line_error(code, err, "missing config.json")
+    code, _, err = run_cli(capsys, "generate", tmp_path / "nothing", "--prompt", "hi")
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_resume_with_changed_model_config(capsys, trained):
+    code, _, err = run_cli(capsys, "pretrain", "--out", trained, "--resume", "--n-embd", 64)
+    assert_one_line_error(code, err, "changed model config", "n_embd")
+
+
+def test_resume_takes_the_original_options(capsys, trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "again"
+    shutil.copytree(trained, run)
+    code, _, err = run_cli(capsys, "pretrain", "--out", run, "--resume", "--max-steps", 8)
+    assert code == 0, err
+    assert "resuming" in err and "done: 8 steps" in err
+
+
+def test_console_script_runs_as_a_module():
+    src = Path(__file__).resolve().parents[2] / "src"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmlab", "presets"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=120,
+    )
+    assert result.returncode == 0 and "llama-micro" in result.stdout
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    import json
+    import signal
+    import time
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ctrl-c must not lose the run.\n" * 300)
+    src = Path(__file__).resolve().parents[2] / "src"
+    command = [
+        sys.executable,
+        "-m",
+        "llmlab",
+        "pretrain",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "100000",
+        "--log-interval",
+        "1",
+        *TINY,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        deadline = time.time() + 120
+        for line in proc.stderr:
+            if line.startswith("step 5"):
+                break
+            assert time.time() < deadline, "training did not start"
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    assert code == 0, rest
+    assert "interrupted; continue with --resume" in rest
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["step"] >= 5
+
+
+def test_generate_defaults_leave_room_for_a_prompt(capsys, trained):
+    code, out, err = run_cli(capsys, "generate", trained, "--prompt", "hello", "--greedy")  # context 32
+    assert code == 0, err
+
+
+def test_stop_and_prompt_files_accept_written_newlines():
+    from llmlab.cli import unescape
+
+    assert unescape("a\\nb\\tc") == "a\nb\tc"
+    assert unescape("plain") == "plain"

@@ -1,0 +1,58 @@
+"""Helpers the tests share: the shared data folder, a sample text, tiny models, running the CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmlab.cli import main
+from llmlab.config import ModelConfig
+from llmlab.model import LanguageModel, build_model
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("LLMLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def require_data(relative: str) -> Path:
+    """The shared data file, or a skip (a failure under CI=true, where the data must be present)."""
+    path = data_dir() / relative
+    if not path.exists():
+        message = f"{path} is absent: set LLMLAB_DATA to the shared data folder"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+SAMPLE_TEXT = (
+    "def add(a, b):\n    return a + b\n\n"
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+    "    def push(self, item):\n        self.items.append(item)\n"
+) * 3
+
+
+def tiny_model(style: str = "llama", vocab_size: int = 64, **overrides) -> LanguageModel:
+    torch.manual_seed(0)
+    fields = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=vocab_size)
+    fields.update(overrides)
+    return build_model(ModelConfig.from_preset(f"{style}-nano", **fields)).eval()
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`llmlab ARGS` in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert " — " in lines[0]  # what was wrong — what to do
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
