@@ -7,26 +7,31 @@ decoding code (layers point down: checkpoint -> generation.config, never -> gene
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from llmlab.errors import LlmlabError
+from llmlab.options import option
 
 
 @dataclass
 class GenerationConfig:
     """How to decode. temperature 0 (or greedy=True) means greedy; top_k 0 and top_p 1 mean off."""
 
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0  # end-of-sequence is suppressed before this many tokens
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    num_samples: int = 1
-    truncate_prompt: bool = False  # keep the prompt's last tokens (with a warning) instead of refusing
+    max_new_tokens: int = option(128, "tokens to generate per sample")
+    min_new_tokens: int = option(0, "suppress end-of-sequence before this many tokens")
+    temperature: float = option(1.0, "divide logits by this (0 = greedy)")
+    top_k: int = option(0, "keep the k most likely tokens (0 = off)")
+    top_p: float = option(1.0, "keep the smallest set of tokens whose probability reaches p (1 = off)")
+    greedy: bool = option(False, "always take the most likely token")
+    stop: list[str] = option(
+        help="stop a sample when it produces this text (repeatable; \\n for a newline)", default_factory=list
+    )
+    seed: int | None = option(None, "seed for sampling")
+    num_samples: int = option(1, "samples per prompt")
+    truncate_prompt: bool = option(
+        False, "keep the last tokens of a prompt too long for the context window (default: refuse)"
+    )
 
     @property
     def do_sample(self) -> bool:
