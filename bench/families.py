@@ -37,7 +37,7 @@ from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator  # noqa: E402
 from llmlab.model import build_model  # noqa: E402
 from llmlab.tokenizer import train_tokenizer  # noqa: E402
-from llmlab.train import batch_loss  # noqa: E402
+from llmlab.training.losses import lm_loss  # noqa: E402
 
 BATCH, BLOCK, WIDTH, VOCAB = 16, 256, 384, 8192
 
@@ -113,7 +113,7 @@ class Contestant:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = (
-                batch_loss(self.model, batch) if self.library == "llmlab" else hf_loss(self.model, self.family, batch)
+                lm_loss(self.model, batch) if self.library == "llmlab" else hf_loss(self.model, self.family, batch)
             )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

@@ -26,7 +26,8 @@ from machine import describe  # noqa: E402
 from llmlab.evaluation.evaluate import evaluate_task  # noqa: E402
 from llmlab.evaluation.tasks import icl_corpus, icl_task  # noqa: E402
 from llmlab.load import load_checkpoint  # noqa: E402
-from llmlab.train import TrainConfig, train  # noqa: E402
+from llmlab.pretrain.config import TrainConfig  # noqa: E402
+from llmlab.pretrain.recipe import train  # noqa: E402
 
 
 def main() -> None:

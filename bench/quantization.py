@@ -17,8 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
+from llmlab.pretrain.config import TrainConfig  # noqa: E402
+from llmlab.pretrain.recipe import train  # noqa: E402
 from llmlab.report.quantization import quantize_report  # noqa: E402
-from llmlab.train import TrainConfig, train  # noqa: E402
 
 
 def main() -> None:

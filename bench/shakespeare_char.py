@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from llmlab.train import TrainConfig, train  # noqa: E402
+from llmlab.pretrain.config import TrainConfig  # noqa: E402
+from llmlab.pretrain.recipe import train  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("LLMLAB_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 

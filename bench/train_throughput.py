@@ -31,7 +31,8 @@ from llmlab.data.tokens import get_batch, prepare_data  # noqa: E402
 from llmlab.device import resolve_dtype  # noqa: E402
 from llmlab.hf.exporter import to_transformers  # noqa: E402
 from llmlab.model import DecoderLM  # noqa: E402
-from llmlab.train import TrainConfig, train  # noqa: E402
+from llmlab.pretrain.config import TrainConfig  # noqa: E402
+from llmlab.pretrain.recipe import train  # noqa: E402
 
 BATCH, BLOCK = 16, 256
 

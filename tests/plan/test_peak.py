@@ -104,19 +104,20 @@ def test_plan_memory_builds_no_real_weights_for_large_configs(capsys, tmp_path):
 
 def test_trainer_plans_its_peak_only_where_the_model_describes_the_run():
     from llmlab.data.objectives import Batch
-    from llmlab.train import TrainConfig, _planned_step_peak
+    from llmlab.pretrain.config import TrainConfig
+    from llmlab.pretrain.recipe import _planned_step_peak
 
     model = build_model(ModelConfig.from_preset("t5-nano", vocab_size=512, block_size=64))
     batch = Batch(torch.zeros(4, 64, dtype=torch.long), torch.zeros(4, 16), decoder_inputs=torch.zeros(4, 16))
     cuda, bf16 = torch.device("cuda"), torch.bfloat16
-    planned = _planned_step_peak(model, TrainConfig(grad_accum=2), batch, cuda, bf16)
+    planned = _planned_step_peak(model, TrainConfig(grad_accum=2), cuda, bf16, False, batch)
     expected = training_step_peak(model.config, ModelShape.of(model), 4, 64, "cuda", "autocast", 2, 16)
     assert planned == expected  # the batch's own shapes: 4 rows, 64 input and 16 target positions
-    on_cpu = _planned_step_peak(model, TrainConfig(), batch, torch.device("cpu"), bf16)
+    on_cpu = _planned_step_peak(model, TrainConfig(), torch.device("cpu"), bf16, False, batch)
     assert on_cpu == training_step_peak(model.config, ModelShape.of(model), 4, 64, "cpu", "autocast", 1, 16)
-    assert _planned_step_peak(model, TrainConfig(), batch, torch.device("mps"), bf16) is None  # no model of MPS
-    assert _planned_step_peak(model, TrainConfig(compile=True), batch, cuda, bf16) is None  # inductor's own plan
-    assert _planned_step_peak(model, TrainConfig(optimizer="muon"), batch, cuda, bf16) is None
+    assert _planned_step_peak(model, TrainConfig(), torch.device("mps"), bf16, False, batch) is None  # no model of MPS
+    assert _planned_step_peak(model, TrainConfig(compile=True), cuda, bf16, False, batch) is None  # inductor's own plan
+    assert _planned_step_peak(model, TrainConfig(optimizer="muon"), cuda, bf16, False, batch) is None
 
 
 def test_ddp_step_peak_matches_the_allocator_on_each_rank(tmp_path):
@@ -150,13 +151,15 @@ def test_ddp_step_peak_matches_the_allocator_on_each_rank(tmp_path):
 
 def test_trainer_logs_the_measured_peak_next_to_the_plan(tmp_path):
     """A CPU run checks the plan at its third step: the profiler's allocator peak next to the prediction."""
-    from llmlab.train import TrainConfig, train
+    from llmlab.pretrain.config import TrainConfig
+    from llmlab.pretrain.recipe import train
 
     (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 400)
     lines = []
     config = TrainConfig(
         data=str(tmp_path / "corpus.txt"), tokenizer="char", preset="llama-nano", block_size=64, batch_size=8,
         max_steps=4, eval_interval=100, out=str(tmp_path / "run"), dtype="bf16", device="cpu",
+        check_memory_plan=True,
     )  # fmt: skip
     train(config, log=lines.append)
     (line,) = [line for line in lines if line.startswith("memory: peak of step 3")]

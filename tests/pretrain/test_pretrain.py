@@ -6,7 +6,9 @@ from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
 from llmlab.load import load_checkpoint
-from llmlab.train import TrainConfig, learning_rate, train
+from llmlab.pretrain.config import TrainConfig
+from llmlab.pretrain.recipe import train
+from llmlab.training.schedule import learning_rate
 
 TEXT = "To be, or not to be, that is the question.\n"
 
@@ -115,7 +117,7 @@ def test_too_little_data_for_one_window_is_refused(tmp_path):
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     import torch
 
-    from llmlab.train import make_optimizers
+    from llmlab.training.optim import make_optimizers
     from tests.helpers import tiny_model
 
     model = tiny_model("llama")
@@ -171,7 +173,7 @@ def test_overflowing_fp16_gradients_skip_the_step_and_are_counted():
     """What fp16 training on a GPU relies on, exercised with the CPU's GradScaler."""
     import torch
 
-    from llmlab.train import optimizer_step
+    from llmlab.training.optim import optimizer_step
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
@@ -188,3 +190,35 @@ def test_overflowing_fp16_gradients_skip_the_step_and_are_counted():
     disabled = torch.amp.GradScaler("cpu", enabled=False)  # fp32/bf16 runs never count a skip
     model(torch.ones(1, 4)).sum().backward()
     assert optimizer_step(model, [optimizer], disabled, grad_clip=1.0) is False
+
+
+def test_a_second_run_on_the_same_folder_is_refused_until_the_first_dies(tmp_path, capsys):
+    """Two runs writing one --out would interleave checkpoints: the second is refused while the first
+    holds the folder, and a killed first run (kill -9) does not leave the folder locked."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.helpers import assert_one_line_error, run_cli
+
+    config = tiny_run(tmp_path, max_steps=100000, log_interval=1)
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in config.to_dict().items() if v not in (None, False)]
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    command = [sys.executable, "-m", "llmlab", "pretrain", *options]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as first:
+        deadline = time.time() + 120
+        for line in first.stderr:
+            if line.startswith("step 2"):
+                break
+            assert time.time() < deadline, "the first run did not start"
+        code, _, err = run_cli(capsys, "pretrain", *options, "--overwrite")
+        assert_one_line_error(code, err, "in use by another run", f"pid {first.pid}")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    code, _, err = run_cli(capsys, "pretrain", *[o for o in options if "max-steps" not in o], "--max-steps=2",
+                           "--overwrite")  # fmt: skip
+    assert code == 0, err

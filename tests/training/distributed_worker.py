@@ -4,7 +4,8 @@ argv[2] (optional) a step after which to stop as Ctrl-C would, argv[3] (optional
 import json
 import sys
 
-from llmlab.train import TrainConfig, train
+from llmlab.pretrain.config import TrainConfig
+from llmlab.pretrain.recipe import train
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from llmlab.errors import LlmlabError
-from llmlab.train import TrainConfig, train
+from llmlab.pretrain.config import TrainConfig
+from llmlab.pretrain.recipe import train
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TEXT = "To be, or not to be, that is the question.\n" * 300

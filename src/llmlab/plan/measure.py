@@ -12,7 +12,7 @@ import torch
 
 
 @contextlib.contextmanager
-def _silent_stderr() -> Iterator[None]:
+def silent_stderr() -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as null:
@@ -28,7 +28,7 @@ def _start_profiler():
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _silent_stderr():  # kineto prints a line on stderr at start and at stop
+    with silent_stderr():  # kineto prints a line on stderr at start and at stop
         prof.start()
     return prof
 
@@ -37,7 +37,7 @@ def _stop_profiler(prof) -> tuple[list[tuple[int, int]], dict[str, tuple[int, in
     """Allocation events (time, +/-bytes) in time order, and the spans of `llmlab.peak.*` regions."""
     from torch._C._profiler import _EventType
 
-    with _silent_stderr():
+    with silent_stderr():
         prof.stop()
     events, regions, stack = [], {}, list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:

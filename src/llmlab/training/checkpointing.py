@@ -1,0 +1,129 @@
+"""Save and resume a run's folder: the model, tokenizer, generation defaults and trainer state every
+later stage reads, plus what an exact resume needs (optimizer moments, loss scale, RNG states).
+
+One process writes `optimizer.safetensors`; distributed ranks write `sharded/` (torch.distributed
+checkpoint, loadable at any world size) and rank 0 the consolidated model next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from llmlab.checkpoint.folder import load_weights, save_checkpoint, verify_checkpoint
+from llmlab.errors import LlmlabError
+from llmlab.generation.config import GenerationConfig
+from llmlab.model import build_model
+from llmlab.tokenizer import TextTokenizer
+from llmlab.training.distributed import (
+    DistContext,
+    barrier,
+    full_model_state,
+    load_rng,
+    load_sharded,
+    save_rng,
+    save_sharded,
+)
+from llmlab.training.optim import load_optimizers, optimizer_tensors
+from llmlab.training.state import TrainerState, restore_rng, rng_tensors
+
+
+def read_resumable(out: Path) -> dict[str, Any]:
+    """The trainer_state.json of a run that can be resumed, or a one-line error saying why not."""
+    verify_checkpoint(out)
+    resumable = (out / "optimizer.safetensors").is_file() or (out / "sharded").is_dir()
+    if not (out / "trainer_state.json").is_file() or not resumable:
+        raise LlmlabError(f"{out} has no trainer state to resume from", "train without --resume")
+    return json.loads((out / "trainer_state.json").read_text())
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """A new run never replaces a checkpoint by accident."""
+    if (out / "config.json").exists() and not overwrite:
+        raise LlmlabError(
+            f"{out} already holds a checkpoint",
+            "pass --resume to continue it, --overwrite to replace it, or another --out",
+        )
+
+
+@dataclass
+class Checkpointer:
+    """Writes and restores one run folder; `extra` (the recipe's options) goes into trainer_state.json."""
+
+    out: Path
+    tokenizer: TextTokenizer
+    generation: GenerationConfig
+    ctx: DistContext | None = None
+    log: Callable[[str], None] = print
+
+    @property
+    def sharded_dir(self) -> Path:
+        return self.out / "sharded"  # resumable state of distributed runs, any world size
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        trainer_state: dict[str, Any],
+        reason: str,
+    ) -> None:
+        if self.ctx is None:
+            tensors, groups = optimizer_tensors(optimizers)
+            trainer_state = {**trainer_state, "optimizer_param_groups": groups}
+            tensors = {**tensors, **rng_tensors()}
+            save_checkpoint(self.out, model, self.tokenizer, self.generation, trainer_state, tensors)
+            shutil.rmtree(self.sharded_dir, ignore_errors=True)  # a stale one would win the next --resume
+        else:
+            self._save_sharded(model, optimizers, trainer_state, int(trainer_state["step"]))
+        self.log(f"checkpoint: {self.out} at step {trainer_state['step']} ({reason})")
+
+    def _save_sharded(self, model, optimizers, trainer_state: dict[str, Any], step: int) -> None:
+        """Every rank writes its shards; rank 0 the consolidated checkpoint, then swaps the shards in."""
+        staging = self.out.parent / f".{self.out.name}.sharded-{step}"
+        save_sharded(model, optimizers, staging)
+        save_rng(staging, self.ctx)
+        full = full_model_state(model)
+        if self.ctx.is_main:
+            plain = build_model(model.config)
+            plain.load_state_dict(full)
+            save_checkpoint(self.out, plain, self.tokenizer, self.generation, trainer_state)
+            shutil.rmtree(self.sharded_dir, ignore_errors=True)
+            os.replace(staging, self.sharded_dir)
+        barrier(self.ctx)
+
+    def restore(
+        self,
+        model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        scaler: torch.amp.GradScaler,
+        saved: dict[str, Any],
+        device: torch.device,
+    ) -> TrainerState:
+        """Weights, optimizer moments, RNG and loss scale of the run in `out`, as it was saved."""
+        if self.sharded_dir.is_dir():
+            load_sharded(model, optimizers, self.sharded_dir)
+            if not load_rng(self.sharded_dir, self.ctx):
+                self.log("random-number state not restored (another world size): dropout masks will differ")
+            self.log(
+                f"resuming {self.out} at step {saved['step']} from its sharded checkpoint "
+                f"(written by {saved.get('world', '?')} ranks)"
+            )
+            return TrainerState.from_dict(saved)
+        load_weights(model, self.out / "model.safetensors")
+        model.to(device)
+        tensors = load_file(self.out / "optimizer.safetensors")
+        load_optimizers(optimizers, {k: v.to(device) for k, v in tensors.items()}, saved["optimizer_param_groups"])
+        restore_rng(tensors)
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        self.log(f"resuming {self.out} at step {saved['step']}")
+        return TrainerState.from_dict(saved)
