@@ -40,13 +40,19 @@ def sentinel(i: int) -> str:
     return f"<extra_id_{i}>"
 
 
+# Each family's special tokens (placed first in the vocabulary) and T5 sentinels (placed last);
+# read through llmlab.family.FamilySpec.special_tokens.
+FAMILY_SPECIAL_TOKENS: dict[str, tuple[tuple[str, ...], int]] = {
+    "decoder": ((EOS,), 0),
+    "encoder": ((PAD, CLS, SEP, MASK), 0),
+    "encoder-decoder": ((T5_PAD, EOS), SENTINELS),
+}
+
+
 def special_tokens_for(family: str) -> tuple[list[str], int]:
     """(special tokens placed first in the vocabulary, number of T5 sentinels placed last)."""
-    if family == "encoder":
-        return [PAD, CLS, SEP, MASK], 0
-    if family == "encoder-decoder":
-        return [T5_PAD, EOS], SENTINELS
-    return [EOS], 0
+    specials, sentinels = FAMILY_SPECIAL_TOKENS.get(family, FAMILY_SPECIAL_TOKENS["decoder"])
+    return list(specials), sentinels
 
 
 class TextTokenizer:

@@ -273,7 +273,8 @@ def test_presets_without_a_counterpart_are_refused_naming_the_options(tmp_path, 
 
 @pytest.mark.parametrize("hf_folder", ["t5"], indirect=True)  # --init goes through load_checkpoint, as every command
 def test_pretrain_can_start_from_a_hugging_face_folder(hf_folder, tmp_path):
-    from llmlab.train import TrainConfig, train
+    from llmlab.pretrain.config import TrainConfig
+    from llmlab.pretrain.recipe import train
 
     kind, folder, _ = hf_folder
     pairs = tmp_path / "pairs.jsonl"

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmlab.data.collate import pad_rows
 from llmlab.data.tokens import get_batch, sample_windows
 from llmlab.errors import LlmlabError
+from llmlab.family import SPECS, family_spec
 from llmlab.tokenizer import TextTokenizer
 
 IGNORE = -100
-FAMILY_OBJECTIVES = {"decoder": ("clm",), "encoder": ("mlm",), "encoder-decoder": ("span", "seq2seq")}
 
 
 @dataclass
@@ -50,14 +51,14 @@ class Batch:
 
 def check_objective(family: str, objective: str | None) -> str:
     """The objective to use for a family (its default when None), or a clear error for a nonsense pair."""
-    allowed = FAMILY_OBJECTIVES[family]
+    allowed = family_spec(family).objectives
     if objective is None:
         return allowed[0]
     if objective not in allowed:
-        known = {o for objectives in FAMILY_OBJECTIVES.values() for o in objectives}
+        known = {o for spec in SPECS.values() for o in spec.objectives}
         if objective not in known:
             raise LlmlabError(f"unknown objective {objective!r}", f"choose one of: {', '.join(sorted(known))}")
-        right = next(f for f, objectives in FAMILY_OBJECTIVES.items() if objective in objectives)
+        right = next(name for name, spec in SPECS.items() if objective in spec.objectives)
         raise LlmlabError(
             f"objective {objective!r} does not train {family} models",
             f"use --objective {' or '.join(allowed)} with --family {family}, or --family {right} for {objective}",
@@ -301,14 +302,8 @@ def seq2seq_batch(
     picks = rng.integers(0, len(sources), size=batch_size)[rows or slice(None)]
     src = [np.append(sources[i][: max_length - 1], eos_id) for i in picks]
     tgt = [np.append(targets[i][: max_length - 1], eos_id) for i in picks]
-    S, T, n = max(len(s) for s in src), max(len(t) for t in tgt), len(picks)
-    inputs = torch.full((n, S), pad_id, dtype=torch.long)
-    attention = torch.zeros((n, S), dtype=torch.bool)
-    labels = torch.full((n, T), IGNORE, dtype=torch.long)
-    for r, (s, t) in enumerate(zip(src, tgt)):
-        inputs[r, : len(s)] = torch.from_numpy(s.astype(np.int64))
-        attention[r, : len(s)] = True
-        labels[r, : len(t)] = torch.from_numpy(t.astype(np.int64))
-    decoder_inputs = torch.cat([torch.full((n, 1), start_id), labels[:, :-1]], dim=1)
+    inputs, attention = pad_rows(src, pad_id)
+    labels, _ = pad_rows(tgt, IGNORE)
+    decoder_inputs = torch.cat([torch.full((len(picks), 1), start_id), labels[:, :-1]], dim=1)
     decoder_inputs = decoder_inputs.masked_fill(decoder_inputs == IGNORE, pad_id)
     return Batch(inputs, labels, attention, decoder_inputs)

@@ -1,32 +1,37 @@
 """Evaluation: what prompts, shots and generation settings buy, measured with confidence intervals.
 
 - Classification by rank: each label's continuation is scored by its total log-probability after the
-  prompt (multi-token labels summed; optionally divided by their token count) and the best one is
-  the prediction. Free generation is scored too, after answer normalisation.
-- Generation tasks: ROUGE-1/2/L F1 (the `rouge-score` package, stemming on), the best over the
-  references.
-- Perplexity of a text with a sliding window, every token scored once with the most context the
-  window allows.
+  prompt (`scorer.Scorer`; multi-token labels summed, optionally divided by their token count) and
+  the best one is the prediction. Free generation is scored too, after answer normalisation.
+- Generation tasks: ROUGE-1/2/L F1 and diversity (`metrics`).
+- Generation settings: `sweep` measures quality against diversity for each sampling setting.
 - Every metric gets a bootstrap 95% interval over the evaluated examples.
+
+The scorer, the metrics and the perplexity live in their own modules; their names stay importable
+from here.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from llmlab.errors import LlmlabError
+from llmlab.evaluation.metrics import (
+    bootstrap_interval,
+    bootstrap_statistic,
+    distinct_n,
+    normalize_answer,
+    repetition_rate,
+    rouge,
+)
+from llmlab.evaluation.perplexity import text_perplexity
 from llmlab.evaluation.prompts import Prompt, build_prompt, select_examples
+from llmlab.evaluation.scorer import ContinuationScore, Scorer
 from llmlab.evaluation.tasks import Task
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
@@ -34,155 +39,27 @@ from llmlab.model import LanguageModel
 from llmlab.plot import pyplot, save_figure
 from llmlab.tokenizer import TextTokenizer
 
+perplexity = text_perplexity  # the name `llmlab evaluate --perplexity` has always imported
 
-class ContinuationScore(NamedTuple):
-    logprob: float  # sum over the continuation's tokens
-    tokens: int
-    greedy: bool  # whether greedy decoding would have produced exactly this continuation
-
-
-class Scorer:
-    """Token counts and continuation log-probabilities for decoder and encoder-decoder models."""
-
-    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, batch_size: int = 16) -> None:
-        if model.config.family == "encoder":
-            raise LlmlabError("encoder-only models cannot be prompted", "evaluate a decoder or encoder-decoder model")
-        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
-        self.seq2seq = model.config.family == "encoder-decoder"
-        self.block = model.config.block_size
-
-    def prompt_ids(self, text: str) -> list[int]:
-        """What the model reads for a prompt: the tokenizer's prefix (decoder) or end-of-sequence (seq2seq)."""
-        if self.seq2seq:
-            return self.tokenizer.encode(text) + [self.tokenizer.require("eos", "to end the input")]
-        return self.tokenizer.prefix_ids + self.tokenizer.encode(text)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.prompt_ids(text))
-
-    def budget(self, reserve: int) -> int:
-        """Prompt tokens allowed when `reserve` tokens are kept for the answer."""
-        if reserve >= self.block:
-            raise LlmlabError(
-                f"{reserve} tokens reserved for the answer leave no room in the {self.block}-token window",
-                "lower --max-new-tokens",
-            )
-        return self.block if self.seq2seq else self.block - reserve
-
-    @torch.inference_mode()
-    def logprobs(self, contexts: list[str], continuations: list[str]) -> list[ContinuationScore]:
-        """Log-probability, token count and greediness of each continuation after its context."""
-        results: list[ContinuationScore] = []
-        for start in range(0, len(contexts), self.batch_size):
-            pairs = list(zip(contexts[start : start + self.batch_size], continuations[start : start + self.batch_size]))
-            results += self._seq2seq_batch(pairs) if self.seq2seq else self._decoder_batch(pairs)
-        return results
-
-    def _decoder_batch(self, pairs: list[tuple[str, str]]) -> list[ContinuationScore]:
-        rows, lengths = [], []
-        for context, continuation in pairs:
-            cont = self.tokenizer.encode(continuation)
-            ids = (self.prompt_ids(context) + cont)[-(self.block + 1) :]  # the continuation always survives
-            rows.append(ids)
-            lengths.append(len(cont))
-        width = max(len(r) for r in rows) - 1
-        x = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):  # right padding: a causal model's real tokens never see it
-            x[i, : len(r) - 1] = torch.tensor(r[:-1])
-        logp = F.log_softmax(self.model(x.to(self.model.device)).float(), dim=-1).cpu()
-        out = []
-        for i, (r, n) in enumerate(zip(rows, lengths)):
-            positions, target = torch.arange(len(r) - 1 - n, len(r) - 1), torch.tensor(r[-n:])
-            greedy = bool((logp[i, positions].argmax(-1) == target).all())
-            out.append(ContinuationScore(float(logp[i, positions, target].sum()), n, greedy))
-        return out
-
-    def _seq2seq_batch(self, pairs: list[tuple[str, str]]) -> list[ContinuationScore]:
-        sources = [self.prompt_ids(c)[-self.block :] for c, _ in pairs]
-        targets = [self.tokenizer.encode(t)[: self.block] for _, t in pairs]
-        S, T = max(map(len, sources)), max(map(len, targets))
-        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
-        start = self.model.config.decoder_start_token_id
-        start = pad if start is None else start
-        src = torch.full((len(pairs), S), pad, dtype=torch.long)
-        mask = torch.zeros((len(pairs), S), dtype=torch.bool)
-        tgt = torch.full((len(pairs), T), pad, dtype=torch.long)
-        for i, (s, t) in enumerate(zip(sources, targets)):
-            src[i, : len(s)], mask[i, : len(s)], tgt[i, : len(t)] = torch.tensor(s), True, torch.tensor(t)
-        decoder_in = torch.cat([torch.full((len(pairs), 1), start), tgt[:, :-1]], dim=1)
-        device = self.model.device
-        logp = F.log_softmax(self.model(src.to(device), decoder_in.to(device), mask.to(device)).float(), -1).cpu()
-        out = []
-        for i, t in enumerate(targets):
-            positions, target = torch.arange(len(t)), torch.tensor(t)
-            greedy = bool((logp[i, positions].argmax(-1) == target).all())
-            out.append(ContinuationScore(float(logp[i, positions, target].sum()), len(t), greedy))
-        return out
-
-
-# -- metrics -----------------------------------------------------------------------------------------
-
-
-def normalize_answer(text: str) -> str:
-    """First line, lower case, no punctuation, single spaces: how a free-form answer is compared."""
-    first = text.strip().split("\n")[0].lower()
-    first = first.translate(str.maketrans("", "", string.punctuation))
-    return re.sub(r"\s+", " ", first).strip()
-
-
-def rouge(prediction: str, references: list[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F1 of a prediction, the best over its references (rouge-score, stemming on)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    scores = scorer.score_multi(references, prediction)
-    return {name: scores[name].fmeasure for name in ("rouge1", "rouge2", "rougeL")}
-
-
-def bootstrap_interval(values: list[float], seed: int = 0, resamples: int = 1000) -> tuple[float, float]:
-    """95% percentile interval of the mean, from resampling the examples with replacement."""
-    data = np.asarray(values, dtype=np.float64)
-    if len(data) < 2:
-        return (float(data.mean()) if len(data) else math.nan,) * 2
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def bootstrap_statistic(
-    items: list, statistic: Callable[[list], float], seed: int = 0, resamples: int = 300
-) -> tuple[float, float]:
-    """95% interval of a corpus-level statistic (distinct-n), resampling the items.
-
-    Resampling adds duplicates, so distinct-n of a resample is biased low and a plain percentile
-    interval would sit below the estimate: the resampled values are shifted by their mean bias
-    (estimate - mean of the resamples) before taking the percentiles."""
-    if len(items) < 2:
-        value = statistic(items)
-        return value, value
-    rng = np.random.default_rng(seed)
-    values = [statistic([items[i] for i in rng.integers(0, len(items), len(items))]) for _ in range(resamples)]
-    shift = statistic(items) - float(np.mean(values))
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low + shift), float(high + shift)
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams over all n-grams of the outputs (word level): diversity of what is generated."""
-    grams = [tuple(words[i : i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def repetition_rate(texts: list[str], n: int = 4) -> float:
-    """Share of an output's word n-grams that already occurred in it, averaged over the outputs."""
-    rates = []
-    for text in texts:
-        words = text.split()
-        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-        if grams:
-            rates.append(1 - len(set(grams)) / len(grams))
-    return sum(rates) / len(rates) if rates else 0.0
+__all__ = [
+    "ContinuationScore",
+    "Scorer",
+    "ShotResult",
+    "SweepRow",
+    "bootstrap_interval",
+    "bootstrap_statistic",
+    "distinct_n",
+    "evaluate_task",
+    "normalize_answer",
+    "perplexity",
+    "plot_shots",
+    "plot_sweep",
+    "prompts_for",
+    "quality_metric",
+    "repetition_rate",
+    "rouge",
+    "sweep",
+]
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -314,38 +191,6 @@ def _generate(task, scorer, generator, examples, k, select, seed, generation) ->
         intervals[name] = bootstrap_statistic(texts, statistic, seed)
     return ShotResult(k, metrics, intervals, len(examples), float(np.mean([p.shots_used for p in prompts])),
                       sum(p.query_shortened for p in prompts), rows)  # fmt: skip
-
-
-@torch.inference_mode()
-def perplexity(
-    model: LanguageModel, tokenizer: TextTokenizer, text: str, stride: int | None = None
-) -> tuple[float, int]:
-    """(perplexity, tokens scored) of a text, with a sliding window of the model's context.
-
-    Each window scores only the tokens the previous one did not, so every token is predicted once,
-    from up to block_size - stride tokens of preceding context (stride defaults to half the window).
-    """
-    if model.config.family != "decoder":
-        raise LlmlabError("perplexity is defined here for decoder-only models", "evaluate a decoder checkpoint")
-    ids = tokenizer.prefix_ids + tokenizer.encode(text)
-    block = model.config.block_size
-    stride = stride or max(1, block // 2)
-    if not 0 < stride <= block:
-        raise LlmlabError(f"--stride must be in 1..{block}, got {stride}", "use e.g. half the context")
-    if len(ids) < 2:
-        raise LlmlabError("the text has fewer than two tokens", "pass more text")
-    nll, scored, end = 0.0, 0, 1  # tokens [1, end) are scored
-    while end < len(ids):
-        new_end = min(end + stride, len(ids))
-        begin = max(0, new_end - block - 1)
-        window = torch.tensor([ids[begin:new_end]], device=model.device)
-        logp = F.log_softmax(model(window[:, :-1]).float(), dim=-1)[0]
-        targets = window[0, 1:]
-        first = end - begin - 1  # position (within the window's predictions) of the first unscored token
-        nll -= float(logp[first:].gather(1, targets[first:, None]).sum())
-        scored += len(targets) - first
-        end = new_end
-    return math.exp(nll / scored), scored
 
 
 def plot_shots(results: list[ShotResult], out: Path, title: str) -> Path:

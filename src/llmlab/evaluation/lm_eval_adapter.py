@@ -4,15 +4,14 @@
     lm_eval --model llmlab --model_args pretrained=runs/main --tasks ... (after importing it)
 
 The three requests lm-eval makes are answered with llmlab's own code: `loglikelihood` with the same
-`Scorer` that `llmlab evaluate` ranks labels with, `loglikelihood_rolling` with its sliding-window
-perplexity, `generate_until` with its Generator.
+`Scorer` that `llmlab evaluate` ranks labels with, `loglikelihood_rolling` with the sliding window of
+`llmlab evaluate --perplexity` (`perplexity.text_loglikelihood`), `generate_until` with its Generator.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 from llmlab.errors import LlmlabError
@@ -31,7 +30,7 @@ class LlmlabLM(LM):
 
     def __init__(self, pretrained: str, device: str = "cpu", batch_size: int | str = 16, **_: object) -> None:
         super().__init__()
-        from llmlab.evaluation.evaluate import Scorer
+        from llmlab.evaluation.scorer import Scorer
 
         self.checkpoint = load_checkpoint(pretrained, device=device)
         self.scorer = Scorer(self.checkpoint.model, self.checkpoint.tokenizer, batch_size=int(batch_size))
@@ -48,18 +47,10 @@ class LlmlabLM(LM):
         return [(score.logprob, score.greedy) for score in scored]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        from llmlab.evaluation.evaluate import perplexity
+        from llmlab.evaluation.perplexity import text_loglikelihood
 
         model, tokenizer = self.checkpoint.model, self.checkpoint.tokenizer
-        totals = []
-        for request in requests:
-            (text,) = request.args
-            if len(tokenizer.prefix_ids + tokenizer.encode(text)) < 2:
-                totals.append(0.0)
-                continue
-            ppl, tokens = perplexity(model, tokenizer, text)
-            totals.append(-tokens * math.log(ppl))
-        return totals
+        return [text_loglikelihood(model, tokenizer, request.args[0]) for request in requests]
 
     def generate_until(self, requests) -> list[str]:
         from llmlab.generation.config import GenerationConfig

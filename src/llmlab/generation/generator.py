@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from llmlab.data.collate import pad_rows
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.model import LanguageModel
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
@@ -64,14 +66,14 @@ class Generator:
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}",
                 "use the tokenizer.json saved with this checkpoint",
             )
-        if model.config.family == "encoder":
-            raise LlmlabError(
-                "encoder-only models do not generate text", "use llmlab fill-mask or embed with this checkpoint"
-            )
+        self.family = family_spec(model.config)
+        self.family.require_generates(
+            "encoder-only models do not generate text", "use llmlab fill-mask or embed with this checkpoint"
+        )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.require("eos", "to generate text")
-        self.seq2seq = model.config.family == "encoder-decoder"
+        self.seq2seq = self.family.seq2seq
         self._packed: torch.nn.Module | None = None
         self._packed_version = -1
 
@@ -143,10 +145,10 @@ class Generator:
                     f"max-new-tokens {config.max_new_tokens} exceeds the decoder's {block} positions",
                     f"use at most {block} new tokens",
                 )
-            ids, budget = self.tokenizer.encode(prompt), block - 1
+            ids, budget = self.tokenizer.encode(prompt), block - len(self.family.prompt_suffix(self.tokenizer))
         else:
-            # The tokenizer's own prefix (Llama's <s>) as its users get it; an empty prompt starts a new text.
-            ids = self.tokenizer.prefix_ids + self.tokenizer.encode(prompt) or [self.eos_id]
+            # The tokenizer's own prefix (Llama's <s>); an empty prompt starts a new text.
+            ids = self.family.prompt_prefix(self.tokenizer) + self.tokenizer.encode(prompt) or [self.eos_id]
             budget = block - config.max_new_tokens
             if budget < 1:
                 raise LlmlabError(
@@ -163,7 +165,7 @@ class Generator:
                 )
             warnings.warn(f"prompt truncated from {len(ids)} to its last {budget} tokens", stacklevel=3)
             ids = ids[-budget:]
-        return ids + [self.eos_id] if self.seq2seq else ids
+        return ids + self.family.prompt_suffix(self.tokenizer)
 
     def _finish_reason(self, ids: list[int], config: GenerationConfig) -> str:
         if ids and ids[-1] == self.eos_id:
@@ -219,14 +221,11 @@ class Generator:
     ) -> Callable[[torch.Tensor | None], torch.Tensor]:
         """Prompts left-padded to one length (every row's last token at the same slot), prefilled into
         the KV cache on the first call; each later call feeds the previous step's tokens."""
-        device, pad = self.device, self.eos_id
+        device = self.device
         B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
         total = P + config.max_new_tokens
-        tokens = torch.full((B, P), pad, dtype=torch.long)
-        valid = torch.zeros((B, total), dtype=torch.bool)
-        for r, ids in enumerate(prompt_ids):
-            tokens[r, P - len(ids) :] = torch.tensor(ids)
-            valid[r, P - len(ids) :] = True
+        tokens, valid = pad_rows(prompt_ids, self.family.pad_id(self.tokenizer), "left")
+        valid = torch.cat([valid, torch.zeros((B, config.max_new_tokens), dtype=torch.bool)], dim=1)
         tokens, valid = tokens.to(device), valid.to(device)
         padded = not bool(valid[:, :P].all())
         positions = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)
@@ -256,20 +255,13 @@ class Generator:
         """Encode the (right-padded) prompts once; the decoder starts from its start token and caches
         both its self-attention and its cross-attention keys/values."""
         device = self.device
-        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.eos_id
-        B, S = len(prompt_ids), max(len(p) for p in prompt_ids)
-        src = torch.full((B, S), pad, dtype=torch.long)
-        src_mask = torch.zeros((B, S), dtype=torch.bool)
-        for r, ids in enumerate(prompt_ids):
-            src[r, : len(ids)] = torch.tensor(ids)
-            src_mask[r, : len(ids)] = True
+        B = len(prompt_ids)
+        src, src_mask = pad_rows(prompt_ids, self.family.pad_id(self.tokenizer))
         src, src_mask = src.to(device), src_mask.to(device)
         runner = self.runner
         memory = runner.encode(src, src_mask)
         cache = runner.new_cache(B, max(config.max_new_tokens, 1))
-        start = self.model.config.decoder_start_token_id
-        if start is None:
-            start = pad
+        start = self.family.start_id(self.model.config, self.tokenizer)
 
         def step(new: torch.Tensor | None) -> torch.Tensor:
             tokens = torch.full((B, 1), start, dtype=torch.long, device=device) if new is None else new[:, None]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.introspect.encode import model_input
 from llmlab.model import LanguageModel
 from llmlab.model.layers import CrossAttention, SelfAttention
@@ -70,11 +71,11 @@ def attention_maps(
     ids = model_input(model, tokenizer, text)
     x = torch.tensor([ids], device=model.device)
     labels = token_labels(tokenizer, ids)
-    family = model.config.family
-    if family != "encoder-decoder":
+    spec = family_spec(model.config)
+    if not spec.seq2seq:
         with capture_attention(model) as records:
             model(x)
-        kind = "encoder" if family == "encoder" else "decoder"
+        (kind,) = spec.attention_kinds
         return {kind: AttentionMap(kind, labels, labels, _stack(records, kind, ".attn"))}
     if target is None:
         from llmlab.generation.config import GenerationConfig
@@ -84,8 +85,7 @@ def attention_maps(
         target_ids = out[0][0].token_ids
     else:
         target_ids = tokenizer.encode(target)
-    start = model.config.decoder_start_token_id
-    decoder_ids = [start if start is not None else tokenizer.pad_id, *target_ids][: model.config.block_size]
+    decoder_ids = [spec.start_id(model.config, tokenizer), *target_ids][: model.config.block_size]
     y = torch.tensor([decoder_ids], device=model.device)
     with capture_attention(model) as records:
         model(x, y)

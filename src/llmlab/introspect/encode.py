@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llmlab.data.collate import pad_rows
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.model import LanguageModel
 from llmlab.tokenizer import TextTokenizer
 
@@ -28,12 +30,7 @@ class Filler:
 def model_input(model: LanguageModel, tokenizer: TextTokenizer, text: str) -> list[int]:
     """Token ids the model was trained to read: [CLS] text [SEP] (encoder), text </s> (encoder-decoder),
     or the text itself (decoder); refuses text longer than the context window."""
-    ids = tokenizer.encode(text)
-    family = model.config.family
-    if family == "encoder":
-        ids = [tokenizer.require("cls", "to read text"), *ids, tokenizer.require("sep", "to read text")]
-    elif family == "encoder-decoder":
-        ids = [*ids, tokenizer.require("eos", "to read text")]
+    ids = family_spec(model.config).text_ids(tokenizer, tokenizer.encode(text))
     if not ids:
         raise LlmlabError("the text is empty", "pass some text")
     if len(ids) > model.config.block_size:
@@ -47,7 +44,7 @@ def model_input(model: LanguageModel, tokenizer: TextTokenizer, text: str) -> li
 @torch.inference_mode()
 def fill_mask(model: LanguageModel, tokenizer: TextTokenizer, text: str, top_k: int = 5) -> list[list[Filler]]:
     """For each [MASK] in `text`, the top_k tokens with their probabilities (most likely first)."""
-    if model.config.family != "encoder":
+    if not family_spec(model.config).masked_lm:
         raise LlmlabError(
             f"fill-mask needs an encoder (masked-LM) model, this is a {model.config.family} model",
             "train one with llmlab pretrain --family encoder",
@@ -81,21 +78,15 @@ def embed(model: LanguageModel, tokenizer: TextTokenizer, texts: list[str], norm
     if not texts:
         raise LlmlabError("no text to embed", "pass --text (repeatable) or --file")
     rows = [model_input(model, tokenizer, t) for t in texts]
-    T = max(len(r) for r in rows)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.separator_id
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    real = torch.zeros((len(rows), T), dtype=torch.bool)
-    for i, r in enumerate(rows):  # right padding: a causal decoder's real tokens never see it
-        ids[i, : len(r)] = torch.tensor(r)
-        real[i, : len(r)] = True
+    spec = family_spec(model.config)
+    ids, real = pad_rows(rows, spec.pad_id(tokenizer))  # right padding: a causal decoder's real tokens never see it
     ids, real = ids.to(model.device), real.to(model.device)
-    family = model.config.family
-    if family == "encoder":
-        hidden = model.hidden_states(ids, real)
-    elif family == "encoder-decoder":
+    if spec.seq2seq:
         hidden = model.encode(ids, real)
-    else:
+    elif spec.causal:
         hidden = model.hidden_states(ids)
+    else:
+        hidden = model.hidden_states(ids, real)
     weights = real[..., None].to(hidden.dtype)
     vectors = ((hidden * weights).sum(dim=1) / weights.sum(dim=1)).float()
     return F.normalize(vectors, dim=-1) if normalize else vectors

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import process_logits
 from llmlab.introspect.encode import model_input
@@ -41,17 +42,15 @@ def next_token_logits(
 ) -> torch.Tensor:
     """(vocab,) logits for the token after the prompt (encoder-decoder: after the decoder's start
     token and `target_prefix`)."""
-    family = model.config.family
-    if family == "encoder":
-        raise LlmlabError("encoder-only models do not predict a next token", "use llmlab fill-mask with a [MASK]")
-    if family == "decoder":
+    spec = family_spec(model.config)
+    spec.require_generates("encoder-only models do not predict a next token", "use llmlab fill-mask with a [MASK]")
+    if not spec.seq2seq:
         ids = tokenizer.encode(prompt + target_prefix) or [tokenizer.require("eos", "to start a text")]
         if len(ids) > model.config.block_size:
             ids = ids[-model.config.block_size :]
         return model(torch.tensor([ids], device=model.device), last_only=True)[0, -1].float()
     src = torch.tensor([model_input(model, tokenizer, prompt)], device=model.device)
-    start = model.config.decoder_start_token_id
-    tgt = torch.tensor([[start if start is not None else tokenizer.pad_id, *tokenizer.encode(target_prefix)]])
+    tgt = torch.tensor([[spec.start_id(model.config, tokenizer), *tokenizer.encode(target_prefix)]])
     return model(src, tgt.to(model.device))[0, -1].float()
 
 

@@ -13,6 +13,7 @@ head; an encoder-decoder's tokens pass through one stack each, hence T5's "~3 N 
 from __future__ import annotations
 
 from llmlab.config import ModelConfig
+from llmlab.family import family_spec
 from llmlab.plan.memory import masked_positions
 
 
@@ -38,11 +39,11 @@ def step_flops(config: ModelConfig, batch: int, seq_len: int, target_len: int | 
     causal). Encoder-decoders: `seq_len` input and `target_len` target positions; masked LMs run their
     head at the masked 15% only."""
     w, b, width = matmul_weights(config), batch, config.n_head * config.head_dim
-    L = config.n_layer
-    if config.family == "decoder":
+    L, spec = config.n_layer, family_spec(config)
+    if spec.causal:
         matmuls = 6 * b * seq_len * (L * w["block"] + w["head"])
         attention = 12 * b * L * seq_len * seq_len * width
-    elif config.family == "encoder":
+    elif spec.masked_lm:
         masked = b * masked_positions(seq_len)
         matmuls = 6 * b * seq_len * L * w["block"] + 6 * masked * (w["head"] + w["head_transform"])
         attention = 12 * b * L * seq_len * seq_len * width

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "sgd": 4.0, "adam8bit": 2.0}
@@ -95,7 +96,7 @@ def activation_bytes(
             "full": 2 * s * b * h,
         }[recompute]
 
-    if config.family != "encoder-decoder":
+    if not family_spec(config).seq2seq:
         return config.n_layer * layer(seq_len)
     T = target_len or seq_len
     decoder = layer(T) + cross_attention_bytes(config, batch, T, seq_len, recompute)
@@ -105,9 +106,10 @@ def activation_bytes(
 def scored_positions(config: ModelConfig, batch: int, seq_len: int, target_len: int | None = None) -> int:
     """Positions the output layer scores in training: every one (causal LM), the target's
     (encoder-decoder), the masked 15% (masked LM: its head runs only there)."""
-    if config.family == "encoder":
+    spec = family_spec(config)
+    if spec.masked_lm:
         return batch * masked_positions(seq_len)
-    if config.family == "encoder-decoder":
+    if spec.seq2seq:
         return batch * (target_len or seq_len)
     return batch * seq_len
 
@@ -130,9 +132,10 @@ def kv_cache_bytes(
     values of the `seq_len` input; an encoder generates nothing and caches nothing."""
     kv_dtype = dtype if dtype in ("fp32", "fp16", "bf16") else "bf16"  # quantized weights, 16-bit cache
     per_position = 2 * batch * config.n_kv_head * config.head_dim * DTYPE_BYTES[kv_dtype]
-    if config.family == "encoder":
+    spec = family_spec(config)
+    if not spec.generates:
         return 0.0
-    if config.family == "encoder-decoder":
+    if spec.seq2seq:
         return config.n_decoder_layer * ((target_len or seq_len) + seq_len) * per_position
     return config.n_layer * seq_len * per_position
 
@@ -187,7 +190,7 @@ def plan_memory(
         # buffer ("6 GB for 1.5B parameters"); ZeRO's stages use constant-size buckets instead
         plan.training["temporary buffers (gradient all-reduce)"] = params * 4.0
     plan.inference["weights"] = params * DTYPE_BYTES[dtype]
-    if batch and seq_len and config is not None and config.family != "encoder":
+    if batch and seq_len and config is not None and family_spec(config).generates:
         plan.inference["KV cache"] = kv_cache_bytes(config, batch, seq_len, dtype, target_len)
     return plan
 

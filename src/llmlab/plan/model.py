@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmlab.config import ModelConfig
+from llmlab.family import family_spec
 
 
 def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
@@ -17,15 +18,16 @@ def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
     feed_forward = d * width + bias * width + config.intermediate_size * d + bias * d
     norm = d * (2 if config.norm == "layernorm" and config.bias else 1)
 
+    spec = family_spec(config)
     stacks = [(config.n_layer, False)]  # (blocks, with cross-attention)
-    if config.family == "encoder-decoder":
+    if spec.seq2seq:
         stacks.append((config.n_decoder_layer, True))
     positions = {
         "learned": config.block_size * d,
         "relative": config.relative_buckets * config.n_head,
     }.get(config.positions, 0)
     head = 0 if config.tie_embeddings else config.vocab_size * d
-    if config.family == "encoder":  # dense + norm + output bias; the output matrix is the embedding
+    if spec.masked_lm:  # dense + norm + output bias; the output matrix is the embedding
         head = d * d + bias * d + norm + config.vocab_size if config.mlm_head else 0
     final_norm = 1 if config.norm_position == "pre" else 0
     embed_norm = 1 if config.embed_norm else 0

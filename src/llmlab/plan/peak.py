@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.plan.memory import masked_positions, scored_positions, token_bytes
 
 DEVICES = ("cuda", "cpu")
@@ -60,9 +61,7 @@ class ModelShape:
     @classmethod
     def of(cls, model) -> ModelShape:
         named = [(f".{n}", p) for n, p in model.named_parameters()]
-        encoder = (
-            [(n, p) for n, p in named if n.startswith(".encoder.")] if model.config.family == "encoder-decoder" else []
-        )
+        encoder = [(n, p) for n, p in named if n.startswith(".encoder.")] if family_spec(model.config).seq2seq else []
         matrices = lambda items: sum(p.numel() for n, p in items if ".blocks." in n and p.dim() == 2)  # noqa: E731
         return cls(
             params=sum(p.numel() for _, p in named),
@@ -156,12 +155,13 @@ def activations_kept(
     layer's input (the masked-LM head's four tensors at the masked positions only)."""
     b, h = batch, config.n_embd
     cast = 2.0 if precision == "autocast" else 4.0  # a matmul's input: autocast's copy, or the fp32 tensor
-    if config.family == "decoder":
+    spec = family_spec(config)
+    if spec.causal:
         return (
             stack_activation_bytes(config, config.n_layer, b, seq_len, device, precision, True) + cast * seq_len * b * h
         )
     encoder = stack_activation_bytes(config, config.n_layer, b, seq_len, device, precision, False)
-    if config.family == "encoder":
+    if spec.masked_lm:
         head = (cast + 2 * _width(precision) + 4 + cast) * b * masked_positions(seq_len) * h  # dense, act, norm, out
         return encoder + head
     T = target_len or seq_len
@@ -180,7 +180,7 @@ def cast_weight_bytes(config: ModelConfig, block_matrix_params: float) -> float:
     """Autocast's 16-bit copies of every matrix a matmul reads: the blocks', the output head's (V x h) and
     the masked-LM head's dense layer; kept until backward has used them. Embedding lookups read the fp32
     table itself."""
-    dense = config.n_embd**2 if config.family == "encoder" else 0
+    dense = config.n_embd**2 if family_spec(config).masked_lm else 0
     return 2.0 * (block_matrix_params + config.vocab_size * config.n_embd + dense)
 
 
@@ -216,9 +216,10 @@ def training_step_peak(
     # summed before the table's own exists. Measured: a new gradient is added in place into the sum so far
     # (one extra table), except into the first one straight from the fp32 head's matmul, where the sum is a
     # new tensor (two extra); an encoder-decoder's last sum goes into that new tensor, in place.
-    shared = config.tie_embeddings or config.family == "encoder-decoder"
+    seq2seq = family_spec(config).seq2seq
+    shared = config.tie_embeddings or seq2seq
     extra_tables = 2 if precision == "fp32" and config.tie_embeddings else 1
-    last_sum = 1 if config.family == "encoder-decoder" else extra_tables
+    last_sum = 1 if seq2seq else extra_tables
     second_gradient = last_sum * 4.0 * V * h if shared else 0.0
     components = {
         "weights (fp32)": weights,
@@ -239,7 +240,7 @@ def training_step_peak(
     }
     if ddp:
         phases = {phase: bytes_ + gradients for phase, bytes_ in phases.items()}
-    if config.family == "encoder-decoder":
+    if seq2seq:
         # the decoder's embedding lookup is differentiated before the encoder (it was created later): its
         # gradient is summed with the head's while the encoder's activations and weight copies still
         # wait, and the encoder's gradients do not exist yet

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from llmlab.checkpoint.folder import model_state, save_checkpoint
-from llmlab.data.tokens import get_batch, prepare_data
+from llmlab.data.tokens import prepare_data
 from llmlab.errors import LlmlabError
+from llmlab.evaluation.perplexity import window_perplexity
+from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
 from llmlab.load import load_checkpoint
@@ -56,16 +56,6 @@ class ReportRow:
     max_layer_error: float  # the largest relative Frobenius error of one layer's weights
 
 
-@torch.no_grad()
-def perplexity(model, ids, batches: int, batch_size: int, block: int) -> float:
-    losses = []
-    for i in range(batches):
-        x, y = get_batch(ids, batch_size, block, seed=1234, step=i)
-        logits = model(x)
-        losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item())
-    return math.exp(sum(losses) / len(losses))
-
-
 def _layer_error(original, quantized) -> float:
     worst = 0.0
     reference = dict(original.named_modules())
@@ -99,7 +89,7 @@ def quantize_report(
     log=print,
 ) -> list[ReportRow]:
     base = load_checkpoint(checkpoint)
-    if base.model.config.family != "decoder":
+    if not family_spec(base.model.config).causal:
         raise LlmlabError(
             f"--report measures decoder-only models (perplexity, decode speed), not {base.model.config.family}",
             "quantize it without --report, or report on a decoder checkpoint",
@@ -124,7 +114,7 @@ def quantize_report(
             )
             disk = (path / "model.safetensors").stat().st_size / 1e6
             memory = sum(t.numel() * t.element_size() for t in model_state(model).values()) / 1e6
-            ppl = perplexity(model, tokens.val, batches, batch_size, block)
+            ppl = window_perplexity(model, tokens.val, batches, batch_size, block)
             reference_ppl = reference_ppl or ppl
             generator = Generator(model, base.tokenizer)
             row = ReportRow(
