@@ -21,8 +21,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("hugging face", ("llmlab.hf",)),
     ("any source", ("llmlab.load",)),
     ("training core", ("llmlab.training",)),
-    ("recipes and uses", ("llmlab.pretrain", "llmlab.evaluation", "llmlab.introspect", "llmlab.report",
-                          "llmlab.plan.verify")),  # fmt: skip
+    (
+        "recipes and uses",
+        (
+            "llmlab.pretrain",
+            "llmlab.evaluation",
+            "llmlab.introspect",
+            "llmlab.report",
+            "llmlab.plan.verify",
+            "llmlab.plan.memory_request",
+            "llmlab.plan.compute_request",
+        ),
+    ),  # fmt: skip
     ("interface", ("llmlab.cli", "llmlab.__init__", "llmlab.__main__")),
 ]
 

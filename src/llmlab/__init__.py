@@ -14,8 +14,10 @@ from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Completion, Generator
 from llmlab.load import load_checkpoint
 from llmlab.model import DecoderLM, EncoderDecoderLM, EncoderLM, build_model
+from llmlab.pretrain.config import PretrainConfig, TrainConfig
+from llmlab.pretrain.recipe import train
 from llmlab.tokenizer import TextTokenizer, train_tokenizer
-from llmlab.train import TrainConfig, TrainResult, train
+from llmlab.training.loop import TrainResult
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "Generator",
     "LlmlabError",
     "ModelConfig",
+    "PretrainConfig",
     "TextTokenizer",
     "TrainConfig",
     "TrainResult",

@@ -215,7 +215,7 @@ def test_generate_defaults_leave_room_for_a_prompt(capsys, trained):
 
 
 def test_stop_and_prompt_files_accept_written_newlines():
-    from llmlab.cli import unescape
+    from llmlab.cli.common import unescape
 
     assert unescape("a\\nb\\tc") == "a\nb\tc"
     assert unescape("plain") == "plain"

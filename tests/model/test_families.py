@@ -15,8 +15,9 @@ from llmlab.generation.generator import Generator
 from llmlab.load import load_checkpoint
 from llmlab.model import EncoderDecoderLM, EncoderLM, build_model
 from llmlab.model.layers import relative_position_bucket, sinusoidal_table
+from llmlab.pretrain.config import TrainConfig
+from llmlab.pretrain.recipe import train
 from llmlab.tokenizer import train_tokenizer
-from llmlab.train import TrainConfig, train
 from tests.helpers import SAMPLE_TEXT, tiny_model
 
 

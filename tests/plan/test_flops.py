@@ -60,10 +60,12 @@ def test_plan_compute_verify_and_per_token_flops(capsys):
 
 def test_training_reports_model_flops(tmp_path):
     from llmlab.plan.compute import accelerator_peak_flops
-    from llmlab.train import TrainConfig, _throughput_text, train
+    from llmlab.pretrain.config import TrainConfig
+    from llmlab.pretrain.recipe import train
+    from llmlab.training.report import throughput_text
 
-    assert _throughput_text(2.5e12, 1e13) == "2.50 TFLOP/s (MFU 25%)"
-    assert _throughput_text(5e10, 0.0) == "50.0 GFLOP/s"  # no known peak (CPU): no MFU
+    assert throughput_text(2.5e12, 1e13) == "2.50 TFLOP/s (MFU 25%)"
+    assert throughput_text(5e10, 0.0) == "50.0 GFLOP/s"  # no known peak (CPU): no MFU
     assert accelerator_peak_flops(torch.device("cpu"), torch.bfloat16) == 0.0
     (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 200)
     config = TrainConfig(

@@ -1,5 +1,6 @@
-"""Run `llmlab.train` under torchrun for the distributed tests: argv[1] is the TrainConfig as JSON,
-argv[2] (optional) a step after which to stop as Ctrl-C would, argv[3] (optional) a rank that fails."""
+"""Run `llmlab.train` (the pre-training recipe) under torchrun for the distributed tests: argv[1] is the
+TrainConfig as JSON, argv[2] (optional) a step after which to stop as Ctrl-C would, argv[3] (optional) a
+rank that fails."""
 
 import json
 import sys

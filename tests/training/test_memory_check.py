@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from llmlab.cli import main
 
-OPTIONS = ["--tokenizer", "char", "--preset", "llama-nano", "--block-size", "64", "--batch-size", "8",
-           "--max-steps", "4", "--eval-interval", "100", "--eval-iters", "1", "--dtype", "bf16", "--device", "cpu"]  # fmt: skip
+OPTIONS = ["--tokenizer", "char", "--preset", "llama-nano", "--block-size", "64", "--batch-size", "8", "--max-steps",
+           "4", "--eval-interval", "100", "--eval-iters", "1", "--dtype", "bf16", "--device", "cpu"]  # fmt: skip
 
 
 def pretrain(tmp_path, capfd, *extra: str) -> str:

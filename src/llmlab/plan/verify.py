@@ -122,7 +122,9 @@ def measured_step_peaks(
     from torch.profiler import record_function
 
     from llmlab.device import autocast
-    from llmlab.train import TrainConfig, batch_loss, make_optimizers, optimizer_step
+    from llmlab.training.config import OptimConfig
+    from llmlab.training.losses import lm_loss
+    from llmlab.training.optim import make_optimizers, optimizer_step
 
     model.to(device)
     data = synthetic_batch(model.config, batch, seq_len, target_len).to(device)
@@ -133,12 +135,12 @@ def measured_step_peaks(
 
         device_ids = [device.index or 0] if device.type == "cuda" else None
         trainer["forward"] = DistributedDataParallel(model, device_ids=device_ids) if ddp else model
-        trainer["optimizers"] = make_optimizers(model, TrainConfig(), device)
+        trainer["optimizers"] = make_optimizers(model, OptimConfig(), device)
 
     def forward_backward() -> None:
         for _ in range(accumulation_steps):
             with autocast(device, dtype):
-                loss = batch_loss(trainer["forward"], data) / accumulation_steps
+                loss = lm_loss(trainer["forward"], data) / accumulation_steps
             loss.backward()
 
     def update() -> None:
@@ -233,10 +235,10 @@ def count_step_flops(model: LanguageModel, batch: Batch) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from llmlab.train import batch_loss
+    from llmlab.training.losses import lm_loss
 
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        batch_loss(model, batch).backward()
+        lm_loss(model, batch).backward()
     return counter.get_total_flops()
 
 
@@ -254,4 +256,38 @@ def verify_flops(cases: list[tuple[str, int, int, int | None]], vocab_size: int 
         shape = f"b{batch} x {seq_len}" + (f" -> {target_len}" if target_len else "")
         formula = sum(step_flops(config, batch, seq_len, target_len).values())
         checks.append(FlopCheck(preset, shape, counted, formula, 6.0 * model.num_parameters() * tokens))
+    return checks
+
+
+# (preset, batch, seq_len, target_len): every family, and an encoder-decoder with a shorter target
+FLOP_CASES: list[tuple[str, int, int, int | None]] = [
+    ("gpt2-micro", 2, 256, None),
+    ("llama-micro", 2, 256, None),
+    ("bert-micro", 2, 128, None),
+    ("t5-micro", 2, 128, 128),
+    ("t5-micro", 2, 128, 32),
+    ("transformer-base", 1, 64, 64),
+]
+
+
+def verify_memory_suite(
+    device: str | None = None, batch: int | None = None, seq_len: int | None = None, target_len: int | None = None
+) -> list[MemoryCheck]:
+    """`llmlab plan memory --verify`: exact model-state checks on CPU, then the peak of a step on `device`
+    (default: a GPU when there is one) in bf16 autocast and fp32, for every family. Small models on CPU,
+    ~100M-parameter ones on a GPU, where the fixed cuBLAS workspaces are noise."""
+    from llmlab.device import resolve_device
+
+    where = resolve_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = where.type == "cuda"
+    size = "small" if on_gpu else "micro"
+    presets = [f"gpt2-{size}", f"llama-{size}", "bert-base" if on_gpu else "bert-micro", f"t5-{size}"]
+    batch, seq_len = batch or (8 if on_gpu else 4), seq_len or (512 if on_gpu else 256)
+    checks = verify(["gpt2-nano", "gpt2-micro", "llama-nano", "llama-micro"])
+    vocab_size = 32768 if on_gpu else 8192
+    for dtype in (torch.bfloat16, torch.float32):  # autocast (the trainer's default) and plain fp32
+        for preset in presets:  # encoder-decoders: targets a quarter of the input, as span corruption makes
+            seq2seq = ModelConfig.from_preset(preset).family == "encoder-decoder"
+            target = (target_len or seq_len // 4) if seq2seq else None
+            checks += verify_peak([preset], batch, seq_len, where, dtype, vocab_size, target_len=target)
     return checks

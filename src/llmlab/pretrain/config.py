@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmlab.config import FAMILIES, PRESETS
+from llmlab.config import PRESETS
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.options import option
@@ -78,8 +78,8 @@ class PretrainConfig(TrainerConfig, ModelOptions, PretrainData):
 
     def resolved_family(self) -> str:
         """The family to train: --family, else the preset's, else decoder; a mismatch is an error."""
-        if self.family is not None and self.family not in FAMILIES:
-            raise LlmlabError(f"unknown family {self.family!r}", f"choose one of: {', '.join(FAMILIES)}")
+        if self.family is not None:
+            family_spec(self.family)  # an unknown family is one clear error
         preset_family = PRESETS.get(self.preset, {}).get("family", "decoder") if self.preset else None
         if self.family and preset_family and self.family != preset_family:
             raise LlmlabError(

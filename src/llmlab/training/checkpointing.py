@@ -127,3 +127,16 @@ class Checkpointer:
             scaler.load_state_dict(saved["scaler"])
         self.log(f"resuming {self.out} at step {saved['step']}")
         return TrainerState.from_dict(saved)
+
+
+def with_saved_options(cls: type, given: dict[str, Any]):
+    """A recipe config from the options `given`; with `resume`, the options not given again are those of
+    the run being resumed (its trainer_state.json), so `--resume` alone continues it as it was."""
+    base = cls().to_dict()
+    if given.get("resume"):
+        state = Path(given.get("out", base["out"])) / "trainer_state.json"
+        if state.is_file():
+            saved = json.loads(state.read_text()).get("train_config", {})
+            base = {**base, **{k: v for k, v in saved.items() if k in base}}
+        base["overwrite"] = False
+    return cls(**{**base, **given})

@@ -1,0 +1,225 @@
+"""Measuring a model on tasks: `prompt` (show what the model reads), `evaluate` (metrics against the
+number of shots, or perplexity) and `sweep` (quality and diversity across sampling settings)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+from llmlab.cli.common import add_inspection_parser, load_for_inspection, print_table, read_text, unescape
+from llmlab.errors import LlmlabError
+
+
+def _task_from_args(args: argparse.Namespace):
+    """A built-in task by name, or a JSONL file described by the --template/--*-field options."""
+    from llmlab.evaluation.tasks import load_task
+
+    options = {}
+    if args.task.endswith(".jsonl"):
+        options = dict(
+            template=unescape(args.template) if args.template else None,
+            input_field=args.input_field,
+            label_field=args.label_field,
+            labels=args.labels.split(",") if args.labels else None,
+            instruction=unescape(args.instruction or ""),
+            demonstrations=args.demonstrations,
+        )
+    return load_task(args.task, **options)
+
+
+def parse_shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise LlmlabError(f"--shots {text!r} is not a list of counts", "write it like 0,1,3,5") from None
+    if not shots or min(shots) < 0:
+        raise LlmlabError(f"--shots {text!r} needs counts >= 0", "write it like 0,1,3,5")
+    return shots
+
+
+def parse_floats(option: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LlmlabError(f"{option} {text!r} is not a list of numbers", "write it like 0,0.7,1.0") from None
+
+
+def parse_ints(option: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LlmlabError(f"{option} {text!r} is not a list of whole numbers", "write it like 0,50") from None
+
+
+def _output_folder(args: argparse.Namespace, prefix: str, task_name: str) -> Path:
+    """--out, else next to a local checkpoint, else under runs/ (a hub id has no folder of its own)."""
+    local = Path(args.checkpoint)
+    out = Path(args.out or (local / f"{prefix}-{task_name}" if local.is_dir() else f"runs/{prefix}-{task_name}"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cmd_prompt(args: argparse.Namespace) -> None:
+    from llmlab.evaluation.evaluate import Scorer, prompts_for
+
+    args.checkpoint = args.checkpoint or args.model
+    if not args.checkpoint:
+        raise LlmlabError("prompt needs the model whose tokenizer and context count", "pass CKPT or --model CKPT")
+    if not args.task:
+        raise LlmlabError("no task given", "pass --task sentiment|dialogsum|icl-synthetic|FILE.jsonl")
+    task = _task_from_args(args)
+    ckpt = load_for_inspection(args.checkpoint, args.device)
+    scorer = Scorer(ckpt.model, ckpt.tokenizer)
+    if not 0 <= args.index < len(task.examples):
+        raise LlmlabError(f"--index {args.index} is out of range", f"the task has {len(task.examples)} examples")
+    example = task.examples[args.index]
+    reserve = args.max_new_tokens
+    if task.kind == "classification":
+        reserve = max(len(ckpt.tokenizer.encode(task.template.answer(label))) for label in task.labels) + 2
+    (prompt,) = prompts_for(task, scorer, [example], args.shots, args.select, args.seed, reserve)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(prompt)))
+        return
+    print(prompt.text)
+    print(
+        f"--- {prompt.tokens} tokens with this model's tokenizer ({scorer.budget(reserve)} allowed, {reserve} "
+        f"kept for the answer); {prompt.shots_used} of {prompt.shots_requested} examples"
+    )
+    for note in prompt.notes:
+        print(f"--- note: {note}")
+
+
+def _perplexity(args: argparse.Namespace, ckpt) -> None:
+    from llmlab.evaluation.evaluate import perplexity
+
+    text = read_text(args.perplexity)
+    ppl, tokens = perplexity(ckpt.model, ckpt.tokenizer, text, args.stride)
+    result = {"perplexity": ppl, "tokens": tokens, "nats_per_token": math.log(ppl)}
+    print(
+        json.dumps(result)
+        if args.json
+        else f"perplexity {ppl:.3f} over {tokens:,} tokens ({math.log(ppl):.4f} nats/token)"
+    )
+
+
+def _print_shot_table(results) -> None:
+    """One row per shot count; each metric with its bootstrap interval where it has one."""
+    names = list(results[0].metrics)
+    rows = []
+    for r in results:
+        cells = []
+        for name in names:
+            low, high = r.intervals.get(name, (None, None))
+            cells.append(f"{r.metrics[name]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""))
+        rows.append([r.shots, f"{r.mean_shots_used:.1f}", *cells])
+    print_table(rows, ["shots", "fit", *names])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from llmlab.evaluation.evaluate import evaluate_task, plot_shots
+    from llmlab.generation.config import GenerationConfig
+
+    ckpt = load_for_inspection(args.checkpoint, args.device)
+    if args.perplexity:
+        _perplexity(args, ckpt)
+        return
+    if not args.task:
+        raise LlmlabError("nothing to evaluate", "pass --task NAME|FILE.jsonl or --perplexity FILE")
+    task = _task_from_args(args)
+    generation = GenerationConfig(greedy=True, max_new_tokens=args.max_new_tokens)
+    results = evaluate_task(
+        ckpt.model, ckpt.tokenizer, task, parse_shots(args.shots), args.limit, args.seed, args.select,
+        args.length_normalize, generation, log=lambda s: print(s, file=sys.stderr),
+    )  # fmt: skip
+    out = _output_folder(args, "eval", task.name)
+    records = [dataclasses.asdict(r) for r in results]
+    (out / "results.json").write_text(json.dumps({"task": task.name, "seed": args.seed, "results": records}, indent=2))
+    plot_shots(results, out / "shots.png", f"{task.name}: {args.checkpoint}")
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "predictions"} for r in records]))
+        return
+    _print_shot_table(results)
+    print(f"{results[0].examples} examples of {task.name} ({task.kind}); [95% bootstrap interval]; "
+          f"results: {out / 'results.json'}, plot: {out / 'shots.png'}")  # fmt: skip
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from llmlab.evaluation.evaluate import plot_sweep, quality_metric, sweep
+
+    if not args.task:
+        raise LlmlabError("no task to sweep", "pass --task NAME|FILE.jsonl")
+    task = _task_from_args(args)
+    ckpt = load_for_inspection(args.checkpoint, args.device)
+    rows = sweep(
+        ckpt.model, ckpt.tokenizer, task, parse_floats("--temperature", args.temperature),
+        parse_ints("--top-k", args.top_k), parse_floats("--top-p", args.top_p), args.shots, args.limit,
+        args.seed, args.max_new_tokens, log=lambda s: print(s, file=sys.stderr),
+    )  # fmt: skip
+    out = _output_folder(args, "sweep", task.name)
+    (out / "sweep.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    plot_sweep(rows, out / "sweep.png", f"{task.name}, {args.shots} shots: quality vs diversity")
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return
+    names = list(rows[0].metrics)
+    table = [[r.temperature, r.top_k or "off", r.top_p, *(f"{r.metrics[n]:.3f}" for n in names)] for r in rows]
+    print_table(table, ["temperature", "top-k", "top-p", *names])
+    best = max(rows, key=lambda r: r.metrics[quality_metric(rows)])
+    print(f"best {quality_metric(rows)}: temperature {best.temperature}, top-k {best.top_k or 'off'}, "
+          f"top-p {best.top_p}; results: {out / 'sweep.json'}, plot: {out / 'sweep.png'}")  # fmt: skip
+
+
+def add_task_options(parser: argparse.ArgumentParser) -> None:
+    """Which task, how its shots are chosen, and how a JSONL file is read as a task."""
+    parser.add_argument("--task", help="sentiment, dialogsum, icl-synthetic, or a .jsonl file")
+    parser.add_argument("--select", default="random", choices=["first", "random", "balanced"], help="which shots")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the examples and the shots")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens kept for a generated answer")
+    parser.add_argument(
+        "--template", help="JSONL task: one example, answer last, e.g. 'Review: {text}\\nLabel: {label}'"
+    )
+    parser.add_argument("--instruction", help="JSONL task: text before the examples")
+    parser.add_argument("--input-field", default="text", help="JSONL task: the input field (cut if too long)")
+    parser.add_argument("--label-field", default="label", help="JSONL task: the answer field")
+    parser.add_argument("--labels", help="JSONL task: the classes, comma-separated (default: the distinct answers)")
+    parser.add_argument("--demonstrations", help="JSONL task: a file to draw shots from (default: its first half)")
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    help_text = "task metrics against the number of shots (table, JSON, PNG), or perplexity"
+    ev = add_inspection_parser(subparsers, "evaluate", help_text)
+    add_task_options(ev)
+    ev.add_argument("--shots", default="0,1,3,5", help="shot counts, comma-separated")
+    ev.add_argument("--limit", type=int, help="evaluate a seeded sample of this many examples")
+    ev.add_argument("--length-normalize", action="store_true", help="rank labels by mean, not total, log-probability")
+    ev.add_argument("--perplexity", help="a text file: its perplexity with a sliding window instead")
+    ev.add_argument("--stride", type=int, help="perplexity: tokens newly scored per window (default half the context)")
+    ev.add_argument("--out", help="folder for results.json and shots.png (default: in the checkpoint folder)")
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    help_text = "print a zero/one/few-shot prompt as the model will read it, with its token count"
+    pr = add_inspection_parser(subparsers, "prompt", help_text, optional_checkpoint=True)
+    pr.add_argument("--model", help="the checkpoint, as an option (same as the positional one)")
+    add_task_options(pr)
+    pr.add_argument("--shots", type=int, default=0)
+    pr.add_argument("--index", type=int, default=0, help="which evaluated example is the query")
+    pr.set_defaults(func=cmd_prompt)
+
+    _register_evaluate(subparsers)
+
+    help_text = "quality and diversity for every temperature / top-k / top-p combination"
+    sw = add_inspection_parser(subparsers, "sweep", help_text)
+    add_task_options(sw)
+    sw.add_argument("--temperature", default="0,0.7,1.0", help="comma-separated (0 = greedy)")
+    sw.add_argument("--top-k", default="0,50", help="comma-separated (0 = off)")
+    sw.add_argument("--top-p", default="0.9,1.0", help="comma-separated (1 = off)")
+    sw.add_argument("--shots", type=int, default=0)
+    sw.add_argument("--limit", type=int, default=100, help="examples per setting")
+    sw.add_argument("--out", help="folder for sweep.json and sweep.png (default: in the checkpoint folder)")
+    sw.set_defaults(func=cmd_sweep)

@@ -1,0 +1,86 @@
+"""`llmlab generate`: sampling options are GenerationConfig's fields; a checkpoint's own generation
+defaults apply unless an option is given."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from llmlab.cli.common import CHECKPOINT_HELP, DEVICE_HELP, add_dataclass_options, read_lines, unescape
+from llmlab.errors import LlmlabError
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt texts, then --prompts-file lines (where \\n written in the file is a newline)."""
+    prompts = list(getattr(args, "prompt", []) or [])
+    if getattr(args, "prompts_file", None):
+        prompts += [unescape(line) for line in read_lines(args.prompts_file, "--prompts-file")]
+    if not prompts:
+        raise LlmlabError("no prompt given", "pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    return prompts
+
+
+def _stream(generator, prompts: list[str], config) -> None:
+    """Print one sample as it is generated: a decoder's continues its prompt, a seq2seq output does not."""
+    if len(prompts) != 1 or config.num_samples != 1:
+        raise LlmlabError("--stream prints one sample as it is generated", "use one --prompt and --num-samples 1")
+    (prompt,) = prompts
+    sys.stdout.write("" if generator.seq2seq else prompt)
+    for piece in generator.stream(prompt, config):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _print_completions(results, config, seq2seq: bool, as_json: bool) -> None:
+    for i, samples in enumerate(results, 1):
+        for j, c in enumerate(samples, 1):
+            if as_json:
+                record = {"prompt": c.prompt, "completion": c.text, "finish_reason": c.finish_reason}
+                print(json.dumps({**record, "tokens": len(c.token_ids), "sample": j}))
+                continue
+            mode = (
+                "greedy"
+                if not config.do_sample
+                else f"temperature {config.temperature}, top-k {config.top_k or 'off'}, top-p {config.top_p}"
+            )
+            print(f"--- prompt {i}, sample {j} ({mode}; ended by {c.finish_reason}) ---")
+            print(f"{c.prompt}\n=> {c.text}" if seq2seq else c.prompt + c.text)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from llmlab.device import resolve_device, resolve_dtype
+    from llmlab.generation.config import GenerationConfig
+    from llmlab.generation.generator import Generator
+    from llmlab.load import load_checkpoint
+
+    prompts = _prompts(args)
+    device = resolve_device(getattr(args, "device", "auto"))
+    ckpt = load_checkpoint(args.checkpoint, device=device, dtype=resolve_dtype(getattr(args, "dtype", "auto"), device))
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}
+    if "stop" in options:  # let a shell user write "\n" for a newline, as in --prompts-file
+        options["stop"] = [unescape(text) for text in options["stop"]]
+    config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
+    generator = Generator(ckpt.model, ckpt.tokenizer)
+    if getattr(args, "stream", False):
+        _stream(generator, prompts, config)
+        return
+    results = generator.generate(prompts, config)
+    _print_completions(results, config, generator.seq2seq, getattr(args, "json", False))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from llmlab.generation.config import GenerationConfig
+
+    g = subparsers.add_parser("generate", help="generate text from a checkpoint")
+    g.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    g.add_argument("--prompt", action="append", default=argparse.SUPPRESS, help="prompt text (repeatable)")
+    g.add_argument("--prompts-file", default=argparse.SUPPRESS, help="one prompt a line (\\n for newlines)")
+    add_dataclass_options(g, GenerationConfig)
+    g.add_argument("--stream", action="store_true", default=argparse.SUPPRESS, help="print tokens as they come")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per sample")
+    g.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
+    g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
+    g.set_defaults(func=cmd_generate)

@@ -1,0 +1,40 @@
+"""Hugging Face interchange: `import` converts a Hugging Face folder or hub id into an llmlab
+checkpoint once; `export` writes an llmlab checkpoint as a folder transformers loads."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmlab.cli.common import CHECKPOINT_HELP
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from llmlab.hf.importer import import_hf
+
+    ckpt = import_hf(args.source, args.out)
+    c = ckpt.model.config
+    print(
+        f"{args.out}: llmlab checkpoint of {args.source} ({c.family}, {ckpt.model.num_parameters():,} parameters, "
+        f"{c.n_layer + (c.n_decoder_layer or 0)} layers, vocabulary {c.vocab_size:,})"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from llmlab.hf.exporter import export_hf
+    from llmlab.load import load_checkpoint
+
+    name = export_hf(load_checkpoint(args.checkpoint), args.out)
+    print(f"{args.out}: Hugging Face folder; load it with transformers' {name} (or its Auto class) and AutoTokenizer")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    im = subparsers.add_parser("import", help="convert a Hugging Face folder or hub id (GPT-2, Llama, T5, BERT) once")
+    im.add_argument("source", help="a Hugging Face model folder, or a hub id such as google/flan-t5-small")
+    im.add_argument("out", help="the llmlab checkpoint folder to write")
+    im.set_defaults(func=cmd_import)
+
+    e = subparsers.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2, Llama, T5, BERT)")
+    e.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    e.add_argument("out")
+    e.add_argument("--to", default="hf", choices=["hf"])
+    e.set_defaults(func=cmd_export)
