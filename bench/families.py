@@ -112,9 +112,7 @@ class Contestant:
         self.step_index += 1
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = (
-                lm_loss(self.model, batch) if self.library == "llmlab" else hf_loss(self.model, self.family, batch)
-            )
+            loss = lm_loss(self.model, batch) if self.library == "llmlab" else hf_loss(self.model, self.family, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +15,73 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu-erf", "relu", "swiglu", "geglu")  # gelu: tanh form (GPT-2); gelu-erf: exact (BERT)
 POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's bucketed bias
 FAMILIES = ("decoder", "encoder", "encoder-decoder")
+
+
+FIX_CONFIG = "fix the option or the config.json"
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    """The types a hint allows: (int, NoneType) for `int | None`, (hint,) for a plain type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation. bool is not an int here, an int is a float."""
+    if hint is Any:
+        return True
+    if len(_alternatives(hint)) > 1:
+        return any(_fits(value, alternative) for alternative in _alternatives(hint))
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin is type(None):
+        return value is None
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        items = args[:1] if origin is list or (len(args) == 2 and args[1] is Ellipsis) else args
+        return isinstance(value, list | tuple) and _items_fit(list(value), items)
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_fits(k, args[0]) for k in value))
+    return isinstance(value, origin)
+
+
+def _items_fit(values: list[Any], items: tuple[Any, ...]) -> bool:
+    """list[X] and tuple[X, ...] give one item type for all; tuple[X, Y] one per position."""
+    if len(items) == 1:
+        return all(_fits(v, items[0]) for v in values)
+    return not items or (len(values) == len(items) and all(map(_fits, values, items)))
+
+
+def _coerced(value: Any, hint: Any) -> Any:
+    """An int where only a float is allowed becomes a float; a JSON list for a tuple field a tuple."""
+    allowed = [typing.get_origin(a) or a for a in _alternatives(hint)]
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed and int not in allowed:
+        return float(value)
+    if isinstance(value, list) and tuple in allowed and list not in allowed:
+        return tuple(value)
+    return value
+
+
+def _describe(hint: Any) -> str:
+    """A field's type in the words of JSON, which is where a wrong value comes from."""
+    words = {type(None): "null", int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    words.update({list: "a list", tuple: "a list", dict: "an object"})
+    return " or ".join(
+        "anything" if a is Any else words.get(typing.get_origin(a) or a, getattr(a, "__name__", str(a)))
+        for a in _alternatives(hint)
+    )
+
+
+def _shown(value: Any) -> str:
+    """A value as it reads in config.json, cut short if long."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -85,9 +155,14 @@ class ModelConfig:
         def bad(what: str) -> LlmlabError:
             return LlmlabError(f"invalid model config: {what}", "fix the option or the config.json")
 
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "relative_buckets"):
             if int(getattr(self, name)) <= 0:
                 raise bad(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_kv_head", "intermediate_size", "head_size"):  # optional, but 0 would divide by zero
+            if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
+                raise bad(f"{name} must be positive, got {getattr(self, name)}")
+        if self.type_vocab_size < 0:
+            raise bad(f"type_vocab_size must be 0 or more, got {self.type_vocab_size}")
         if self.head_size is None and self.n_embd % self.n_head:
             raise bad(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -119,6 +194,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Fields from JSON, each checked against its annotation first: a hand-edited "n_layer": "x"
+        is one clear error, not a traceback from deep inside model building."""
+        if not isinstance(data, dict):
+            raise LlmlabError(f"the model config is {_shown(data)}, not an object of fields", FIX_CONFIG)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -126,7 +205,15 @@ class ModelConfig:
                 f"unknown model config fields: {', '.join(unknown)}",
                 "the checkpoint was written by a newer llmlab or edited by hand",
             )
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        wrong = [
+            f"{name} is {_shown(value)}, expected {_describe(hints[name])}"
+            for name, value in data.items()
+            if not _fits(value, hints[name])
+        ]
+        if wrong:
+            raise LlmlabError(f"invalid model config: {'; '.join(wrong)}", FIX_CONFIG)
+        return cls(**{name: _coerced(value, hints[name]) for name, value in data.items()})
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

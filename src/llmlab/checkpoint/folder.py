@@ -69,40 +69,76 @@ def save_checkpoint(
     optimizer_tensors: dict[str, torch.Tensor] | None = None,
     quantization: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint folder atomically (temporary folder, then rename)."""
+    """Write the checkpoint folder atomically (temporary folder, then rename). A write that fails
+    (a full disk above all) is one error; the temporary folder goes and the previous checkpoint stays."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as exc:
+        raise _write_error(out, exc) from None
     try:
         config = {"format": FORMAT, "model": model.config.to_dict()}
         if quantization is not None:
             config["quantization"] = quantization
         if tokenizer.roles:  # special tokens not found by their usual names (imported tokenizers)
             config["tokenizer_roles"] = tokenizer.roles
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        save_file({k: v.cpu() for k, v in model_state(model).items()}, tmp / "model.safetensors")
-        tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "generation_config.json").write_text(json.dumps((generation or GenerationConfig()).to_dict(), indent=2))
-        if trainer_state is not None:
-            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-        if optimizer_tensors is not None:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in optimizer_tensors.items()}, tmp / "optimizer.safetensors"
-            )
+        _write_files(tmp, config, model, tokenizer, generation, trainer_state, optimizer_tensors)
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / "manifest.json").write_text(json.dumps({f: _sha256(tmp / f) for f in files}, indent=2))
-        if out.exists():
-            _carry_over(out, tmp, written=set(files) | {"manifest.json"})
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
+        _move_into_place(tmp, out, written=set(files) | {"manifest.json"})
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError | SafetensorError):
+            raise _write_error(out, exc) from None
         raise
     return out
+
+
+def _write_files(
+    tmp: Path,
+    config: dict[str, Any],
+    model: LanguageModel,
+    tokenizer: TextTokenizer,
+    generation: GenerationConfig | None,
+    trainer_state: dict[str, Any] | None,
+    optimizer_tensors: dict[str, torch.Tensor] | None,
+) -> None:
+    """Every file of the folder but the manifest, into the temporary folder."""
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.cpu() for k, v in model_state(model).items()}, tmp / "model.safetensors")
+    tokenizer.save(tmp / "tokenizer.json")
+    (tmp / "generation_config.json").write_text(json.dumps((generation or GenerationConfig()).to_dict(), indent=2))
+    if trainer_state is not None:
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+    if optimizer_tensors is not None:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in optimizer_tensors.items()}
+        save_file(tensors, tmp / "optimizer.safetensors")
+
+
+def _write_error(out: Path, exc: BaseException) -> LlmlabError:
+    """One line for a failed write: the OS's reason (No space left on device), not a traceback."""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror  # its file name would be the temporary folder's, gone by now
+    else:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    return LlmlabError(f"cannot write checkpoint {out}: {reason}", "free space on the disk or choose another --out")
+
+
+def _move_into_place(tmp: Path, out: Path, written: set[str]) -> None:
+    """Rename the finished folder to `out`; an existing checkpoint is swapped out, and back if the swap fails."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    _carry_over(out, tmp, written)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _carry_over(old: Path, new: Path, written: set[str]) -> None:
@@ -146,6 +182,7 @@ def verify_checkpoint(path: str | Path) -> Path:
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint; any bad field is one error naming the file (hand-edited configs)."""
     file = Path(path) / "config.json"
     try:
         data = json.loads(file.read_text())
@@ -153,7 +190,14 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise LlmlabError(f"cannot read {file}: {exc}", "re-copy the checkpoint") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
         raise LlmlabError(f"{file} is not an llmlab checkpoint config", "pass a folder written by llmlab pretrain")
-    return ModelConfig.from_dict(data["model"])
+    try:
+        return ModelConfig.from_dict(data["model"])
+    except LlmlabError as exc:
+        raise LlmlabError(f"{file}: {exc.what}", exc.fix or "re-copy the checkpoint") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:  # a value no check foresaw: still one line
+        raise LlmlabError(
+            f"{file}: invalid model config ({exc})", "fix the config.json or re-copy the checkpoint"
+        ) from None
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
@@ -181,11 +225,7 @@ def load_folder(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     model = build_model(config)
     quantization = read_quantization(path)
     if quantization is not None:
-        from llmlab.model.quantize import QuantizationSpec, prepare_quantized_structure
-
-        spec = QuantizationSpec(**quantization)
-        spec.validate()
-        prepare_quantized_structure(model, spec)
+        _prepare_quantized(model, quantization, path / "config.json")
     load_weights(model, path / "model.safetensors")
     model.to(device=device, dtype=dtype).eval()
     gen_file = path / "generation_config.json"
@@ -193,6 +233,21 @@ def load_folder(path: str | Path, device: str | torch.device = "cpu", dtype: tor
         GenerationConfig.from_dict(json.loads(gen_file.read_text())) if gen_file.is_file() else GenerationConfig()
     )
     return Checkpoint(model=model, tokenizer=tokenizer, generation=generation, path=path)
+
+
+def _prepare_quantized(model: LanguageModel, quantization: Any, file: Path) -> None:
+    """Quantized layers where config.json's quantization section says (per-layer int4 groups included)."""
+    from llmlab.model.quantize import QuantizationSpec, prepare_quantized_structure
+
+    try:
+        spec = QuantizationSpec(**quantization)
+    except TypeError as exc:  # not an object, unknown or missing fields: a newer llmlab, or a hand edit
+        raise LlmlabError(f"{file}: invalid quantization section ({exc})", "re-quantize the checkpoint") from None
+    try:
+        spec.validate()
+        prepare_quantized_structure(model, spec)
+    except LlmlabError as exc:
+        raise LlmlabError(f"{file}: {exc.what}", "re-quantize the full-precision checkpoint") from None
 
 
 def load_weights(model: LanguageModel, file: Path) -> None:

@@ -61,7 +61,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     after = (out / "model.safetensors").stat().st_size
     print(
         f"{out}: {spec.format}{' ' + spec.scheme if spec.format == 'int8' else ''}"
-        f"{f', groups of {spec.group_size}' if spec.format == 'int4' else ''}; "
+        f"{f', groups of {spec.group_size}' if spec.format == 'int4' else ''}"
+        f"{f' ({len(spec.group_sizes)} layers with smaller groups)' if spec.group_sizes else ''}; "
         f"weights {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB ({before / after:.2f}x smaller)"
     )
 

@@ -13,6 +13,8 @@ import copy
 import torch
 from torch import nn
 
+from llmlab.model.surgery import every_linear, replace_linears
+
 
 def can_pack(model: nn.Module) -> bool:
     p = next(model.parameters())
@@ -43,8 +45,19 @@ def packed_for_inference(model: nn.Module) -> nn.Module:
     """A copy of `model` sharing its tensors, with every nn.Linear replaced by a PackedLinear."""
     if isinstance(model, nn.Linear):
         return PackedLinear(model)
-    clone = copy.copy(model)
-    clone._parameters = dict(model._parameters)
-    clone._buffers = dict(model._buffers)
-    clone._modules = {name: packed_for_inference(child) for name, child in model._modules.items()}
+    clone = _tree_copy(model, {})
+    replace_linears(clone, every_linear, lambda name, linear: PackedLinear(linear))
     return clone
+
+
+def _tree_copy(module: nn.Module, copies: dict[int, nn.Module]) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer with the original (and keeps a
+    module shared by two parents shared), so replacing layers in it leaves the original as it was."""
+    if id(module) not in copies:
+        clone = copies[id(module)] = copy.copy(module)
+        clone._parameters = dict(module._parameters)
+        clone._buffers = dict(module._buffers)
+        clone._modules = {
+            name: None if child is None else _tree_copy(child, copies) for name, child in module._modules.items()
+        }
+    return copies[id(module)]

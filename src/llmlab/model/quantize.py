@@ -13,6 +13,7 @@ Norms stay in 16-bit; the embedding and output head too, unless `embeddings=True
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,9 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.errors import LlmlabError
+from llmlab.model.surgery import Select, in_blocks, replace_linears  # in_blocks is imported from here too
 
 FORMATS = ("fp16", "bf16", "int8", "int4")
 SCHEMES = ("absmax", "zeropoint")
+KERNEL_GROUP_SIZES = (32, 64, 128, 256)  # what PyTorch's CPU int4 kernel takes; others dequantize instead
 
 
 @dataclass
@@ -31,20 +34,43 @@ class QuantizationSpec:
 
     format: str
     scheme: str = "absmax"
-    group_size: int = 128
+    group_size: int = 128  # int4: the group size asked for, used by every layer it fits
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of module names kept in 16-bit
     embeddings: bool = False  # also quantize the token embedding and the output head
+    group_sizes: dict[str, int] = field(default_factory=dict)  # int4: layers that got a smaller group (filled in)
 
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise LlmlabError(f"unknown format {self.format!r}", f"use one of: {', '.join(FORMATS)}")
         if self.scheme not in SCHEMES:
             raise LlmlabError(f"unknown scheme {self.scheme!r}", f"use one of: {', '.join(SCHEMES)}")
-        if self.group_size < 2 or self.group_size & (self.group_size - 1):
-            raise LlmlabError(f"group size must be a power of two >= 2, got {self.group_size}", "use 32, 64 or 128")
+        for name, size in {"": self.group_size, **self.group_sizes}.items():
+            if not _power_of_two(size):
+                where = f" of {name}" if name else ""
+                raise LlmlabError(f"group size{where} must be a power of two >= 2, got {size!r}", "use 32, 64 or 128")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def layer_group_size(self, name: str) -> int:
+        """The int4 group size layer `name` was quantized with."""
+        return self.group_sizes.get(name, self.group_size)
+
+
+def _power_of_two(size: object) -> bool:
+    return isinstance(size, int) and not isinstance(size, bool) and size >= 2 and not size & (size - 1)
+
+
+def int4_group_size(in_features: int, requested: int) -> int:
+    """The group size for a layer `in_features` wide: the largest power of two <= `requested` that
+    divides the width, preferring one the CPU kernel takes (so 128 asked, width 192: 64)."""
+    fitting = [g for g in (requested >> i for i in range(requested.bit_length())) if g >= 2 and in_features % g == 0]
+    if not fitting:
+        raise LlmlabError(
+            f"input width {in_features} is not a multiple of any group size from {requested} down to 2",
+            "--skip the layer (odd widths cannot be packed two values to a byte)",
+        )
+    return next((g for g in fitting if g in KERNEL_GROUP_SIZES), fitting[0])
 
 
 def quantize_rows_int8(w: torch.Tensor, scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -133,6 +159,11 @@ class Int4Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
         super().__init__()
+        if in_features % group_size:
+            raise LlmlabError(
+                f"input width {in_features} is not a multiple of group size {group_size}",
+                "choose a group size that divides the layer width, or --skip the layer",
+            )
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         groups = in_features // group_size
         self.register_buffer("weight_int4", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
@@ -169,10 +200,11 @@ class Int4Linear(nn.Module):
         return self._kernel_weight, self._kernel_scales
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # PyTorch's CPU int4 kernel needs the output width to be a multiple of 16
+        # PyTorch's CPU int4 kernel needs the output width to be a multiple of 16 and groups of 32 to 256
         if (
             x.device.type == "cpu"
             and self.out_features % 16 == 0
+            and self.group_size in KERNEL_GROUP_SIZES
             and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
         ):
             weight, scales = self._cpu_kernel_operands()
@@ -214,71 +246,90 @@ def _quantize_embeddings(model: nn.Module, spec: QuantizationSpec, empty: bool) 
             f"quantizing the embeddings of {model.config.family} models is not supported",
             "leave out --embeddings (the blocks' linear layers are still quantized)",
         )
-    weight = model.embed.weight
 
-    def table_from(w: torch.Tensor) -> nn.Module:
+    def table_from(w: torch.Tensor, name: str) -> nn.Module:
         vocab, width = w.shape
-        if empty:
-            if spec.format == "int8":
-                return Int8Linear(width, vocab, False, spec.scheme)
-            return Int4Linear(width, vocab, False, spec.group_size)
-        linear = nn.Linear(width, vocab, bias=False)
-        linear.weight = nn.Parameter(w.detach())
-        if spec.format == "int8":
-            return Int8Linear.from_linear(linear, spec.scheme)
-        return Int4Linear.from_linear(linear, spec.group_size)
+        linear = nn.Linear(width, vocab, bias=False, device="meta") if empty else nn.Linear(width, vocab, bias=False)
+        if not empty:
+            linear.weight = nn.Parameter(w.detach())
+        return _quantized_layer(spec, name, linear, empty)
 
-    table = table_from(weight)
+    table = table_from(model.embed.weight, "embed.table")
     model.embed = QuantizedEmbedding(table)
-    model.lm_head = table if model.config.tie_embeddings else table_from(model.lm_head.weight)
+    model.lm_head = table if model.config.tie_embeddings else table_from(model.lm_head.weight, "lm_head")
 
 
-def in_blocks(name: str) -> bool:
-    """True for a module or parameter inside a stack's transformer blocks (any family)."""
-    return ".blocks." in f".{name}"
+def _quantized_layer(spec: QuantizationSpec, name: str, linear: nn.Linear, empty: bool) -> nn.Module:
+    """The int8 or int4 stand-in for `linear`: quantized from it, or `empty` (to load tensors into).
+    int4 layers quantized here get the group size that fits them, recorded in spec.group_sizes;
+    empty ones take the recorded one."""
+    bias = linear.bias is not None
+    if spec.format == "int8":
+        if empty:
+            return Int8Linear(linear.in_features, linear.out_features, bias, spec.scheme)
+        return Int8Linear.from_linear(linear, spec.scheme)
+    if empty:
+        group = spec.layer_group_size(name)
+        if linear.in_features % group:
+            raise LlmlabError(
+                f"int4 group size {group} of {name} does not divide its width {linear.in_features}",
+                "re-quantize the full-precision checkpoint",
+            )
+        return Int4Linear(linear.in_features, linear.out_features, bias, group)
+    try:
+        group = int4_group_size(linear.in_features, spec.group_size)
+    except LlmlabError as exc:
+        raise LlmlabError(f"{name}: {exc.what}", exc.fix) from None
+    if group != spec.group_size:
+        spec.group_sizes[name] = group
+    return Int4Linear.from_linear(linear, group)
 
 
-def _quantizable(model: nn.Module, spec: QuantizationSpec) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, linear) for every linear layer to quantize: inside the blocks, not skipped."""
-    found = []
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            full = f"{name}.{child_name}" if name else child_name
-            if (
-                isinstance(child, nn.Linear)
-                and in_blocks(full)
-                and not any(fnmatch.fnmatch(full, pattern) for pattern in spec.skip)
-            ):
-                found.append((module, child_name, child))
-    return found
+def _selected(spec: QuantizationSpec) -> Select:
+    """The layers to quantize: linear layers inside the blocks that no --skip pattern names."""
+
+    def select(name: str, linear: nn.Linear) -> bool:
+        return in_blocks(name) and not any(fnmatch.fnmatch(name, pattern) for pattern in spec.skip)
+
+    return select
 
 
 def quantize_model(model: nn.Module, spec: QuantizationSpec) -> nn.Module:
     """Quantize a model in place: 16-bit formats cast everything, int formats replace the blocks'
-    linear layers and keep the rest in bf16."""
+    linear layers and keep the rest in bf16. int4 layers whose width the group size does not divide
+    get a smaller one: recorded in `spec.group_sizes` (so save `spec.to_dict()` after this) and warned about."""
     spec.validate()
     if spec.format in ("fp16", "bf16"):
         return model.to(torch.float16 if spec.format == "fp16" else torch.bfloat16)
-    for parent, attr, linear in _quantizable(model, spec):
-        if spec.format == "int8":
-            setattr(parent, attr, Int8Linear.from_linear(linear, spec.scheme))
-        else:
-            setattr(parent, attr, Int4Linear.from_linear(linear, spec.group_size))
+    spec.group_sizes = {}
+    replace_linears(model, _selected(spec), lambda name, linear: _quantized_layer(spec, name, linear, empty=False))
     if spec.embeddings:
         _quantize_embeddings(model, spec, empty=False)
+    if note := smaller_groups_note(spec):
+        warnings.warn(note, stacklevel=2)
     return model.to(torch.bfloat16)
+
+
+def smaller_groups_note(spec: QuantizationSpec) -> str | None:
+    """One line saying which int4 layers got a smaller group than asked for, or None if none did."""
+    if not spec.group_sizes:
+        return None
+    by_size: dict[int, list[str]] = {}
+    for name, size in spec.group_sizes.items():
+        by_size.setdefault(size, []).append(name)
+    parts = [
+        f"{size} for {len(names)} layer{'s' * (len(names) > 1)} (e.g. {names[0]})"
+        for size, names in sorted(by_size.items(), reverse=True)
+    ]
+    head = f"int4 group size {spec.group_size} does not fit every layer; smaller groups, kept in config.json"
+    return f"{head}: {', '.join(parts)}"
 
 
 def prepare_quantized_structure(model: nn.Module, spec: QuantizationSpec) -> nn.Module:
     """Empty quantized layers in the right places, for loading a quantized checkpoint's tensors."""
     if spec.format in ("fp16", "bf16"):
         return model.to(torch.float16 if spec.format == "fp16" else torch.bfloat16)
-    for parent, attr, linear in _quantizable(model, spec):
-        bias = linear.bias is not None
-        if spec.format == "int8":
-            setattr(parent, attr, Int8Linear(linear.in_features, linear.out_features, bias, spec.scheme))
-        else:
-            setattr(parent, attr, Int4Linear(linear.in_features, linear.out_features, bias, spec.group_size))
+    replace_linears(model, _selected(spec), lambda name, linear: _quantized_layer(spec, name, linear, empty=True))
     if spec.embeddings:
         _quantize_embeddings(model, spec, empty=True)
     return model.to(torch.bfloat16)
