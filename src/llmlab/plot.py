@@ -39,7 +39,8 @@ def plot_loss(records: list[dict[str, Any]], out: Path, title: str = "") -> Path
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:  # a run stopped before its first logged step has nothing to label
+        ax.legend()
     fig.tight_layout()
     return save_figure(fig, out)
 

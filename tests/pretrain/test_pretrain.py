@@ -222,3 +222,34 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_dies(tmp_pat
     code, _, err = run_cli(capsys, "pretrain", *[o for o in options if "max-steps" not in o], "--max-steps=2",
                            "--overwrite")  # fmt: skip
     assert code == 0, err
+
+
+def test_a_second_ctrl_c_aborts_without_saving(tmp_path):
+    """The first Ctrl-C asks for a save after the step; a second one stops at once and saves nothing
+    (it may land inside optimizer.step(), with the weights half-updated)."""
+    import os
+    import signal
+
+    from llmlab.training.stop import AbortRequested
+
+    def press_twice(step: int, loss: float) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(AbortRequested):
+        train(tiny_run(tmp_path, checkpoint_interval=1000), on_step=press_twice, log=lambda s: None)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_one_ctrl_c_saves_at_the_end_of_the_step(tmp_path):
+    import os
+    import signal
+
+    def press_once(step: int, loss: float) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(tiny_run(tmp_path), on_step=press_once, log=lambda s: None)
+    assert result.interrupted and result.step == 3
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["step"] == 3

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.model import LanguageModel, build_model
 from llmlab.tokenizer import TextTokenizer
@@ -257,7 +258,7 @@ def load_weights(model: LanguageModel, file: Path) -> None:
         raise LlmlabError(
             f"cannot read {file}: {exc}", "the file is truncated or not safetensors; re-copy it"
         ) from None
-    if model.config.family == "decoder" and any(k.startswith("blocks.") for k in state):
+    if family_spec(model.config).causal and any(k.startswith("blocks.") for k in state):
         # written before the families shared one Stack (llmlab <= 2026-11-26): same tensors, shorter names
         state = {
             (f"decoder.{k}" if k.startswith(("blocks.", "norm.", "pos_embed.")) else k): v for k, v in state.items()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.model.surgery import Select, in_blocks, replace_linears  # in_blocks is imported from here too
 
 FORMATS = ("fp16", "bf16", "int8", "int4")
@@ -241,7 +242,7 @@ class QuantizedEmbedding(nn.Module):
 
 def _quantize_embeddings(model: nn.Module, spec: QuantizationSpec, empty: bool) -> None:
     """Replace embedding (and head) by quantized tables; tied models share one table."""
-    if model.config.family != "decoder":
+    if not family_spec(model.config).causal:
         raise LlmlabError(
             f"quantizing the embeddings of {model.config.family} models is not supported",
             "leave out --embeddings (the blocks' linear layers are still quantized)",

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.plan import compute
 from llmlab.plan.memory_request import meta_parameter_count
 
@@ -68,7 +69,7 @@ class ComputeRequest:
         if self.seq_len is not None:
             if self.seq_len < 1:
                 raise LlmlabError(f"--seq-len must be >= 1, got {self.seq_len}", "pass the context length, e.g. 1024")
-            if config is None or config.family != "decoder":
+            if config is None or not family_spec(config).causal:
                 raise LlmlabError(
                     "--seq-len gives a decoder's FLOPs per token with attention",
                     "pass it with --preset of a decoder (gpt2-*, llama-*)",

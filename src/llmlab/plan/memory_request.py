@@ -13,6 +13,7 @@ from typing import Any
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.plan.memory import STRATEGIES, MemoryPlan, parse_size, plan_memory
 from llmlab.plan.peak import StepPeak
 
@@ -86,7 +87,7 @@ class MemoryRequest:
                 raise LlmlabError(f"{flag} must be >= 1, got {value}", f"pass a positive {flag}")
         if bool(self.batch) != bool(self.seq_len):
             raise LlmlabError("--batch and --seq-len go together", "pass both, or neither for model states only")
-        if self.target_len and (config is None or config.family != "encoder-decoder"):
+        if self.target_len and (config is None or not family_spec(config).seq2seq):
             raise LlmlabError("--target-len is an encoder-decoder's decoder length", "leave it out for this model")
 
 

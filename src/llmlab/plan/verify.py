@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from llmlab.config import ModelConfig
 from llmlab.data.objectives import IGNORE, Batch
+from llmlab.family import family_spec
 from llmlab.model import DecoderLM, LanguageModel, build_model
 from llmlab.plan.measure import PeakWindow, cpu_allocation_timeline
 from llmlab.plan.memory import activation_bytes, logits_bytes, masked_positions, plan_memory
@@ -93,9 +94,10 @@ def synthetic_batch(config: ModelConfig, batch: int, seq_len: int, target_len: i
     (encoder-decoder)."""
     vocab = config.vocab_size
     inputs = torch.randint(0, vocab, (batch, seq_len))
-    if config.family == "decoder":
+    spec = family_spec(config)
+    if spec.causal:
         return Batch(inputs, torch.randint(0, vocab, (batch, seq_len)))
-    if config.family == "encoder":
+    if spec.masked_lm:
         labels = torch.full((batch, seq_len), IGNORE)
         picked = torch.rand(batch, seq_len).argsort(dim=1)[:, : masked_positions(seq_len)]
         labels.scatter_(1, picked, torch.randint(0, vocab, picked.shape))
@@ -252,7 +254,7 @@ def verify_flops(cases: list[tuple[str, int, int, int | None]], vocab_size: int 
         config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=max(seq_len, target_len or 0))
         model = build_model(config)
         counted = count_step_flops(model, synthetic_batch(config, batch, seq_len, target_len))
-        tokens = batch * (seq_len + (target_len or 0) if config.family == "encoder-decoder" else seq_len)
+        tokens = batch * (seq_len + (target_len or 0) if family_spec(config).seq2seq else seq_len)
         shape = f"b{batch} x {seq_len}" + (f" -> {target_len}" if target_len else "")
         formula = sum(step_flops(config, batch, seq_len, target_len).values())
         checks.append(FlopCheck(preset, shape, counted, formula, 6.0 * model.num_parameters() * tokens))
@@ -287,7 +289,7 @@ def verify_memory_suite(
     vocab_size = 32768 if on_gpu else 8192
     for dtype in (torch.bfloat16, torch.float32):  # autocast (the trainer's default) and plain fp32
         for preset in presets:  # encoder-decoders: targets a quarter of the input, as span corruption makes
-            seq2seq = ModelConfig.from_preset(preset).family == "encoder-decoder"
+            seq2seq = family_spec(ModelConfig.from_preset(preset)).seq2seq
             target = (target_len or seq_len // 4) if seq2seq else None
             checks += verify_peak([preset], batch, seq_len, where, dtype, vocab_size, target_len=target)
     return checks

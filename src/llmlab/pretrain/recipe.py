@@ -7,7 +7,6 @@ batches from a corpus. Every family: decoder (clm), encoder (mlm), encoder-decod
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -17,9 +16,8 @@ from typing import Any
 import torch
 
 from llmlab.checkpoint.folder import load_tokenizer, read_model_config, read_quantization
-from llmlab.checkpoint.lock import RunLock
 from llmlab.config import ModelConfig
-from llmlab.data.objectives import check_objective
+from llmlab.data.objectives import Batch, check_objective
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
@@ -30,12 +28,11 @@ from llmlab.plan.peak import ModelShape, training_step_peak
 from llmlab.pretrain.config import MODEL_OVERRIDES, PretrainConfig
 from llmlab.pretrain.data import batch_source, load_training_data, require_windows
 from llmlab.tokenizer import TextTokenizer
-from llmlab.training.checkpointing import Checkpointer, read_resumable, refuse_existing
-from llmlab.training.distributed import barrier, wrap_model
-from llmlab.training.loop import Job, Trainer, TrainResult
+from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.loop import Job, TrainResult
 from llmlab.training.losses import lm_loss
-from llmlab.training.memory_check import batch_shape
-from llmlab.training.session import Session, start_session
+from llmlab.training.run import run
+from llmlab.training.session import Session
 
 
 def train(
@@ -48,21 +45,10 @@ def train(
     `on_step(step, loss)` runs after every optimizer step; raising KeyboardInterrupt there stops the
     run cleanly with a checkpoint, just like Ctrl-C.
     """
-    cfg.validate()
-    cfg = cfg.with_default_budget()
-    session = start_session(cfg, log)
-    out = Path(cfg.out)
-    with RunLock(out) if session.main else contextlib.nullcontext():  # one run per folder at a time
-        saved = read_resumable(out) if cfg.resume else None
-        if saved is None:
-            refuse_existing(out, cfg.overwrite)
-        job, description = prepare_job(cfg, session, saved)
-        trainer = Trainer(cfg, session, job, saved)
-        session.log(description)
-        return trainer.fit(on_step)
+    return run(cfg, prepare_job, on_step, log)
 
 
-def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | None) -> tuple[Job, str]:
+def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | None) -> Job:
     """Data, model and batches for the trainer, in the order that makes runs reproducible: seed, data
     (rank 0 first: it trains the tokenizer and writes the token cache), then the model's initialisation."""
     family = cfg.resolved_family()
@@ -71,31 +57,28 @@ def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | N
     init_config, init_state, tokenizer = _initial_weights(cfg, family) if saved is None else (None, None, None)
     tokenizer = load_tokenizer(out) if saved is not None else tokenizer
     torch.manual_seed(cfg.seed)
-    if not session.main:
-        barrier(session.ctx)  # rank 0 trains the tokenizer and writes the token cache; the others then read it
-    data = load_training_data(cfg, objective, family, tokenizer, session.log)
-    if session.ctx is not None and session.main:
-        barrier(session.ctx)
+    with session.rank0_first():
+        data = load_training_data(cfg, objective, family, tokenizer, session.log)
     model_config = init_config or build_model_config(cfg, data.tokenizer)
     if saved is not None:
         model_config = _resumed_config(out, model_config, saved)
     require_windows(objective, cfg, data, model_config.block_size)
     global_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * session.world)
     batches = batch_source(objective, global_cfg, data, model_config, session.rows(cfg.batch_size))
-    model, forward = _build(model_config, init_state, cfg, session)
+    model = _build(model_config, init_state, cfg, session)
+    forward = session.wrap(model, cfg.fsdp_mixed_precision, f"{cfg.batch_size} sequences per rank")
     block = model_config.block_size
     # leave room for a prompt in a decoder's context; an encoder-decoder's output has its own
     generation = GenerationConfig(max_new_tokens=min(128, block if family_spec(family).seq2seq else block // 2))
-    job = Job(
+    ddp = session.ctx is not None
+    return Job(
         model=model, forward=forward, batches=batches, loss=lm_loss,
         checkpointer=Checkpointer(out, data.tokenizer, generation, session.ctx, session.log),
         options=cfg.to_dict(),
         flops_per_token=functools.partial(_flops_per_token, model_config),
-        planned_peak=functools.partial(
-            _planned_step_peak, model, cfg, session.device, session.dtype, session.ctx is not None
-        ),
+        planned_peak=functools.partial(_planned_step_peak, model, cfg, session.device, session.dtype, ddp),
+        description=_describe(cfg, model, family, objective, session),
     )  # fmt: skip
-    return job, _describe(cfg, model, family, objective, session)
 
 
 def build_model_config(cfg: PretrainConfig, tokenizer: TextTokenizer) -> ModelConfig:
@@ -140,19 +123,13 @@ def _resumed_config(out: Path, model_config: ModelConfig, saved: dict[str, Any])
 
 
 def _build(config: ModelConfig, init_state: dict | None, cfg: PretrainConfig, session: Session):
-    """(model, what a step calls): the model on the device, initialised from --init, DDP/FSDP-wrapped."""
+    """The model on the device, initialised from --init's weights if given."""
     model = build_model(config).to(session.device)
     if init_state is not None:
         model.load_state_dict(init_state)
         model.to(session.device)
         session.log(f"initialised from {cfg.init}")
-    if session.ctx is None:
-        return model, model
-    forward = wrap_model(model, session.ctx, cfg.fsdp_mixed_precision)  # DDP wraps; FSDP shards in place
-    ctx = session.ctx
-    session.log(f"distributed: {ctx.world} ranks, {ctx.strategy}{f' (ZeRO-{ctx.zero})' if ctx.sharded else ''}, "
-                f"{cfg.batch_size} sequences per rank")  # fmt: skip
-    return model, forward
+    return model
 
 
 def _describe(cfg: PretrainConfig, model, family: str, objective: str, session: Session) -> str:
@@ -165,6 +142,12 @@ def _describe(cfg: PretrainConfig, model, family: str, objective: str, session: 
         f"context {c.block_size}; device {session.device}, {str(session.dtype).replace('torch.', '')}"
         f"{', compiled' if cfg.compile else ''}"
     )
+
+
+def batch_shape(batch: Batch) -> tuple[int, int, int | None]:
+    """(rows, input length, target length or None): what the FLOP count and the peak plan take."""
+    rows, length = batch.inputs.shape
+    return rows, length, batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
 
 
 def _flops_per_token(config: ModelConfig, batch) -> float:

@@ -62,8 +62,8 @@ class Checkpointer:
     out: Path
     tokenizer: TextTokenizer
     generation: GenerationConfig
-    ctx: DistContext | None = None
-    log: Callable[[str], None] = print
+    ctx: DistContext | None
+    log: Callable[[str], None]  # rank 0's voice (the session's): other ranks stay silent
 
     @property
     def sharded_dir(self) -> Path:
@@ -109,6 +109,8 @@ class Checkpointer:
         device: torch.device,
     ) -> TrainerState:
         """Weights, optimizer moments, RNG and loss scale of the run in `out`, as it was saved."""
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         if self.sharded_dir.is_dir():
             load_sharded(model, optimizers, self.sharded_dir)
             if not load_rng(self.sharded_dir, self.ctx):
@@ -123,8 +125,6 @@ class Checkpointer:
         tensors = load_file(self.out / "optimizer.safetensors")
         load_optimizers(optimizers, {k: v.to(device) for k, v in tensors.items()}, saved["optimizer_param_groups"])
         restore_rng(tensors)
-        if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
         self.log(f"resuming {self.out} at step {saved['step']}")
         return TrainerState.from_dict(saved)
 

@@ -29,7 +29,7 @@ from llmlab.training.schedule import learning_rate
 from llmlab.training.session import Session
 from llmlab.training.state import TrainerState
 from llmlab.training.step import BatchSource, LossFn, StepParts, StepResult, evaluate_loss, train_step
-from llmlab.training.stop import StopRequest
+from llmlab.training.stop import AbortRequested, StopRequest
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Job:
     options: dict[str, Any]  # the recipe's config, saved in trainer_state.json for --resume
     flops_per_token: Callable[[Any], float] | None = None  # model FLOPs per token read, for a batch
     planned_peak: Callable[[Any], Any] | None = None  # `plan memory`'s peak of a step on a batch, or None
+    description: str = ""  # one line about the model and the run, logged once training is set up
 
 
 class Trainer:
@@ -75,12 +76,19 @@ class Trainer:
         self.flops_per_token: float | None = None
         self.peak_flops = accelerator_peak_flops(session.device, session.dtype) * session.world
         self.peak_check = self._peak_check()
+        self.lr = learning_rate(cfg, self.state.step, self.state.elapsed)
+        self.stop = StopRequest()  # replaced by the one `fit` installs
+        self._window = (time.perf_counter(), 0)  # (start, tokens) of the throughput since the last progress line
+        if cfg.compile:
+            self.parts.forward = torch.compile(self.parts.forward)
 
     def _peak_check(self) -> StepPeakCheck | None:
         """On where it is free (CUDA, one process or DDP) or asked for (CPU, one process)."""
         device, ctx = self.session.device, self.session.ctx
         on_cuda = device.type == "cuda" and (ctx is None or ctx.strategy == "ddp")
         on_cpu = device.type == "cpu" and ctx is None and self.cfg.check_memory_plan
+        if self.cfg.check_memory_plan and not on_cpu and not on_cuda:
+            self.session.log("memory: --check-memory-plan measures one process on CPU or CUDA (DDP on CUDA); skipped")
         if self.job.planned_peak is None or not (on_cuda or on_cpu):
             return None
         return StepPeakCheck(device, self.start_step, self.job.planned_peak, self.session.log, self.metrics)
@@ -97,31 +105,46 @@ class Trainer:
 
     def fit(self, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
         """Train until a budget runs out or Ctrl-C (which saves a resumable checkpoint first)."""
-        if self.cfg.compile:
-            self.parts.forward = torch.compile(self.parts.forward)
         self.model.train()
         result = TrainResult(
             out=self.job.checkpointer.out, step=self.state.step, best_val_loss=self.state.best_val_loss
         )
-        self._window = (time.perf_counter(), 0)  # throughput since the last progress line
+        self._window = (time.perf_counter(), 0)
         with StopRequest() as stop:
+            self.stop = stop
             try:
-                while self.budget_left() and not stop.requested:
+                while self._agree() and self.budget_left() and not stop.requested:
                     step = self.step()
                     result.train_losses[self.state.step] = step.loss
+                    self._agree()
                     self._after_step(step.loss, result)
                     if on_step is not None:
                         on_step(self.state.step, step.loss)
-            except KeyboardInterrupt:
+            except AbortRequested:  # the second Ctrl-C: no save of possibly half-updated weights
+                raise
+            except KeyboardInterrupt:  # the first Ctrl-C inside a step, or on_step asking to stop
                 stop.requested = True
             result.step, result.interrupted = self.state.step, stop.requested
             self.save("interrupted; continue with --resume" if stop.requested else "done")
         self._finish()
         return result
 
+    def _agree(self) -> bool:
+        """Distributed: every rank takes the slowest rank's clock and anyone's stop request, so all
+        ranks see the same learning rate and budget and stop (and save) at the same step."""
+        ctx = self.session.ctx
+        if ctx is not None:
+            values = [self.state.elapsed, float(self.stop.requested)]
+            shared = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            self.state.elapsed, self.stop.requested = float(shared[0]), bool(shared[1])
+        return True
+
     def step(self) -> StepResult:
         """One optimizer step at the scheduled learning rate, with the checks of the plan around it."""
         t0, state, cfg = time.perf_counter(), self.state, self.cfg
+        if self.flops_per_token is None and self.job.flops_per_token is not None:  # batches are pure: draw it again
+            self.flops_per_token = self.job.flops_per_token(self.job.batches(False, state.step, 0))
         check = self.peak_check.around if self.peak_check else _no_check
         with check(state.step + 1, self.model, self.parts.optimizers) as record:
             self.lr = learning_rate(cfg, state.step, state.elapsed)
@@ -139,8 +162,6 @@ class Trainer:
         state.elapsed += time.perf_counter() - t0
         state.tokens_seen += result.tokens
         self._window = (self._window[0], self._window[1] + result.tokens)
-        if self.flops_per_token is None and self.job.flops_per_token is not None:
-            self.flops_per_token = self.job.flops_per_token(result.first)
         if not math.isfinite(result.loss) and not self.parts.scaler.is_enabled():  # fp16: the scaler skips them
             raise LlmlabError(f"loss became {result.loss} at step {state.step}", "lower --lr or use --dtype fp32")
         return result
@@ -171,7 +192,8 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.write(
                 step=state.step, train_loss=round(loss, 5), lr=self.lr, tokens_per_s=round(tps, 1),
-                model_flops_per_s=round(flops), elapsed=round(state.elapsed, 2),
+                elapsed=round(state.elapsed, 2),
+                **({"model_flops_per_s": round(flops)} if self.flops_per_token else {}),
                 **({"skipped_steps": state.skipped_steps} if self.parts.scaler.is_enabled() else {}),
             )  # fmt: skip
         if self.session.main:
@@ -190,6 +212,7 @@ class Trainer:
         spent = time.perf_counter() - t0
         state.elapsed += spent
         self._window = (self._window[0] + spent, self._window[1])
+        self._agree()
         return state.best_val_loss
 
     def save(self, reason: str) -> None:

@@ -24,12 +24,6 @@ from llmlab.training.distributed import DistContext, gather_objects, model_state
 MEASURED_STEP = 3  # counted from the run's (re)start
 
 
-def batch_shape(batch: Any) -> tuple[int, int, int | None]:
-    """(rows, input length, target length or None): what the FLOP count and the peak plan take."""
-    rows, length = batch.inputs.shape
-    return rows, length, batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
-
-
 def alive_bytes(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
     """Weights, gradients and optimizer states: what a step starts from (the CPU window counts on it)."""
     tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None)]
@@ -68,8 +62,10 @@ class StepPeakCheck:
         quiet = silent_stderr() if self.device.type == "cpu" else contextlib.nullcontext()
         with quiet:
             window.open()
-            yield record
-            measured = window.close()
+            try:
+                yield record
+            finally:
+                measured = window.close()
         self._report(self.plan(record["batch"]), measured)
 
     def _report(self, planned, measured: int) -> None:

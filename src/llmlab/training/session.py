@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from llmlab.device import resolve_device, resolve_dtype
 from llmlab.errors import LlmlabError
 from llmlab.progress import ProgressLine
 from llmlab.training.config import TrainerConfig
-from llmlab.training.distributed import DistContext, init_distributed
+from llmlab.training.distributed import DistContext, barrier, init_distributed, wrap_model
 
 
 @dataclass
@@ -29,6 +31,26 @@ class Session:
     @property
     def world(self) -> int:
         return self.ctx.world if self.ctx is not None else 1
+
+    @contextlib.contextmanager
+    def rank0_first(self) -> Iterator[None]:
+        """Rank 0 does the work first (training a tokenizer, writing a token cache), the others then
+        read what it wrote; one process just does it."""
+        if self.ctx is not None and not self.main:
+            barrier(self.ctx)
+        yield
+        if self.ctx is not None and self.main:
+            barrier(self.ctx)
+
+    def wrap(self, model: nn.Module, fsdp_mixed_precision: str | None = None, detail: str = "") -> nn.Module:
+        """What a step calls: the model itself, or its DDP wrapper (FSDP shards the model in place)."""
+        if self.ctx is None:
+            return model
+        forward = wrap_model(model, self.ctx, fsdp_mixed_precision)
+        ctx = self.ctx
+        zero = f" (ZeRO-{ctx.zero})" if ctx.sharded else ""
+        self.log(f"distributed: {ctx.world} ranks, {ctx.strategy}{zero}" + (f", {detail}" if detail else ""))
+        return forward
 
     def rows(self, batch_size: int) -> slice | None:
         """This rank's rows of a global batch of `batch_size` x world rows (None: all, one process)."""

@@ -17,7 +17,9 @@ from llmlab.training.optim import optimizer_step
 
 
 class TrainingBatch(Protocol):
-    """What the core needs of a recipe's batch: counts for normalising and throughput, and a move."""
+    """What the core needs of a recipe's batch: counts for normalising and throughput, and a move.
+    `labelled` is what the loss is summed over (labelled tokens; preference pairs for a pairwise loss),
+    so a rank's share divided by the global count / world reproduces the one-process mean."""
 
     labelled: int
     tokens: int
@@ -34,8 +36,7 @@ class StepResult:
     loss: float  # mean over the micro-batches (and ranks)
     tokens: int  # tokens read, summed over ranks
     skipped: bool  # fp16: the loss scaler threw the step away
-    first: Any  # the first and last micro-batches: their shapes for the FLOP count and the memory plan
-    last: Any
+    last: Any  # the last micro-batch: its shapes for the memory plan
 
 
 @dataclass
@@ -71,10 +72,9 @@ def train_step(
 ) -> StepResult:
     """Forward and backward over `accumulate` micro-batches (`draw(micro)`, one alive at a time, each
     loss divided by their number), then one optimizer step."""
-    loss_sum, tokens, first, local = 0.0, 0, None, None
+    loss_sum, tokens, local = 0.0, 0, None
     for micro in range(accumulate):
         local = draw(micro)
-        first = first if first is not None else local
         normalizer, read = global_counts(local, parts.ctx)
         tokens += read
         with autocast(parts.device, parts.dtype):
@@ -83,7 +83,7 @@ def train_step(
         loss_sum += loss.item()
     loss_sum = all_reduce_mean(loss_sum, parts.ctx)
     skipped = optimizer_step(parts.model, parts.optimizers, parts.scaler, grad_clip, before_zero_grad)
-    return StepResult(loss_sum, tokens, skipped, first, local)
+    return StepResult(loss_sum, tokens, skipped, local)
 
 
 @torch.no_grad()

@@ -6,6 +6,10 @@ from __future__ import annotations
 import signal
 
 
+class AbortRequested(KeyboardInterrupt):
+    """The second Ctrl-C: stop now, without saving (the weights may be half-updated)."""
+
+
 class StopRequest:
     """First Ctrl-C asks the loop to stop after the current step and save; a second one aborts."""
 
@@ -22,7 +26,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise AbortRequested
         self.requested = True
 
     def __exit__(self, *exc) -> None:
