@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,22 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert " — " in lines[0]  # what was wrong — what to do
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def start_llmlab(*args: str, until: str, timeout: float = 120) -> subprocess.Popen:
+    """`python -m llmlab ARGS` in a new process, returned once a stderr line starts with `until`
+    (e.g. "step 5": it is training). The caller stops it and reads the rest of its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    command = [sys.executable, "-m", "llmlab", *args]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + timeout
+    for line in proc.stderr:
+        if line.startswith(until):
+            return proc
+        if time.time() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"`llmlab {' '.join(args[:1])}` printed no line starting with {until!r}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmlab.cli import main
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, run_cli, start_llmlab
 
 TINY = [
     "--preset",
@@ -173,15 +173,10 @@ def test_console_script_runs_as_a_module():
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     import json
     import signal
-    import time
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("ctrl-c must not lose the run.\n" * 300)
-    src = Path(__file__).resolve().parents[2] / "src"
     command = [
-        sys.executable,
-        "-m",
-        "llmlab",
         "pretrain",
         "--data",
         str(corpus),
@@ -193,13 +188,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
         "1",
         *TINY,
     ]
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as proc:
-        deadline = time.time() + 120
-        for line in proc.stderr:
-            if line.startswith("step 5"):
-                break
-            assert time.time() < deadline, "training did not start"
+    with start_llmlab(*command, until="step 5") as proc:
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
         code = proc.wait(timeout=120)

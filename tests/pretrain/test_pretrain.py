@@ -195,26 +195,13 @@ def test_overflowing_fp16_gradients_skip_the_step_and_are_counted():
 def test_a_second_run_on_the_same_folder_is_refused_until_the_first_dies(tmp_path, capsys):
     """Two runs writing one --out would interleave checkpoints: the second is refused while the first
     holds the folder, and a killed first run (kill -9) does not leave the folder locked."""
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    from tests.helpers import assert_one_line_error, run_cli
+    from tests.helpers import assert_one_line_error, run_cli, start_llmlab
 
     config = tiny_run(tmp_path, max_steps=100000, log_interval=1)
     options = [f"--{k.replace('_', '-')}={v}" for k, v in config.to_dict().items() if v not in (None, False)]
-    src = Path(__file__).resolve().parents[2] / "src"
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    command = [sys.executable, "-m", "llmlab", "pretrain", *options]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as first:
-        deadline = time.time() + 120
-        for line in first.stderr:
-            if line.startswith("step 2"):
-                break
-            assert time.time() < deadline, "the first run did not start"
+    with start_llmlab("pretrain", *options, until="step 2") as first:
         code, _, err = run_cli(capsys, "pretrain", *options, "--overwrite")
         assert_one_line_error(code, err, "in use by another run", f"pid {first.pid}")
         first.send_signal(signal.SIGKILL)
