@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/quantization.py
 	$(PY) bench/families.py
 	$(PY) bench/in_context.py
+	$(PY) bench/distributed.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench
