@@ -117,7 +117,7 @@ class Trainer:
                     step = self.step()
                     result.train_losses[self.state.step] = step.loss
                     self._agree()
-                    self._after_step(step.loss, result)
+                    self._after_step(step, result)
                     if on_step is not None:
                         on_step(self.state.step, step.loss)
             except AbortRequested:  # the second Ctrl-C: no save of possibly half-updated weights
@@ -174,16 +174,16 @@ class Trainer:
         return functools.partial(log_rank_memory, self.model, self.parts.optimizers, ctx, self.state.step + 1,
                                  self.session.log, self.metrics)  # fmt: skip
 
-    def _after_step(self, loss: float, result: TrainResult) -> None:
+    def _after_step(self, done: StepResult, result: TrainResult) -> None:
         step, cfg = self.state.step, self.cfg
         if step % cfg.log_interval == 0 or not self.budget_left():
-            self._log_progress(loss)
+            self._log_progress(done.loss, done.metrics)
         if step % cfg.eval_interval == 0 or not self.budget_left():
             result.best_val_loss = self.evaluate()
         if step % cfg.checkpoint_interval == 0 and self.budget_left():
             self.save(f"every {cfg.checkpoint_interval} steps")
 
-    def _log_progress(self, loss: float) -> None:
+    def _log_progress(self, loss: float, extra: dict[str, float]) -> None:
         now, (start, tokens) = time.perf_counter(), self._window
         tps = tokens / max(now - start, 1e-9)
         self._window = (now, 0)
@@ -195,6 +195,7 @@ class Trainer:
                 elapsed=round(state.elapsed, 2),
                 **({"model_flops_per_s": round(flops)} if self.flops_per_token else {}),
                 **({"skipped_steps": state.skipped_steps} if self.parts.scaler.is_enabled() else {}),
+                **{f"train_{name}": round(value, 5) for name, value in extra.items()},
             )  # fmt: skip
         if self.session.main:
             throughput = throughput_text(flops, self.peak_flops) if self.flops_per_token else ""
@@ -204,11 +205,13 @@ class Trainer:
     def evaluate(self) -> float:
         """Validation loss now; its time counts against --max-time but not against tokens/s."""
         t0, state = time.perf_counter(), self.state
-        val = evaluate_loss(self.parts, self.job.batches, self.cfg.eval_iters)
+        val, extra = evaluate_loss(self.parts, self.job.batches, self.cfg.eval_iters)
         state.best_val_loss = min(state.best_val_loss, val)
+        extra = {f"val_{name}": round(value, 5) for name, value in extra.items()}
         if self.metrics is not None:
-            self.metrics.write(step=state.step, val_loss=round(val, 5), elapsed=round(state.elapsed, 2))
-        self.session.log(f"step {state.step}: validation loss {val:.4f} (best {state.best_val_loss:.4f})")
+            self.metrics.write(step=state.step, val_loss=round(val, 5), elapsed=round(state.elapsed, 2), **extra)
+        shown = "".join(f", {name} {value:.4f}" for name, value in extra.items())
+        self.session.log(f"step {state.step}: validation loss {val:.4f} (best {state.best_val_loss:.4f}){shown}")
         spent = time.perf_counter() - t0
         state.elapsed += spent
         self._window = (self._window[0] + spent, self._window[1])
