@@ -205,3 +205,9 @@ def test_bad_evaluation_options_are_one_line_errors(decoder, tmp_path, capsys):
         code, _, err = run_cli(capsys, args[0], tmp_path / "ckpt", "--task", data, *args[1:])
         assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "ckpt" / "eval-rows").exists()  # nothing written for a refused run
+
+
+def test_rouge_stems_words_as_rouge_score_does():
+    """'cats running' and 'cat runs' share both words only once stemmed (Porter: cat, run)."""
+    scores = rouge("cats running", ["cat runs"])
+    assert scores["rouge1"] == pytest.approx(1.0) and scores["rouge2"] == pytest.approx(1.0)

@@ -115,3 +115,18 @@ def test_quantized_head_decodes_batches(char_tokenizer, fmt):
         ["def ", "class Stack"], GenerationConfig(max_new_tokens=5, greedy=True)
     )
     assert [len(samples[0].token_ids) for samples in out] == [5, 5] or all(s[0].finish_reason == "eos" for s in out)
+
+
+def test_quantization_scales_are_their_definitions():
+    """int8 absmax: scale = max|w| / 127 per row; zero-point: (max - min) / 255; int4: (max - min) / 15 per group."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 64)
+    _, absmax, _ = quantize_rows_int8(w, "absmax")
+    torch.testing.assert_close(absmax, w.abs().amax(dim=1) / 127)
+    _, scale, zero = quantize_rows_int8(w, "zeropoint")
+    torch.testing.assert_close(scale, (w.amax(dim=1) - w.amin(dim=1)) / 255)
+    torch.testing.assert_close(zero, torch.round(-w.amin(dim=1) / scale) - 128)
+    _, scale4, zero4 = quantize_groups_int4(w, 16)
+    groups = w.reshape(6, 4, 16)
+    torch.testing.assert_close(scale4, (groups.amax(dim=2) - groups.amin(dim=2)) / 15)
+    torch.testing.assert_close(zero4, torch.round(-groups.amin(dim=2) / scale4))
