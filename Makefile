@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/families.py
 	$(PY) bench/in_context.py
 	$(PY) bench/distributed.py
+	$(PY) bench/trainer_overhead.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

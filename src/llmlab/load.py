@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from llmlab.checkpoint.folder import Checkpoint, load_folder
-from llmlab.hf.importer import is_hf_source, load_hf
+from llmlab.checkpoint.folder import Checkpoint, load_folder, read_model_config, verify_checkpoint
+from llmlab.config import ModelConfig
+from llmlab.hf.importer import is_hf_source, load_hf, read_hf_config, resolve_folder
 
 
 def load_checkpoint(
@@ -24,3 +25,10 @@ def load_checkpoint(
         ckpt.model.to(device=device, dtype=dtype).eval()
         return ckpt
     return load_folder(source, device, dtype)
+
+
+def load_config(source: str | Path) -> ModelConfig:
+    """The architecture of any source, from its config.json alone (no weights are read)."""
+    if is_hf_source(source):
+        return read_hf_config(resolve_folder(source))[1]
+    return read_model_config(verify_checkpoint(source))

@@ -36,3 +36,11 @@ def test_breakdown_equals_the_built_model_for_bert_and_t5_variants():
     for preset, fields in variants:
         config = ModelConfig.from_preset(preset, vocab_size=300, **fields)
         assert sum(parameter_breakdown(config).values()) == build_model(config).num_parameters(), (preset, fields)
+
+
+def test_a_config_that_is_not_a_json_object_is_one_line(tmp_path, capsys):
+    from tests.helpers import assert_one_line_error, run_cli
+
+    (tmp_path / "list.json").write_text("[1, 2]")
+    code, _, err = run_cli(capsys, "plan", "model", "--config", tmp_path / "list.json")
+    assert_one_line_error(code, err, "is not a JSON object")

@@ -156,6 +156,14 @@ def _carry_over(old: Path, new: Path, written: set[str]) -> None:
             shutil.copy2(entry, new / entry.name)
 
 
+def require_new_folder(out: str | Path) -> Path:
+    """Conversions (import, export) write a new folder and never replace one."""
+    out = Path(out)
+    if out.exists():
+        raise LlmlabError(f"{out} already exists", "choose another output folder or remove it")
+    return out
+
+
 def verify_checkpoint(path: str | Path) -> Path:
     """Refuse a folder that is not a complete, unaltered checkpoint, saying which file is wrong."""
     path = Path(path)

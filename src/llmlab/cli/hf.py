@@ -20,9 +20,11 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint.folder import require_new_folder
     from llmlab.hf.exporter import export_hf
     from llmlab.load import load_checkpoint
 
+    require_new_folder(args.out)  # before the load, which can take a while
     name = export_hf(load_checkpoint(args.checkpoint), args.out)
     print(f"{args.out}: Hugging Face folder; load it with transformers' {name} (or its Auto class) and AutoTokenizer")
 

@@ -31,6 +31,8 @@ def cmd_plan_model(args: argparse.Namespace) -> None:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LlmlabError(f"cannot read --config {args.config}: {exc}", fix) from None
+        if not isinstance(data, dict):
+            raise LlmlabError(f"--config {args.config} is not a JSON object", fix)
         config = ModelConfig.from_dict(data.get("model", data))  # a checkpoint's config.json works too
     else:
         config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)

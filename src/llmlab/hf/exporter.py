@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from llmlab.checkpoint.folder import Checkpoint, read_quantization
+from llmlab.checkpoint.folder import Checkpoint, read_quantization, require_new_folder
 from llmlab.errors import LlmlabError
 from llmlab.hf.maps import architecture_of, to_hf_state
 from llmlab.model import LanguageModel
@@ -45,9 +45,7 @@ def export_hf(ckpt: Checkpoint, out: str | Path) -> str:
         from transformers import PreTrainedTokenizerFast
     except ImportError:
         raise LlmlabError("exporting to Hugging Face needs transformers", "pip install transformers") from None
-    out = Path(out)
-    if out.exists():
-        raise LlmlabError(f"{out} already exists", "choose another output folder or remove it")
+    out = require_new_folder(out)
     if read_quantization(ckpt.path):
         raise LlmlabError(f"{ckpt.path} is quantized", "export the full-precision checkpoint")
     hf = to_transformers(ckpt.model)

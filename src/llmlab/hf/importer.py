@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from llmlab.checkpoint.folder import Checkpoint, save_checkpoint
+from llmlab.checkpoint.folder import Checkpoint, require_new_folder, save_checkpoint
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
@@ -214,9 +214,7 @@ def load_hf(source: str | Path) -> Checkpoint:
 
 def import_hf(source: str | Path, out: str | Path) -> Checkpoint:
     """Convert once: a Hugging Face folder or hub id -> an llmlab checkpoint folder at `out`."""
-    out = Path(out)
-    if out.exists():
-        raise LlmlabError(f"{out} already exists", "choose another output folder or remove it")
+    out = require_new_folder(out)
     ckpt = load_hf(source)
     save_checkpoint(out, ckpt.model, ckpt.tokenizer, ckpt.generation)
     return ckpt

@@ -66,12 +66,9 @@ class MemoryRequest:
     def model_config(self) -> ModelConfig | None:
         """The architecture, where one is named: a checkpoint's (only its config.json is read) or a preset's."""
         if self.model:
-            from llmlab.checkpoint.folder import read_model_config, verify_checkpoint
-            from llmlab.hf.importer import is_hf_source, read_hf_config, resolve_folder
+            from llmlab.load import load_config
 
-            if is_hf_source(self.model):  # only config.json is read, never the weights
-                return read_hf_config(resolve_folder(self.model))[1]
-            return read_model_config(verify_checkpoint(self.model))
+            return load_config(self.model)
         if self.preset:
             return ModelConfig.from_preset(self.preset, vocab_size=self.vocab_size)
         return None

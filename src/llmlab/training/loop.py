@@ -113,7 +113,7 @@ class Trainer:
         with StopRequest() as stop:
             self.stop = stop
             try:
-                while self._agree() and self.budget_left() and not stop.requested:
+                while self._continue():
                     step = self.step()
                     result.train_losses[self.state.step] = step.loss
                     self._agree()
@@ -129,7 +129,12 @@ class Trainer:
         self._finish()
         return result
 
-    def _agree(self) -> bool:
+    def _continue(self) -> bool:
+        """Budget left and no stop asked for, as every rank agrees."""
+        self._agree()
+        return self.budget_left() and not self.stop.requested
+
+    def _agree(self) -> None:
         """Distributed: every rank takes the slowest rank's clock and anyone's stop request, so all
         ranks see the same learning rate and budget and stop (and save) at the same step."""
         ctx = self.session.ctx
@@ -138,7 +143,6 @@ class Trainer:
             shared = torch.tensor(values, dtype=torch.float64, device=ctx.device)
             torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
             self.state.elapsed, self.stop.requested = float(shared[0]), bool(shared[1])
-        return True
 
     def step(self) -> StepResult:
         """One optimizer step at the scheduled learning rate, with the checks of the plan around it."""
