@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,17 +64,29 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+def wait_for_line(stream, starts: str, timeout: float) -> str | None:
+    """The first line of `stream` that starts with `starts`, or None if none came within `timeout` seconds
+    (read on a thread, so a child that prints nothing cannot hang the test)."""
+    found: list[str] = []
+
+    def read() -> None:
+        for line in stream:
+            if line.startswith(starts):
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found[0] if found else None
+
+
 def start_llmlab(*args: str, until: str, timeout: float = 120) -> subprocess.Popen:
     """`python -m llmlab ARGS` in a new process, returned once a stderr line starts with `until`
     (e.g. "step 5": it is training). The caller stops it and reads the rest of its stderr."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    command = [sys.executable, "-m", "llmlab", *args]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + timeout
-    for line in proc.stderr:
-        if line.startswith(until):
-            return proc
-        if time.time() > deadline:
-            break
-    proc.kill()
-    raise AssertionError(f"`llmlab {' '.join(args[:1])}` printed no line starting with {until!r}")
+    proc = subprocess.Popen([sys.executable, "-m", "llmlab", *args], stderr=subprocess.PIPE, text=True, env=env)
+    if wait_for_line(proc.stderr, until, timeout) is None:
+        proc.kill()
+        raise AssertionError(f"`llmlab {' '.join(args[:1])}` printed no line starting with {until!r} in {timeout} s")
+    return proc

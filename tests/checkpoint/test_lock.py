@@ -13,7 +13,7 @@ from llmlab.checkpoint import lock
 from llmlab.checkpoint.folder import save_checkpoint
 from llmlab.checkpoint.lock import RunLock, lock_path
 from llmlab.errors import LlmlabError
-from tests.helpers import tiny_model
+from tests.helpers import tiny_model, wait_for_line
 
 HOLD = textwrap.dedent(
     """
@@ -33,8 +33,8 @@ def _holder(out: Path) -> subprocess.Popen:
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    if line.strip() != "locked":
+    line = wait_for_line(proc.stdout, "locked", timeout=60)
+    if line is None:
         proc.kill()
         pytest.fail(f"the holder did not take the lock (exit {proc.wait()})")
     return proc

@@ -37,9 +37,13 @@ def test_an_odd_width_has_no_group():
 
 def test_groups_the_cpu_kernel_does_not_take_compute_by_dequantizing():
     torch.manual_seed(0)
-    layer = Int4Linear.from_linear(torch.nn.Linear(48, 32), 16)
+    linear = torch.nn.Linear(48, 32)
+    layer = Int4Linear.from_linear(linear, 16)
     x = torch.randn(3, 48)
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.dequantized(torch.float32), layer.bias))
+    with torch.no_grad():
+        error = (layer(x) - linear(x)).norm() / linear(x).norm()
+    assert error < 0.1  # 4 bits per weight, 16 to a group: a few percent, not a different layer
 
 
 def small(name: str, vocab_size: int):

@@ -75,7 +75,8 @@ def test_replacing_keeps_the_model_computing_the_same():
     x = torch.randint(0, 64, (2, 8))
     with torch.no_grad():
         before = model(x)
-        replace_linears(model, linears_in_blocks, lambda name, linear: Doubled(linear))  # the head is tied
+        names = replace_linears(model, linears_in_blocks, lambda name, linear: Doubled(linear))  # the head is tied
+        assert len(names) == 2 * 4  # per block: qkv, proj, mlp up and down
         for module in model.modules():
             if isinstance(module, Doubled):
                 module.base.weight.mul_(0.5)

@@ -74,6 +74,7 @@ def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_losses(tmp_pat
     assert first.interrupted and first.step == 9
     second = train(tiny_run(tmp_path, "split", resume=True, **config), log=lambda s: None)
     assert second.step == 20
+    assert sorted(second.train_losses) == list(range(10, 21))  # it went on from step 9, not from scratch
     resumed = {**first.train_losses, **second.train_losses}
     assert resumed == full.train_losses  # exactly equal, not approximately
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]

@@ -79,6 +79,8 @@ def test_the_recipe_resumes_exactly(tmp_path):
         if step == 6:
             raise KeyboardInterrupt
 
-    run(options(tmp_path / "b", max_steps=12), prepare, on_step=stop_at_6, log=lambda line: None)
+    first = run(options(tmp_path / "b", max_steps=12), prepare, on_step=stop_at_6, log=lambda line: None)
+    assert first.interrupted and first.step == 6
     resumed = run(options(tmp_path / "b", max_steps=12, resume=True), prepare, log=lambda line: None)
+    assert sorted(resumed.train_losses) == list(range(7, 13))  # it went on from step 6, not from scratch
     assert [resumed.train_losses[s] for s in range(7, 13)] == [whole.train_losses[s] for s in range(7, 13)]
