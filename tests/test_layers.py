@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "recipes and uses",
         (
             "llmlab.pretrain",
+            "llmlab.finetune",
             "llmlab.evaluation",
             "llmlab.introspect",
             "llmlab.report",

@@ -10,10 +10,13 @@ print(gen.generate(["def fib(n):"], llmlab.GenerationConfig(greedy=True))[0][0].
 from llmlab.checkpoint.folder import Checkpoint, save_checkpoint
 from llmlab.config import PRESETS, ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.finetune.config import FinetuneConfig
+from llmlab.finetune.recipe import finetune
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Completion, Generator
-from llmlab.load import load_checkpoint
+from llmlab.load import load_checkpoint, merged_with_adapter
 from llmlab.model import DecoderLM, EncoderDecoderLM, EncoderLM, build_model
+from llmlab.model.lora import LoraSpec, add_lora, merge_lora
 from llmlab.pretrain.config import PretrainConfig, TrainConfig
 from llmlab.pretrain.recipe import train
 from llmlab.tokenizer import TextTokenizer, train_tokenizer
@@ -28,16 +31,22 @@ __all__ = [
     "DecoderLM",
     "EncoderDecoderLM",
     "EncoderLM",
+    "FinetuneConfig",
     "GenerationConfig",
     "Generator",
     "LlmlabError",
+    "LoraSpec",
     "ModelConfig",
     "PretrainConfig",
     "TextTokenizer",
     "TrainConfig",
     "TrainResult",
+    "add_lora",
     "build_model",
+    "finetune",
     "load_checkpoint",
+    "merge_lora",
+    "merged_with_adapter",
     "save_checkpoint",
     "train",
     "train_tokenizer",

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,20 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint folder atomically (temporary folder, then rename). A write that fails
     (a full disk above all) is one error; the temporary folder goes and the previous checkpoint stays."""
+    config = {"format": FORMAT, "model": model.config.to_dict()}
+    if quantization is not None:
+        config["quantization"] = quantization
+    if tokenizer.roles:  # special tokens not found by their usual names (imported tokenizers)
+        config["tokenizer_roles"] = tokenizer.roles
+    return write_folder(
+        out, lambda tmp: _write_files(tmp, config, model, tokenizer, generation, trainer_state, optimizer_tensors)
+    )
+
+
+def write_folder(out: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` fills a temporary folder beside `out`; a manifest of sha256 sums is added and the
+    folder renamed into place (carrying over the run's other files). Any write error is one line and
+    leaves the previous folder as it was."""
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,12 +94,7 @@ def save_checkpoint(
     except OSError as exc:
         raise _write_error(out, exc) from None
     try:
-        config = {"format": FORMAT, "model": model.config.to_dict()}
-        if quantization is not None:
-            config["quantization"] = quantization
-        if tokenizer.roles:  # special tokens not found by their usual names (imported tokenizers)
-            config["tokenizer_roles"] = tokenizer.roles
-        _write_files(tmp, config, model, tokenizer, generation, trainer_state, optimizer_tensors)
+        write(tmp)
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / "manifest.json").write_text(json.dumps({f: _sha256(tmp / f) for f in files}, indent=2))
         _move_into_place(tmp, out, written=set(files) | {"manifest.json"})
@@ -172,6 +182,11 @@ def verify_checkpoint(path: str | Path) -> Path:
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise LlmlabError(f"checkpoint {path} is missing {', '.join(missing)}", "re-copy the folder or re-train")
+    return verify_manifest(path)
+
+
+def verify_manifest(path: Path) -> Path:
+    """Every file the folder's manifest lists is there with its recorded sha256."""
     manifest = path / "manifest.json"
     if manifest.is_file():
         try:

@@ -18,8 +18,9 @@ from typing import Any
 from llmlab.errors import LlmlabError
 from llmlab.options import help_of
 
-CHECKPOINT_HELP = "run folder written by pretrain, or a Hugging Face folder or hub id"
+CHECKPOINT_HELP = "run folder from pretrain or finetune (an adapter folder too), or a Hugging Face folder or hub id"
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+ADAPTER_HELP = "an adapter folder from llmlab finetune (LoRA/QLoRA) to put on the checkpoint"
 
 
 def _base_type(annotation: Any) -> type:
@@ -57,6 +58,7 @@ def add_inspection_parser(
     """A command that reads one checkpoint on --device (default cpu) and can answer in JSON."""
     parser = subparsers.add_parser(name, help=help_text)
     parser.add_argument("checkpoint", nargs="?" if optional_checkpoint else None, help=CHECKPOINT_HELP)
+    parser.add_argument("--adapter", help=ADAPTER_HELP)
     parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -101,11 +103,11 @@ def print_table(rows: list[list[Any]], header: list[str] | None = None, right: b
     console.print(table)
 
 
-def load_for_inspection(checkpoint: str, device: str):
-    """A checkpoint in fp32 (exact probabilities and weights) on `device`."""
+def load_for_inspection(checkpoint: str, device: str, adapter: str | None = None):
+    """A checkpoint (with its adapter, if given) in fp32 (exact probabilities and weights) on `device`."""
     import torch
 
     from llmlab.device import resolve_device
     from llmlab.load import load_checkpoint
 
-    return load_checkpoint(checkpoint, device=resolve_device(device), dtype=torch.float32)
+    return load_checkpoint(checkpoint, device=resolve_device(device), dtype=torch.float32, adapter=adapter)

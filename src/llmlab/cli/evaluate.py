@@ -72,7 +72,7 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     if not args.task:
         raise LlmlabError("no task given", "pass --task sentiment|dialogsum|icl-synthetic|FILE.jsonl")
     task = _task_from_args(args)
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     scorer = Scorer(ckpt.model, ckpt.tokenizer)
     if not 0 <= args.index < len(task.examples):
         raise LlmlabError(f"--index {args.index} is out of range", f"the task has {len(task.examples)} examples")
@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from llmlab.evaluation.evaluate import evaluate_task, plot_shots
     from llmlab.generation.config import GenerationConfig
 
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     if args.perplexity:
         _perplexity(args, ckpt)
         return
@@ -153,7 +153,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if not args.task:
         raise LlmlabError("no task to sweep", "pass --task NAME|FILE.jsonl")
     task = _task_from_args(args)
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     rows = sweep(
         ckpt.model, ckpt.tokenizer, task, parse_floats("--temperature", args.temperature),
         parse_ints("--top-k", args.top_k), parse_floats("--top-p", args.top_p), args.shots, args.limit,

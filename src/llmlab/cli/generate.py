@@ -8,7 +8,7 @@ import dataclasses
 import json
 import sys
 
-from llmlab.cli.common import CHECKPOINT_HELP, DEVICE_HELP, add_dataclass_options, read_lines, unescape
+from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, DEVICE_HELP, add_dataclass_options, read_lines, unescape
 from llmlab.errors import LlmlabError
 
 
@@ -58,7 +58,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     prompts = _prompts(args)
     device = resolve_device(getattr(args, "device", "auto"))
-    ckpt = load_checkpoint(args.checkpoint, device=device, dtype=resolve_dtype(getattr(args, "dtype", "auto"), device))
+    dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
+    ckpt = load_checkpoint(args.checkpoint, device=device, dtype=dtype, adapter=getattr(args, "adapter", None))
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}
     if "stop" in options:  # let a shell user write "\n" for a newline, as in --prompts-file
         options["stop"] = [unescape(text) for text in options["stop"]]
@@ -76,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     g = subparsers.add_parser("generate", help="generate text from a checkpoint")
     g.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    g.add_argument("--adapter", default=argparse.SUPPRESS, help=ADAPTER_HELP)
     g.add_argument("--prompt", action="append", default=argparse.SUPPRESS, help="prompt text (repeatable)")
     g.add_argument("--prompts-file", default=argparse.SUPPRESS, help="one prompt a line (\\n for newlines)")
     add_dataclass_options(g, GenerationConfig)

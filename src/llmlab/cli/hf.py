@@ -25,8 +25,29 @@ def cmd_export(args: argparse.Namespace) -> None:
     from llmlab.load import load_checkpoint
 
     require_new_folder(args.out)  # before the load, which can take a while
-    name = export_hf(load_checkpoint(args.checkpoint), args.out)
+    if args.to == "peft":
+        _export_peft(args)
+        return
+    name = export_hf(load_checkpoint(args.checkpoint, adapter=args.adapter), args.out)
     print(f"{args.out}: Hugging Face folder; load it with transformers' {name} (or its Auto class) and AutoTokenizer")
+
+
+def _export_peft(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint.adapter import is_adapter
+    from llmlab.errors import LlmlabError
+    from llmlab.hf.peft import export_peft
+    from llmlab.load import load_with_lora
+    from llmlab.model.lora import LoraSpec
+
+    adapter = args.adapter or args.checkpoint
+    if not is_adapter(adapter):
+        raise LlmlabError(f"--to peft exports an adapter, and {adapter} is not one", "pass an adapter folder")
+    ckpt, lora = load_with_lora(adapter)
+    export_peft(ckpt.model, LoraSpec.from_dict(lora), args.out, str(ckpt.path))
+    print(
+        f"{args.out}: PEFT LoRA adapter; peft.PeftModel.from_pretrained(<the base exported with llmlab export>, "
+        f"'{args.out}')"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,5 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("export", help="write a checkpoint as a Hugging Face folder (GPT-2, Llama, T5, BERT)")
     e.add_argument("checkpoint", help=CHECKPOINT_HELP)
     e.add_argument("out")
-    e.add_argument("--to", default="hf", choices=["hf"])
+    e.add_argument("--to", default="hf", choices=["hf", "peft"], help="hf: a model folder; peft: an adapter alone")
+    e.add_argument("--adapter", help="an adapter folder: merged into the export (hf) or exported itself (peft)")
     e.set_defaults(func=cmd_export)

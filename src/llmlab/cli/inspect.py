@@ -15,7 +15,7 @@ from llmlab.errors import LlmlabError
 def cmd_fill_mask(args: argparse.Namespace) -> None:
     from llmlab.introspect.encode import fill_mask
 
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     results = fill_mask(ckpt.model, ckpt.tokenizer, unescape(args.text), args.top_k)
     if args.json:
         print(json.dumps([[dataclasses.asdict(f) for f in fillers] for fillers in results]))
@@ -39,7 +39,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     texts = [unescape(t) for t in args.text or []]
     if args.file:
         texts += read_lines(args.file, "--file", "pass a UTF-8 text file, one text a line")
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     vectors = embed(ckpt.model, ckpt.tokenizer, texts, normalize=not args.raw)
     if args.json:
         for text, v in zip(texts, vectors.tolist()):
@@ -60,7 +60,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_attention(args: argparse.Namespace) -> None:
     from llmlab.introspect.attention import attention_maps, plot_attention
 
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     maps = attention_maps(ckpt.model, ckpt.tokenizer, unescape(args.text), args.target)
     kind = args.kind or next(iter(maps))
     if kind not in maps:
@@ -81,7 +81,7 @@ def cmd_next_token(args: argparse.Namespace) -> None:
     from llmlab.generation.config import GenerationConfig
     from llmlab.introspect.next_token import STAGES, next_token_logits, next_token_report, plot_next_token
 
-    ckpt = load_for_inspection(args.checkpoint, args.device)
+    ckpt = load_for_inspection(args.checkpoint, args.device, args.adapter)
     config = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     logits = next_token_logits(ckpt.model, ckpt.tokenizer, unescape(args.prompt), unescape(args.target_prefix))
     report = next_token_report(logits, ckpt.tokenizer, config, args.show)

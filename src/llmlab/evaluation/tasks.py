@@ -43,6 +43,13 @@ class Task:
         return [example[f] for f in fields if example.get(f)]
 
 
+SENTIMENT_TEMPLATE = PromptTemplate("Classify this review:\n{text}\nSentiment: {label}", "label", "text")
+DIALOGSUM_TEMPLATE = PromptTemplate(
+    "Dialogue:\n{dialogue}\nSummary: {summary}", "summary", "dialogue",
+    instruction="Summarize the following conversation.",
+)  # fmt: skip
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("LLMLAB_DATA", "../shared/data"))
 
@@ -74,8 +81,7 @@ def sentiment_task(root: Path | None = None) -> Task:
         rows += [{"text": line.strip(), "label": label} for line in text.splitlines() if line.strip()]
     random.Random(0).shuffle(rows)
     cut = int(len(rows) * 0.8)
-    template = PromptTemplate("Classify this review:\n{text}\nSentiment: {label}", "label", "text")
-    return Task("sentiment", template, rows[:cut], rows[cut:], labels=["Positive", "Negative"])
+    return Task("sentiment", SENTIMENT_TEMPLATE, rows[:cut], rows[cut:], labels=["Positive", "Negative"])
 
 
 def dialogsum_task(root: Path | None = None) -> Task:
@@ -86,11 +92,7 @@ def dialogsum_task(root: Path | None = None) -> Task:
         {k: r[k] for k in ("dialogue", "summary1", "summary2", "summary3") if k in r}
         for r in _read_jsonl(folder / "test.jsonl")
     ]
-    template = PromptTemplate(
-        "Dialogue:\n{dialogue}\nSummary: {summary}", "summary", "dialogue",
-        instruction="Summarize the following conversation.",
-    )  # fmt: skip
-    return Task("dialogsum", template, train, test, references=("summary1", "summary2", "summary3"))
+    return Task("dialogsum", DIALOGSUM_TEMPLATE, train, test, references=("summary1", "summary2", "summary3"))
 
 
 ICL_LABELS = ["left", "right"]

@@ -485,7 +485,7 @@ def to_hf_state(model: LanguageModel) -> dict[str, torch.Tensor]:
     theirs: dict[str, torch.Tensor] = {}
     for our_name, their_names in arch.names(model.config).items():
         tensor = ours[our_name]
-        parts = tensor.split(_split_sizes(model.config, our_name)) if len(their_names) > 1 else [tensor]
+        parts = tensor.split(split_sizes(model.config, our_name)) if len(their_names) > 1 else [tensor]
         for their_name, part in zip(their_names, parts):
             theirs[their_name] = part.t().contiguous() if their_name.endswith(arch.transposed) else part.clone()
     return theirs
@@ -533,7 +533,7 @@ def _harmless(name: str) -> bool:
     )  # fmt: skip
 
 
-def _split_sizes(config: ModelConfig, our_name: str) -> list[int]:
+def split_sizes(config: ModelConfig, our_name: str) -> list[int]:
     """Output rows of each of their tensors inside one of our fused ones."""
     q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
     if ".attn.qkv." in our_name:

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from llmlab.checkpoint.folder import load_weights, save_checkpoint, verify_checkpoint
+from llmlab.checkpoint.adapter import is_adapter
+from llmlab.checkpoint.folder import load_weights, save_checkpoint, verify_checkpoint, verify_manifest
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
 from llmlab.model import build_model
@@ -39,7 +40,7 @@ from llmlab.training.state import TrainerState, restore_rng, rng_tensors
 
 def read_resumable(out: Path) -> dict[str, Any]:
     """The trainer_state.json of a run that can be resumed, or a one-line error saying why not."""
-    verify_checkpoint(out)
+    verify_manifest(out) if is_adapter(out) else verify_checkpoint(out)
     resumable = (out / "optimizer.safetensors").is_file() or (out / "sharded").is_dir()
     if not (out / "trainer_state.json").is_file() or not resumable:
         raise LlmlabError(f"{out} has no trainer state to resume from", "train without --resume")
@@ -48,7 +49,7 @@ def read_resumable(out: Path) -> dict[str, Any]:
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
     """A new run never replaces a checkpoint by accident."""
-    if (out / "config.json").exists() and not overwrite:
+    if ((out / "config.json").exists() or is_adapter(out)) and not overwrite:
         raise LlmlabError(
             f"{out} already holds a checkpoint",
             "pass --resume to continue it, --overwrite to replace it, or another --out",

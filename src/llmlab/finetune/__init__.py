@@ -1,0 +1,1 @@
+"""Instruction fine-tuning on the training core: full, LoRA, QLoRA."""

@@ -1,0 +1,87 @@
+"""`llmlab finetune`'s options: the training core's, plus the base model, the instruction data and how
+they are turned into rows, and the method (full, LoRA, QLoRA) with its settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmlab.errors import LlmlabError
+from llmlab.finetune.examples import FORMATS
+from llmlab.model.lora import LoraSpec
+from llmlab.options import option
+from llmlab.training.config import TrainerConfig, Validated
+
+METHODS = ("full", "lora", "qlora")
+
+
+@dataclass
+class FinetuneData(Validated):
+    """Where the examples come from and how they become token rows."""
+
+    base: str | None = option(None, "the model to adapt: a run folder, a Hugging Face folder or hub id")
+    data: list[str] = option(
+        help="examples: .jsonl/.json/.csv/.parquet, hf:ORG/NAME, or task:dialogsum / task:sentiment (the shared "
+        "data); repeat to mix several, FILE:W takes its examples W times per epoch",
+        default_factory=list,
+    )
+    split: str = option("train", "split of an hf: dataset")
+    val_data: str | None = option(None, "validation examples (default: --val-fraction of the training examples)")
+    val_fraction: float = option(0.05, "share of the examples held out for validation when --val-data is absent")
+    format: str | None = option(None, f"{', '.join(FORMATS)} (default: detected from the first record)")
+    template: str | None = option(None, "a prompt template: dialogsum, sentiment, or a file ('Q: {q}\\nA: {a}')")
+    train_on_prompt: bool = option(False, "decoders: take the loss on the prompt's tokens too")
+    packing: bool = option(False, "decoders: pack several examples per row (they do not attend to each other)")
+    drop_long: bool = option(False, "drop examples longer than the context (default: cut the prompt's middle)")
+    block_size: int | None = option(None, "context length of the rows (default and maximum: the model's)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.base is None:
+            raise LlmlabError("no base model", "pass one: llmlab finetune BASE --data FILE --out DIR")
+        if not self.data:
+            raise LlmlabError("no --data", "pass examples: --data train.jsonl (or task:dialogsum)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LlmlabError(f"--val-fraction must be in (0, 1), got {self.val_fraction}", "use e.g. 0.05")
+        if self.format is not None and self.format not in FORMATS:
+            raise LlmlabError(f"unknown --format {self.format!r}", f"use one of {', '.join(FORMATS)}")
+
+
+@dataclass
+class MethodOptions(Validated):
+    """Full fine-tuning or an adapter, and the adapter's settings."""
+
+    method: str = option("lora", "full, lora or qlora (LoRA on a frozen NF4 base)")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: float = option(16.0, "LoRA scale numerator: the update is scaled by alpha / r")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_targets: list[str] = option(
+        help="attention, qv, mlp, all-linear, or layer names/patterns (attn.qkv, mlp.*); repeatable "
+        "(default attention)",
+        default_factory=list,
+    )
+    rslora: bool = option(False, "rank-stabilised scaling alpha / sqrt(r)")
+    merge: bool = option(False, "LoRA: also write the base with the adapter merged in, to OUT/merged")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.method not in METHODS:
+            raise LlmlabError(f"unknown --method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.method != "full":
+            self.lora_spec().validate()
+
+    def lora_spec(self) -> LoraSpec:
+        targets = tuple(t for item in self.lora_targets for t in item.split(",") if t) or ("attention",)
+        return LoraSpec(self.lora_r, self.lora_alpha, self.lora_dropout, targets, self.rslora)
+
+
+@dataclass
+class FinetuneConfig(TrainerConfig, MethodOptions, FinetuneData):
+    """Everything `llmlab finetune` takes. Fine-tuning defaults: a smaller learning rate and budget."""
+
+    lr: float = option(2e-4, "peak learning rate (LoRA likes ~1e-4..1e-3, full fine-tuning ~1e-5..1e-4)")
+    weight_decay: float = option(0.0, "AdamW weight decay on matrices")
+    warmup_steps: int = option(10, "linear warmup steps")
+    batch_size: int = option(8, "examples (rows) per micro-batch")
+    eval_interval: int = option(50, "validate every N steps")
+    eval_iters: int = option(5, "validation batches per evaluation")
+    out: str = option("runs/finetune", "run folder: the adapter (LoRA) or the model (full), metrics.jsonl")

@@ -1,0 +1,115 @@
+"""Instruction fine-tuning, a recipe on the training core: the next-token loss on the response tokens
+of instruction, prompt/completion or chat examples, training the whole model (full), low-rank
+adapters on a frozen base (LoRA) or adapters on a frozen 4-bit NF4 base (QLoRA).
+
+    llmlab finetune runs/t5 --data task:dialogsum --method lora --out runs/t5-sum --max-time 600
+    llmlab.finetune(llmlab.FinetuneConfig(base="runs/t5", data=["train.jsonl"], out="runs/ft"))
+
+A full fine-tune's run folder is a checkpoint; an adapter run's folder is an adapter folder (the
+adapter, the base's name and fingerprint, the optimizer state for --resume) that every command takes
+where it takes a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
+from llmlab.checkpoint.folder import Checkpoint, read_quantization, save_checkpoint
+from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
+from llmlab.finetune.config import FinetuneConfig
+from llmlab.finetune.data import SftBatch, packed_attention_mask
+from llmlab.finetune.rows import TrainingRows, training_rows
+from llmlab.load import load_checkpoint, merged_with_adapter, quantize_nf4_base
+from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.training.adapter_checkpointing import AdapterCheckpointer
+from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.loop import Job, TrainResult
+from llmlab.training.losses import lm_loss
+from llmlab.training.run import run
+from llmlab.training.session import Session
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    on_step: Callable[[int, float], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `cfg.base` on `cfg.data` as `cfg` says; returns the losses and where the result is.
+    With `merge`, the base with the adapter merged in is written to OUT/merged as well."""
+    result = run(cfg, prepare_job, on_step, log)
+    if cfg.merge and cfg.method != "full" and not result.interrupted:
+        merged = merged_with_adapter(result.out)
+        save_checkpoint(result.out / "merged", merged.model, merged.tokenizer, merged.generation)
+        (log or print)(f"merged: the base with the adapter added in, {result.out / 'merged'}")
+    return result
+
+
+def sft_loss(model: nn.Module, batch: SftBatch, normalizer: float | None = None) -> torch.Tensor:
+    """The language-model loss on the labelled (response) tokens; packed rows attend within each example."""
+    if batch.segments is None:
+        return lm_loss(model, batch, normalizer)
+    logits = model(batch.inputs, batch.positions, mask=packed_attention_mask(batch.segments))
+    reduction = "mean" if normalizer is None else "sum"
+    loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=-100,
+                                       reduction=reduction)  # fmt: skip
+    return loss if normalizer is None else loss / normalizer
+
+
+def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | None) -> Job:
+    """The base, the rows and the method's model for the trainer."""
+    base = _load_base(cfg)
+    spec = family_spec(base.model.config)
+    torch.manual_seed(cfg.seed)
+    rows = training_rows(cfg, base, session.world, session.rows(cfg.batch_size), session.log)
+    model, info = _method_model(cfg, base)
+    model.to(session.device)
+    if cfg.method == "qlora" and session.ctx is not None and session.ctx.strategy == "fsdp":
+        raise LlmlabError("--method qlora cannot shard its 4-bit base with FSDP", "use --strategy ddp or none")
+    forward = session.wrap(model, cfg.fsdp_mixed_precision, f"{cfg.batch_size} rows per rank")
+    out = Path(cfg.out)
+    if info is None:
+        checkpointer = Checkpointer(out, base.tokenizer, base.generation, session.ctx, session.log)
+    else:
+        checkpointer = AdapterCheckpointer(out, base.tokenizer, base.generation, session.ctx, session.log, info)
+    return Job(model=model, forward=forward, batches=rows.batches, loss=sft_loss, checkpointer=checkpointer,
+               options=cfg.to_dict(), description=_describe(cfg, model, spec.name, rows, session))  # fmt: skip
+
+
+def _load_base(cfg: FinetuneConfig) -> Checkpoint:
+    base = load_checkpoint(cfg.base)
+    if (base.path / "config.json").is_file() and read_quantization(base.path):
+        raise LlmlabError(f"{cfg.base} is quantized", "fine-tune the full-precision checkpoint (--method qlora "
+                          "quantizes the frozen base itself)")  # fmt: skip
+    family_spec(base.model.config).require_generates(
+        "encoder-only models are not instruction-tuned", "fine-tune a decoder or encoder-decoder model"
+    )
+    return base
+
+
+def _method_model(cfg: FinetuneConfig, base: Checkpoint) -> tuple[nn.Module, AdapterInfo | None]:
+    """The model to train and, for adapters, what the adapter folder says about its base."""
+    model = base.model.float().train()
+    if cfg.method == "full":
+        return model, None
+    source = str(Path(cfg.base).resolve()) if Path(cfg.base).exists() else cfg.base
+    info = AdapterInfo(cfg.method, cfg.lora_spec().to_dict(), source, weights_fingerprint(model), model.config, Path())
+    add_lora(model, cfg.lora_spec())
+    if cfg.method == "qlora":
+        quantize_nf4_base(model)
+    return model, info
+
+
+def _describe(cfg: FinetuneConfig, model: nn.Module, family: str, rows: TrainingRows, session: Session) -> str:
+    trainable, total = trainable_counts(model)
+    return (
+        f"model: {cfg.base} ({family}), method {cfg.method}: {trainable:,} of {total:,} parameters train "
+        f"({100 * trainable / total:.2f}%); context {rows.block_size}; device {session.device}, "
+        f"{str(session.dtype).replace('torch.', '')}"
+    )

@@ -1,0 +1,208 @@
+"""LoRA (Hu et al. 2021): a frozen linear layer plus a trainable low-rank update, y = W x + s * B A x.
+
+Written here rather than taken from PEFT because it is the subject being taught: the update is two
+small matrices (A: r x in, B: out x r, B starting at zero so training starts from the base model), the
+scale s is alpha / r (or alpha / sqrt(r) with rsLoRA, Kalajdzievski 2023), and after training B A can
+be added into W (merged) so inference costs nothing extra. The frozen base may be an `nn.Linear` or a
+quantized layer with `dequantized(dtype)` (QLoRA: a 4-bit base with 16/32-bit adapters).
+
+A fused layer of ours (attention's q|k|v, a gated MLP's gate|up) carries one adapter; exported to PEFT it
+becomes one adapter per part with the same A and the matching rows of B, which is the same update.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.errors import LlmlabError
+from llmlab.model.surgery import find_linears, in_blocks, replace_linears
+
+# --lora-targets groups: the last two parts of our layer names (inside the blocks)
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": ("attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj"),
+    "qv": ("attn.qkv", "cross.q", "cross.kv"),  # the original paper's choice (q and v; ours are fused)
+    "mlp": ("mlp.up", "mlp.down"),
+    "all-linear": ("*",),
+}
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Rank, scale, dropout and which layers; the adapter folder stores it as JSON."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("attention",)
+    rslora: bool = False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise LlmlabError(f"--lora-r must be at least 1, got {self.r}", "use e.g. --lora-r 8")
+        if self.alpha <= 0:
+            raise LlmlabError(f"--lora-alpha must be positive, got {self.alpha}", "use e.g. --lora-alpha 16 (2 x r)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LlmlabError(f"--lora-dropout must be in [0, 1), got {self.dropout}", "use e.g. 0.05")
+        if not self.targets:
+            raise LlmlabError("--lora-targets is empty", f"use one of {', '.join(TARGET_GROUPS)} or layer names")
+
+    def to_dict(self) -> dict:
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets),
+                "rslora": self.rslora}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoraSpec:
+        return cls(int(data["r"]), float(data["alpha"]), float(data.get("dropout", 0.0)),
+                   tuple(data["targets"]), bool(data.get("rslora", False)))  # fmt: skip
+
+
+class LoRALinear(nn.Module):
+    """A frozen base layer and its low-rank update. `lora_A`/`lora_B` are the only parameters that train."""
+
+    def __init__(self, base: nn.Module, r: int, scaling: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.scaling = scaling
+        device = next(base.buffers(), None)
+        device = device.device if device is not None else base.weight.device
+        dtype = base.weight.dtype if isinstance(base, nn.Linear) else torch.float32
+        # A as PEFT initialises it (Kaiming-uniform, a=sqrt(5)); B zero, so the update starts at zero
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def r(self) -> int:
+        return self.lora_A.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        return self.base(x) + update * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """s * B A, the (out, in) change the adapter makes to the weight."""
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+
+    def merged(self) -> nn.Linear:
+        """A plain linear layer with the update added into the (dequantized) base weight."""
+        base = self.base
+        weight = base.weight.detach() if isinstance(base, nn.Linear) else base.dequantized(torch.float32)
+        bias = getattr(base, "bias", None)
+        dtype = weight.dtype if isinstance(base, nn.Linear) else self.lora_A.dtype
+        layer = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device=weight.device,
+                          dtype=dtype)  # fmt: skip
+        with torch.no_grad():
+            layer.weight.copy_((weight.float() + self.delta_weight()).to(dtype))
+            if bias is not None:
+                layer.bias.copy_(bias.detach())
+        return layer
+
+
+def target_names(model: nn.Module) -> list[str]:
+    """The distinct layer kinds inside the blocks an adapter can go on (`attn.qkv`, `mlp.down`, ...)."""
+    return sorted({_kind(name) for _, _, name, _ in find_linears(model, lambda n, m: in_blocks(n))})
+
+
+def _kind(name: str) -> str:
+    return ".".join(name.split(".")[-2:])
+
+
+def _patterns(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """Group names expanded; every other target must match at least one layer kind or full name."""
+    kinds = target_names(model)
+    names = [name for _, _, name, _ in find_linears(model)]
+    patterns: list[str] = []
+    for target in targets:
+        if target in TARGET_GROUPS:
+            patterns.extend(TARGET_GROUPS[target])
+        elif any(fnmatch.fnmatch(k, target) for k in kinds) or any(fnmatch.fnmatch(n, target) for n in names):
+            patterns.append(target)
+        else:
+            raise LlmlabError(
+                f"--lora-targets {target!r} matches no linear layer of this model",
+                f"use a group ({', '.join(TARGET_GROUPS)}) or layer names: {', '.join(kinds)}",
+            )
+    return patterns
+
+
+def add_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
+    """Freeze every parameter of `model`, then wrap the targeted linear layers with adapters (in place).
+    Targets inside the blocks match by layer kind (`attn.qkv`); a full name (`lm_head`) reaches outside."""
+    spec.validate()
+    patterns = _patterns(model, spec.targets)
+
+    def select(name: str, layer: nn.Module) -> bool:
+        inside = in_blocks(name) and any(fnmatch.fnmatch(_kind(name), p) for p in patterns)
+        return inside or any(p != "*" and fnmatch.fnmatch(name, p) for p in patterns)
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = replace_linears(model, select, lambda name, layer: LoRALinear(layer, spec.r, spec.scaling, spec.dropout))
+    if not names:
+        raise LlmlabError(f"--lora-targets {','.join(spec.targets)} selected no layer", "use --lora-targets all-linear")
+    return names
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Our module name -> adapter layer, in module order (a shared layer once)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`<layer>.lora_A` / `<layer>.lora_B` tensors: what an adapter folder stores."""
+    return {f"{name}.{part}": getattr(m, part).detach() for name, m in lora_layers(model).items()
+            for part in ("lora_A", "lora_B")}  # fmt: skip
+
+
+def load_lora_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved adapter tensors into a model that has the same adapters; a mismatch is one error."""
+    expected = lora_state(model)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise LlmlabError(
+            f"the adapter's layers do not fit this model (missing {missing[:2]}, unexpected {unexpected[:2]})",
+            "load it on the base model and with the --lora-targets it was trained with",
+        )
+    layers = lora_layers(model)
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            name, part = key.rsplit(".", 1)
+            param = getattr(layers[name], part)
+            if param.shape != tensor.shape:  # an imported PEFT adapter may have another rank
+                setattr(layers[name], part, nn.Parameter(tensor.to(param), requires_grad=param.requires_grad))
+            else:
+                param.copy_(tensor)
+
+
+def merge_lora(model: nn.Module) -> list[str]:
+    """Replace every adapter layer by one plain linear with the update added in; returns their names."""
+    merged = []
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, child_name, child.merged())
+                merged.append(f"{name}.{child_name}" if name else child_name)
+    return merged
+
+
+def trainable_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, tied ones counted once; a quantized base counts its weights."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    total += sum(m.in_features * m.out_features for m in model.modules()
+                 if not isinstance(m, (nn.Linear, LoRALinear)) and hasattr(m, "dequantized"))  # fmt: skip
+    return trainable, total

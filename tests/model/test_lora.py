@@ -1,0 +1,122 @@
+"""LoRA against its definition and against PEFT: zero B is the base, merged equals unmerged, the update
+is s B A with s = alpha/r (alpha/sqrt(r) with rsLoRA), and an adapter exported to PEFT's format gives
+transformers + PEFT the logits llmlab's model gives."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from llmlab.errors import LlmlabError
+from llmlab.hf.exporter import to_transformers
+from llmlab.hf.peft import export_peft, import_peft
+from llmlab.model.lora import LoRALinear, LoraSpec, add_lora, load_lora_state, lora_state, merge_lora, trainable_counts
+from tests.helpers import tiny_model
+
+
+def randomise_b(model: nn.Module, seed: int = 1) -> None:
+    """Trained-looking adapters: B is zero at initialisation, which would hide every mistake."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_update_is_scaled_b_a_and_zero_b_is_the_base():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 12)
+    layer = LoRALinear(base, r=4, scaling=LoraSpec(4, 8.0).scaling, dropout=0.0)
+    x = torch.randn(3, 16)
+    assert torch.equal(layer(x), base(x))  # B starts at zero
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = base(x) + 2.0 * (x @ layer.lora_A.T @ layer.lora_B.T)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)
+    assert LoraSpec(16, 8.0, rslora=True).scaling == 8.0 / math.sqrt(16)
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2", "t5"])
+def test_merged_equals_unmerged(style):
+    model = tiny_model(style)
+    names = add_lora(model, LoraSpec(4, 8.0, targets=("all-linear",)))
+    assert names and all(".blocks." in n for n in names)
+    randomise_b(model)
+    ids = torch.randint(0, 64, (2, 10))
+    run = (lambda m: m(ids, ids)) if style == "t5" else (lambda m: m(ids))
+    with torch.no_grad():
+        before = run(model)
+        merge_lora(model)
+        after = run(model)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_only_adapters_train_and_counts_say_so():
+    model = tiny_model("llama")
+    total = sum(p.numel() for p in model.parameters())
+    add_lora(model, LoraSpec(4, 8.0, targets=("attention",)))
+    trainable, counted = trainable_counts(model)
+    expected = sum((4 * m.in_features + m.out_features * 4) for m in model.modules() if isinstance(m, LoRALinear))
+    assert trainable == expected and counted == total + expected
+    assert {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad} == {"lora_A", "lora_B"}
+
+
+def test_unknown_targets_list_the_layers_that_exist():
+    with pytest.raises(LlmlabError) as info:
+        add_lora(tiny_model("llama"), LoraSpec(4, 8.0, targets=("q_proj",)))
+    assert "attn.qkv" in info.value.fix and "mlp.down" in info.value.fix
+    with pytest.raises(LlmlabError, match="--lora-r"):
+        add_lora(tiny_model("llama"), LoraSpec(0, 8.0))
+
+
+def test_state_round_trip_into_a_fresh_model():
+    spec = LoraSpec(4, 8.0, targets=("mlp",))
+    a, b = tiny_model("llama"), tiny_model("llama")
+    add_lora(a, spec)
+    randomise_b(a)
+    add_lora(b, spec)
+    load_lora_state(b, lora_state(a))
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2", "t5"])
+@pytest.mark.parametrize("rslora", [False, True])
+def test_exported_adapter_gives_peft_the_same_logits(tmp_path, style, rslora):
+    peft = pytest.importorskip("peft")
+    model = tiny_model(style)
+    spec = LoraSpec(4, 8.0, targets=("all-linear",), rslora=rslora)
+    base_hf = to_transformers(model)  # before the adapters: the plain base
+    add_lora(model, spec)
+    randomise_b(model)
+    export_peft(model, spec, tmp_path / "adapter", "base")
+    peft_model = peft.PeftModel.from_pretrained(base_hf, tmp_path / "adapter").eval()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        if style == "t5":
+            ours, theirs = model(ids, ids), peft_model(input_ids=ids, decoder_input_ids=ids).logits
+        else:
+            ours, theirs = model(ids), peft_model(input_ids=ids).logits
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "gate_proj", "down_proj"]])
+def test_a_peft_adapter_imports_with_the_same_logits(tmp_path, targets):
+    peft = pytest.importorskip("peft")
+    model = tiny_model("llama")
+    hf = to_transformers(model)
+    torch.manual_seed(3)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft_model = peft.get_peft_model(hf, config).eval()  # random A and B: a trained adapter
+    peft_model.save_pretrained(tmp_path / "peft")
+    spec, tensors = import_peft(tmp_path / "peft", model.config)
+    add_lora(model, spec)
+    load_lora_state(model, tensors)
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        assert (model(ids) - peft_model(input_ids=ids).logits).abs().max() < 1e-4
