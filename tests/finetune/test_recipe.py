@@ -1,0 +1,125 @@
+"""`llmlab finetune` on the training core: LoRA leaves the base untouched and resumes exactly, the
+adapter folder names its base and refuses another, full fine-tuning writes a checkpoint, an
+encoder-decoder learns from its targets, and bad options are one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmlab.checkpoint.adapter import weights_fingerprint
+from llmlab.checkpoint.folder import save_checkpoint
+from llmlab.finetune.config import FinetuneConfig
+from llmlab.finetune.recipe import finetune
+from llmlab.load import load_checkpoint, merged_with_adapter
+from llmlab.tokenizer import train_tokenizer
+from tests.helpers import SAMPLE_TEXT, assert_one_line_error, run_cli, tiny_model
+
+RECORDS = [{"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": str(a + b)}
+           for a in range(6) for b in range(6)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny decoder and encoder-decoder base (char tokenizers) and an instruction file."""
+    root = tmp_path_factory.mktemp("ft")
+    texts = [SAMPLE_TEXT, "Below is an instruction that describes a task. Write a response #:0123456789+"]
+    for style, family in (("llama", "decoder"), ("t5", "encoder-decoder")):
+        tok = train_tokenizer(texts, kind="char", family=family)
+        model = tiny_model(style, vocab_size=tok.vocab_size, block_size=256)
+        if family == "encoder-decoder":
+            model.config.decoder_start_token_id = tok.pad_id
+        save_checkpoint(root / style, model, tok)
+    (root / "add.jsonl").write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    return root
+
+
+def options(folders, out, **overrides) -> FinetuneConfig:
+    fields = dict(base=str(folders / "llama"), data=[str(folders / "add.jsonl")], out=str(out), batch_size=4,
+                  max_steps=8, eval_interval=4, eval_iters=2, log_interval=2, lr=3e-3, device="cpu", dtype="fp32",
+                  lora_targets=["all-linear"])  # fmt: skip
+    return FinetuneConfig(**{**fields, **overrides})
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def test_lora_trains_the_adapter_only_and_its_folder_names_the_base(folders, tmp_path):
+    result = finetune(options(folders, tmp_path / "lora"), log=quiet)
+    assert result.train_losses[8] < result.train_losses[1]
+    base = load_checkpoint(folders / "llama").model
+    assert weights_fingerprint(base) == json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["base"][
+        "fingerprint"
+    ]  # the base on disk is what the adapter says (and it was never written to)
+    assert not (tmp_path / "lora" / "model.safetensors").exists()
+    tuned = load_checkpoint(tmp_path / "lora").model  # the adapter folder alone: base + adapter, merged
+    ids = torch.randint(0, base.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert (tuned(ids) - base(ids)).abs().max() > 1e-3  # the adapter changed something
+        merged = merged_with_adapter(tmp_path / "lora").model
+        assert torch.equal(tuned(ids), merged(ids))
+
+
+def test_lora_resumes_exactly(folders, tmp_path):
+    whole = finetune(options(folders, tmp_path / "a", lora_dropout=0.1), log=quiet)
+
+    def stop_at_4(step: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    first = finetune(options(folders, tmp_path / "b", lora_dropout=0.1), on_step=stop_at_4, log=quiet)
+    assert first.interrupted and first.step == 4
+    resumed = finetune(options(folders, tmp_path / "b", lora_dropout=0.1, resume=True), log=quiet)
+    assert sorted(resumed.train_losses) == [5, 6, 7, 8]
+    assert [resumed.train_losses[s] for s in range(5, 9)] == [whole.train_losses[s] for s in range(5, 9)]
+
+
+def test_an_adapter_on_another_base_is_refused(folders, tmp_path, capsys):
+    finetune(options(folders, tmp_path / "lora", max_steps=2), log=quiet)
+    other = tmp_path / "other"
+    ckpt = load_checkpoint(folders / "llama")
+    with torch.no_grad():
+        ckpt.model.lm_head.weight.add_(0.01)  # same shapes, other weights
+    save_checkpoint(other, ckpt.model, ckpt.tokenizer)
+    code, _, err = run_cli(capsys, "generate", other, "--adapter", tmp_path / "lora", "--prompt", "1")
+    assert_one_line_error(code, err, "was trained on another base")
+
+
+def test_full_fine_tuning_writes_a_checkpoint_and_packing_trains(folders, tmp_path):
+    result = finetune(options(folders, tmp_path / "full", method="full", lr=1e-3, packing=True), log=quiet)
+    assert result.train_losses[8] < result.train_losses[1]
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+    assert load_checkpoint(tmp_path / "full").model.config == load_checkpoint(folders / "llama").model.config
+
+
+def test_an_encoder_decoder_learns_its_targets_with_lora(folders, tmp_path):
+    lines = []
+    result = finetune(options(folders, tmp_path / "t5", base=str(folders / "t5"), max_steps=10), log=lines.append)
+    assert result.train_losses[10] < result.train_losses[1]
+    assert any("method lora" in line and "encoder-decoder" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--lora-r", "0"], ["--lora-r must be at least 1"]),
+        (["--lora-targets", "q_proj"], ["matches no linear layer", "attn.qkv"]),
+        (["--method", "prefix"], ["unknown --method"]),
+    ],
+)
+def test_bad_options_are_one_line_and_write_nothing(folders, tmp_path, capsys, args, fragments):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "finetune", folders / "llama", "--data", folders / "add.jsonl", "--out", out,
+                           "--max-steps", "1", *args)  # fmt: skip
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_malformed_line_is_named(folders, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(RECORDS[0]) + "\n" + '{"instruction": "x", "output": \n')
+    code, _, err = run_cli(capsys, "finetune", folders / "llama", "--data", bad, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "bad.jsonl:2 is not valid JSON")
