@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "llmlab.pretrain",
             "llmlab.finetune",
+            "llmlab.chat",
             "llmlab.evaluation",
             "llmlab.introspect",
             "llmlab.report",

@@ -51,9 +51,10 @@ def test_lora_trains_the_adapter_only_and_its_folder_names_the_base(folders, tmp
     result = finetune(options(folders, tmp_path / "lora"), log=quiet)
     assert result.train_losses[8] < result.train_losses[1]
     base = load_checkpoint(folders / "llama").model
-    assert weights_fingerprint(base) == json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["base"][
-        "fingerprint"
-    ]  # the base on disk is what the adapter says (and it was never written to)
+    assert (
+        weights_fingerprint(base)
+        == json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["base"]["fingerprint"]
+    )  # the base on disk is what the adapter says (and it was never written to)
     assert not (tmp_path / "lora" / "model.safetensors").exists()
     tuned = load_checkpoint(tmp_path / "lora").model  # the adapter folder alone: base + adapter, merged
     ids = torch.randint(0, base.config.vocab_size, (1, 12))

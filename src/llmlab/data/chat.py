@@ -31,10 +31,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llmlab.errors import LlmlabError
 
 ROLES = ("system", "user", "assistant")
-DEFAULT_TEMPLATE = (
-    "{% for m in messages %}{% if not loop.first %}\n{% endif %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{% if messages %}\n{% endif %}<|assistant|>\n{% endif %}"
+DEFAULT_TEMPLATE = (  # newlines as expressions: trim_blocks would eat a literal one after a tag
+    "{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<|' + m['role'] + '|>\\n' + m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{% if messages %}{{ '\\n' }}{% endif %}{{ '<|assistant|>\\n' }}"
+    "{% endif %}"
 )
 
 
