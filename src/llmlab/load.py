@@ -60,7 +60,9 @@ def _with_adapter(
     """The base with the adapter on it: an llmlab adapter after its base fingerprint is checked, or a
     PEFT LoRA folder (which records no fingerprint: the base is taken on trust)."""
     from llmlab.hf.peft import import_peft, is_peft_adapter
-    from llmlab.model.lora import LoraSpec, add_lora, load_lora_state, merge_lora
+    from llmlab.model.adapters import load_adapter_state
+    from llmlab.model.lora import LoraSpec, add_lora, merge_lora
+    from llmlab.model.soft_prompt import add_soft_prompt
 
     if (ckpt.path / "config.json").is_file() and read_quantization(ckpt.path):
         raise LlmlabError(f"{source} is quantized", "put the adapter on the full-precision base it was trained on")
@@ -70,16 +72,16 @@ def _with_adapter(
     else:
         info = read_adapter(adapter)
         require_base(info, weights_fingerprint(ckpt.model), source)
-        spec, tensors, generation = (
-            LoraSpec.from_dict(info.lora),
-            read_adapter_tensors(adapter),
-            adapter_generation(adapter),
-        )
-        qlora = info.method == "qlora" and quantize_base
+        tensors, generation = read_adapter_tensors(adapter), adapter_generation(adapter)
+        if info.method == "prompt-tuning":
+            add_soft_prompt(ckpt.model, int(info.settings["tokens"]))
+            load_adapter_state(ckpt.model, tensors)
+            return Checkpoint(ckpt.model, ckpt.tokenizer, generation, ckpt.path)
+        spec, qlora = LoraSpec.from_dict(info.settings), info.method == "qlora" and quantize_base
     add_lora(ckpt.model, spec)
     if qlora:
         quantize_nf4_base(ckpt.model)
-    load_lora_state(ckpt.model, tensors)
+    load_adapter_state(ckpt.model, tensors)
     if merge and not qlora:
         merge_lora(ckpt.model)
     return Checkpoint(ckpt.model, ckpt.tokenizer, generation, ckpt.path)
@@ -90,7 +92,9 @@ def load_with_lora(adapter: str | Path) -> tuple[Checkpoint, dict]:
     adapter_config.json's LoRA settings."""
     info = read_adapter(adapter)
     ckpt = load_hf(info.base_source) if is_hf_source(info.base_source) else load_folder(info.base_source)
-    return _with_adapter(ckpt, info.base_source, adapter, quantize_base=False, merge=False), info.lora
+    if info.method == "prompt-tuning":
+        raise LlmlabError(f"{adapter} is a soft prompt, not a LoRA adapter", "only LoRA adapters export to PEFT")
+    return _with_adapter(ckpt, info.base_source, adapter, quantize_base=False, merge=False), info.settings
 
 
 def quantize_nf4_base(model: torch.nn.Module) -> None:

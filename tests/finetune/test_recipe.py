@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llmlab.checkpoint.adapter import weights_fingerprint
 from llmlab.checkpoint.folder import save_checkpoint
@@ -33,6 +34,8 @@ def folders(tmp_path_factory):
             model.config.decoder_start_token_id = tok.pad_id
         save_checkpoint(root / style, model, tok)
     (root / "add.jsonl").write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    seven = [{"prompt": f"{a}+{a}=", "completion": "7"} for a in range(10)]  # short: a frozen random model
+    (root / "seven.jsonl").write_text("\n".join(json.dumps(r) for r in seven) + "\n")  # hears a soft prompt
     return root
 
 
@@ -124,3 +127,36 @@ def test_a_malformed_line_is_named(folders, tmp_path, capsys):
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + '{"instruction": "x", "output": \n')
     code, _, err = run_cli(capsys, "finetune", folders / "llama", "--data", bad, "--out", tmp_path / "o")
     assert_one_line_error(code, err, "bad.jsonl:2 is not valid JSON")
+
+
+def test_qlora_trains_adapters_on_an_nf4_base_and_loads_on_it(folders, tmp_path):
+    from llmlab.model.lora import LoRALinear
+    from llmlab.model.quantize import NF4Linear
+
+    result = finetune(options(folders, tmp_path / "q", method="qlora", max_steps=10), log=quiet)
+    assert result.train_losses[10] < result.train_losses[1]
+    tuned = load_checkpoint(tmp_path / "q").model
+    layers = [m for m in tuned.modules() if isinstance(m, LoRALinear)]
+    assert layers and all(isinstance(m.base, NF4Linear) for m in layers)  # it runs on what it was trained on
+    ids = torch.randint(0, tuned.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        float_base = merged_with_adapter(tmp_path / "q").model  # merged into the original, float base
+        assert (tuned(ids).float() - float_base(ids)).abs().max() < 0.5  # NF4 rounding apart, the same model
+
+
+def test_prompt_tuning_trains_a_soft_prompt_only_and_resumes_exactly(folders, tmp_path):
+    seven = [str(folders / "seven.jsonl")]
+    fields = dict(method="prompt-tuning", prompt_tokens=4, prompt_init="7+", lr=0.3, data=seven, val_fraction=0.2)
+    whole = finetune(options(folders, tmp_path / "a", **fields), log=quiet)
+    assert whole.train_losses[8] < whole.train_losses[1] - 0.03
+    tensors = load_file(tmp_path / "a" / "adapter.safetensors")
+    assert list(tensors) == ["soft_prompt"] and tensors["soft_prompt"].shape[0] == 4
+
+    def stop_at_4(step: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    finetune(options(folders, tmp_path / "b", **fields), on_step=stop_at_4, log=quiet)
+    resumed = finetune(options(folders, tmp_path / "b", resume=True, **fields), log=quiet)
+    assert [resumed.train_losses[s] for s in range(5, 9)] == [whole.train_losses[s] for s in range(5, 9)]
+    assert load_checkpoint(tmp_path / "b").model.soft_prompt.shape == (4, 32)

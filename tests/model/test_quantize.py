@@ -9,6 +9,7 @@ from llmlab.load import load_checkpoint
 from llmlab.model.quantize import (
     Int4Linear,
     Int8Linear,
+    NF4Linear,
     QuantizationSpec,
     pack_int4,
     quantize_groups_int4,
@@ -39,7 +40,9 @@ def test_int4_error_is_at_most_half_a_step_and_packing_is_lossless():
     assert ((deq.reshape(32, 128) - w).abs() <= scale.repeat_interleave(32, dim=1) / 2 + 1e-6).all()
 
 
-@pytest.mark.parametrize("cls,args", [(Int8Linear, ("absmax",)), (Int8Linear, ("zeropoint",)), (Int4Linear, (32,))])
+@pytest.mark.parametrize(
+    "cls,args", [(Int8Linear, ("absmax",)), (Int8Linear, ("zeropoint",)), (Int4Linear, (32,)), (NF4Linear, (32,))]
+)
 def test_quantized_linear_computes_from_its_integer_weights(cls, args):
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
@@ -50,7 +53,9 @@ def test_quantized_linear_computes_from_its_integer_weights(cls, args):
     assert not any(t.is_floating_point() and t.shape == linear.weight.shape for t in layer.state_dict().values())
 
 
-@pytest.mark.parametrize("fmt,tolerance", [("bf16", 0.03), ("fp16", 0.01), ("int8", 0.05), ("int4", 0.25)])
+@pytest.mark.parametrize(
+    "fmt,tolerance", [("bf16", 0.03), ("fp16", 0.01), ("int8", 0.05), ("int4", 0.25), ("nf4", 0.25)]
+)
 def test_quantized_model_logits_stay_close(fmt, tolerance):
     model = tiny_model("llama", vocab_size=100, n_embd=64)
     x = torch.randint(0, 100, (2, 24))
@@ -83,7 +88,7 @@ def test_cli_quantize_then_generate(tmp_path, char_tokenizer, capsys):
     assert "already quantized" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fmt,tolerance", [("int8", 0.05), ("int4", 0.3)])
+@pytest.mark.parametrize("fmt,tolerance", [("int8", 0.05), ("int4", 0.3), ("nf4", 0.3)])
 @pytest.mark.parametrize("tie", [True, False])
 def test_quantized_embeddings_and_head(tmp_path, char_tokenizer, fmt, tolerance, tie):
     model = tiny_model("llama", vocab_size=char_tokenizer.vocab_size, n_embd=64, tie_embeddings=tie)
@@ -102,7 +107,7 @@ def test_quantized_embeddings_and_head(tmp_path, char_tokenizer, fmt, tolerance,
         assert torch.equal(loaded(x), quantized(x))
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("fmt", ["int8", "int4", "nf4"])
 def test_quantized_head_decodes_batches(char_tokenizer, fmt):
     """Batched decoding hands the head a strided last-position slice; the fused kernels need it contiguous."""
     from llmlab.generation.config import GenerationConfig

@@ -1,8 +1,8 @@
 """The adapter folder: what parameter-efficient fine-tuning trained, without the base model's weights.
 
-    adapter_config.json     {"format", "method": lora | qlora, "lora": LoraSpec, "base": {source,
+    adapter_config.json     {"format", "method": lora | qlora | prompt-tuning, "settings", "base": {source,
                             fingerprint, model config}}
-    adapter.safetensors     <layer>.lora_A / <layer>.lora_B tensors
+    adapter.safetensors     <layer>.lora_A / <layer>.lora_B tensors, or soft_prompt
     tokenizer.json          the base's tokenizer (chat and generation read it from here)
     generation_config.json  decoding defaults
     trainer_state.json, optimizer.safetensors   (resumable runs)
@@ -51,15 +51,15 @@ def weights_fingerprint(model: nn.Module) -> str:
 class AdapterInfo:
     """adapter_config.json, read."""
 
-    method: str  # lora or qlora
-    lora: dict[str, Any]
+    method: str  # lora, qlora or prompt-tuning
+    settings: dict[str, Any]  # LoraSpec's fields, or {"tokens": N} for a soft prompt
     base_source: str
     base_fingerprint: str
     base_config: ModelConfig
     path: Path
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "method": self.method, "lora": self.lora,
+        return {"format": FORMAT, "method": self.method, "settings": self.settings,
                 "base": {"source": self.base_source, "fingerprint": self.base_fingerprint,
                          "config": self.base_config.to_dict()}}  # fmt: skip
 
@@ -106,7 +106,7 @@ def read_adapter(path: str | Path) -> AdapterInfo:
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}")
         base = data["base"]
-        return AdapterInfo(data["method"], data["lora"], base["source"], base["fingerprint"],
+        return AdapterInfo(data["method"], data["settings"], base["source"], base["fingerprint"],
                            ModelConfig.from_dict(base["config"]), path)  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, LlmlabError) as exc:
         raise LlmlabError(f"{file} is not a valid llmlab adapter config ({exc})", "re-copy the adapter") from None

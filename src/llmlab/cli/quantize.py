@@ -1,4 +1,4 @@
-"""`llmlab quantize`: a checkpoint's weights to fp16, bf16, int8 or int4, or a report that measures
+"""`llmlab quantize`: a checkpoint's weights to fp16, bf16, int8, int4 or nf4, or a report that measures
 size, perplexity and speed for every format."""
 
 from __future__ import annotations
@@ -62,21 +62,24 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print(
         f"{out}: {spec.format}{' ' + spec.scheme if spec.format == 'int8' else ''}"
         f"{f', groups of {spec.group_size}' if spec.format == 'int4' else ''}"
+        f"{f', blocks of {spec.group_size}' if spec.format == 'nf4' else ''}"
         f"{f' ({len(spec.group_sizes)} layers with smaller groups)' if spec.group_sizes else ''}; "
         f"weights {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB ({before / after:.2f}x smaller)"
     )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    q = subparsers.add_parser("quantize", help="quantize a checkpoint's weights to fp16, bf16, int8 or int4")
+    q = subparsers.add_parser("quantize", help="quantize a checkpoint's weights to fp16, bf16, int8, int4 or nf4")
     q.add_argument("checkpoint")
     q.add_argument("out", nargs="?", help="output folder (with --report: where report.json/png go)")
-    q.add_argument("--to", choices=["fp16", "bf16", "int8", "int4"])
+    q.add_argument("--to", choices=["fp16", "bf16", "int8", "int4", "nf4"])
     q.add_argument("--embeddings", action="store_true", help="quantize the token embedding and output head too")
     q.add_argument("--report", action="store_true", help="measure size, perplexity and speed for every format")
     q.add_argument("--data", help="text for --report's perplexity (default: the checkpoint's training data)")
     q.add_argument("--scheme", default="absmax", choices=["absmax", "zeropoint"], help="int8 scales (int4: zero-point)")
-    q.add_argument("--group-size", type=int, default=128, help="int4 columns per scale and zero point")
+    q.add_argument(
+        "--group-size", type=int, help="int4: columns per scale and zero point (default 128); nf4: per absmax (64)"
+    )
     q.add_argument(
         "--skip", action="append", help="keep layers matching this pattern (e.g. 'decoder.blocks.0.*') in 16-bit"
     )

@@ -11,7 +11,7 @@ from llmlab.model.lora import LoraSpec
 from llmlab.options import option
 from llmlab.training.config import TrainerConfig, Validated
 
-METHODS = ("full", "lora", "qlora")
+METHODS = ("full", "lora", "qlora", "prompt-tuning")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class FinetuneData(Validated):
 class MethodOptions(Validated):
     """Full fine-tuning or an adapter, and the adapter's settings."""
 
-    method: str = option("lora", "full, lora or qlora (LoRA on a frozen NF4 base)")
+    method: str = option("lora", "full, lora, qlora (LoRA on a frozen NF4 base) or prompt-tuning (soft prompt)")
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: float = option(16.0, "LoRA scale numerator: the update is scaled by alpha / r")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
@@ -61,13 +61,19 @@ class MethodOptions(Validated):
     )
     rslora: bool = option(False, "rank-stabilised scaling alpha / sqrt(r)")
     merge: bool = option(False, "LoRA: also write the base with the adapter merged in, to OUT/merged")
+    prompt_tokens: int = option(20, "prompt tuning: trainable vectors in front of every input")
+    prompt_init: str | None = option(
+        None, "prompt tuning: a text whose token embeddings start the prompt (default: random vocabulary tokens)"
+    )
 
     def validate(self) -> None:
         super().validate()
         if self.method not in METHODS:
             raise LlmlabError(f"unknown --method {self.method!r}", f"use one of {', '.join(METHODS)}")
-        if self.method != "full":
+        if self.method in ("lora", "qlora"):
             self.lora_spec().validate()
+        if self.prompt_tokens < 1:
+            raise LlmlabError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}", "use e.g. 20")
 
     def lora_spec(self) -> LoraSpec:
         targets = tuple(t for item in self.lora_targets for t in item.split(",") if t) or ("attention",)

@@ -28,6 +28,7 @@ from llmlab.finetune.data import SftBatch, packed_attention_mask
 from llmlab.finetune.rows import TrainingRows, training_rows
 from llmlab.load import load_checkpoint, merged_with_adapter, quantize_nf4_base
 from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.model.soft_prompt import add_soft_prompt
 from llmlab.training.adapter_checkpointing import AdapterCheckpointer
 from llmlab.training.checkpointing import Checkpointer
 from llmlab.training.loop import Job, TrainResult
@@ -44,7 +45,7 @@ def finetune(
     """Fine-tune `cfg.base` on `cfg.data` as `cfg` says; returns the losses and where the result is.
     With `merge`, the base with the adapter merged in is written to OUT/merged as well."""
     result = run(cfg, prepare_job, on_step, log)
-    if cfg.merge and cfg.method != "full" and not result.interrupted:
+    if cfg.merge and cfg.method in ("lora", "qlora") and not result.interrupted:
         merged = merged_with_adapter(result.out)
         save_checkpoint(result.out / "merged", merged.model, merged.tokenizer, merged.generation)
         (log or print)(f"merged: the base with the adapter added in, {result.out / 'merged'}")
@@ -99,7 +100,12 @@ def _method_model(cfg: FinetuneConfig, base: Checkpoint) -> tuple[nn.Module, Ada
     if cfg.method == "full":
         return model, None
     source = str(Path(cfg.base).resolve()) if Path(cfg.base).exists() else cfg.base
-    info = AdapterInfo(cfg.method, cfg.lora_spec().to_dict(), source, weights_fingerprint(model), model.config, Path())
+    fingerprint = weights_fingerprint(model)
+    if cfg.method == "prompt-tuning":
+        init = base.tokenizer.encode(cfg.prompt_init) if cfg.prompt_init else None
+        add_soft_prompt(model, cfg.prompt_tokens, init, cfg.seed)
+        return model, AdapterInfo(cfg.method, {"tokens": cfg.prompt_tokens}, source, fingerprint, model.config, Path())
+    info = AdapterInfo(cfg.method, cfg.lora_spec().to_dict(), source, fingerprint, model.config, Path())
     add_lora(model, cfg.lora_spec())
     if cfg.method == "qlora":
         quantize_nf4_base(model)

@@ -75,6 +75,11 @@ def training_rows(
     config, tok = base.model.config, base.tokenizer
     spec = family_spec(config)
     block = _block_size(cfg, config.block_size)
+    if cfg.method == "prompt-tuning":
+        block = min(block, config.block_size - cfg.prompt_tokens)  # the soft prompt takes the first positions
+        if cfg.packing:
+            raise LlmlabError("--packing with prompt tuning would give each row one prompt for several examples",
+                              "leave out --packing")  # fmt: skip
     if spec.seq2seq and (cfg.packing or cfg.train_on_prompt):
         raise LlmlabError("--packing and --train-on-prompt are for decoders: an encoder-decoder reads the prompt "
                           "with its encoder", "leave them out")  # fmt: skip

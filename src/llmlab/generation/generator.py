@@ -20,6 +20,7 @@ from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.model import LanguageModel
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
+from llmlab.model.soft_prompt import prompt_length
 from llmlab.tokenizer import TextTokenizer
 
 
@@ -145,11 +146,12 @@ class Generator:
                     f"max-new-tokens {config.max_new_tokens} exceeds the decoder's {block} positions",
                     f"use at most {block} new tokens",
                 )
-            ids, budget = self.tokenizer.encode(prompt), block - len(self.family.prompt_suffix(self.tokenizer))
+            suffix = len(self.family.prompt_suffix(self.tokenizer))
+            ids, budget = self.tokenizer.encode(prompt), block - suffix - prompt_length(self.model)
         else:
             # The tokenizer's own prefix (Llama's <s>); an empty prompt starts a new text.
             ids = self.family.prompt_prefix(self.tokenizer) + self.tokenizer.encode(prompt) or [self.eos_id]
-            budget = block - config.max_new_tokens
+            budget = block - config.max_new_tokens - prompt_length(self.model)  # a soft prompt takes positions too
             if budget < 1:
                 raise LlmlabError(
                     f"max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the "

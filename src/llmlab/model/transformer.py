@@ -16,6 +16,7 @@ from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.model.cache import KVCache
 from llmlab.model.layers import Stack, init_weights, make_norm
+from llmlab.model.soft_prompt import after_prompt, prepend, prompt_length
 
 
 def _default_positions(T: int, cache: KVCache | None, device: torch.device) -> torch.Tensor:
@@ -78,9 +79,24 @@ class DecoderLM(LanguageModel):
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        x = self.embed(idx)
+        if prompt_length(self):  # prompt tuning's vectors (model/soft_prompt.py)
+            return self._after_soft_prompt(x, positions, cache, mask)
         if positions is None:
             positions = _default_positions(idx.shape[1], cache, idx.device)
-        return self.decoder(self.embed(idx), positions, cache, mask)
+        return self.decoder(x, positions, cache, mask)
+
+    def _after_soft_prompt(self, x, positions, cache, mask) -> torch.Tensor:
+        """The stack with the soft prompt read first (on the first call; a cache keeps it after), the
+        prompt's outputs left out."""
+        P = self.soft_prompt.shape[0]
+        if cache is None or cache.length == 0:
+            x, positions, mask = prepend(self.soft_prompt, x, positions, mask)
+            return self.decoder(x, positions, cache, mask)[:, P:]
+        positions, mask = after_prompt(P, positions, mask)
+        if positions is None:
+            positions = _default_positions(x.shape[1], cache, x.device)
+        return self.decoder(x, positions, cache, mask)
 
     def forward(
         self,
@@ -101,8 +117,8 @@ class DecoderLM(LanguageModel):
         return self.lm_head(x)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        c = self.config
-        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim, dtype or self.compute_dtype, self.device)
+        c, slots = self.config, max_len + prompt_length(self)
+        return KVCache(c.n_layer, batch, c.n_kv_head, slots, c.head_dim, dtype or self.compute_dtype, self.device)
 
 
 class MaskedLMHead(nn.Module):
@@ -177,8 +193,13 @@ class EncoderDecoderLM(LanguageModel):
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S) ids, optional (B, S) real-token mask -> (B, S, C) encoder output."""
-        positions = torch.arange(src.shape[1], device=src.device)
-        return self.encoder(self.embed(src), positions, mask=_key_mask(src_mask))
+        x = self.embed(src)
+        if prompt_length(self):  # prompt tuning: the encoder reads the soft prompt first
+            x = prepend(self.soft_prompt, x, None, None)[0]
+            if src_mask is not None:
+                src_mask = torch.cat([src_mask.new_ones(src.shape[0], self.soft_prompt.shape[0]), src_mask], dim=1)
+        positions = torch.arange(x.shape[1], device=src.device)
+        return self.encoder(x, positions, mask=_key_mask(src_mask))
 
     def decode(
         self,
@@ -190,6 +211,10 @@ class EncoderDecoderLM(LanguageModel):
     ) -> torch.Tensor:
         """Decoder logits (B, T, vocab) for target ids `tgt` given the encoder output."""
         positions = _default_positions(tgt.shape[1], cache, tgt.device)
+        if src_mask is not None and src_mask.shape[1] < memory.shape[1]:  # the soft prompt's outputs: visible
+            src_mask = torch.cat(
+                [src_mask.new_ones(src_mask.shape[0], memory.shape[1] - src_mask.shape[1]), src_mask], 1
+            )
         x = self.decoder(self.embed(tgt), positions, cache, None, memory, _key_mask(src_mask))
         if last_only:
             x = x[:, -1:]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from llmlab.checkpoint.adapter import AdapterInfo, read_adapter_tensors, save_adapter
-from llmlab.model.lora import load_lora_state, lora_state
+from llmlab.model.adapters import adapter_state, load_adapter_state
 from llmlab.training.checkpointing import Checkpointer
 from llmlab.training.distributed import barrier
 from llmlab.training.optim import load_optimizers, optimizer_tensors
@@ -29,7 +29,7 @@ class AdapterCheckpointer(Checkpointer):
         if self.ctx is None or self.ctx.is_main:
             tensors, groups = optimizer_tensors(optimizers)
             state = {**trainer_state, "optimizer_param_groups": groups}
-            save_adapter(self.out, self.info, lora_state(model), self.tokenizer, self.generation, state,
+            save_adapter(self.out, self.info, adapter_state(model), self.tokenizer, self.generation, state,
                          {**tensors, **rng_tensors()})  # fmt: skip
             self.log(f"adapter: {self.out} at step {trainer_state['step']} ({reason})")
         if self.ctx is not None:
@@ -45,7 +45,7 @@ class AdapterCheckpointer(Checkpointer):
     ) -> TrainerState:
         if saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
-        load_lora_state(model, {k: v.to(device) for k, v in read_adapter_tensors(self.out).items()})
+        load_adapter_state(model, {k: v.to(device) for k, v in read_adapter_tensors(self.out).items()})
         tensors = load_file(self.out / "optimizer.safetensors")
         load_optimizers(optimizers, {k: v.to(device) for k, v in tensors.items()}, saved["optimizer_param_groups"])
         restore_rng(tensors)
