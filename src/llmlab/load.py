@@ -6,6 +6,7 @@ neither has to know the other: every command that takes a checkpoint takes any o
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,7 +103,9 @@ def quantize_nf4_base(model: torch.nn.Module) -> None:
     from llmlab.model.lora import lora_layers
     from llmlab.model.quantize import QuantizationSpec, quantize_model
 
-    quantize_model(model, QuantizationSpec("nf4"))
+    with warnings.catch_warnings():  # smaller blocks for narrow layers: chosen again, the same, at every load
+        warnings.simplefilter("ignore")
+        quantize_model(model, QuantizationSpec("nf4"))
     for layer in lora_layers(model).values():
         layer.lora_A.data, layer.lora_B.data = layer.lora_A.data.float(), layer.lora_B.data.float()
 

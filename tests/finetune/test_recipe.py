@@ -160,3 +160,22 @@ def test_prompt_tuning_trains_a_soft_prompt_only_and_resumes_exactly(folders, tm
     resumed = finetune(options(folders, tmp_path / "b", resume=True, **fields), log=quiet)
     assert [resumed.train_losses[s] for s in range(5, 9)] == [whole.train_losses[s] for s in range(5, 9)]
     assert load_checkpoint(tmp_path / "b").model.soft_prompt.shape == (4, 32)
+
+
+def test_forgetting_is_measured_before_and_after_on_the_same_text(folders, tmp_path):
+    from llmlab.evaluation.perplexity import text_perplexity
+
+    text = tmp_path / "val.txt"
+    text.write_text(SAMPLE_TEXT)
+    lines: list[str] = []
+    finetune(options(folders, tmp_path / "f", method="full", eval_forgetting=str(text)), log=lines.append)
+    record = json.loads((tmp_path / "f" / "metrics.jsonl").read_text().splitlines()[-1])
+    base, tuned = load_checkpoint(folders / "llama"), load_checkpoint(tmp_path / "f")
+    assert record["forgetting_before_perplexity"] == pytest.approx(
+        text_perplexity(base.model, base.tokenizer, SAMPLE_TEXT)[0]
+    )
+    assert record["forgetting_after_perplexity"] == pytest.approx(
+        text_perplexity(tuned.model, tuned.tokenizer, SAMPLE_TEXT)[0]
+    )
+    assert record["forgetting_after_perplexity"] != record["forgetting_before_perplexity"]
+    assert any(line.startswith("forgetting: | perplexity |") for line in lines)

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmlab.data.records import HUB_PREFIX, read_records
 from llmlab.errors import LlmlabError
 
 DEFAULT_CORPUS = "python-stdlib"
+RECORD_FILES = (".json", ".csv", ".parquet")  # given as --data: one document per record's text field
 
 
 @dataclass
@@ -31,8 +33,13 @@ def default_corpus_dir() -> Path:
 def read_documents(
     path: str | Path | None, glob: str = "**/*", text_field: str = "text", report: SourceReport | None = None
 ) -> Iterator[str]:
-    """Yield documents: one per text file, or one per JSONL line (its `text_field`)."""
+    """Yield documents: one per text file, one per JSONL line (its `text_field`), or one per record of a
+    .json/.csv/.parquet file or `hf:ORG/NAME` dataset given as the path."""
     report = report if report is not None else SourceReport()
+    if str(path).startswith(HUB_PREFIX) or Path(str(path)).suffix in RECORD_FILES and Path(str(path)).is_file():
+        report.files_read += 1
+        yield from _record_texts(read_records(path), str(path), text_field)
+        return
     if path is None or str(path) == DEFAULT_CORPUS:
         root = default_corpus_dir()
         files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
@@ -68,6 +75,16 @@ def _read_files(files: list[Path], text_field: str, report: SourceReport) -> Ite
             yield from _jsonl_texts(file, text, text_field)
         else:
             yield text
+
+
+def _record_texts(records: list[dict], where: str, text_field: str) -> Iterator[str]:
+    for number, record in enumerate(records, 1):
+        value = record.get(text_field)
+        if not isinstance(value, str):
+            raise LlmlabError(
+                f"{where}: record {number} has no text field {text_field!r}", "pass the right --text-field"
+            )
+        yield value
 
 
 def _jsonl_texts(file: Path, text: str, text_field: str) -> Iterator[str]:

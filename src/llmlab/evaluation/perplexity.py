@@ -95,3 +95,23 @@ def window_perplexity(model: LanguageModel, ids: np.ndarray, batches: int, batch
         x, y = get_batch(ids, batch_size, block, seed=1234, step=i)
         nll.add(model(x.to(model.device)), y.to(model.device))
     return nll.perplexity
+
+
+@torch.no_grad()
+def span_perplexity(
+    model: LanguageModel, tokenizer: TextTokenizer, text: str, batches: int = 20, batch_size: int = 8
+) -> float:
+    """An encoder-decoder's perplexity on its pre-training objective (T5 span corruption) over fixed,
+    seeded batches of a text's windows: the same batches for every model of one tokenizer."""
+    from llmlab.data.objectives import span_batch
+
+    ids = np.array(tokenizer.encode(text), dtype=np.int64)
+    block = min(model.config.block_size, 256)
+    if len(ids) <= block:
+        raise LlmlabError(f"the text has {len(ids)} tokens, fewer than one {block}-token window", "pass more text")
+    start = family_spec(model.config).start_id(model.config, tokenizer)
+    nll = Nll()
+    for step in range(batches):
+        batch = span_batch(ids, tokenizer, batch_size, block, start, 1234, step).to(model.device)
+        nll.add(model(batch.inputs, batch.decoder_inputs, batch.attention_mask), batch.labels)
+    return nll.perplexity

@@ -16,6 +16,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmlab.data.records import SUFFIXES, read_records
 from llmlab.errors import LlmlabError
 from llmlab.evaluation.prompts import PromptTemplate
 
@@ -131,15 +132,16 @@ def jsonl_task(
     instruction: str = "",
     demonstrations: str | None = None,
 ) -> Task:
-    """Any JSONL file: classification when there are few distinct labels (or --labels), else generation."""
-    rows = [{k: str(v) for k, v in r.items()} for r in _read_jsonl(Path(path))]
+    """Any records file (.jsonl, .json, .csv, .parquet): classification when there are few distinct labels
+    (or --labels), else generation."""
+    rows = [{k: str(v) for k, v in r.items()} for r in read_records(_require(Path(path)))]
     if not rows or any(input_field not in r or label_field not in r for r in rows):
         raise LlmlabError(
             f"{path}: every line needs {input_field!r} and {label_field!r}",
             "name them with --input-field/--label-field",
         )
     template_text = template or f"{{{input_field}}}\n{label_field.capitalize()}: {{{label_field}}}"
-    pool = [{k: str(v) for k, v in r.items()} for r in _read_jsonl(Path(demonstrations))] if demonstrations else []
+    pool = [{k: str(v) for k, v in r.items()} for r in read_records(demonstrations)] if demonstrations else []
     if not pool:  # demonstrations from the same file: the first half, evaluated on the second
         half = max(1, len(rows) // 2)
         pool, rows = rows[:half], rows[half:] or rows[:half]
@@ -157,6 +159,6 @@ def load_task(name: str, **options) -> Task:
     """A built-in task by name, or a JSONL file (options: template, input_field, label_field, labels, ...)."""
     if name in BUILT_IN:
         return BUILT_IN[name]()
-    if name.endswith(".jsonl"):
+    if name.endswith(SUFFIXES):
         return jsonl_task(name, **options)
-    raise LlmlabError(f"unknown task {name!r}", f"use {', '.join(BUILT_IN)} or a .jsonl file")
+    raise LlmlabError(f"unknown task {name!r}", f"use {', '.join(BUILT_IN)} or a {'/'.join(SUFFIXES)} file")

@@ -33,6 +33,13 @@ class FinetuneData(Validated):
     packing: bool = option(False, "decoders: pack several examples per row (they do not attend to each other)")
     drop_long: bool = option(False, "drop examples longer than the context (default: cut the prompt's middle)")
     block_size: int | None = option(None, "context length of the rows (default and maximum: the model's)")
+    eval_forgetting: str | None = option(
+        None, "a text file (the pre-training validation text): its perplexity before and after fine-tuning"
+    )
+    forgetting_task: str | None = option(
+        None, "a task fine-tuning did not train (sentiment, dialogsum, a .jsonl): its score before and after"
+    )
+    forgetting_limit: int = option(200, "examples of --forgetting-task scored")
 
     def validate(self) -> None:
         super().validate()

@@ -25,10 +25,12 @@ from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.finetune.config import FinetuneConfig
 from llmlab.finetune.data import SftBatch, packed_attention_mask
+from llmlab.finetune.forgetting import ForgettingProbe, forgetting_table
 from llmlab.finetune.rows import TrainingRows, training_rows
 from llmlab.load import load_checkpoint, merged_with_adapter, quantize_nf4_base
 from llmlab.model.lora import add_lora, trainable_counts
 from llmlab.model.soft_prompt import add_soft_prompt
+from llmlab.progress import MetricsLog
 from llmlab.training.adapter_checkpointing import AdapterCheckpointer
 from llmlab.training.checkpointing import Checkpointer
 from llmlab.training.loop import Job, TrainResult
@@ -44,11 +46,23 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune `cfg.base` on `cfg.data` as `cfg` says; returns the losses and where the result is.
     With `merge`, the base with the adapter merged in is written to OUT/merged as well."""
+    say = log or print
+    probe = ForgettingProbe(cfg.eval_forgetting, cfg.forgetting_task, cfg.forgetting_limit)
+    text = probe.read_text()  # a missing file stops the run before it trains
+    before = probe.measure(load_checkpoint(cfg.base), text) if probe.text_file or probe.task else None
     result = run(cfg, prepare_job, on_step, log)
+    if before is not None:
+        after = probe.measure(load_checkpoint(result.out), text)
+        for line in forgetting_table(before, after):
+            say(line)
+        MetricsLog(result.out / "metrics.jsonl", resume_step=result.step).write(
+            step=result.step, **{f"forgetting_before_{k}": v for k, v in before.items()},
+            **{f"forgetting_after_{k}": v for k, v in after.items()},
+        )  # fmt: skip
     if cfg.merge and cfg.method in ("lora", "qlora") and not result.interrupted:
         merged = merged_with_adapter(result.out)
         save_checkpoint(result.out / "merged", merged.model, merged.tokenizer, merged.generation)
-        (log or print)(f"merged: the base with the adapter added in, {result.out / 'merged'}")
+        say(f"merged: the base with the adapter added in, {result.out / 'merged'}")
     return result
 
 
