@@ -25,6 +25,7 @@ def test_report_measures_every_format(tmp_path, char_tokenizer, capsys):
         "int8",
         "int4-g64",
         "int4-g32",
+        "nf4",
         "int8+embeddings",
         "int4-g64+embeddings",
     ]
@@ -32,4 +33,6 @@ def test_report_measures_every_format(tmp_path, char_tokenizer, capsys):
     assert rows["fp32"]["perplexity_change"] == 0 and rows["fp32"]["max_layer_error"] == 0
     assert rows["int8"]["weight_memory_mb"] < rows["bf16"]["weight_memory_mb"] < rows["fp32"]["weight_memory_mb"]
     assert 0 < rows["int8"]["max_layer_error"] < rows["int4-g64"]["max_layer_error"] < 0.2
+    assert 0 < rows["int8"]["max_layer_error"] < rows["nf4"]["max_layer_error"] < 0.2
+    assert rows["nf4"]["weight_memory_mb"] < rows["int8"]["weight_memory_mb"]
     assert (tmp_path / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -19,11 +19,12 @@ from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
 from llmlab.load import load_checkpoint
-from llmlab.model.quantize import Int4Linear, Int8Linear, QuantizationSpec, in_blocks, quantize_model
+from llmlab.model.quantize import Int4Linear, Int8Linear, NF4Linear, QuantizationSpec, in_blocks, quantize_model
 
 
 def variants(model) -> list[tuple[str, QuantizationSpec | None]]:
-    """fp32, bf16, fp16, int8 and int4 at two group sizes (128 and 32, halved until they divide the widths)."""
+    """fp32, bf16, fp16, int8, int4 at two group sizes (128 and 32, halved until they divide the widths)
+    and NF4 (blocks of 64)."""
     widths = [m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and in_blocks(n)]
     found = [
         ("fp32", None),
@@ -36,6 +37,7 @@ def variants(model) -> list[tuple[str, QuantizationSpec | None]]:
             group //= 2
         if f"int4-g{group}" not in dict(found):
             found.append((f"int4-g{group}", QuantizationSpec("int4", group_size=group)))
+    found.append(("nf4", QuantizationSpec("nf4")))
     found.append(("int8+embeddings", QuantizationSpec("int8", embeddings=True)))
     largest = next(name for name, _ in found if name.startswith("int4"))
     found.append(
@@ -61,7 +63,7 @@ def _layer_error(original, quantized) -> float:
     reference = dict(original.named_modules())
     reference["embed.table"] = reference["embed"]  # a quantized embedding's table is the embedding matrix
     for name, module in quantized.named_modules():
-        if name in reference and isinstance(module, Int8Linear | Int4Linear | torch.nn.Linear):
+        if name in reference and isinstance(module, Int8Linear | Int4Linear | NF4Linear | torch.nn.Linear):
             w = reference[name].weight.detach().float()
             q = module.dequantized(torch.float32) if hasattr(module, "dequantized") else module.weight.float()
             worst = max(worst, ((q - w).norm() / w.norm()).item())
