@@ -50,7 +50,11 @@ def load_checkpoint(
 def merged_with_adapter(adapter: str | Path, base: str | Path | None = None) -> Checkpoint:
     """The full-precision base with the adapter added into its weights: a plain checkpoint to save or
     export. A QLoRA adapter is added to the original base, not to its NF4 rounding."""
-    source = base if base is not None else read_adapter(adapter).base_source
+    info = read_adapter(adapter)
+    if info.method == "prompt-tuning":
+        raise LlmlabError(f"{adapter} is a soft prompt: it is read before the input, not added to weights",
+                          "use it as it is: llmlab generate BASE --adapter DIR")  # fmt: skip
+    source = base if base is not None else info.base_source
     ckpt = load_hf(source) if is_hf_source(source) else load_folder(source)
     return _with_adapter(ckpt, str(source), adapter, quantize_base=False)
 

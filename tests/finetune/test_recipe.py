@@ -179,3 +179,14 @@ def test_forgetting_is_measured_before_and_after_on_the_same_text(folders, tmp_p
     )
     assert record["forgetting_after_perplexity"] != record["forgetting_before_perplexity"]
     assert any(line.startswith("forgetting: | perplexity |") for line in lines)
+
+
+def test_an_adapter_is_quantized_merged_and_a_soft_prompt_is_refused_for_merging(folders, tmp_path, capsys):
+    finetune(options(folders, tmp_path / "lora", max_steps=2), log=quiet)
+    code, out, _ = run_cli(capsys, "quantize", folders / "llama", tmp_path / "q", "--adapter", tmp_path / "lora",
+                           "--to", "int8")  # fmt: skip
+    assert code == 0 and load_checkpoint(tmp_path / "q").model.config.n_layer == 2
+    finetune(options(folders, tmp_path / "pt", max_steps=1, method="prompt-tuning", prompt_tokens=2), log=quiet)
+    code, _, err = run_cli(capsys, "merge", tmp_path / "pt", tmp_path / "m")
+    assert_one_line_error(code, err, "is a soft prompt")
+    assert not (tmp_path / "m").exists()

@@ -39,8 +39,9 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint.adapter import is_adapter
     from llmlab.checkpoint.folder import read_quantization, save_checkpoint
-    from llmlab.load import load_checkpoint
+    from llmlab.load import load_checkpoint, merged_with_adapter
     from llmlab.model.quantize import QuantizationSpec, quantize_model
 
     if args.report:
@@ -52,7 +53,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         format=args.to, scheme=args.scheme, group_size=args.group_size, skip=args.skip or [], embeddings=args.embeddings
     )
     spec.validate()
-    ckpt = load_checkpoint(args.checkpoint)
+    if args.adapter or is_adapter(args.checkpoint):  # a model with an adapter: its merged weights
+        ckpt = merged_with_adapter(args.adapter or args.checkpoint, args.checkpoint if args.adapter else None)
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
     if read_quantization(ckpt.path):
         raise LlmlabError(f"{args.checkpoint} is already quantized", "quantize the original full-precision checkpoint")
     model = quantize_model(ckpt.model, spec)
@@ -71,6 +75,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser("quantize", help="quantize a checkpoint's weights to fp16, bf16, int8, int4 or nf4")
     q.add_argument("checkpoint")
+    q.add_argument("--adapter", help="a LoRA/QLoRA adapter folder: merged into the checkpoint, then quantized")
     q.add_argument("out", nargs="?", help="output folder (with --report: where report.json/png go)")
     q.add_argument("--to", choices=["fp16", "bf16", "int8", "int4", "nf4"])
     q.add_argument("--embeddings", action="store_true", help="quantize the token embedding and output head too")
