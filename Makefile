@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/in_context.py
 	$(PY) bench/distributed.py
 	$(PY) bench/trainer_overhead.py
+	$(PY) bench/lora_vs_peft.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from llmlab.data.objectives import span_batch  # noqa: E402
 from llmlab.evaluation.evaluate import evaluate_task  # noqa: E402
-from llmlab.evaluation.perplexity import Nll  # noqa: E402
+from llmlab.evaluation.perplexity import span_perplexity  # noqa: E402
 from llmlab.evaluation.tasks import data_dir, dialogsum_task  # noqa: E402
 from llmlab.finetune.config import FinetuneConfig  # noqa: E402
 from llmlab.finetune.recipe import finetune  # noqa: E402
@@ -45,24 +42,14 @@ METHODS = {
 
 
 def pretrain(out: Path, seconds: float) -> None:
+    """Span corruption on DialogSum's training dialogues and summaries; a base already in `out` is
+    continued (--resume) up to `seconds` of training in all."""
     corpus = out.parent / "dialogsum-text.jsonl"
     rows = [json.loads(line) for line in (data_dir() / "dialogsum" / "train.jsonl").open()]
     corpus.write_text("".join(json.dumps({"text": f"{r['dialogue']}\n{r['summary']}"}) + "\n" for r in rows))
     train(PretrainConfig(out=str(out), data=str(corpus), preset="t5-micro", objective="span", block_size=256,
                          batch_size=16, lr=2e-3, warmup_steps=100, max_time=seconds, eval_interval=500,
-                         overwrite=True, device="cpu"))  # fmt: skip
-
-
-@torch.no_grad()
-def span_perplexity(ckpt, texts: list[str], batches: int = 20) -> float:
-    """exp(mean loss) of the pre-training objective on fixed span-corruption batches of held-out text."""
-    tok, model = ckpt.tokenizer, ckpt.model
-    ids = np.array([i for t in texts for i in tok.encode(t) + [tok.eos_id]], dtype=np.int64)
-    nll = Nll()
-    for step in range(batches):
-        batch = span_batch(ids, tok, 16, 256, model.config.decoder_start_token_id, 99, step, 0, 0.15, 3.0)
-        nll.add(model(batch.inputs, batch.decoder_inputs, batch.attention_mask), batch.labels)
-    return math.exp(nll.mean)
+                         resume=(out / "trainer_state.json").is_file(), device="cpu"))  # fmt: skip
 
 
 def rouge_of(ckpt, shots: int, limit: int):
@@ -82,11 +69,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pretrain(out / "base", args.pretrain_time)
-    held_out = [json.loads(line)["dialogue"] for line in (data_dir() / "dialogsum" / "dev.jsonl").open()][:200]
+    held_out = "\n".join(json.loads(line)["dialogue"] for line in (data_dir() / "dialogsum" / "dev.jsonl").open())
     base = load_checkpoint(out / "base")
     rows = {"zero-shot": (rouge_of(base, 0, args.limit), None, 0.0), "one-shot": (rouge_of(base, 1, args.limit),
             None, 0.0)}  # fmt: skip
-    base_ppl = span_perplexity(base, held_out)
+    base_ppl = span_perplexity(base.model, base.tokenizer, held_out)
     for name, options in METHODS.items():
         t0 = time.perf_counter()
         finetune(FinetuneConfig(base=str(out / "base"), data=["task:dialogsum"], out=str(out / name), batch_size=16,
@@ -95,7 +82,7 @@ def main() -> None:
         print(f"{name}: fine-tuned in {time.perf_counter() - t0:.0f} s")
         tuned = load_checkpoint(out / name)
         share = _trainable_share(out / "base", options)
-        rows[name] = (rouge_of(tuned, 0, args.limit), span_perplexity(tuned, held_out), share)
+        rows[name] = (rouge_of(tuned, 0, args.limit), span_perplexity(tuned.model, tuned.tokenizer, held_out), share)
     _report(rows, base_ppl, args)
 
 
@@ -113,13 +100,15 @@ def _trainable_share(base: Path, options: dict) -> float:
 def _report(rows: dict, base_ppl: float, args) -> None:
     print(f"\nDialogSum test, {args.limit} dialogues, 3 references each; pre-training {args.pretrain_time:.0f} s, "
           f"fine-tuning {args.finetune_time:.0f} s per method; 95% bootstrap intervals\n")  # fmt: skip
-    print(f"| variant | trains | ROUGE-1 | ROUGE-2 | ROUGE-L | held-out span perplexity (base {base_ppl:.2f}) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| variant | trains | shots that fit | ROUGE-1 | ROUGE-2 | ROUGE-L | held-out span perplexity "
+          f"(base {base_ppl:.2f}) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, (result, ppl, share) in rows.items():
         cells = [f"{result.metrics[m]:.3f} [{result.intervals[m][0]:.3f}, {result.intervals[m][1]:.3f}]"
                  for m in ("rouge1", "rouge2", "rougeL")]  # fmt: skip
         trains = "nothing (prompt)" if share == 0 else f"{100 * share:.2f}%"
-        print(f"| {name} | {trains} | {' | '.join(cells)} | {'' if ppl is None else f'{ppl:.2f}'} |")
+        shots, perplexity = f"{result.mean_shots_used:.2f}", "" if ppl is None else f"{ppl:.2f}"
+        print(f"| {name} | {trains} | {shots} | {' | '.join(cells)} | {perplexity} |")
     zero = rows["zero-shot"][0].metrics["rougeL"]
     full_gain = rows["full"][0].metrics["rougeL"] - zero
     for name in ("lora", "qlora"):
