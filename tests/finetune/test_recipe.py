@@ -190,3 +190,24 @@ def test_an_adapter_is_quantized_merged_and_a_soft_prompt_is_refused_for_merging
     code, _, err = run_cli(capsys, "merge", tmp_path / "pt", tmp_path / "m")
     assert_one_line_error(code, err, "is a soft prompt")
     assert not (tmp_path / "m").exists()
+
+
+def test_lora_under_ddp_trains_like_one_process_with_the_global_batch(folders, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    single = finetune(options(folders, tmp_path / "one", batch_size=4, max_steps=4, lora_dropout=0.0), log=quiet)
+    flags = ["--data", folders / "add.jsonl", "--batch-size", "2", "--max-steps", "4", "--eval-interval", "4",
+             "--eval-iters", "2", "--log-interval", "1", "--lr", "3e-3", "--lora-targets", "all-linear",
+             "--lora-dropout", "0", "--dtype", "fp32", "--device", "cpu", "--strategy", "ddp"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "llmlab",
+               "finetune", folders / "llama", "--out", tmp_path / "two", *flags]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ddp = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+    assert ddp == pytest.approx({s: round(single.train_losses[s], 5) for s in range(1, 5)}, abs=2e-5)
+    memory = next(r for r in records if "memory" in r)
+    assert memory["memory"][0]["gradients"] == pytest.approx(memory["planned"]["gradients"], rel=0.01)

@@ -92,9 +92,13 @@ def log_rank_memory(
     from llmlab.plan.memory import plan_memory
 
     n_params = sum(p.numel() for p in model.parameters())  # DTensors count their global size
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # frozen ones (LoRA) have neither
     actual = gather_objects(model_state_bytes(model, optimizers), ctx)
     strategy = "ddp" if ctx.strategy == "ddp" else f"zero{ctx.zero}"
     planned = plan_memory(float(n_params), "fp32", "adamw", False, ctx.world, strategy).training
+    if trainable < n_params:  # gradients and optimizer states exist for the trainable parameters only
+        states = plan_memory(float(trainable), "fp32", "adamw", False, ctx.world, strategy).training
+        planned = {**planned, "gradients": states["gradients"], "optimizer states": states["optimizer states"]}
     for rank, parts in enumerate(actual):
         log(f"memory rank {rank}: " + ", ".join(
             f"{name} {parts[name] / 1e6:.2f} MB (plan {planned[name] / 1e6:.2f})" for name in parts))  # fmt: skip
