@@ -55,3 +55,14 @@ def test_the_command_reads_a_piped_conversation(tmp_path, capsys, monkeypatch):
     assert code == 0
     assert out.count("assistant> ") == 2  # hello and bye; nothing after /exit
     assert "(system message set)" in err and "(conversation reset)" in err and "unknown command /nope" in err
+
+
+def test_a_soft_prompt_takes_its_positions_from_the_history_budget():
+    from llmlab.model.soft_prompt import add_soft_prompt
+
+    chat = session(block=96, max_new=4)
+    add_soft_prompt(chat.generator.model, 30)
+    for text in ("first one", "second", "third"):
+        list(chat.send(text))  # the generator would refuse a prompt the session thought fitted
+    assert any("dropped" in note for note in chat.notes)
+    assert len(TOK.encode(chat.prompt())) <= 96 - 30 - 4

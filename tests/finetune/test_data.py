@@ -128,3 +128,23 @@ def test_packed_rows_give_each_example_the_logits_it_has_alone():
             torch.testing.assert_close(together[:, where], alone, rtol=0, atol=1e-5)
     single = collate(rows, 0, None, packed=False)
     assert int((batch.labels != IGNORE).sum()) == int((single.labels != IGNORE).sum())  # no label across examples
+
+
+def test_weighted_sources_never_train_on_a_validation_example(tmp_path):
+    from types import SimpleNamespace
+
+    from llmlab.checkpoint.folder import Checkpoint
+    from llmlab.finetune.config import FinetuneConfig
+    from llmlab.finetune.rows import training_rows
+
+    records = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    model = tiny_model("llama", vocab_size=TOK.vocab_size, block_size=64)
+    cfg = FinetuneConfig(base="x", data=[f"{tmp_path / 'a.jsonl'}:2.5"], val_fraction=0.1, batch_size=4)
+    seen: dict[str, set] = {"train": set(), "val": set()}
+    rows = training_rows(cfg, Checkpoint(model, TOK, SimpleNamespace(), tmp_path / "none"), 1, None, lambda s: None)
+    for split, validation, steps in (("train", False, 200), ("val", True, 3)):
+        for step in range(steps):
+            batch = rows.batches(validation, step + (2**31 if validation else 0), 0)
+            seen[split].update(tuple(row[row != 0].tolist()) for row in batch.inputs)
+    assert seen["val"] and not seen["val"] & seen["train"]

@@ -120,3 +120,12 @@ def test_a_peft_adapter_imports_with_the_same_logits(tmp_path, targets):
     ids = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
         assert (model(ids) - peft_model(input_ids=ids).logits).abs().max() < 1e-4
+
+
+def test_a_peft_adapter_for_another_base_is_one_error(tmp_path):
+    peft = pytest.importorskip("peft")
+    small, large = tiny_model("llama"), tiny_model("llama", n_embd=64)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(to_transformers(small), config).save_pretrained(tmp_path / "peft")
+    with pytest.raises(LlmlabError, match="do not fit this base"):
+        import_peft(tmp_path / "peft", large.config)

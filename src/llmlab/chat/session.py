@@ -11,6 +11,7 @@ from llmlab.data.chat import ChatTemplate, find_chat_template
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
+from llmlab.model.soft_prompt import prompt_length
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ChatSession:
         self.history.append({"role": "assistant", "content": "".join(reply).strip()})
 
     def _budget(self) -> int:
-        block = self.generator.model.config.block_size
+        block = self.generator.model.config.block_size - prompt_length(self.generator.model)  # a soft prompt
         suffix = len(self.generator.family.prompt_suffix(self.generator.tokenizer))
         prefix = len(self.generator.family.prompt_prefix(self.generator.tokenizer))
         return block - suffix if self.generator.seq2seq else block - self.generation.max_new_tokens - prefix

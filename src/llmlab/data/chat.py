@@ -52,7 +52,7 @@ class ChatTemplate:
                 messages=messages, add_generation_prompt=add_generation_prompt,
                 eos_token=self.eos_token, bos_token=self.bos_token,
             )  # fmt: skip
-        except (TemplateError, TypeError, ValueError, KeyError) as exc:
+        except Exception as exc:  # a template is someone else's code: any failure is one line
             raise LlmlabError(f"the chat template ({self.origin}) failed to render: {exc}",
                               "fix the template or pass --template with another one") from None  # fmt: skip
 
@@ -72,6 +72,8 @@ class ChatTemplate:
                                   "use a template that appends each turn")  # fmt: skip
             pieces += [(before[len(done) :], False), (after[len(before) :], True)]
             done = after
+        if self.bos_token and pieces and pieces[0][0].startswith(self.bos_token):  # the tokenizer's prefix is
+            pieces[0] = (pieces[0][0][len(self.bos_token) :], pieces[0][1])  # added as ids, not as text
         return [(text, trained) for text, trained in pieces if text]
 
 

@@ -87,13 +87,16 @@ def training_rows(
     chat = find_chat_template(base.path if base.path.is_dir() else None, eos, tok.decode(tok.prefix_ids))
     sources = [split_weight(s) for s in cfg.data]
     examples = [source_examples(name, cfg, chat) for name, _ in sources]
-    train = mixed(examples, [w for _, w in sources], cfg.seed)
+    val: list[Pieces] = []
     if cfg.val_data:
         val = source_examples(cfg.val_data, cfg, chat)
-    else:
-        order = np.random.default_rng([cfg.seed, 3]).permutation(len(train))
-        n_val = max(1, int(len(train) * cfg.val_fraction))
-        val, train = [train[i] for i in order[:n_val]], [train[i] for i in order[n_val:]]
+    else:  # held out per source before the weights repeat anything, so no validation example is trained on
+        for k, items in enumerate(examples):
+            order = np.random.default_rng([cfg.seed, k, 3]).permutation(len(items))
+            n_val = max(1, int(len(items) * cfg.val_fraction)) if len(items) > 1 else 0
+            val += [items[i] for i in order[:n_val]]
+            examples[k] = [items[i] for i in order[n_val:]]
+    train = mixed(examples, [w for _, w in sources], cfg.seed)
     if any(fmt == "chat" for fmt in [cfg.format]) or chat.origin != "llmlab default":
         log(f"chat template: {chat.origin}")
     train_rows, report = tokenize(train, tok, spec, block, cfg.train_on_prompt, cfg.drop_long)

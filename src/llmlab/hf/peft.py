@@ -44,6 +44,9 @@ def export_peft(model: torch.nn.Module, spec: LoraSpec, out: str | Path, base_na
     out = require_new_folder(out)
     config: ModelConfig = model.config
     tensors, modules = {}, []
+    if any(lora.r != spec.r for lora in lora_layers(model).values()):
+        raise LlmlabError("the adapter's ranks differ from its config (it was imported from PEFT)",
+                          "export an adapter trained by llmlab finetune")  # fmt: skip
     for layer, lora in lora_layers(model).items():
         names, sizes = _parts(config, layer)
         rows = lora.lora_B.split(sizes) if len(names) > 1 else [lora.lora_B]
@@ -78,6 +81,7 @@ def import_peft(path: str | Path, config: ModelConfig) -> tuple[LoraSpec, dict[s
         for k, v in load_file(path / "adapter_model.safetensors").items()
     }
     tensors: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
     for name in architecture_of(config).names(config):
         layer = name.removesuffix(".weight")
         try:
@@ -87,14 +91,32 @@ def import_peft(path: str | Path, config: ModelConfig) -> tuple[LoraSpec, dict[s
         found = [(theirs.get(f"{p}.lora_A.weight"), theirs.get(f"{p}.lora_B.weight")) for p in parts]
         if all(a is None for a, _ in found):
             continue
+        _check_shapes(found, sizes, config, layer, path)
         tensors[f"{layer}.lora_A"], tensors[f"{layer}.lora_B"] = _fused(found, sizes, config, layer)
+        used.update(f"{p}.lora_{x}.weight" for p in parts for x in "AB")
     if not tensors:
         raise LlmlabError(f"no tensor of {path} fits this base's layers", "pass the adapter of this architecture")
+    left = sorted(set(theirs) - used)
+    if left:
+        raise LlmlabError(f"{path} adapts layers llmlab does not adapt ({left[0]}{' ...' if len(left) > 1 else ''})",
+                          "use a LoRA adapter on the attention and MLP projections")  # fmt: skip
     r = int(peft["r"])
     layers = tuple(sorted({k.rsplit(".", 1)[0] for k in tensors}))
     alpha, dropout = float(peft["lora_alpha"]), float(peft.get("lora_dropout", 0.0))
     spec = LoraSpec(r, alpha, dropout, layers, bool(peft.get("use_rslora", False)))
     return spec, tensors
+
+
+def _check_shapes(found, sizes: list[int], config: ModelConfig, layer: str, path: Path) -> None:
+    """Each part's B writes that part's rows and every part reads one width with one rank (the width itself
+    is checked against the layer when the tensors are loaded): else the adapter is for another base."""
+    present = [(a, b, rows) for (a, b), rows in zip(found, sizes) if a is not None and b is not None]
+    shapes = {(a.shape[0], a.shape[1], b.shape[1]) for a, b, _ in present}
+    wrong_rows = any(rows != -1 and b.shape[0] != rows for _, b, rows in present)
+    if len(shapes) > 1 or wrong_rows or any(r != r_b for r, _, r_b in shapes):
+        shown = ", ".join(f"{tuple(b.shape)} x {tuple(a.shape)}" for a, b, _ in present)
+        raise LlmlabError(f"{path}: the adapter's parts of {layer} do not fit this base ({shown})",
+                          "put the adapter on the base it was trained for")  # fmt: skip
 
 
 def _fused(found, sizes: list[int], config: ModelConfig, layer: str) -> tuple[torch.Tensor, torch.Tensor]:

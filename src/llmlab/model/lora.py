@@ -178,6 +178,14 @@ def load_lora_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             "load it on the base model and with the --lora-targets it was trained with",
         )
     layers = lora_layers(model)
+    for name, layer in layers.items():  # only the rank may differ (an imported PEFT adapter's fused parts)
+        a, b = tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]
+        if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features or a.shape[0] != b.shape[1]:
+            raise LlmlabError(
+                f"the adapter's {name} is {tuple(b.shape)} x {tuple(a.shape)}, not for a {layer.out_features} x "
+                f"{layer.in_features} layer",
+                "put the adapter on the base it was trained for",
+            )
     with torch.no_grad():
         for key, tensor in tensors.items():
             name, part = key.rsplit(".", 1)
