@@ -211,3 +211,13 @@ def test_rouge_stems_words_as_rouge_score_does():
     """'cats running' and 'cat runs' share both words only once stemmed (Porter: cat, run)."""
     scores = rouge("cats running", ["cat runs"])
     assert scores["rouge1"] == pytest.approx(1.0) and scores["rouge2"] == pytest.approx(1.0)
+
+
+def test_the_plot_takes_bounds_a_rounding_past_the_value(tmp_path):
+    """Equal scores give bootstrap bounds like 0.20000000000000004 around 0.2; a statistic's interval need
+    not contain the whole sample's value. Neither may stop the plot (matplotlib refuses negative bars)."""
+    from llmlab.evaluation.evaluate import ShotResult, plot_shots
+
+    result = ShotResult(0, {"distinct-1": 0.2, "rougeL": 0.5}, {"distinct-1": (0.2 + 4e-17, 0.2 + 4e-17),
+                        "rougeL": (0.1, 0.45)}, examples=5, mean_shots_used=0.0, queries_shortened=0)  # fmt: skip
+    assert plot_shots([result], tmp_path / "shots.png", "t").read_bytes()[:4] == b"\x89PNG"

@@ -33,14 +33,12 @@ def test_formats_are_detected_and_the_response_is_the_trained_piece():
     assert instruction[-1] == ("3", True) and "### Input:\n1 + 2" in instruction[0][0]
     completion = pieces_of([{"prompt": "1 + 2 =", "completion": " 3"}])[0]
     assert completion == [("1 + 2 =", False), (" 3", True)]
-    chat = pieces_of([{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                                    {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
-                                    {"role": "assistant", "content": "Bye!"}]}])[0]  # fmt: skip
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "Bye!"}]  # fmt: skip
+    chat = pieces_of([{"messages": messages}])[0]
     assert [t for t, trained in chat if trained] == [f"Hello{EOS}", f"Bye!{EOS}"]
-    assert "".join(t for t, _ in chat) == CHAT.render(json.loads(json.dumps(chat and [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
-        {"role": "assistant", "content": "Bye!"}])))  # fmt: skip
+    assert "".join(t for t, _ in chat) == CHAT.render(messages)  # the pieces are the rendering, cut up
 
 
 def test_a_hugging_face_chat_template_is_found_and_rendered(tmp_path):

@@ -211,3 +211,14 @@ def test_lora_under_ddp_trains_like_one_process_with_the_global_batch(folders, t
     assert ddp == pytest.approx({s: round(single.train_losses[s], 5) for s in range(1, 5)}, abs=2e-5)
     memory = next(r for r in records if "memory" in r)
     assert memory["memory"][0]["gradients"] == pytest.approx(memory["planned"]["gradients"], rel=0.01)
+
+
+def test_evaluating_with_an_adapter_writes_beside_the_adapter_not_the_base(folders, tmp_path, capsys):
+    finetune(options(folders, tmp_path / "lora", max_steps=2), log=quiet)
+    task = tmp_path / "sums.jsonl"
+    task.write_text("\n".join(json.dumps({"text": f"{a} + {a}", "label": str(a % 2)}) for a in range(8)))
+    code, _, err = run_cli(capsys, "evaluate", folders / "llama", "--adapter", tmp_path / "lora", "--task", task,
+                           "--shots", "0")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "lora" / "eval-sums" / "results.json").is_file()
+    assert not (folders / "llama" / "eval-sums").exists()

@@ -68,5 +68,11 @@ def test_an_encoder_decoder_reads_the_prompt_in_its_encoder():
         alone = model(src[1:, :4], tgt[1:])
     assert model.encode(src, mask).shape[1] == src.shape[1] + 4
     torch.testing.assert_close(batched[1:], alone, rtol=0, atol=1e-5)  # padding hidden, the prompt visible
-    completions = Generator(model.eval(), tok).generate(["def add"], GenerationConfig(greedy=True, max_new_tokens=3))
-    assert completions[0][0].text is not None
+    model.eval()
+    completion = Generator(model, tok).generate(["def add"], GenerationConfig(greedy=True, max_new_tokens=4,
+                                                                           min_new_tokens=4))[0][0]  # fmt: skip
+    source, target = torch.tensor([tok.encode("def add") + [tok.eos_id]]), [tok.pad_id]
+    with torch.no_grad():  # the reference: the whole target through the model at every step, no cache
+        for _ in range(4):
+            target.append(int(model(source, torch.tensor([target]))[0, -1].argmax()))
+    assert tok.encode(completion.text) == target[1:]

@@ -56,8 +56,9 @@ def parse_ints(option: str, text: str) -> list[int]:
 
 
 def _output_folder(args: argparse.Namespace, prefix: str, task_name: str) -> Path:
-    """--out, else next to a local checkpoint, else under runs/ (a hub id has no folder of its own)."""
-    local = Path(args.checkpoint)
+    """--out, else next to a local checkpoint (its adapter's, when one is put on it: the results are the
+    adapted model's), else under runs/ (a hub id has no folder of its own)."""
+    local = Path(getattr(args, "adapter", None) or args.checkpoint)
     out = Path(args.out or (local / f"{prefix}-{task_name}" if local.is_dir() else f"runs/{prefix}-{task_name}"))
     out.mkdir(parents=True, exist_ok=True)
     return out

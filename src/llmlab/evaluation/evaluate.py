@@ -200,8 +200,10 @@ def plot_shots(results: list[ShotResult], out: Path, title: str) -> Path:
     shots = [r.shots for r in results]
     for name in results[0].intervals:
         values = [r.metrics[name] for r in results]
-        low = [r.metrics[name] - r.intervals[name][0] for r in results]
-        high = [r.intervals[name][1] - r.metrics[name] for r in results]
+        # a bootstrap interval of a statistic (distinct-n) need not contain the whole sample's value, and
+        # equal scores give bounds a rounding away from it: the bar never reaches past the point
+        low = [max(0.0, r.metrics[name] - r.intervals[name][0]) for r in results]
+        high = [max(0.0, r.intervals[name][1] - r.metrics[name]) for r in results]
         ax.errorbar(shots, values, yerr=[low, high], marker="o", capsize=4, label=name)
     ax.set_xlabel("examples in the prompt (shots)")
     ax.set_ylabel("score (95% bootstrap interval)")

@@ -34,7 +34,7 @@ from llmlab.progress import MetricsLog
 from llmlab.training.adapter_checkpointing import AdapterCheckpointer
 from llmlab.training.checkpointing import Checkpointer
 from llmlab.training.loop import Job, TrainResult
-from llmlab.training.losses import lm_loss
+from llmlab.training.losses import lm_loss, token_loss
 from llmlab.training.run import run
 from llmlab.training.session import Session
 
@@ -71,10 +71,7 @@ def sft_loss(model: nn.Module, batch: SftBatch, normalizer: float | None = None)
     if batch.segments is None:
         return lm_loss(model, batch, normalizer)
     logits = model(batch.inputs, batch.positions, mask=packed_attention_mask(batch.segments))
-    reduction = "mean" if normalizer is None else "sum"
-    loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=-100,
-                                       reduction=reduction)  # fmt: skip
-    return loss if normalizer is None else loss / normalizer
+    return token_loss(logits, batch.labels, normalizer)
 
 
 def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | None) -> Job:

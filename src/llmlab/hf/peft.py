@@ -10,6 +10,9 @@ with the same update; a part PEFT left out contributes zeros.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -61,9 +64,14 @@ def export_peft(model: torch.nn.Module, spec: LoraSpec, out: str | Path, base_na
         "target_modules": sorted(modules), "bias": "none", "inference_mode": True,
         "fan_in_fan_out": arch.name == "gpt2",  # GPT-2's Conv1D layers store (in, out)
     }  # fmt: skip
-    out.mkdir(parents=True)
-    (out / "adapter_config.json").write_text(json.dumps(peft_config, indent=2))
-    save_file(tensors, out / "adapter_model.safetensors")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))  # renamed into place when whole
+    try:
+        (tmp / "adapter_config.json").write_text(json.dumps(peft_config, indent=2))
+        save_file(tensors, tmp / "adapter_model.safetensors")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

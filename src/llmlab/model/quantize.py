@@ -118,15 +118,21 @@ def quantize_rows_int8(w: torch.Tensor, scheme: str) -> tuple[torch.Tensor, torc
     return q, scale, zero
 
 
+def _in_groups(w: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    """(out, in) -> fp32 (out, in / size, size): runs of `size` input columns that share a scale."""
+    out_features, in_features = w.shape
+    if in_features % size:
+        raise LlmlabError(
+            f"input width {in_features} is not a multiple of {what} size {size}",
+            f"choose a {what} size that divides the layer width, or --skip the layer",
+        )
+    return w.float().reshape(out_features, in_features // size, size)
+
+
 def quantize_groups_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """4-bit codes 0..15 per group of `group_size` input columns, w ~ (q - z) * s (asymmetric)."""
     out_features, in_features = w.shape
-    if in_features % group_size:
-        raise LlmlabError(
-            f"input width {in_features} is not a multiple of group size {group_size}",
-            "choose a group size that divides the layer width, or --skip the layer",
-        )
-    groups = w.float().reshape(out_features, in_features // group_size, group_size)
+    groups = _in_groups(w, group_size, "group")
     lo, hi = groups.amin(dim=2), groups.amax(dim=2)
     scale = ((hi - lo) / 15).clamp(min=1e-12)
     zero = torch.round(-lo / scale)
@@ -150,12 +156,7 @@ def quantize_blocks_nf4(w: torch.Tensor, block_size: int) -> tuple[torch.Tensor,
     input columns, w ~ NF4_VALUES[q] * absmax: each value scaled into [-1, 1] goes to the nearest
     code value (a tie to the lower one). Symmetric, so no zero point; an all-zero block stays zero."""
     out_features, in_features = w.shape
-    if in_features % block_size:
-        raise LlmlabError(
-            f"input width {in_features} is not a multiple of block size {block_size}",
-            "choose a block size that divides the layer width, or --skip the layer",
-        )
-    blocks = w.float().reshape(out_features, in_features // block_size, block_size)
+    blocks = _in_groups(w, block_size, "block")
     absmax = blocks.abs().amax(dim=2)
     scaled = blocks / absmax.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
     table = torch.tensor(NF4_VALUES, device=w.device)

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -66,6 +66,11 @@ class Checkpointer:
     ctx: DistContext | None
     log: Callable[[str], None]  # rank 0's voice (the session's): other ranks stay silent
 
+    # Distributed runs write torch.distributed shards (FSDP needs them); a subclass whose state is small
+    # and whole on every rank (an adapter) sets this False and rank 0 writes it as one process would.
+    shards_when_distributed: ClassVar[bool] = True
+    kind: ClassVar[str] = "checkpoint"  # what the log line calls a save
+
     @property
     def sharded_dir(self) -> Path:
         return self.out / "sharded"  # resumable state of distributed runs, any world size
@@ -77,15 +82,26 @@ class Checkpointer:
         trainer_state: dict[str, Any],
         reason: str,
     ) -> None:
-        if self.ctx is None:
-            tensors, groups = optimizer_tensors(optimizers)
-            trainer_state = {**trainer_state, "optimizer_param_groups": groups}
-            tensors = {**tensors, **rng_tensors()}
-            save_checkpoint(self.out, model, self.tokenizer, self.generation, trainer_state, tensors)
-            shutil.rmtree(self.sharded_dir, ignore_errors=True)  # a stale one would win the next --resume
-        else:
+        if self.ctx is not None and self.shards_when_distributed:
             self._save_sharded(model, optimizers, trainer_state, int(trainer_state["step"]))
-        self.log(f"checkpoint: {self.out} at step {trainer_state['step']} ({reason})")
+        else:
+            if self.ctx is None or self.ctx.is_main:
+                tensors, groups = optimizer_tensors(optimizers)
+                trainer_state = {**trainer_state, "optimizer_param_groups": groups}
+                self._write(model, trainer_state, {**tensors, **rng_tensors()})
+            if self.ctx is not None:
+                barrier(self.ctx)
+        self.log(f"{self.kind}: {self.out} at step {trainer_state['step']} ({reason})")
+
+    def _write(self, model: nn.Module, trainer_state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """The folder of one process: the model, its trainer state and optimizer/RNG tensors."""
+        save_checkpoint(self.out, model, self.tokenizer, self.generation, trainer_state, tensors)
+        shutil.rmtree(self.sharded_dir, ignore_errors=True)  # a stale one would win the next --resume
+
+    def _read_weights(self, model: nn.Module, device: torch.device) -> None:
+        """What `_write` saved of the model, back into it."""
+        load_weights(model, self.out / "model.safetensors")
+        model.to(device)
 
     def _save_sharded(self, model, optimizers, trainer_state: dict[str, Any], step: int) -> None:
         """Every rank writes its shards; rank 0 the consolidated checkpoint, then swaps the shards in."""
@@ -121,8 +137,7 @@ class Checkpointer:
                 f"(written by {saved.get('world', '?')} ranks)"
             )
             return TrainerState.from_dict(saved)
-        load_weights(model, self.out / "model.safetensors")
-        model.to(device)
+        self._read_weights(model, device)
         tensors = load_file(self.out / "optimizer.safetensors")
         load_optimizers(optimizers, {k: v.to(device) for k, v in tensors.items()}, saved["optimizer_param_groups"])
         restore_rng(tensors)

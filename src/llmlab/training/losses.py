@@ -29,6 +29,13 @@ def lm_loss(model: nn.Module, batch: Batch, normalizer: float | None = None) -> 
             logits = model(batch.inputs, batch.decoder_inputs, batch.attention_mask)
         else:
             logits = model(batch.inputs)
-        flat = logits.float().flatten(0, 1)
-        loss = F.cross_entropy(flat, batch.labels.flatten(), ignore_index=IGNORE, reduction=reduction)
+        return token_loss(logits, batch.labels, normalizer)
+    return loss if normalizer is None else loss / normalizer
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+    """(B, T, V) logits against (B, T) labels (IGNORE where none): their fp32 cross-entropy, the mean, or
+    the sum divided by `normalizer`."""
+    reduction = "mean" if normalizer is None else "sum"
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction=reduction)
     return loss if normalizer is None else loss / normalizer
