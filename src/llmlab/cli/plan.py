@@ -67,12 +67,17 @@ def _verify_memory(args: argparse.Namespace) -> None:
 def _print_memory_plan(report) -> None:
     """The training and inference tables of a MemoryReport."""
     request, plan, params = report.request, report.plan, report.params
+    what = "training" if request.method == "full" else f"fine-tuning with {request.method} (rank {request.lora_r})"
     print(
-        f"{params:,.0f} parameters; training per GPU with {request.sharding} on {request.gpus} GPU(s), "
+        f"{params:,.0f} parameters; {what} per GPU with {request.sharding} on {request.gpus} GPU(s), "
         f"{'mixed precision' if request.mixed_precision else request.dtype}, {request.optimizer}"
     )
+    if report.trainable is not None:
+        print(f"trainable: {report.trainable:,} adapter parameters ({report.trainable / params:.2%} of the base)")
     rows = [[name, size(n), f"{n / params:.2f}"] for name, n in plan.training.items()]
-    rows.insert(3, ["  model states (what ZeRO shards)", size(plan.model_states), f"{plan.model_states / params:.2f}"])
+    states = list(plan.training).index("optimizer states") + 1
+    model_states = ["  model states (what ZeRO shards)", size(plan.model_states), f"{plan.model_states / params:.2f}"]
+    rows.insert(states, model_states)
     rows.append(["total", size(plan.training_total), f"{plan.training_total / params:.2f}"])
     print_table(rows, ["training", "bytes", "per parameter"])
     print()
@@ -85,8 +90,11 @@ def _print_step_and_fit(report) -> None:
     request, step = report.request, report.step
     if step is not None:
         what = "fp32" if request.dtype == "fp32" else f"{request.dtype} autocast over fp32 weights"
+        if request.method == "qlora":
+            what = "NF4 block layers, 16-bit embeddings and activations, fp32 adapters"
         where = f"one {request.device} device" + (f" of {request.gpus} in DDP" if request.gpus > 1 else "")
-        print(f"\nllmlab pretrain on {where} ({what}, AdamW): alive at each high point of a step")
+        command = "pretrain" if request.method == "full" else f"finetune --method {request.method}"
+        print(f"\nllmlab {command} on {where} ({what}, AdamW): alive at each high point of a step")
         rows = [[name, size(n)] for name, n in step.components.items() if n]
         rows += [[f"at the {phase}", size(n)] for phase, n in step.phases.items()]
         rows.append([f"peak (at the {step.peak_phase})", size(step.peak)])
@@ -96,7 +104,12 @@ def _print_step_and_fit(report) -> None:
         print(
             f"\non {size(report.capacity)} per GPU: training {verdict(report.fits(report.plan.training_total))}, "
             f"inference {verdict(report.fits(report.plan.inference_total))}"
-            + ("" if step is None else f", an llmlab pretrain step {verdict(report.fits(step.peak))}")
+            + (
+                ""
+                if step is None
+                else f", an llmlab {'pretrain' if request.method == 'full' else 'finetune'} step "
+                f"{verdict(report.fits(step.peak))}"
+            )
         )
 
 
@@ -111,6 +124,8 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
         optimizer=args.optimizer, mixed_precision=args.mixed_precision, batch=args.batch, seq_len=args.seq_len,
         recompute=args.recompute, target_len=args.target_len, gpus=args.gpus, strategy=args.strategy,
         gpu_memory=args.gpu_memory, device=args.device or "cuda",  # the step peak describes a GPU unless told
+        method=args.method, lora_r=args.lora_r, lora_dropout=args.lora_dropout,
+        lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
     )  # fmt: skip
     report = plan_memory_request(request)
     if args.json:
@@ -232,6 +247,14 @@ def _register_memory(plan: argparse._SubParsersAction) -> None:
         choices=["cuda", "cpu"],
         help="device of the llmlab step's peak (its kernels differ); --verify measures there (default: a GPU if any)",
     )
+    pmem.add_argument(
+        "--method", default="full", choices=["full", "lora", "qlora"],
+        help="full training, or a fine-tuning step with LoRA adapters on a frozen base (qlora: an NF4 base)",
+    )  # fmt: skip
+    pmem.add_argument("--lora-r", type=int, default=8, help="LoRA rank (with --method lora/qlora)")
+    pmem.add_argument("--lora-targets", default="attention", help="as llmlab finetune: attention, qv, mlp, "
+                      "all-linear or layer names, comma-separated")  # fmt: skip
+    pmem.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the adapters' input")
     pmem.add_argument("--verify", action="store_true", help="compare predictions with real llmlab tensors")
     pmem.add_argument("--json", action="store_true")
     pmem.set_defaults(func=cmd_plan_memory)

@@ -36,6 +36,12 @@ class Batch:
         return Batch(move(self.inputs), move(self.labels), move(self.attention_mask), move(self.decoder_inputs))
 
     @property
+    def dims(self) -> tuple[int, int, int | None]:
+        """(rows, input length, target length or None): what the FLOP count and the peak plan take."""
+        rows, length = self.inputs.shape
+        return rows, length, None if self.decoder_inputs is None else self.decoder_inputs.shape[1]
+
+    @property
     def labelled(self) -> int:
         """Positions that carry a loss."""
         return int((self.labels != IGNORE).sum())

@@ -12,6 +12,7 @@ where it takes a checkpoint.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from llmlab.finetune.rows import TrainingRows, training_rows
 from llmlab.load import load_checkpoint, merged_with_adapter, quantize_nf4_base
 from llmlab.model.lora import add_lora, trainable_counts
 from llmlab.model.soft_prompt import add_soft_prompt
+from llmlab.plan.adapter_peak import AdapterShape, adapter_step_peak
+from llmlab.plan.peak import ModelShape, StepPeak, training_step_peak
 from llmlab.progress import MetricsLog
 from llmlab.training.adapter_checkpointing import AdapterCheckpointer
 from llmlab.training.checkpointing import Checkpointer
@@ -90,8 +93,28 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
         checkpointer = Checkpointer(out, base.tokenizer, base.generation, session.ctx, session.log)
     else:
         checkpointer = AdapterCheckpointer(out, base.tokenizer, base.generation, session.ctx, session.log, info)
+    ddp = session.ctx is not None and session.ctx.strategy == "ddp"
+    planned = functools.partial(_planned_step_peak, model, cfg, session.device, session.dtype, ddp)
     return Job(model=model, forward=forward, batches=rows.batches, loss=sft_loss, checkpointer=checkpointer,
-               options=cfg.to_dict(), description=_describe(cfg, model, spec.name, rows, session))  # fmt: skip
+               options=cfg.to_dict(), description=_describe(cfg, model, spec.name, rows, session),
+               planned_peak=planned)  # fmt: skip
+
+
+def _planned_step_peak(model: nn.Module, cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype, ddp: bool,
+                       batch: SftBatch) -> StepPeak | None:  # fmt: skip
+    """`plan memory --method` for a step on this batch's shapes, where it models the run (CUDA or CPU,
+    AdamW, eager, one micro-batch, rows without packing, full fine-tuning or LoRA/QLoRA); None elsewhere."""
+    modelled = cfg.method in ("full", "lora", "qlora") and cfg.optimizer == "adamw" and not cfg.compile
+    if not modelled or device.type not in ("cuda", "cpu") or batch.segments is not None or cfg.grad_accum > 1:
+        return None
+    rows, length, target = batch.dims
+    precision = "fp32" if dtype == torch.float32 else "autocast"
+    config = model.config
+    if cfg.method == "full":
+        return training_step_peak(config, ModelShape.of(model), rows, length, device.type, precision, 1, target, ddp)
+    spec = cfg.lora_spec()
+    shape = AdapterShape.of(config, cfg.method, spec.r, spec.targets, spec.dropout)
+    return adapter_step_peak(config, shape, rows, length, device.type, precision, target, ddp)
 
 
 def _load_base(cfg: FinetuneConfig) -> Checkpoint:

@@ -40,7 +40,8 @@ class MemoryPlan:
     @property
     def model_states(self) -> float:
         """Weights + gradients + optimizer states: what ZeRO shards (activations are per GPU anyway)."""
-        return sum(self.training[k] for k in ("weights", "gradients", "optimizer states"))
+        states = ("weights", "adapter weights (fp32)", "gradients", "optimizer states")
+        return sum(self.training.get(k, 0.0) for k in states)
 
     @property
     def training_total(self) -> float:

@@ -14,13 +14,15 @@ from typing import Any
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
-from llmlab.plan.memory import STRATEGIES, MemoryPlan, parse_size, plan_memory
+from llmlab.plan.adapter_peak import AdapterShape, adapter_step_peak
+from llmlab.plan.memory import DTYPE_BYTES, STRATEGIES, MemoryPlan, parse_size, plan_memory
 from llmlab.plan.peak import StepPeak
 
 # FSDP's sharding strategies are ZeRO's stages under other names.
 STRATEGY_ALIASES = {"NO_SHARD": "ddp", "SHARD_GRAD_OP": "zero2", "FULL_SHARD": "zero3"}
 STRATEGY_CHOICES = (*STRATEGIES, *STRATEGY_ALIASES)
 STEP_DTYPES = ("fp32", "bf16", "fp16")  # what `llmlab pretrain --dtype` trains in
+METHODS = ("full", "lora", "qlora")  # a pre-training / full fine-tuning step, or one with adapters
 
 
 def meta_parameter_count(config: ModelConfig) -> float:
@@ -52,6 +54,10 @@ class MemoryRequest:
     strategy: str = "ddp"  # ddp, zero1-3, or FSDP's NO_SHARD / SHARD_GRAD_OP / FULL_SHARD
     gpu_memory: str | None = None  # e.g. "80GB"
     device: str = "cuda"  # the llmlab step's peak depends on the device's kernels
+    method: str = "full"  # or a fine-tuning step with adapters: lora, qlora
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = ("attention",)
+    lora_dropout: float = 0.05  # llmlab finetune's default
 
     @property
     def sharding(self) -> str:
@@ -86,6 +92,22 @@ class MemoryRequest:
             raise LlmlabError("--batch and --seq-len go together", "pass both, or neither for model states only")
         if self.target_len and (config is None or not family_spec(config).seq2seq):
             raise LlmlabError("--target-len is an encoder-decoder's decoder length", "leave it out for this model")
+        if self.method not in METHODS:
+            raise LlmlabError(f"unknown --method {self.method!r}", f"use one of: {', '.join(METHODS)}")
+        if self.method != "full" and config is None:
+            raise LlmlabError(f"--method {self.method} needs the architecture to place adapters",
+                              "pass --preset or --model")  # fmt: skip
+        if self.method != "full" and (self.mixed_precision or self.dtype not in STEP_DTYPES):
+            raise LlmlabError(f"--method {self.method} plans 32-bit adapters on a frozen base in --dtype",
+                              "pass --dtype fp32, bf16 or fp16 without --mixed-precision")  # fmt: skip
+        if self.method == "qlora" and self.strategy not in ("ddp", "NO_SHARD"):
+            raise LlmlabError("--method qlora cannot shard its 4-bit base", "use --strategy ddp")
+
+    def adapter_shape(self, config: ModelConfig) -> AdapterShape | None:
+        """The adapters' parameters and the frozen base's bytes, for lora and qlora."""
+        if self.method == "full":
+            return None
+        return AdapterShape.of(config, self.method, self.lora_r, tuple(self.lora_targets), self.lora_dropout)
 
 
 @dataclass
@@ -97,6 +119,7 @@ class MemoryReport:
     plan: MemoryPlan
     capacity: float | None = None  # bytes per GPU, from --gpu-memory
     step: StepPeak | None = None
+    trainable: int | None = None  # with adapters: their parameters
 
     def fits(self, total: float) -> bool | None:
         """Whether `total` bytes fit in the GPU's memory; None when no memory was given."""
@@ -107,6 +130,8 @@ class MemoryReport:
         plan = self.plan
         result: dict[str, Any] = {
             "params": self.params,
+            "method": self.request.method,
+            "trainable_params": self.params if self.trainable is None else self.trainable,
             "strategy": self.request.sharding,
             "gpus": self.request.gpus,
             "training": plan.training,
@@ -142,6 +167,12 @@ def step_peak(config: ModelConfig, request: MemoryRequest) -> StepPeak | None:
     data_parallel = request.gpus > 1 and request.sharding == "ddp"
     if (request.gpus > 1 and not data_parallel) or request.dtype not in STEP_DTYPES:
         return None
+    adapters = request.adapter_shape(config)
+    if adapters is not None:
+        return adapter_step_peak(
+            config, adapters, request.batch, request.seq_len, request.device, request.precision,
+            target_len=request.target_len, ddp=data_parallel,
+        )  # fmt: skip
     with torch.device("meta"):  # shapes only: a 70B config costs no memory
         shape = ModelShape.of(build_model(config))
     return training_step_peak(
@@ -159,6 +190,43 @@ def plan_memory_request(request: MemoryRequest) -> MemoryReport:
         params, request.dtype, request.optimizer, request.mixed_precision, request.gpus, request.sharding,
         config, request.batch, request.seq_len, request.recompute, request.target_len,
     )  # fmt: skip
+    adapters = request.adapter_shape(config) if config is not None else None
+    if adapters is not None:
+        with_adapters(plan, config, adapters, request)
     capacity = parse_size(request.gpu_memory) if request.gpu_memory else None
     step = step_peak(config, request) if config and request.batch and request.seq_len else None
-    return MemoryReport(request, params, plan, capacity, step)
+    return MemoryReport(request, params, plan, capacity, step, adapters.trainable if adapters else None)
+
+
+def with_adapters(plan: MemoryPlan, config: ModelConfig, adapters: AdapterShape, request: MemoryRequest) -> None:
+    """The plan's model states for a fine-tuning step with adapters, in the same conventions: the frozen
+    base in --dtype (QLoRA's block layers in NF4), the adapters, their gradients and their optimizer
+    states in fp32 (as PEFT keeps them); activations in 16 bits less what the frozen layers keep no more."""
+    from llmlab.plan.adapter_peak import adapter_activations, frozen_weight_bytes
+    from llmlab.plan.memory import OPTIMIZER_STATE_BYTES
+
+    gpus, sharding = request.gpus, request.sharding
+    w_div, g_div, s_div = {"ddp": (1, 1, 1), "zero1": (1, 1, gpus), "zero2": (1, gpus, gpus), "zero3": (gpus,) * 3}[
+        sharding
+    ]
+    training = {
+        "weights": frozen_weight_bytes(adapters, DTYPE_BYTES[request.dtype]) / w_div,
+        "adapter weights (fp32)": 4.0 * adapters.trainable / w_div,
+        "gradients": 4.0 * adapters.trainable / g_div,
+        "optimizer states": OPTIMIZER_STATE_BYTES[request.optimizer] * adapters.trainable / s_div,
+    }
+    if request.batch and request.seq_len:
+        if request.recompute != "none":
+            raise LlmlabError(f"--recompute {request.recompute} is not planned with adapters", "leave it out")
+        training["activations"] = adapter_activations(
+            config, adapters, request.batch, request.seq_len, request.target_len, request.device, "autocast"
+        )
+        training["logits and loss"] = plan.training["logits and loss"]
+    else:
+        full_rule = plan.training.get("activations and temporaries (rule of thumb)")
+        if full_rule is not None:
+            training["activations and temporaries (rule of thumb, full training)"] = full_rule
+    if "temporary buffers (gradient all-reduce)" in plan.training:
+        training["temporary buffers (gradient all-reduce)"] = 4.0 * adapters.trainable
+    plan.training = training
+    plan.inference["weights"] = frozen_weight_bytes(adapters, DTYPE_BYTES[request.dtype]) + 4.0 * adapters.trainable

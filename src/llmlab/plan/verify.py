@@ -173,7 +173,8 @@ def measured_step_peaks(
             with record_function(f"llmlab.peak.{phase}"):
                 run()
 
-    held = _bytes(model.parameters()) + _bytes(t for t in vars(data).values() if t is not None)
+    held = _bytes(model.parameters()) + _bytes(model.buffers())  # NF4 layers keep their weights as buffers
+    held += _bytes(t for t in vars(data).values() if t is not None)
     events, regions = cpu_allocation_timeline(steps)
     peaks = dict.fromkeys(regions, 0)
     for time, size in events:
@@ -217,6 +218,48 @@ def verify_peak(
         checks.append(MemoryCheck(preset, f"peak of a step ({where})", step.peak, max(measured.values())))
         del model
         gc.collect()  # the last model's DDP reducer and optimizer states, before the next one is measured
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return checks
+
+
+def verify_adapter_peak(
+    presets: list[str],
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    method: str = "lora",
+    targets: tuple[str, ...] = ("attention",),
+    vocab_size: int = 8192,
+    target_len: int | None = None,
+) -> list[MemoryCheck]:
+    """A LoRA / QLoRA fine-tuning step's predicted peaks (plan/adapter_peak.py) against the allocator's:
+    rank 8 on `targets`, the base frozen (QLoRA: its block layers in NF4, as `llmlab finetune` makes it)."""
+    from llmlab.load import quantize_nf4_base
+    from llmlab.model.lora import LoraSpec, add_lora
+    from llmlab.plan.adapter_peak import AdapterShape, adapter_step_peak
+
+    checks = []
+    precision = "fp32" if dtype == torch.float32 else "autocast"
+    for preset in presets:
+        torch.manual_seed(0)
+        config = ModelConfig.from_preset(preset, vocab_size=vocab_size, block_size=max(seq_len, target_len or 0))
+        model = build_model(config)
+        add_lora(model, LoraSpec(r=8, targets=targets))
+        if method == "qlora":
+            quantize_nf4_base(model)
+        shape = AdapterShape.of(config, method, 8, targets)
+        step = adapter_step_peak(config, shape, batch, seq_len, device.type, precision, target_len)
+        measured = measured_step_peaks(model, batch, seq_len, device, dtype, target_len=target_len)
+        predicted = {"forward and backward": max(v for k, v in step.phases.items() if k != "optimizer step"),
+                     "optimizer step": step.phases["optimizer step"]}  # fmt: skip
+        where = f"{method} on {','.join(targets)}, {device.type}, {precision}, b{batch} x {seq_len}"
+        where += f" -> {target_len}" if target_len else ""
+        checks += [MemoryCheck(preset, f"peak: {k} ({where})", predicted[k], measured[k]) for k in predicted]
+        checks.append(MemoryCheck(preset, f"peak of a step ({where})", step.peak, max(measured.values())))
+        del model
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return checks
@@ -292,4 +335,10 @@ def verify_memory_suite(
             seq2seq = family_spec(ModelConfig.from_preset(preset)).seq2seq
             target = (target_len or seq_len // 4) if seq2seq else None
             checks += verify_peak([preset], batch, seq_len, where, dtype, vocab_size, target_len=target)
+    for method, targets in (("lora", ("attention",)), ("qlora", ("all-linear",))):  # fine-tuning steps
+        for preset in presets[1::2]:  # llama and t5: a decoder and an encoder-decoder
+            seq2seq = family_spec(ModelConfig.from_preset(preset)).seq2seq
+            target = (target_len or seq_len // 4) if seq2seq else None
+            checks += verify_adapter_peak([preset], batch, seq_len, where, torch.bfloat16, method, targets,
+                                          vocab_size, target)  # fmt: skip
     return checks

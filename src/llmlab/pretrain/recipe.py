@@ -17,7 +17,7 @@ import torch
 
 from llmlab.checkpoint.folder import load_tokenizer, read_model_config, read_quantization
 from llmlab.config import ModelConfig
-from llmlab.data.objectives import Batch, check_objective
+from llmlab.data.objectives import check_objective
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
@@ -144,15 +144,9 @@ def _describe(cfg: PretrainConfig, model, family: str, objective: str, session: 
     )
 
 
-def batch_shape(batch: Batch) -> tuple[int, int, int | None]:
-    """(rows, input length, target length or None): what the FLOP count and the peak plan take."""
-    rows, length = batch.inputs.shape
-    return rows, length, batch.decoder_inputs.shape[1] if batch.decoder_inputs is not None else None
-
-
 def _flops_per_token(config: ModelConfig, batch) -> float:
     """Model FLOPs of a step on this batch's shapes, per token read (plan/flops.py)."""
-    return sum(step_flops(config, *batch_shape(batch)).values()) / batch.tokens
+    return sum(step_flops(config, *batch.dims).values()) / batch.tokens
 
 
 def _planned_step_peak(model, cfg: PretrainConfig, device: torch.device, dtype: torch.dtype, ddp: bool, batch):
@@ -160,7 +154,7 @@ def _planned_step_peak(model, cfg: PretrainConfig, device: torch.device, dtype: 
     process or DDP, AdamW, eager mode. None elsewhere."""
     if device.type not in ("cuda", "cpu") or cfg.optimizer != "adamw" or cfg.compile:
         return None
-    rows, length, target = batch_shape(batch)
+    rows, length, target = batch.dims
     precision = "fp32" if dtype == torch.float32 else "autocast"
     shape = ModelShape.of(model)
     return training_step_peak(model.config, shape, rows, length, device.type, precision, cfg.grad_accum, target, ddp)
