@@ -116,8 +116,8 @@ def frozen_layer_savings(config: ModelConfig, shape: AdapterShape, device: str, 
     inputs = {
         "attn.qkv": 2.0 * w,
         "attn.proj": 2.0 * w * config.attention_width / h,
-        "mlp.up": 2.0 * w,  # a ReLU MLP's down projection reads what the ReLU keeps anyway
-        "mlp.down": 0.0 if config.mlp == "relu" else 2.0 * w * config.intermediate_size / h,
+        "mlp.up": 2.0 * w,
+        "mlp.down": 0.0 if config.mlp == "relu" else 2.0 * w * config.intermediate_size / h,  # ReLU keeps it anyway
     }
     widths = {"attn.qkv": h, "attn.proj": config.attention_width, "mlp.up": h, "mlp.down": config.intermediate_size}
     saved = sum(b for kind, b in inputs.items() if kind not in adapted)
