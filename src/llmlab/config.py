@@ -15,6 +15,8 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu-erf", "relu", "swiglu", "geglu")  # gelu: tanh form (GPT-2); gelu-erf: exact (BERT)
 POSITIONS = ("learned", "rope", "sinusoidal", "relative")  # relative: T5's bucketed bias
 FAMILIES = ("decoder", "encoder", "encoder-decoder")
+# Task heads: one label per text (softmax), any labels per text (sigmoids), a score, a label per token.
+TASKS = ("classify", "multilabel", "regress", "tag")
 
 
 FIX_CONFIG = "fix the option or the config.json"
@@ -120,6 +122,8 @@ class ModelConfig:
     mlm_head: bool = True  # encoder: the masked-LM head (False for a bare BertModel, e.g. sentence encoders)
     scale_decoder_outputs: bool | None = None  # encoder-decoder: x / sqrt(d) before the head; None = iff tied (T5)
     rope_scaling: dict[str, Any] | None = None  # Llama 3 style or linear frequency scaling, as in HF configs
+    task: str | None = None  # encoder: a task head, one of TASKS (classify, multilabel, regress, tag)
+    labels: list[str] = dataclasses.field(default_factory=list)  # the task head's outputs, in order
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -188,6 +192,24 @@ class ModelConfig:
             raise bad(f"n_decoder_layer must be positive, got {self.n_decoder_layer}")
         if self.family != "encoder-decoder" and self.n_decoder_layer is not None:
             raise bad(f"n_decoder_layer is for encoder-decoder models, not family {self.family!r}")
+        self._validate_task(bad)
+
+    def _validate_task(self, bad) -> None:
+        if self.task is None:
+            return
+        if self.task not in TASKS:
+            raise bad(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.family != "encoder":
+            raise bad(f"task heads are for encoders, not family {self.family!r}")
+        if self.task != "regress" and len(self.labels) < 2:
+            raise bad(f"a {self.task} head needs at least two labels, got {len(self.labels)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise bad("the task head's labels repeat a name")
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the task head: one per label, or one score."""
+        return 1 if self.task == "regress" and not self.labels else len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmlab.checkpoint.folder import Checkpoint, read_quantization, require_new_folder
 from llmlab.errors import LlmlabError
-from llmlab.hf.maps import architecture_of, to_hf_state
+from llmlab.hf.maps import architecture_of, hf_class, to_hf_state
 from llmlab.model import LanguageModel
 
 
@@ -22,7 +22,7 @@ def to_transformers(model: LanguageModel):
     for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(hf_config, token, None) is not None and getattr(hf_config, token) >= model.config.vocab_size:
             setattr(hf_config, token, 0)  # GPT-2's config keeps 50256 even for a small vocabulary
-    hf = getattr(transformers, arch.hf_class)(hf_config)
+    hf = getattr(transformers, hf_class(arch, model.config))(hf_config)
     state = to_hf_state(model)
     missing, unexpected = hf.load_state_dict(state, strict=False)
     tied = {

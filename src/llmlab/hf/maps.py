@@ -22,6 +22,7 @@ import torch
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.model import LanguageModel, build_model
+from llmlab.model.heads import SEQUENCE_TASKS
 
 Names = dict[str, tuple[str, ...]]
 
@@ -306,6 +307,12 @@ def bert_names(c: ModelConfig) -> Names:
     }
     if c.type_vocab_size:
         names["type_embed.weight"] = ("bert.embeddings.token_type_embeddings.weight",)
+    if c.task is not None:
+        head = {"task_head.classifier.weight": "classifier.weight", "task_head.classifier.bias": "classifier.bias"}
+        if c.task in SEQUENCE_TASKS:
+            head.update({"task_head.pooler.weight": "bert.pooler.dense.weight",
+                         "task_head.pooler.bias": "bert.pooler.dense.bias"})  # fmt: skip
+        names.update(_single(head))
     if c.mlm_head:
         names.update(
             _single(
@@ -321,8 +328,29 @@ def bert_names(c: ModelConfig) -> Names:
     return names
 
 
+# transformers' head classes and problem types <-> our task heads
+BERT_TASK_CLASSES = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "tag"}
+PROBLEM_TYPES = {"multi_label_classification": "multilabel", "regression": "regress"}
+
+
+def bert_task(hf: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The task head a BERT config.json describes and its labels (id2label in id order), or (None, [])."""
+    task = next((BERT_TASK_CLASSES[a] for a in hf.get("architectures") or [] if a in BERT_TASK_CLASSES), None)
+    if task is None:
+        return None, []
+    if task == "classify":
+        task = PROBLEM_TYPES.get(hf.get("problem_type") or "", "classify")
+    id2label = hf.get("id2label") or {}
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(hf.get("num_labels",
+              len(id2label) or 2))]  # fmt: skip
+    if task == "regress" and len(labels) == 1:
+        labels = []
+    return task, labels
+
+
 def bert_config(hf: dict[str, Any]) -> ModelConfig:
     architectures = hf.get("architectures") or ["BertForMaskedLM"]
+    task, labels = bert_task(hf)
     return ModelConfig(
         family="encoder",
         vocab_size=hf["vocab_size"],
@@ -341,6 +369,8 @@ def bert_config(hf: dict[str, Any]) -> ModelConfig:
         embed_norm=True,
         type_vocab_size=hf.get("type_vocab_size", 2),
         mlm_head=any(a in ("BertForMaskedLM", "BertForPreTraining") for a in architectures),
+        task=task,
+        labels=labels,
     )
 
 
@@ -357,7 +387,27 @@ def bert_hf_config(c: ModelConfig) -> dict[str, Any]:
         layer_norm_eps=c.norm_eps,
         hidden_dropout_prob=c.dropout,
         attention_probs_dropout_prob=c.dropout,
+        **bert_task_config(c),
     )
+
+
+def bert_task_config(c: ModelConfig) -> dict[str, Any]:
+    """id2label, label2id, num_labels and problem_type for a task head; nothing without one."""
+    if c.task is None:
+        return {}
+    labels = c.labels or ["score"]
+    problem = {"multilabel": "multi_label_classification", "regress": "regression"}.get(
+        c.task, "single_label_classification"
+    )
+    fields: dict[str, Any] = dict(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    return fields | ({"problem_type": problem} if c.task != "tag" else {})
+
+
+def hf_class(arch: Architecture, config: ModelConfig) -> str:
+    """The transformers class an export of `config` loads as: the architecture's, or a task head's."""
+    if arch.name == "bert" and config.task is not None:
+        return "BertForTokenClassification" if config.task == "tag" else "BertForSequenceClassification"
+    return arch.hf_class
 
 
 def _activation(name: str) -> str:
@@ -463,7 +513,11 @@ def architecture_of(config: ModelConfig) -> Architecture:
     candidates = [a for a in ARCHITECTURES.values() if a.required["family"] == config.family]
     best, best_blocking = None, None
     for arch in candidates:
-        blocking = [f"{k}={getattr(config, k)!r}" for k, v in arch.required.items() if getattr(config, k) != v]
+        blocking = [
+            f"{k}={getattr(config, k)!r}"
+            for k, v in arch.required.items()
+            if getattr(config, k) != v and not (k == "mlm_head" and config.task is not None)
+        ]  # a task head replaces the MLM head
         if config.mlp not in MLPS[arch.name]:
             blocking.append(f"mlp={config.mlp!r}")
         if arch.name in ("gpt2", "bert") and config.n_kv_head != config.n_head:

@@ -15,6 +15,7 @@ from torch import nn
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.model.cache import KVCache
+from llmlab.model.heads import build_task_head
 from llmlab.model.layers import Stack, init_weights, make_norm
 from llmlab.model.soft_prompt import after_prompt, prepend, prompt_length
 
@@ -145,7 +146,16 @@ class EncoderLM(LanguageModel):
         self.type_embed = nn.Embedding(config.type_vocab_size, config.n_embd) if config.type_vocab_size else None
         self.encoder = Stack(config, config.n_layer, causal=False)
         self.mlm_head = MaskedLMHead(config) if config.mlm_head else None
+        self.task_head = build_task_head(config)
         self._init(config, config.n_layer)
+
+    def task_logits(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The task head's logits: (B, labels) for a sequence task, (B, T, labels) for tagging."""
+        if self.task_head is None:
+            raise LlmlabError("this encoder has no task head", "fine-tune it with --task classify or --task tag first")
+        return self.task_head(self.hidden_states(idx, attention_mask, token_types))
 
     def hidden_states(
         self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None
