@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.pretrain",
             "llmlab.finetune",
             "llmlab.chat",
+            "llmlab.tasks",
             "llmlab.evaluation",
             "llmlab.introspect",
             "llmlab.report",

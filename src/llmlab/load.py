@@ -83,6 +83,11 @@ def _with_adapter(
             load_adapter_state(ckpt.model, tensors)
             return Checkpoint(ckpt.model, ckpt.tokenizer, generation, ckpt.path)
         spec, qlora = LoraSpec.from_dict(info.settings), info.method == "qlora" and quantize_base
+        if info.settings.get("task"):  # a task head trained with the adapter: the head goes on first
+            from llmlab.model.heads import with_task_head
+
+            model = with_task_head(ckpt.model, info.settings["task"], info.settings.get("labels", []))
+            ckpt = Checkpoint(model, ckpt.tokenizer, ckpt.generation, ckpt.path)
     add_lora(ckpt.model, spec)
     if qlora:
         quantize_nf4_base(ckpt.model)

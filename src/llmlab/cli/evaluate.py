@@ -130,6 +130,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return
     if not args.task:
         raise LlmlabError("nothing to evaluate", "pass --task NAME|FILE.jsonl or --perplexity FILE")
+    if getattr(ckpt.model.config, "task", None):
+        _evaluate_head(args, ckpt)
+        return
     task = _task_from_args(args)
     generation = GenerationConfig(greedy=True, max_new_tokens=args.max_new_tokens)
     results = evaluate_task(
@@ -146,6 +149,58 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _print_shot_table(results)
     print(f"{results[0].examples} examples of {task.name} ({task.kind}); [95% bootstrap interval]; "
           f"results: {out / 'results.json'}, plot: {out / 'shots.png'}")  # fmt: skip
+
+
+def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
+    """A classifier or tagger on labelled data: `sentiment` (rt-polarity's test split), a CoNLL file, or
+    records with --input-field and --label-field."""
+    import random
+
+    from llmlab.evaluation.head_eval import evaluate_classifier, evaluate_tagger, plot_confusion
+
+    head = ckpt.model.config.task
+    if head not in ("classify", "tag"):
+        raise LlmlabError(f"evaluate scores classify and tag heads; this model has a {head} head",
+                          "score its predictions with llmlab classify --json")  # fmt: skip
+    if head == "tag":
+        from llmlab.finetune.task_data import tagged_examples
+
+        items = tagged_examples(args.task)
+    elif args.task == "sentiment":
+        from llmlab.evaluation.tasks import sentiment_task
+
+        items = [(r["text"], r["label"]) for r in sentiment_task().test]
+    else:
+        from llmlab.finetune.task_data import text_examples
+
+        items = [(e.text, str(e.label)) for e in text_examples(args.task, args.input_field, args.label_field)]
+    if args.limit and args.limit < len(items):
+        items = random.Random(args.seed).sample(items, args.limit)
+    if head == "tag":
+        report = evaluate_tagger(ckpt.model, ckpt.tokenizer, items, args.seed)
+    else:
+        report = evaluate_classifier(ckpt.model, ckpt.tokenizer, [t for t, _ in items], [g for _, g in items],
+                                     args.seed)  # fmt: skip
+    name = Path(args.task).stem
+    out = _output_folder(args, "eval", name)
+    (out / "results.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+    plot = plot_confusion(report, out / "confusion.png", f"{name}: {args.checkpoint}") if head == "classify" else None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report)))
+        return
+    rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
+    print_table(rows, ["metric", "value", "95% interval"])
+    rows = [[k, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"]]
+            for k, s in report.per_label.items()]  # fmt: skip
+    print_table(rows, ["label" if head == "classify" else "entity", "precision", "recall", "f1", "support"])
+    if head == "classify":
+        matrix = [[f"true {n}", *row] for n, row in zip(report.labels, report.confusion)]
+        print_table(matrix, ["", *(f"predicted {n}" for n in report.labels)])
+    print(f"{report.examples} examples; results: {out / 'results.json'}" + (f", plot: {plot}" if plot else ""))
+
+
+def _interval(bounds: tuple[float, float] | None) -> str:
+    return "" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -78,3 +78,28 @@ def check_bio(sentences: list[TaggedSentence], source: str) -> list[str]:
             seen.add(tag)
     entity = sorted((t for t in seen if t != "O"), key=lambda t: (t[2:], t[0]))
     return ["O", *entity] if "O" in seen else entity
+
+
+@dataclass(frozen=True)
+class Span:
+    """An entity: its type and the words [start, end) it covers."""
+
+    type: str
+    start: int
+    end: int
+
+
+def bio_spans(tags: list[str]) -> list[Span]:
+    """Entities of a BIO tag sequence, read as CoNLL's evaluation (and seqeval by default) reads them:
+    an entity starts at B-X, or at I-X after O or after another type, and goes on while I-X follows."""
+    spans: list[Span] = []
+    kind, start = None, 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, tag_type = tag.partition("-")
+        continues = prefix == "I" and tag_type == kind
+        if kind is not None and not continues:
+            spans.append(Span(kind, start, i))
+            kind = None
+        if prefix in ("B", "I") and not continues:
+            kind, start = tag_type, i
+    return spans

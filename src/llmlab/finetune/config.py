@@ -11,7 +11,9 @@ from llmlab.model.lora import LoraSpec
 from llmlab.options import option
 from llmlab.training.config import TrainerConfig, Validated
 
-METHODS = ("full", "lora", "qlora", "prompt-tuning")
+METHODS = ("full", "lora", "qlora", "prompt-tuning", "linear-probe")
+HEAD_TASKS = ("classify", "multilabel", "regress", "tag")  # an encoder with a task head (model/heads.py)
+TASK_METHODS = ("full", "lora", "linear-probe")
 
 
 @dataclass
@@ -54,10 +56,37 @@ class FinetuneData(Validated):
 
 
 @dataclass
+class TaskOptions(Validated):
+    """An encoder fine-tuned with a task head instead of instruction-tuned."""
+
+    task: str | None = option(
+        None, "encoders: classify (one label), multilabel, regress (a score) or tag (a label per word, BIO)"
+    )
+    text_field: str = option("text", "--task classify/multilabel/regress: the records' text field")
+    label_field: str = option("label", "--task classify/multilabel/regress: the records' label field")
+    labels: list[str] = option(
+        help="the labels in order, comma-separated or repeated (default: those of the training data, sorted)",
+        default_factory=list,
+    )
+    class_weights: str | None = option(None, "--task classify: 'balanced' (inverse frequency) or W1,W2,... per label")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.task is not None and self.task not in HEAD_TASKS:
+            raise LlmlabError(f"unknown --task {self.task!r}", f"use one of {', '.join(HEAD_TASKS)}")
+        if self.class_weights is not None and self.task != "classify":
+            raise LlmlabError("--class-weights is for --task classify", "leave it out")
+
+    def label_list(self) -> list[str]:
+        return [label for item in self.labels for label in item.split(",") if label]
+
+
+@dataclass
 class MethodOptions(Validated):
     """Full fine-tuning or an adapter, and the adapter's settings."""
 
-    method: str = option("lora", "full, lora, qlora (LoRA on a frozen NF4 base) or prompt-tuning (soft prompt)")
+    method: str = option("lora", "full, lora, qlora (LoRA on a frozen NF4 base), prompt-tuning (soft prompt) or "
+                         "linear-probe (--task: the head alone on a frozen encoder)")  # fmt: skip
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: float = option(16.0, "LoRA scale numerator: the update is scaled by alpha / r")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
@@ -88,7 +117,7 @@ class MethodOptions(Validated):
 
 
 @dataclass
-class FinetuneConfig(TrainerConfig, MethodOptions, FinetuneData):
+class FinetuneConfig(TrainerConfig, MethodOptions, TaskOptions, FinetuneData):
     """Everything `llmlab finetune` takes. Fine-tuning defaults: a smaller learning rate and budget."""
 
     lr: float = option(2e-4, "peak learning rate (LoRA likes ~1e-4..1e-3, full fine-tuning ~1e-5..1e-4)")
@@ -98,3 +127,11 @@ class FinetuneConfig(TrainerConfig, MethodOptions, FinetuneData):
     eval_interval: int = option(50, "validate every N steps")
     eval_iters: int = option(5, "validation batches per evaluation")
     out: str = option("runs/finetune", "run folder: the adapter (LoRA) or the model (full), metrics.jsonl")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.task is not None and self.method not in TASK_METHODS:
+            raise LlmlabError(f"--method {self.method} is not for --task {self.task}",
+                              f"use one of {', '.join(TASK_METHODS)}")  # fmt: skip
+        if self.task is None and self.method == "linear-probe":
+            raise LlmlabError("--method linear-probe trains a task head", "add --task classify or --task tag")

@@ -49,6 +49,10 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune `cfg.base` on `cfg.data` as `cfg` says; returns the losses and where the result is.
     With `merge`, the base with the adapter merged in is written to OUT/merged as well."""
+    if cfg.task is not None:  # an encoder with a task head: its own job on the same core
+        from llmlab.finetune.task_recipe import prepare_task_job
+
+        return run(cfg, prepare_task_job, on_step, log)
     say = log or print
     probe = ForgettingProbe(cfg.eval_forgetting, cfg.forgetting_task, cfg.forgetting_limit)
     text = probe.read_text()  # a missing file stops the run before it trains

@@ -1,0 +1,188 @@
+"""`llmlab finetune BASE --task classify|multilabel|regress|tag`: an encoder with a task head, on the
+training core. The head (model/heads.py) is added to the base encoder (its masked-LM head, if any, is
+left behind); `--method full` trains everything, `lora` the adapters and the head (the head is new, so
+it always trains, as PEFT's `modules_to_save` does), `linear-probe` the head alone on a frozen encoder.
+
+Losses: cross-entropy (optionally class-weighted) for one label, binary cross-entropy per label for
+several, mean squared error for a score, and token cross-entropy on each word's first sub-word for tags;
+accuracy is logged beside the loss where it means something.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
+from llmlab.checkpoint.folder import Checkpoint, read_quantization
+from llmlab.data.objectives import IGNORE, Batch
+from llmlab.data.tagging import check_bio
+from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
+from llmlab.finetune.config import FinetuneConfig
+from llmlab.finetune.task_data import (
+    TaskRow,
+    label_names,
+    tag_rows,
+    tagged_examples,
+    task_batches,
+    text_examples,
+    text_rows,
+)
+from llmlab.load import load_checkpoint
+from llmlab.model.heads import with_task_head
+from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.training.adapter_checkpointing import AdapterCheckpointer
+from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.loop import Job
+from llmlab.training.session import Session
+
+
+def task_loss(model: nn.Module, batch: Batch, normalizer: float | None = None, *, task: str,
+              class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """The task's loss (mean, or sum / normalizer across ranks) and its accuracy where it has one."""
+    logits, labels = model(batch.inputs, batch.attention_mask).float(), batch.labels  # `_TaskForward`'s
+    reduction = "mean" if normalizer is None else "sum"
+    metrics: dict[str, float] = {}
+    if task == "regress":
+        loss = F.mse_loss(logits.squeeze(-1), labels, reduction=reduction)
+    elif task == "multilabel":
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction=reduction)
+        metrics["accuracy"] = float(((logits > 0) == (labels > 0.5)).float().mean())
+    else:
+        flat, target = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        weight = None if class_weights is None else class_weights.to(logits.device)
+        loss = F.cross_entropy(flat, target, weight=weight, ignore_index=IGNORE, reduction=reduction)
+        scored = target != IGNORE
+        metrics["accuracy"] = float((flat.argmax(-1)[scored] == target[scored]).float().mean())
+    return (loss if normalizer is None else loss / normalizer), metrics
+
+
+def prepare_task_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | None) -> Job:
+    """The base encoder with its new head, the task's rows, and the method's trainable parameters."""
+    base = _load_encoder(cfg)
+    block = min(cfg.block_size or base.model.config.block_size, base.model.config.block_size)
+    train, val, labels = _rows(cfg, base, block, session.log)
+    fingerprint = weights_fingerprint(base.model)
+    torch.manual_seed(cfg.seed)
+    model = with_task_head(base.model.float(), cfg.task, labels).train()
+    info = _method(cfg, model, fingerprint)
+    model.to(session.device)
+    forward = session.wrap(_TaskForward(model), cfg.fsdp_mixed_precision, f"{cfg.batch_size} rows per rank")
+    pad = family_spec(model.config).pad_id(base.tokenizer)
+    batches = task_batches(train, val, cfg.task, cfg.batch_size * session.world, cfg.grad_accum, cfg.seed, pad,
+                           session.rows(cfg.batch_size))  # fmt: skip
+    weights = _class_weights(cfg, train, labels, session.log)
+    loss = functools.partial(task_loss, task=cfg.task, class_weights=weights)
+    out = Path(cfg.out)
+    if info is None:
+        checkpointer = Checkpointer(out, base.tokenizer, base.generation, session.ctx, session.log)
+    else:
+        checkpointer = AdapterCheckpointer(out, base.tokenizer, base.generation, session.ctx, session.log, info)
+    trainable, total = trainable_counts(model)
+    description = (f"model: {cfg.base} (encoder) + a {cfg.task} head over {len(labels) or 1} output(s), "
+                   f"method {cfg.method}: {trainable:,} of {total:,} parameters train "
+                   f"({100 * trainable / total:.2f}%); context {block}")  # fmt: skip
+    return Job(model=model, forward=forward, batches=batches, loss=loss, checkpointer=checkpointer,
+               options=cfg.to_dict(), description=description)  # fmt: skip
+
+
+class _TaskForward(nn.Module):
+    """What DDP wraps: a call that returns the task head's logits (DDP hooks run on `forward`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.task_logits(inputs, mask)
+
+
+def _load_encoder(cfg: FinetuneConfig) -> Checkpoint:
+    base = load_checkpoint(cfg.base)
+    if (base.path / "config.json").is_file() and read_quantization(base.path):
+        raise LlmlabError(f"{cfg.base} is quantized", "fine-tune the full-precision checkpoint")
+    if base.model.config.family != "encoder":
+        raise LlmlabError(f"--task {cfg.task} puts a head on an encoder; {cfg.base} is a {base.model.config.family}",
+                          "use a BERT-like encoder (from llmlab pretrain --family encoder, or a BERT)")  # fmt: skip
+    if cfg.eval_forgetting or cfg.forgetting_task or cfg.packing or cfg.merge:
+        raise LlmlabError("--eval-forgetting, --forgetting-task, --packing and --merge are for instruction tuning",
+                          "leave them out with --task")  # fmt: skip
+    return base
+
+
+def _rows(cfg: FinetuneConfig, base: Checkpoint, block: int, log) -> tuple[list[TaskRow], list[TaskRow], list[str]]:
+    """Training and validation rows (validation: --val-data, else --val-fraction held out) and the labels."""
+    tok, source = base.tokenizer, ",".join(cfg.data)
+    if cfg.task == "tag":
+        read = lambda s: [x for name in s for x in tagged_examples(name, cfg.split)]  # noqa: E731
+    else:
+        fields = (cfg.text_field, cfg.label_field, cfg.split)
+        read = lambda s: [x for name in s for x in text_examples(name, *fields)]  # noqa: E731
+    examples = read(cfg.data)
+    if cfg.task == "tag":  # every sentence's tags, before any is set aside for validation
+        check_bio(examples, source)
+    if cfg.val_data:
+        train, val = examples, read([cfg.val_data])
+    else:
+        order = np.random.default_rng([cfg.seed, 3]).permutation(len(examples))
+        n_val = max(1, int(len(examples) * cfg.val_fraction))
+        train, val = [examples[i] for i in order[n_val:]], [examples[i] for i in order[:n_val]]
+    labels = label_names(cfg.task, train, cfg.label_list(), source)
+    if cfg.task == "tag":
+        train_rows, cut = tag_rows(train, labels, tok, block, source)
+        val_rows, val_cut = tag_rows(val, labels, tok, block, cfg.val_data or source)
+        log(f"data: {len(train_rows):,} training, {len(val_rows):,} validation sentences; {len(labels)} tags; "
+            f"{cut + val_cut:,} longer than the context cut")  # fmt: skip
+        return train_rows, val_rows, labels
+    train_rows = text_rows(train, cfg.task, labels, tok, block, source)
+    val_rows = text_rows(val, cfg.task, labels, tok, block, cfg.val_data or source)
+    long = sum(len(r.ids) >= block for r in train_rows + val_rows)
+    log(f"data: {len(train_rows):,} training, {len(val_rows):,} validation texts; labels "
+        f"{', '.join(labels) or 'none (a score)'}; {long:,} cut to the context of {block}")  # fmt: skip
+    return train_rows, val_rows, labels
+
+
+def _method(cfg: FinetuneConfig, model: nn.Module, fingerprint: str) -> AdapterInfo | None:
+    """Freeze what the method does not train; LoRA's adapter folder records the task and its labels."""
+    if cfg.method == "full":
+        return None
+    if cfg.method == "linear-probe":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("task_head."))
+        return None
+    spec = cfg.lora_spec()
+    add_lora(model, spec)
+    for p in model.task_head.parameters():
+        p.requires_grad_(True)
+    source = str(Path(cfg.base).resolve()) if Path(cfg.base).exists() else cfg.base
+    settings = {**spec.to_dict(), "task": cfg.task, "labels": list(model.config.labels)}
+    base_config = dataclasses.replace(model.config, task=None, labels=[])
+    return AdapterInfo("lora", settings, source, fingerprint, base_config, Path())
+
+
+def _class_weights(cfg: FinetuneConfig, train: list[TaskRow], labels: list[str], log) -> torch.Tensor | None:
+    """--class-weights balanced: n / (classes x count) per class (scikit-learn's); or the given list."""
+    if cfg.class_weights is None:
+        return None
+    if cfg.class_weights == "balanced":
+        counts = Counter(int(r.label) for r in train)  # type: ignore[arg-type]
+        weights = [len(train) / (len(labels) * max(1, counts.get(i, 0))) for i in range(len(labels))]
+    else:
+        try:
+            weights = [float(w) for w in cfg.class_weights.split(",")]
+        except ValueError:
+            weights = []
+        if len(weights) != len(labels) or any(w <= 0 for w in weights):
+            raise LlmlabError(f"--class-weights {cfg.class_weights} is not {len(labels)} positive numbers",
+                              f"give one per label ({', '.join(labels)}) or 'balanced'")  # fmt: skip
+    log("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(labels, weights)))
+    return torch.tensor(weights)

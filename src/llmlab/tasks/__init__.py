@@ -1,0 +1,1 @@
+"""An encoder with a task head at work: classifying texts and tagging words (`llmlab classify`, `tag`)."""
