@@ -84,7 +84,7 @@ def _with_adapter(
             return Checkpoint(ckpt.model, ckpt.tokenizer, generation, ckpt.path)
         spec, qlora = LoraSpec.from_dict(info.settings), info.method == "qlora" and quantize_base
         if info.settings.get("task"):  # a task head trained with the adapter: the head goes on first
-            from llmlab.model.heads import with_task_head
+            from llmlab.model.task_model import with_task_head
 
             model = with_task_head(ckpt.model, info.settings["task"], info.settings.get("labels", []))
             ckpt = Checkpoint(model, ckpt.tokenizer, ckpt.generation, ckpt.path)

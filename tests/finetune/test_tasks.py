@@ -16,7 +16,7 @@ from llmlab.evaluation.head_metrics import entity_scores, macro_f1
 from llmlab.finetune.config import FinetuneConfig
 from llmlab.finetune.recipe import finetune
 from llmlab.load import load_checkpoint
-from llmlab.model.heads import with_task_head
+from llmlab.model.task_model import with_task_head
 from llmlab.tokenizer import train_tokenizer
 from tests.helpers import SAMPLE_TEXT, assert_one_line_error, run_cli, tiny_model
 

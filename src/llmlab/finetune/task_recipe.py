@@ -38,8 +38,8 @@ from llmlab.finetune.task_data import (
     text_rows,
 )
 from llmlab.load import load_checkpoint
-from llmlab.model.heads import with_task_head
 from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.model.task_model import with_task_head
 from llmlab.training.adapter_checkpointing import AdapterCheckpointer
 from llmlab.training.checkpointing import Checkpointer
 from llmlab.training.loop import Job

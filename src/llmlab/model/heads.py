@@ -9,8 +9,6 @@ with the same logits.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -49,16 +47,3 @@ def build_task_head(config: ModelConfig) -> nn.Module | None:
     if config.task is None:
         return None
     return SequenceHead(config) if config.task in SEQUENCE_TASKS else TokenHead(config)
-
-
-def with_task_head(model: nn.Module, task: str, labels: list[str]) -> nn.Module:
-    """A copy of encoder `model` with a fresh `task` head over `labels` and no masked-LM head."""
-    from llmlab.model import build_model
-
-    config = dataclasses.replace(model.config, task=task, labels=list(labels), mlm_head=False)
-    tasked = build_model(config)
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith(("mlm_head.", "task_head."))}
-    missing, unexpected = tasked.load_state_dict(own, strict=False)
-    if unexpected or any(not k.startswith("task_head.") for k in missing):
-        raise RuntimeError(f"the encoder's weights do not fit its task model: {missing[:2]}, {unexpected[:2]}")
-    return tasked
