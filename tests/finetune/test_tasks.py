@@ -174,3 +174,23 @@ def test_bad_task_data_is_one_line_and_writes_nothing(folders, tmp_path, capsys,
                            "2", "--device", "cpu")  # fmt: skip
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_hugging_face_berts_pretrained_pooler_starts_the_head(folders, tmp_path):
+    """As `BertForSequenceClassification.from_pretrained` does: the checkpoint's pooler, a new classifier."""
+    import transformers
+
+    from llmlab.hf.exporter import export_hf
+
+    export_hf(load_checkpoint(folders / "bert"), tmp_path / "mlm")  # the tokenizer files, and the config
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "mlm")
+    torch.manual_seed(0)
+    bare = transformers.BertModel(config)  # with its pooler, as sentence encoders ship
+    bare.save_pretrained(tmp_path / "hf")
+    for file in (tmp_path / "mlm").glob("tokenizer*"):
+        (tmp_path / "hf" / file.name).write_bytes(file.read_bytes())
+    lines = []
+    finetune(options(folders, tmp_path / "out", base=str(tmp_path / "hf"), max_steps=1, lr=1e-12), log=lines.append)
+    assert "head: the checkpoint pooler, a new classifier over 2 output(s)" in lines
+    pooler = load_checkpoint(tmp_path / "out").model.task_head.pooler
+    assert torch.allclose(pooler.weight, bare.pooler.dense.weight, atol=1e-6)

@@ -74,6 +74,7 @@ def prepare_task_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any
     fingerprint = weights_fingerprint(base.model)
     torch.manual_seed(cfg.seed)
     model = with_task_head(base.model.float(), cfg.task, labels).train()
+    _start_pooler(cfg, model, session.log)
     info = _method(cfg, model, fingerprint)
     model.to(session.device)
     forward = session.wrap(_TaskForward(model), cfg.fsdp_mixed_precision, f"{cfg.batch_size} rows per rank")
@@ -104,6 +105,19 @@ class _TaskForward(nn.Module):
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.task_logits(inputs, mask)
+
+
+def _start_pooler(cfg: FinetuneConfig, model: nn.Module, log) -> None:
+    """A sequence head's pooler starts from the base's pretrained one where a Hugging Face BERT has it."""
+    from llmlab.hf.importer import hf_bert_pooler
+    from llmlab.model.heads import SEQUENCE_TASKS
+
+    pooler = hf_bert_pooler(cfg.base) if cfg.task in SEQUENCE_TASKS else None
+    if pooler is not None:
+        model.task_head.pooler.load_state_dict(pooler)
+    if cfg.task in SEQUENCE_TASKS:
+        log(f"head: {'the checkpoint' if pooler is not None else 'a new'} pooler, a new classifier over "
+            f"{model.config.num_labels} output(s)")  # fmt: skip
 
 
 def _load_encoder(cfg: FinetuneConfig) -> Checkpoint:

@@ -218,3 +218,18 @@ def import_hf(source: str | Path, out: str | Path) -> Checkpoint:
     ckpt = load_hf(source)
     save_checkpoint(out, ckpt.model, ckpt.tokenizer, ckpt.generation)
     return ckpt
+
+
+def hf_bert_pooler(source: str | Path) -> dict[str, torch.Tensor] | None:
+    """A Hugging Face BERT checkpoint's pretrained pooler (dense layer over [CLS]), which llmlab's encoder
+    does not keep but a sequence-classification head starts from, as `BertForSequenceClassification`
+    does; None for other sources or a checkpoint without one."""
+    if not is_hf_source(source):
+        return None
+    folder = resolve_folder(source)
+    arch, _ = read_hf_config(folder)
+    if arch.name != "bert":
+        return None
+    state = _normalise(arch, read_hf_weights(folder))
+    names = {"weight": "bert.pooler.dense.weight", "bias": "bert.pooler.dense.bias"}
+    return {k: state[v].float() for k, v in names.items()} if all(v in state for v in names.values()) else None
