@@ -169,7 +169,7 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
     elif args.task == "sentiment":
         from llmlab.evaluation.tasks import sentiment_task
 
-        items = [(r["text"], r["label"]) for r in sentiment_task().test]
+        items = [(r["text"], r["label"]) for r in sentiment_task().examples]
     else:
         from llmlab.finetune.task_data import text_examples
 

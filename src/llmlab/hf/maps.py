@@ -369,6 +369,7 @@ def bert_config(hf: dict[str, Any]) -> ModelConfig:
         embed_norm=True,
         type_vocab_size=hf.get("type_vocab_size", 2),
         mlm_head=any(a in ("BertForMaskedLM", "BertForPreTraining") for a in architectures),
+        dropout=float(hf.get("hidden_dropout_prob", 0.0)),  # what fine-tuning trains with (BERT: 0.1)
         task=task,
         labels=labels,
     )
