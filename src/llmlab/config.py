@@ -122,7 +122,7 @@ class ModelConfig:
     mlm_head: bool = True  # encoder: the masked-LM head (False for a bare BertModel, e.g. sentence encoders)
     scale_decoder_outputs: bool | None = None  # encoder-decoder: x / sqrt(d) before the head; None = iff tied (T5)
     rope_scaling: dict[str, Any] | None = None  # Llama 3 style or linear frequency scaling, as in HF configs
-    task: str | None = None  # encoder: a task head, one of TASKS (classify, multilabel, regress, tag)
+    task: str | None = None  # a task head, one of TASKS (encoders: all; decoders: all but tag)
     labels: list[str] = dataclasses.field(default_factory=list)  # the task head's outputs, in order
 
     def __post_init__(self) -> None:
@@ -199,8 +199,9 @@ class ModelConfig:
             return
         if self.task not in TASKS:
             raise bad(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.family != "encoder":
-            raise bad(f"task heads are for encoders, not family {self.family!r}")
+        if self.family == "encoder-decoder" or (self.family == "decoder" and self.task == "tag"):
+            raise bad(f"a {self.task} head is for encoders{'' if self.task == 'tag' else ' and decoders'}, "
+                      f"not family {self.family!r}")  # fmt: skip
         if self.task != "regress" and len(self.labels) < 2:
             raise bad(f"a {self.task} head needs at least two labels, got {len(self.labels)}")
         if len(set(self.labels)) != len(self.labels):

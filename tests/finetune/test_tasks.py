@@ -149,6 +149,8 @@ def _write(path, text: str):
         ("qlora", "--method qlora is not for --task"),
         ("decoder", "puts a head on an encoder"),
         ("weights", "is not 2 positive numbers"),
+        ("template", "--template is for instruction tuning"),
+        ("field-without-task", "--text-field is for --task"),
     ],
 )
 def test_bad_task_data_is_one_line_and_writes_nothing(folders, tmp_path, capsys, case, fragment):
@@ -160,15 +162,17 @@ def test_bad_task_data_is_one_line_and_writes_nothing(folders, tmp_path, capsys,
         "not-bio": ["--task", "tag", "--data", _write(tmp_path / "t.conll", "EU ORG\n\nx O\n")],
         "no-field": ["--data", reviews, "--text-field", "review"],
         "qlora": ["--data", reviews, "--method", "qlora"],
-        "decoder": ["--data", reviews, "--base-override"],
+        "decoder": ["--task", "tag", "--data", str(folders / "train.conll"), "--base-override"],
         "weights": ["--data", reviews, "--class-weights", "1,2,3"],
+        "template": ["--data", reviews, "--template", "sentiment"],
+        "field-without-task": ["--data", reviews, "--text-field", "review", "--method", "lora"],
     }[case]
     base = folders / "bert"
     if case == "decoder":
         tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
         save_checkpoint(tmp_path / "gpt", tiny_model("gpt2", vocab_size=tok.vocab_size), tok)
         base, args = tmp_path / "gpt", args[:-1]
-    task = [] if "--task" in args else ["--task", "classify"]
+    task = [] if "--task" in args or case == "field-without-task" else ["--task", "classify"]
     method = [] if "--method" in args else ["--method", "full"]
     code, _, err = run_cli(capsys, "finetune", base, *task, *method, *args, "--out", tmp_path / "out", "--max-steps",
                            "2", "--device", "cpu")  # fmt: skip
@@ -194,3 +198,14 @@ def test_a_hugging_face_berts_pretrained_pooler_starts_the_head(folders, tmp_pat
     assert "head: the checkpoint pooler, a new classifier over 2 output(s)" in lines
     pooler = load_checkpoint(tmp_path / "out").model.task_head.pooler
     assert torch.allclose(pooler.weight, bare.pooler.dense.weight, atol=1e-6)
+
+
+def test_a_decoder_classifies_with_its_last_token(folders, tmp_path, capsys):
+    tok = train_tokenizer([SAMPLE_TEXT, "good great fine bad awful dull movie"], kind="char", family="decoder")
+    save_checkpoint(tmp_path / "gpt", tiny_model("gpt2", vocab_size=tok.vocab_size, block_size=64), tok)
+    finetune(options(folders, tmp_path / "cls", base=str(tmp_path / "gpt")), log=_quiet)
+    model = load_checkpoint(tmp_path / "cls").model
+    assert model.config.family == "decoder" and model.config.task == "classify"
+    code, out, _ = run_cli(capsys, "classify", tmp_path / "cls", "--text", "fine movie", "--text", "awful movie",
+                           "--json")  # fmt: skip
+    assert code == 0 and [json.loads(line)["labels"] for line in out.splitlines()] == [["pos"], ["neg"]]

@@ -55,10 +55,42 @@ def test_task_heads_export_with_transformers_logits_and_import_back(task, tmp_pa
 def test_task_heads_are_checked():
     with pytest.raises(LlmlabError, match="at least two labels"):
         ModelConfig.from_preset("bert-nano", task="classify", labels=["only"])
-    with pytest.raises(LlmlabError, match="task heads are for encoders"):
-        ModelConfig.from_preset("gpt2-nano", task="classify", labels=["a", "b"])
+    with pytest.raises(LlmlabError, match="a tag head is for encoders, not family 'decoder'"):
+        ModelConfig.from_preset("gpt2-nano", task="tag", labels=["O", "B-X"])
+    with pytest.raises(LlmlabError, match="is for encoders and decoders, not family 'encoder-decoder'"):
+        ModelConfig.from_preset("t5-nano", task="classify", labels=["a", "b"])
     with pytest.raises(LlmlabError, match="task must be one of"):
         ModelConfig.from_preset("bert-nano", task="summarise", labels=["a", "b"])
     with pytest.raises(LlmlabError, match="no task head"):
         encoder = build_model(ModelConfig.from_preset("bert-nano", vocab_size=32))
         encoder.task_logits(torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("preset,task,labels", [("gpt2-nano", "classify", ["no", "yes"]),
+                                                ("llama-nano", "regress", [])])  # fmt: skip
+def test_a_decoders_last_token_head_exports_with_transformers_logits(preset, task, labels, tmp_path):
+    """GPT-2 / Llama `...ForSequenceClassification`: `score` on each row's last real token."""
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(preset, vocab_size=tokenizer.vocab_size, n_layer=2, block_size=64, task=task,
+                                     labels=labels, tie_embeddings=preset.startswith("gpt2"))  # fmt: skip
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    hf_config = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
+    prefix = "GPT2" if preset.startswith("gpt2") else "Llama"
+    assert hf_config.architectures == [f"{prefix}ForSequenceClassification"]
+    theirs = getattr(transformers, f"{prefix}ForSequenceClassification").from_pretrained(tmp_path / "hf").eval()
+    pad = hf_config.pad_token_id
+    x = torch.randint(0, tokenizer.vocab_size - 1, (3, 16))
+    x[x >= pad] += 1  # any token but the pad, which is how transformers finds each row's end
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[0, 9:] = False  # right padding, as llmlab batches rows
+    x[~mask] = pad
+    with torch.no_grad():
+        ours, expected = model.task_logits(x, mask), theirs(input_ids=x).logits
+    assert ours.shape == expected.shape == (3, max(1, len(labels)))
+    assert (ours - expected).abs().max() <= 1e-4
+    back = import_hf(tmp_path / "hf", tmp_path / "back")
+    assert back.model.config.task == task and back.model.config.labels == labels
+    assert torch.equal(back.model.task_head.score.weight, model.task_head.score.weight)

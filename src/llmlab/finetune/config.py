@@ -135,3 +135,11 @@ class FinetuneConfig(TrainerConfig, MethodOptions, TaskOptions, FinetuneData):
                               f"use one of {', '.join(TASK_METHODS)}")  # fmt: skip
         if self.task is None and self.method == "linear-probe":
             raise LlmlabError("--method linear-probe trains a task head", "add --task classify or --task tag")
+        instruction = {"--format": self.format, "--template": self.template, "--train-on-prompt": self.train_on_prompt,
+                       "--drop-long": self.drop_long}  # fmt: skip
+        task_only = {"--text-field": self.text_field != "text", "--label-field": self.label_field != "label",
+                     "--labels": self.labels, "--class-weights": self.class_weights}  # fmt: skip
+        given = [flag for flag, value in (instruction if self.task else task_only).items() if value]
+        if given:
+            what = "instruction tuning" if self.task else "--task"
+            raise LlmlabError(f"{given[0]} is for {what}", "leave it out")

@@ -74,14 +74,25 @@ def label_names(task: str, train: list, given: list[str], source: str) -> list[s
     return labels
 
 
-def text_rows(examples: list[TextExample], task: str, labels: list[str], tok: TextTokenizer, block: int,
-              source: str) -> list[TaskRow]:  # fmt: skip
-    """[CLS] text [SEP] rows, cut at the end to `block`, with the label encoded for the task."""
-    index = {name: i for i, name in enumerate(labels)}
+def text_ids(tok: TextTokenizer, family: str, ids: list[int], block: int) -> list[int]:
+    """A text as a classifier reads it, cut at the end to `block`: [CLS] text [SEP] (encoder), or the
+    tokenizer's prefix and the text (decoder: its head reads the last token)."""
+    if family == "decoder":
+        prefix = list(tok.prefix_ids)
+        return [*prefix, *ids[: block - len(prefix)]]
     cls, sep = tok.require("cls", "to read text"), tok.require("sep", "to read text")
+    return [cls, *ids[: block - 2], sep]
+
+
+def text_rows(examples: list[TextExample], task: str, labels: list[str], tok: TextTokenizer, family: str,
+              block: int, source: str) -> list[TaskRow]:  # fmt: skip
+    """One row per text (see `text_ids`) with its label encoded for the task."""
+    index = {name: i for i, name in enumerate(labels)}
     rows = []
     for example, ids in zip(examples, tok.encode_batch([e.text for e in examples])):
-        rows.append(TaskRow([cls, *ids[: block - 2], sep], _encode_label(example.label, task, index, source)))
+        if not ids:
+            raise LlmlabError(f"{source}: the text of a record is empty", "give every record some text")
+        rows.append(TaskRow(text_ids(tok, family, ids, block), _encode_label(example.label, task, index, source)))
     return rows
 
 

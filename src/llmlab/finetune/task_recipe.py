@@ -89,7 +89,7 @@ def prepare_task_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any
     else:
         checkpointer = AdapterCheckpointer(out, base.tokenizer, base.generation, session.ctx, session.log, info)
     trainable, total = trainable_counts(model)
-    description = (f"model: {cfg.base} (encoder) + a {cfg.task} head over {len(labels) or 1} output(s), "
+    description = (f"model: {cfg.base} ({model.config.family}) + a {cfg.task} head over {len(labels) or 1} output(s), "
                    f"method {cfg.method}: {trainable:,} of {total:,} parameters train "
                    f"({100 * trainable / total:.2f}%); context {block}")  # fmt: skip
     return Job(model=model, forward=forward, batches=batches, loss=loss, checkpointer=checkpointer,
@@ -112,20 +112,23 @@ def _start_pooler(cfg: FinetuneConfig, model: nn.Module, log) -> None:
     from llmlab.hf.importer import hf_bert_pooler
     from llmlab.model.heads import SEQUENCE_TASKS
 
-    pooler = hf_bert_pooler(cfg.base) if cfg.task in SEQUENCE_TASKS else None
+    if cfg.task not in SEQUENCE_TASKS or model.config.family != "encoder":
+        return
+    pooler = hf_bert_pooler(cfg.base)
     if pooler is not None:
         model.task_head.pooler.load_state_dict(pooler)
-    if cfg.task in SEQUENCE_TASKS:
-        log(f"head: {'the checkpoint' if pooler is not None else 'a new'} pooler, a new classifier over "
-            f"{model.config.num_labels} output(s)")  # fmt: skip
+    log(f"head: {'the checkpoint' if pooler is not None else 'a new'} pooler, a new classifier over "
+        f"{model.config.num_labels} output(s)")  # fmt: skip
 
 
 def _load_encoder(cfg: FinetuneConfig) -> Checkpoint:
     base = load_checkpoint(cfg.base)
     if (base.path / "config.json").is_file() and read_quantization(base.path):
         raise LlmlabError(f"{cfg.base} is quantized", "fine-tune the full-precision checkpoint")
-    if base.model.config.family != "encoder":
-        raise LlmlabError(f"--task {cfg.task} puts a head on an encoder; {cfg.base} is a {base.model.config.family}",
+    family = base.model.config.family
+    if family == "encoder-decoder" or (family == "decoder" and cfg.task == "tag"):
+        where = "an encoder" if cfg.task == "tag" else "an encoder or a decoder"
+        raise LlmlabError(f"--task {cfg.task} puts a head on {where}; {cfg.base} is a {family}",
                           "use a BERT-like encoder (from llmlab pretrain --family encoder, or a BERT)")  # fmt: skip
     if cfg.eval_forgetting or cfg.forgetting_task or cfg.packing or cfg.merge:
         raise LlmlabError("--eval-forgetting, --forgetting-task, --packing and --merge are for instruction tuning",
@@ -157,8 +160,9 @@ def _rows(cfg: FinetuneConfig, base: Checkpoint, block: int, log) -> tuple[list[
         log(f"data: {len(train_rows):,} training, {len(val_rows):,} validation sentences; {len(labels)} tags; "
             f"{cut + val_cut:,} longer than the context cut")  # fmt: skip
         return train_rows, val_rows, labels
-    train_rows = text_rows(train, cfg.task, labels, tok, block, source)
-    val_rows = text_rows(val, cfg.task, labels, tok, block, cfg.val_data or source)
+    family = base.model.config.family
+    train_rows = text_rows(train, cfg.task, labels, tok, family, block, source)
+    val_rows = text_rows(val, cfg.task, labels, tok, family, block, cfg.val_data or source)
     long = sum(len(r.ids) >= block for r in train_rows + val_rows)
     log(f"data: {len(train_rows):,} training, {len(val_rows):,} validation texts; labels "
         f"{', '.join(labels) or 'none (a score)'}; {long:,} cut to the context of {block}")  # fmt: skip

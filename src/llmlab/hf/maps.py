@@ -57,7 +57,7 @@ def gpt2_names(c: ModelConfig) -> Names:
         )
         for p in ("weight", "bias")
     }
-    return {
+    names = {
         **_single(
             {
                 "embed.weight": "transformer.wte.weight",
@@ -68,6 +68,7 @@ def gpt2_names(c: ModelConfig) -> Names:
         ),
         **_stack("decoder", "transformer.h", c.n_layer, block),
     }
+    return task_names(c, names)
 
 
 def gpt2_config(hf: dict[str, Any]) -> ModelConfig:
@@ -85,6 +86,7 @@ def gpt2_config(hf: dict[str, Any]) -> ModelConfig:
         bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True),
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        **_task_fields(hf),
     )
 
 
@@ -102,6 +104,7 @@ def gpt2_hf_config(c: ModelConfig) -> dict[str, Any]:
         embd_pdrop=c.dropout,
         attn_pdrop=c.dropout,
         tie_word_embeddings=True,
+        **task_hf_config(c),
     )
 
 
@@ -128,7 +131,7 @@ def llama_names(c: ModelConfig) -> Names:
     }
     if not c.tie_embeddings:
         names["lm_head.weight"] = ("lm_head.weight",)
-    return names
+    return task_names(c, names)
 
 
 def llama_config(hf: dict[str, Any]) -> ModelConfig:
@@ -155,6 +158,7 @@ def llama_config(hf: dict[str, Any]) -> ModelConfig:
         rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
         rope_scaling=dict(scaling) if scaling else None,
         norm_eps=hf.get("rms_norm_eps", 1e-6),
+        **_task_fields(hf),
     )
 
 
@@ -173,6 +177,7 @@ def llama_hf_config(c: ModelConfig) -> dict[str, Any]:
         rope_parameters=rope,
         attention_dropout=c.dropout,
         tie_word_embeddings=c.tie_embeddings,
+        **task_hf_config(c),
     )
 
 
@@ -221,7 +226,7 @@ def t5_names(c: ModelConfig) -> Names:
     }
     if not c.tie_embeddings:
         names["lm_head.weight"] = ("lm_head.weight",)
-    return names
+    return task_names(c, names)
 
 
 def t5_config(hf: dict[str, Any]) -> ModelConfig:
@@ -307,13 +312,8 @@ def bert_names(c: ModelConfig) -> Names:
     }
     if c.type_vocab_size:
         names["type_embed.weight"] = ("bert.embeddings.token_type_embeddings.weight",)
-    if c.task is not None:
-        head = {"task_head.classifier.weight": "classifier.weight", "task_head.classifier.bias": "classifier.bias"}
-        if c.task in SEQUENCE_TASKS:
-            head.update({"task_head.pooler.weight": "bert.pooler.dense.weight",
-                         "task_head.pooler.bias": "bert.pooler.dense.bias"})  # fmt: skip
-        names.update(_single(head))
-    if c.mlm_head:
+    names = task_names(c, names)
+    if c.mlm_head and c.task is None:
         names.update(
             _single(
                 {
@@ -329,28 +329,47 @@ def bert_names(c: ModelConfig) -> Names:
 
 
 # transformers' head classes and problem types <-> our task heads
-BERT_TASK_CLASSES = {"BertForSequenceClassification": "classify", "BertForTokenClassification": "tag"}
+TASK_CLASS_SUFFIXES = {"ForSequenceClassification": "classify", "ForTokenClassification": "tag"}
 PROBLEM_TYPES = {"multi_label_classification": "multilabel", "regression": "regress"}
+CLASS_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "llama": "Llama"}
 
 
-def bert_task(hf: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """The task head a BERT config.json describes and its labels (id2label in id order), or (None, [])."""
-    task = next((BERT_TASK_CLASSES[a] for a in hf.get("architectures") or [] if a in BERT_TASK_CLASSES), None)
+def hf_task(hf: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The task head a config.json describes and its labels (id2label in id order), or (None, [])."""
+    task = next((t for a in hf.get("architectures") or [] for suffix, t in TASK_CLASS_SUFFIXES.items()
+                 if a.endswith(suffix)), None)  # fmt: skip
     if task is None:
         return None, []
     if task == "classify":
         task = PROBLEM_TYPES.get(hf.get("problem_type") or "", "classify")
     id2label = hf.get("id2label") or {}
-    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(hf.get("num_labels",
-              len(id2label) or 2))]  # fmt: skip
-    if task == "regress" and len(labels) == 1:
-        labels = []
-    return task, labels
+    count = hf.get("num_labels", len(id2label) or 2)
+    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
+    return task, ([] if task == "regress" and len(labels) == 1 else labels)
+
+
+def _task_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    task, labels = hf_task(hf)
+    return {"task": task, "labels": labels} if task else {}
+
+
+def task_names(c: ModelConfig, names: Names) -> Names:
+    """A task head's tensors under transformers' names: BERT's pooler and classifier, a decoder's score."""
+    if c.task is None:
+        return names
+    if c.family == "decoder":
+        head = {"task_head.score.weight": "score.weight"}
+        names.pop("lm_head.weight", None)  # a sequence classifier has no language-model head
+    else:
+        head = {"task_head.classifier.weight": "classifier.weight", "task_head.classifier.bias": "classifier.bias"}
+        if c.task in SEQUENCE_TASKS:
+            head.update({"task_head.pooler.weight": "bert.pooler.dense.weight",
+                         "task_head.pooler.bias": "bert.pooler.dense.bias"})  # fmt: skip
+    return {**names, **_single(head)}
 
 
 def bert_config(hf: dict[str, Any]) -> ModelConfig:
     architectures = hf.get("architectures") or ["BertForMaskedLM"]
-    task, labels = bert_task(hf)
     return ModelConfig(
         family="encoder",
         vocab_size=hf["vocab_size"],
@@ -370,8 +389,7 @@ def bert_config(hf: dict[str, Any]) -> ModelConfig:
         type_vocab_size=hf.get("type_vocab_size", 2),
         mlm_head=any(a in ("BertForMaskedLM", "BertForPreTraining") for a in architectures),
         dropout=float(hf.get("hidden_dropout_prob", 0.0)),  # what fine-tuning trains with (BERT: 0.1)
-        task=task,
-        labels=labels,
+        **_task_fields(hf),
     )
 
 
@@ -388,11 +406,11 @@ def bert_hf_config(c: ModelConfig) -> dict[str, Any]:
         layer_norm_eps=c.norm_eps,
         hidden_dropout_prob=c.dropout,
         attention_probs_dropout_prob=c.dropout,
-        **bert_task_config(c),
+        **task_hf_config(c),
     )
 
 
-def bert_task_config(c: ModelConfig) -> dict[str, Any]:
+def task_hf_config(c: ModelConfig) -> dict[str, Any]:
     """id2label, label2id, num_labels and problem_type for a task head; nothing without one."""
     if c.task is None:
         return {}
@@ -406,9 +424,10 @@ def bert_task_config(c: ModelConfig) -> dict[str, Any]:
 
 def hf_class(arch: Architecture, config: ModelConfig) -> str:
     """The transformers class an export of `config` loads as: the architecture's, or a task head's."""
-    if arch.name == "bert" and config.task is not None:
-        return "BertForTokenClassification" if config.task == "tag" else "BertForSequenceClassification"
-    return arch.hf_class
+    if config.task is None:
+        return arch.hf_class
+    return CLASS_PREFIXES[arch.name] + ("ForTokenClassification" if config.task == "tag" else
+                                        "ForSequenceClassification")  # fmt: skip
 
 
 def _activation(name: str) -> str:

@@ -10,8 +10,11 @@ from llmlab.model import build_model
 
 
 def with_task_head(model: nn.Module, task: str, labels: list[str]) -> nn.Module:
-    """A copy of encoder `model` with a fresh `task` head over `labels` and no masked-LM head."""
-    config = dataclasses.replace(model.config, task=task, labels=list(labels), mlm_head=False)
+    """A copy of `model` with a fresh `task` head over `labels` (an encoder loses its masked-LM head; a
+    decoder keeps its language-model head, unused by the task)."""
+    encoder = model.config.family == "encoder"
+    config = dataclasses.replace(model.config, task=task, labels=list(labels),
+                                 mlm_head=False if encoder else model.config.mlm_head)  # fmt: skip
     tasked = build_model(config)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(("mlm_head.", "task_head."))}
     missing, unexpected = tasked.load_state_dict(own, strict=False)

@@ -69,9 +69,18 @@ class DecoderLM(LanguageModel):
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
         self.decoder = Stack(config, config.n_layer, causal=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.task_head = build_task_head(config)
         self._init(config, config.n_layer)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+
+    def task_logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The sequence head's logits (B, labels) at each row's last real token (rows right-padded)."""
+        if self.task_head is None:
+            raise LlmlabError("this decoder has no task head", "fine-tune it with --task classify first")
+        last = (attention_mask.sum(dim=1) - 1 if attention_mask is not None
+                else torch.full((idx.shape[0],), idx.shape[1] - 1, device=idx.device))  # fmt: skip
+        return self.task_head(self.hidden_states(idx), last)
 
     def hidden_states(
         self,

@@ -11,6 +11,7 @@ from llmlab.data.collate import pad_rows
 from llmlab.data.tagging import bio_spans
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
+from llmlab.finetune.task_data import text_ids
 from llmlab.model import LanguageModel
 from llmlab.tokenizer import TextTokenizer
 
@@ -55,11 +56,10 @@ def classify_texts(model: LanguageModel, tokenizer: TextTokenizer, texts: list[s
     task = _require_task(model, ("classify", "multilabel", "regress"), "classify")
     if not texts:
         raise LlmlabError("no text to classify", "pass --text (repeatable) or --file")
-    cls, sep = tokenizer.require("cls", "to read text"), tokenizer.require("sep", "to read text")
-    block, labels, results = model.config.block_size, model.config.labels, []
+    block, labels, results, family = model.config.block_size, model.config.labels, [], model.config.family
     for first in range(0, len(texts), batch_size):
         chunk = texts[first : first + batch_size]
-        rows = [[cls, *ids[: block - 2], sep] for ids in tokenizer.encode_batch(chunk)]
+        rows = [text_ids(tokenizer, family, ids, block) for ids in tokenizer.encode_batch(chunk)]
         ids, mask = pad_rows(rows, family_spec(model.config).pad_id(tokenizer))
         logits = model.task_logits(ids.to(model.device), mask.to(model.device)).float().cpu()
         for text, row in zip(chunk, logits):
