@@ -19,6 +19,7 @@ from llmlab.model import DecoderLM, EncoderDecoderLM, EncoderLM, build_model
 from llmlab.model.lora import LoraSpec, add_lora, merge_lora
 from llmlab.pretrain.config import PretrainConfig, TrainConfig
 from llmlab.pretrain.recipe import train
+from llmlab.tasks.predict import classify_texts, tag_text, tag_words
 from llmlab.tokenizer import TextTokenizer, train_tokenizer
 from llmlab.training.loop import TrainResult
 
@@ -43,11 +44,14 @@ __all__ = [
     "TrainResult",
     "add_lora",
     "build_model",
+    "classify_texts",
     "finetune",
     "load_checkpoint",
     "merge_lora",
     "merged_with_adapter",
     "save_checkpoint",
+    "tag_text",
+    "tag_words",
     "train",
     "train_tokenizer",
 ]

@@ -209,3 +209,23 @@ def test_a_decoder_classifies_with_its_last_token(folders, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "classify", tmp_path / "cls", "--text", "fine movie", "--text", "awful movie",
                            "--json")  # fmt: skip
     assert code == 0 and [json.loads(line)["labels"] for line in out.splitlines()] == [["pos"], ["neg"]]
+
+
+def test_multilabel_and_regression_heads_learn_and_are_scored(folders, tmp_path, capsys):
+    rng = random.Random(2)
+    tags = [[], ["red"], ["blue"], ["red", "blue"]]
+    multi = [{"text": " ".join(["a", *t, "b"]), "label": t} for t in (rng.choice(tags) for _ in range(120))]
+    (tmp_path / "multi.jsonl").write_text("".join(json.dumps(r) + "\n" for r in multi))
+    finetune(options(folders, tmp_path / "multi", task="multilabel", data=[str(tmp_path / "multi.jsonl")],
+                     max_steps=300, eval_interval=300), log=_quiet)  # fmt: skip
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "multi", "--task", tmp_path / "multi.jsonl", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["metrics"]["exact_match"] >= 0.95 and report["metrics"]["micro_f1"] >= 0.95
+    assert set(report["per_label"]) == {"blue", "red"}
+    scores = [{"text": "a " * n, "label": float(n)} for n in rng.choices(range(1, 6), k=120)]
+    (tmp_path / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores))
+    finetune(options(folders, tmp_path / "reg", task="regress", data=[str(tmp_path / "scores.jsonl")],
+                     max_steps=300, eval_interval=300), log=_quiet)  # fmt: skip
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "reg", "--task", tmp_path / "scores.jsonl", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["metrics"]["pearson"] >= 0.9 and report["metrics"]["mse"] < 0.5

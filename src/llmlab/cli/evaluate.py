@@ -156,12 +156,9 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
     records with --input-field and --label-field."""
     import random
 
-    from llmlab.evaluation.head_eval import evaluate_classifier, evaluate_tagger, plot_confusion
+    from llmlab.evaluation import head_eval
 
     head = ckpt.model.config.task
-    if head not in ("classify", "tag"):
-        raise LlmlabError(f"evaluate scores classify and tag heads; this model has a {head} head",
-                          "score its predictions with llmlab classify --json")  # fmt: skip
     if head == "tag":
         from llmlab.finetune.task_data import tagged_examples
 
@@ -173,18 +170,23 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
     else:
         from llmlab.finetune.task_data import text_examples
 
-        items = [(e.text, str(e.label)) for e in text_examples(args.task, args.input_field, args.label_field)]
+        items = [(e.text, _gold(e.label, head)) for e in text_examples(args.task, args.input_field, args.label_field)]
     if args.limit and args.limit < len(items):
         items = random.Random(args.seed).sample(items, args.limit)
     if head == "tag":
-        report = evaluate_tagger(ckpt.model, ckpt.tokenizer, items, args.seed)
+        report = head_eval.evaluate_tagger(ckpt.model, ckpt.tokenizer, items, args.seed)
     else:
-        report = evaluate_classifier(ckpt.model, ckpt.tokenizer, [t for t, _ in items], [g for _, g in items],
-                                     args.seed)  # fmt: skip
+        scorer = {"classify": head_eval.evaluate_classifier, "multilabel": head_eval.evaluate_multilabel,
+                  "regress": head_eval.evaluate_regressor}[head]  # fmt: skip
+        report = scorer(ckpt.model, ckpt.tokenizer, [t for t, _ in items], [g for _, g in items], args.seed)
     name = Path(args.task).stem
     out = _output_folder(args, "eval", name)
     (out / "results.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
-    plot = plot_confusion(report, out / "confusion.png", f"{name}: {args.checkpoint}") if head == "classify" else None
+    plot = (
+        head_eval.plot_confusion(report, out / "confusion.png", f"{name}: {args.checkpoint}")
+        if head == "classify"
+        else None
+    )
     if args.json:
         print(json.dumps(dataclasses.asdict(report)))
         return
@@ -192,11 +194,24 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
     print_table(rows, ["metric", "value", "95% interval"])
     rows = [[k, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"]]
             for k, s in report.per_label.items()]  # fmt: skip
-    print_table(rows, ["label" if head == "classify" else "entity", "precision", "recall", "f1", "support"])
+    if rows:
+        print_table(rows, ["entity" if head == "tag" else "label", "precision", "recall", "f1", "support"])
     if head == "classify":
         matrix = [[f"true {n}", *row] for n, row in zip(report.labels, report.confusion)]
         print_table(matrix, ["", *(f"predicted {n}" for n in report.labels)])
     print(f"{report.examples} examples; results: {out / 'results.json'}" + (f", plot: {plot}" if plot else ""))
+
+
+def _gold(value: object, head: str) -> object:
+    """A record's label as the head's scorer takes it: a name, a list of names, or a number."""
+    if head == "multilabel":
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    if head == "regress":
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise LlmlabError(f"the score {value!r} is not a number", "give numeric labels") from None
+    return str(value)
 
 
 def _interval(bounds: tuple[float, float] | None) -> str:

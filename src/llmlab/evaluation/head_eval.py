@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmlab.data.tagging import TaggedSentence
 from llmlab.errors import LlmlabError
-from llmlab.evaluation.head_metrics import confusion_matrix, entity_scores, macro_f1, per_label
+from llmlab.evaluation.head_metrics import confusion_matrix, entity_scores, macro_f1, per_label, prf
 from llmlab.evaluation.metrics import bootstrap_interval, bootstrap_statistic
 from llmlab.model import LanguageModel
 from llmlab.tasks.predict import classify_texts, tag_words
@@ -63,6 +63,52 @@ def evaluate_tagger(model: LanguageModel, tokenizer: TextTokenizer, sentences: l
                "tag_accuracy": sum(hits) / len(hits)}  # fmt: skip
     intervals = {"entity_f1": bootstrap_statistic(pairs, f1, seed), "tag_accuracy": bootstrap_interval(hits, seed)}
     return HeadReport("tag", len(sentences), metrics, intervals, {k: vars(s) for k, s in scores.items()})
+
+
+def evaluate_multilabel(model: LanguageModel, tokenizer: TextTokenizer, texts: list[str], gold: list[list[str]],
+                        seed: int = 0) -> HeadReport:  # fmt: skip
+    """Micro-F1 over every (text, label) decision, macro-F1 over labels, and exact match."""
+    labels = model.config.labels
+    unknown = sorted({g for names in gold for g in names if g not in labels})
+    if unknown:
+        raise LlmlabError(f"the evaluation data has the label {unknown[0]!r}, which the classifier never learned "
+                          f"({', '.join(labels)})", "evaluate on data with the trained labels")  # fmt: skip
+    guess = [set(r.labels) for r in classify_texts(model, tokenizer, texts)]
+    pairs = list(zip([set(g) for g in gold], guess))
+
+    def counts(items, label=None) -> tuple[int, int, int]:
+        chosen = [label] if label else labels
+        correct = sum(len(g & p & set(chosen)) for g, p in items)
+        return correct, sum(len(p & set(chosen)) for _, p in items), sum(len(g & set(chosen)) for g, _ in items)
+
+    micro = lambda items: prf(*counts(items)).f1  # noqa: E731
+    per = {name: prf(*counts(pairs, name)) for name in labels}
+    exact = [float(g == p) for g, p in pairs]
+    metrics = {"micro_f1": micro(pairs), "macro_f1": sum(v.f1 for v in per.values()) / len(per),
+               "exact_match": sum(exact) / len(exact)}  # fmt: skip
+    intervals = {"micro_f1": bootstrap_statistic(pairs, micro, seed), "exact_match": bootstrap_interval(exact, seed)}
+    return HeadReport("multilabel", len(texts), metrics, intervals, {k: vars(v) for k, v in per.items()}, list(labels))
+
+
+def evaluate_regressor(model: LanguageModel, tokenizer: TextTokenizer, texts: list[str], gold: list[float],
+                       seed: int = 0) -> HeadReport:  # fmt: skip
+    """Mean squared and absolute error, and Pearson's correlation of predicted and true scores."""
+    guess = [r.scores["score"] for r in classify_texts(model, tokenizer, texts)]
+    squared = [(g - p) ** 2 for g, p in zip(gold, guess)]
+    pairs = list(zip(gold, guess))
+    metrics = {"mse": sum(squared) / len(squared), "mae": sum(abs(g - p) for g, p in pairs) / len(pairs),
+               "pearson": _pearson(pairs)}  # fmt: skip
+    intervals = {"mse": bootstrap_interval(squared, seed), "pearson": bootstrap_statistic(pairs, _pearson, seed)}
+    return HeadReport("regress", len(texts), metrics, intervals, {})
+
+
+def _pearson(pairs: list[tuple[float, float]]) -> float:
+    import numpy as np
+
+    x, y = np.array(pairs, dtype=np.float64).T
+    if x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 def plot_confusion(report: HeadReport, out: Path, title: str) -> Path:
