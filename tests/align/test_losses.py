@@ -1,0 +1,98 @@
+"""The preference losses against TRL's DPOTrainer on the same log-probabilities (its own `_compute_loss`,
+fed precomputed reference log-probs and a stand-in model that returns the given per-token log-probs),
+and the reference-free ones against their papers' formulas written out by hand."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmlab.align.losses import PairLogps, completion_logps, preference_loss, preference_metrics
+
+B, L = 6, 9
+
+
+def _pairs(seed: int = 0):
+    """Per-token policy log-probs (2B, L) for [chosen; rejected], completion masks, and reference sums."""
+    g = torch.Generator().manual_seed(seed)
+    per_token = -torch.rand(2 * B, L, generator=g) * 3
+    mask = torch.zeros(2 * B, L + 1, dtype=torch.long)
+    for row in range(2 * B):
+        start = int(torch.randint(1, 4, (1,), generator=g))
+        mask[row, start + 1 : start + 1 + int(torch.randint(2, L - 3, (1,), generator=g))] = 1
+    reference = -torch.rand(2 * B, generator=g) * 10
+    return per_token, mask, reference
+
+
+def _trl_loss(loss_type: str, beta: float, per_token: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor):
+    """TRL's own DPOTrainer._compute_loss on these tensors, and the metrics it logged."""
+    trl = pytest.importorskip("trl", reason="pip install trl (a dev dependency)")
+    shift = mask[:, 1:]
+    log_probs = per_token * shift  # TRL's fused head zeroes the positions without a label
+    zeros = torch.zeros_like(log_probs)
+    outputs = SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+    trainer = trl.DPOTrainer.__new__(trl.DPOTrainer)
+    identity = lambda t: t  # noqa: E731
+    trainer.__dict__.update(
+        model=SimpleNamespace(training=True), accelerator=SimpleNamespace(device="cpu", gather=identity,
+        gather_for_metrics=identity), aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
+        f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=0.0,
+        use_weighting=False, _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
+    )  # fmt: skip
+    inputs = {"input_ids": torch.zeros_like(mask), "attention_mask": torch.ones_like(mask), "completion_mask": mask,
+              "ref_chosen_logps": reference[:B], "ref_rejected_logps": reference[B:]}  # fmt: skip
+    loss = trl.DPOTrainer._compute_loss(trainer, lambda **kwargs: outputs, inputs, return_outputs=False)
+    return loss, {k: v[-1] for k, v in trainer._metrics["train"].items()}
+
+
+def _ours(per_token: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor | None):
+    shift = mask[:, 1:].bool()
+    sums, counts = (per_token * shift).sum(1), shift.sum(1)
+    policy = PairLogps(sums[:B], sums[B:], counts[:B], counts[B:])
+    ref = None if reference is None else PairLogps(reference[:B], reference[B:], counts[:B], counts[B:])
+    return policy, ref
+
+
+@pytest.mark.parametrize("method,loss_type", [("dpo", "sigmoid"), ("ipo", "ipo")])
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_dpo_and_ipo_equal_trl_with_its_logged_rewards(method, loss_type, beta):
+    per_token, mask, reference = _pairs()
+    theirs, logged = _trl_loss(loss_type, beta, per_token, mask, reference)
+    result = preference_loss(method, *_ours(per_token, mask, reference), beta)
+    assert result.losses.mean().item() == pytest.approx(theirs.item(), rel=1e-6)
+    ours = preference_metrics(result)
+    names = {"rewards_chosen": "rewards/chosen", "rewards_rejected": "rewards/rejected",
+             "rewards_margin": "rewards/margins", "rewards_accuracy": "rewards/accuracies"}  # fmt: skip
+    for name, trl_name in names.items():
+        assert ours[name] == pytest.approx(logged[trl_name], rel=1e-6, abs=1e-7), name
+
+
+def test_conservative_dpo_simpo_and_orpo_follow_their_formulas():
+    per_token, mask, reference = _pairs(1)
+    policy, ref = _ours(per_token, mask, reference)
+    beta, eps, gamma = 0.3, 0.1, 0.7
+    d = (policy.chosen - ref.chosen) - (policy.rejected - ref.rejected)
+    expected = -(1 - eps) * F.logsigmoid(beta * d) - eps * F.logsigmoid(-beta * d)
+    assert torch.allclose(preference_loss("dpo", policy, ref, beta, label_smoothing=eps).losses, expected)
+    avg_w, avg_l = policy.chosen / policy.chosen_tokens, policy.rejected / policy.rejected_tokens
+    simpo = -F.logsigmoid(beta * avg_w - beta * avg_l - gamma)
+    assert torch.allclose(preference_loss("simpo", policy, None, beta, gamma=gamma).losses, simpo)
+    odds = lambda m: m - torch.log(1 - torch.exp(m))  # noqa: E731
+    orpo = -avg_w - beta * torch.log(torch.sigmoid(odds(avg_w) - odds(avg_l)))
+    assert torch.allclose(preference_loss("orpo", policy, None, beta).losses, orpo, atol=1e-6)
+
+
+def test_completion_logps_sum_the_labelled_tokens():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 3, 1, -100, -100], [2, 2, 2, 2, 6]])
+    sums, counts = completion_logps(logits, labels)
+    logp = torch.log_softmax(logits, -1)
+    assert counts.tolist() == [2, 5]
+    assert sums[0].item() == pytest.approx((logp[0, 1, 3] + logp[0, 2, 1]).item(), rel=1e-6)
+    assert sums[1].item() == pytest.approx(sum(logp[1, t, labels[1, t]] for t in range(5)).item(), rel=1e-6)
+    assert not math.isnan(sums.sum().item())
