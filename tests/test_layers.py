@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "llmlab.pretrain",
             "llmlab.finetune",
+            "llmlab.align",
             "llmlab.chat",
             "llmlab.tasks",
             "llmlab.evaluation",

@@ -82,11 +82,9 @@ class TaskOptions(Validated):
 
 
 @dataclass
-class MethodOptions(Validated):
-    """Full fine-tuning or an adapter, and the adapter's settings."""
+class LoraOptions(Validated):
+    """LoRA's settings, shared by every recipe that can train an adapter."""
 
-    method: str = option("lora", "full, lora, qlora (LoRA on a frozen NF4 base), prompt-tuning (soft prompt) or "
-                         "linear-probe (--task: the head alone on a frozen encoder)")  # fmt: skip
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: float = option(16.0, "LoRA scale numerator: the update is scaled by alpha / r")
     lora_dropout: float = option(0.05, "dropout on the LoRA input")
@@ -96,6 +94,18 @@ class MethodOptions(Validated):
         default_factory=list,
     )
     rslora: bool = option(False, "rank-stabilised scaling alpha / sqrt(r)")
+
+    def lora_spec(self) -> LoraSpec:
+        targets = tuple(t for item in self.lora_targets for t in item.split(",") if t) or ("attention",)
+        return LoraSpec(self.lora_r, self.lora_alpha, self.lora_dropout, targets, self.rslora)
+
+
+@dataclass
+class MethodOptions(LoraOptions):
+    """Full fine-tuning or an adapter, and the adapter's settings."""
+
+    method: str = option("lora", "full, lora, qlora (LoRA on a frozen NF4 base), prompt-tuning (soft prompt) or "
+                         "linear-probe (--task: the head alone on a frozen encoder)")  # fmt: skip
     merge: bool = option(False, "LoRA: also write the base with the adapter merged in, to OUT/merged")
     prompt_tokens: int = option(20, "prompt tuning: trainable vectors in front of every input")
     prompt_init: str | None = option(
@@ -110,10 +120,6 @@ class MethodOptions(Validated):
             self.lora_spec().validate()
         if self.prompt_tokens < 1:
             raise LlmlabError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}", "use e.g. 20")
-
-    def lora_spec(self) -> LoraSpec:
-        targets = tuple(t for item in self.lora_targets for t in item.split(",") if t) or ("attention",)
-        return LoraSpec(self.lora_r, self.lora_alpha, self.lora_dropout, targets, self.rslora)
 
 
 @dataclass

@@ -1,0 +1,135 @@
+"""`llmlab align BASE --method dpo|ipo|simpo|orpo --data prefs.jsonl`: offline preference optimisation on
+the training core. The reference log-probabilities (DPO, IPO) are computed once, before training, with
+the base as loaded: that is the reference a LoRA run would get by disabling its adapter, and no second
+copy of the model is held while training."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmlab.align.config import AlignConfig
+from llmlab.align.data import Pair, PairBatch, PairRows, collate_pairs, pair_batches, pair_rows, read_pairs
+from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, completion_logps, preference_loss, preference_metrics
+from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
+from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
+from llmlab.load import load_checkpoint
+from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.training.adapter_checkpointing import AdapterCheckpointer
+from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.loop import Job, TrainResult
+from llmlab.training.run import run
+from llmlab.training.session import Session
+
+
+def align(cfg: AlignConfig, on_step: Callable[[int, float], None] | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:  # fmt: skip
+    """Align `cfg.base` with the preference pairs of `cfg.data` as `cfg` says."""
+    return run(cfg, prepare_align_job, on_step, log)
+
+
+def pair_logps(model: nn.Module, batch: PairBatch) -> PairLogps:
+    """Summed completion log-probabilities of a batch's chosen and rejected rows (right-padded, causal)."""
+    sums, counts = completion_logps(model(batch.inputs), batch.labels)
+    half = sums.shape[0] // 2
+    return PairLogps(sums[:half], sums[half:], counts[:half], counts[half:])
+
+
+def align_loss(
+    model: nn.Module, batch: PairBatch, normalizer: float | None = None, *, method: str, beta: float,
+    label_smoothing: float, gamma: float, reference: PairLogps | None,
+) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """The preference loss of a batch (mean over pairs, or sum / normalizer across ranks) and TRL's metrics,
+    plus the mean log-ratio of the chosen completions to the reference (how far the policy has moved)."""
+    policy = pair_logps(model, batch)
+    ref = None
+    if reference is not None:
+        i = batch.index.to(reference.chosen.device)
+        ref = PairLogps(reference.chosen[i], reference.rejected[i], policy.chosen_tokens, policy.rejected_tokens)
+        ref = PairLogps(*(t.to(policy.chosen.device) for t in vars(ref).values()))
+    result = preference_loss(method, policy, ref, beta, label_smoothing, gamma)
+    metrics = preference_metrics(result)
+    if ref is not None:
+        metrics["chosen_logratio"] = float((policy.chosen - ref.chosen).mean())
+    loss = result.losses.mean() if normalizer is None else result.losses.sum() / normalizer
+    return loss, metrics
+
+
+@torch.no_grad()
+def reference_logps(model: nn.Module, rows: list[PairRows], pad_id: int, device: torch.device,
+                    batch_size: int = 16) -> PairLogps:  # fmt: skip
+    """Every pair's summed log-probabilities under `model` (the reference), training pairs then validation."""
+    was_training = model.training
+    model.eval()
+    parts: list[PairLogps] = []
+    for part in rows:
+        for first in range(0, len(part.chosen), batch_size):
+            picked = list(range(first, min(first + batch_size, len(part.chosen))))
+            parts.append(pair_logps(model, collate_pairs(part, picked, pad_id).to(device)))
+    model.train(was_training)
+    return PairLogps(*(torch.cat([getattr(p, f) for p in parts]) for f in ("chosen", "rejected", "chosen_tokens",
+                                                                           "rejected_tokens")))  # fmt: skip
+
+
+def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] | None) -> Job:
+    base = load_checkpoint(cfg.base)
+    config = base.model.config
+    if family_spec(config).name != "decoder":
+        raise LlmlabError(f"llmlab align trains decoders; {cfg.base} is a {config.family}",
+                          "align a decoder (GPT-2 or Llama style)")  # fmt: skip
+    block = min(cfg.block_size or config.block_size, config.block_size)
+    train, val = _split(cfg)
+    tok, source = base.tokenizer, ",".join(cfg.data)
+    train_rows, val_rows = pair_rows(train, tok, block, source), pair_rows(val, tok, block, cfg.val_data or source)
+    session.log(f"data: {len(train):,} training, {len(val):,} validation pairs; {train_rows.cut + val_rows.cut:,} "
+                f"completions cut to the context of {block}")  # fmt: skip
+    model = base.model.float().to(session.device)
+    pad = family_spec(config).pad_id(tok)
+    reference = None
+    if cfg.method in NEEDS_REFERENCE:
+        reference = reference_logps(model, [train_rows, val_rows], pad, session.device)
+        session.log(f"reference: log-probabilities of {len(train) + len(val):,} pairs under the base, computed once")
+    torch.manual_seed(cfg.seed)  # the adapter's initial A: the same in a run and its restarts
+    info = _tune(cfg, model)
+    model.train()
+    loss = functools.partial(align_loss, method=cfg.method, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                             gamma=cfg.simpo_gamma, reference=reference)  # fmt: skip
+    batches = pair_batches(train_rows, val_rows, cfg.batch_size * session.world, cfg.grad_accum, cfg.seed, pad,
+                           len(train), session.rows(cfg.batch_size))  # fmt: skip
+    out = Path(cfg.out)
+    if info is None:
+        checkpointer = Checkpointer(out, tok, base.generation, session.ctx, session.log)
+    else:
+        checkpointer = AdapterCheckpointer(out, tok, base.generation, session.ctx, session.log, info)
+    trainable, total = trainable_counts(model)
+    description = (f"model: {cfg.base}, {cfg.method} (beta {cfg.beta}), {cfg.tune}: {trainable:,} of {total:,} "
+                   f"parameters train ({100 * trainable / total:.2f}%); context {block}")  # fmt: skip
+    return Job(model=model, forward=session.wrap(model), batches=batches, loss=loss, checkpointer=checkpointer,
+               options=cfg.to_dict(), description=description)  # fmt: skip
+
+
+def _split(cfg: AlignConfig) -> tuple[list[Pair], list[Pair]]:
+    pairs = [p for source in cfg.data for p in read_pairs(source, cfg.split)]
+    if cfg.val_data:
+        return pairs, read_pairs(cfg.val_data, cfg.split)
+    order = np.random.default_rng([cfg.seed, 3]).permutation(len(pairs))
+    n_val = max(1, int(len(pairs) * cfg.val_fraction))
+    return [pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]]
+
+
+def _tune(cfg: AlignConfig, model: nn.Module) -> AdapterInfo | None:
+    """LoRA on the frozen base (the adapter folder names and fingerprints it), or nothing: full training."""
+    if cfg.tune == "full":
+        return None
+    source = str(Path(cfg.base).resolve()) if Path(cfg.base).exists() else cfg.base
+    fingerprint = weights_fingerprint(model)
+    spec = cfg.lora_spec()
+    add_lora(model, spec)
+    return AdapterInfo("lora", {**spec.to_dict(), "align": cfg.method}, source, fingerprint, model.config, Path())

@@ -1,0 +1,26 @@
+"""`llmlab align` (options generated from AlignConfig): preference optimisation (DPO, IPO, SimPO, ORPO)."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmlab.cli.common import CHECKPOINT_HELP, add_dataclass_options
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    """Align with the options given; with --resume, the options not given again are the original run's."""
+    from llmlab.align.config import AlignConfig
+    from llmlab.align.recipe import align
+    from llmlab.training.checkpointing import with_saved_options
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
+    align(with_saved_options(AlignConfig, given))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from llmlab.align.config import AlignConfig
+
+    a = subparsers.add_parser("align", help="align a decoder with preference pairs: DPO, IPO, SimPO or ORPO")
+    a.add_argument("base", nargs="?", default=None, help=CHECKPOINT_HELP + " (not needed with --resume)")
+    add_dataclass_options(a, AlignConfig, skip=("base",))
+    a.set_defaults(func=cmd_align)
