@@ -38,7 +38,7 @@ from llmlab.finetune.task_data import (
     text_rows,
 )
 from llmlab.load import load_checkpoint
-from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.model.lora import LoraSpec, add_lora, trainable_counts
 from llmlab.model.task_model import with_task_head
 from llmlab.training.adapter_checkpointing import AdapterCheckpointer
 from llmlab.training.checkpointing import Checkpointer
@@ -170,19 +170,23 @@ def _rows(cfg: FinetuneConfig, base: Checkpoint, block: int, log) -> tuple[list[
 
 
 def _method(cfg: FinetuneConfig, model: nn.Module, fingerprint: str) -> AdapterInfo | None:
-    """Freeze what the method does not train; LoRA's adapter folder records the task and its labels."""
-    if cfg.method == "full":
+    return train_task_model(cfg.method, cfg.lora_spec(), model, cfg.base, fingerprint)
+
+
+def train_task_model(method: str, spec: LoraSpec, model: nn.Module, base: str, fingerprint: str) -> AdapterInfo | None:
+    """Freeze what `method` (full, linear-probe, lora) does not train; LoRA trains its adapters and the new
+    head, and its adapter folder records the task and the labels so loading can rebuild the head."""
+    if method == "full":
         return None
-    if cfg.method == "linear-probe":
+    if method == "linear-probe":
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("task_head."))
         return None
-    spec = cfg.lora_spec()
     add_lora(model, spec)
     for p in model.task_head.parameters():
         p.requires_grad_(True)
-    source = str(Path(cfg.base).resolve()) if Path(cfg.base).exists() else cfg.base
-    settings = {**spec.to_dict(), "task": cfg.task, "labels": list(model.config.labels)}
+    source = str(Path(base).resolve()) if Path(base).exists() else base
+    settings = {**spec.to_dict(), "task": model.config.task, "labels": list(model.config.labels)}
     base_config = dataclasses.replace(model.config, task=None, labels=[])
     return AdapterInfo("lora", settings, source, fingerprint, base_config, Path())
 
