@@ -4,8 +4,12 @@ SimPO, ORPO), their options generated from RewardConfig and AlignConfig."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
 
-from llmlab.cli.common import CHECKPOINT_HELP, add_dataclass_options
+from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, add_dataclass_options, print_table, read_lines, unescape
+from llmlab.errors import LlmlabError
 
 
 def cmd_align(args: argparse.Namespace) -> None:
@@ -26,9 +30,96 @@ def cmd_reward(args: argparse.Namespace) -> None:
     train_reward(with_saved_options(RewardConfig, given))
 
 
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt texts, then --prompts: a text file (one a line) or records with a `prompt` field."""
+    prompts = [unescape(p) for p in args.prompt or []]
+    if args.prompts and args.prompts.endswith((".jsonl", ".json", ".csv", ".parquet")):
+        from llmlab.data.records import read_records
+
+        records = read_records(args.prompts)
+        missing = next((i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)), None)
+        if missing:
+            raise LlmlabError(f"{args.prompts}: record {missing} has no 'prompt' text", "give every record a prompt")
+        prompts += [r["prompt"] for r in records]
+    elif args.prompts:
+        prompts += [unescape(line) for line in read_lines(args.prompts, "--prompts")]
+    if not prompts:
+        raise LlmlabError("no prompts", "pass --prompt TEXT (repeatable) or --prompts FILE")
+    return prompts
+
+
+def _scored(args: argparse.Namespace):
+    """Load the policy and the reward, sample --n completions per prompt and score them."""
+    import dataclasses
+
+    from llmlab.align.rewards import load_reward
+    from llmlab.align.sampling import sample_and_score
+    from llmlab.generation.config import GenerationConfig
+    from llmlab.generation.generator import Generator
+    from llmlab.load import load_checkpoint
+
+    prompts = _prompts(args)
+    reward = load_reward(args.reward, args.reward_label)
+    ckpt = load_checkpoint(args.checkpoint, adapter=args.adapter)
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}
+    config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
+    return sample_and_score(Generator(ckpt.model, ckpt.tokenizer), prompts, reward, args.n, config)
+
+
+def cmd_best_of_n(args: argparse.Namespace) -> None:
+    scored = _scored(args)
+    if args.json:
+        for s in scored:
+            print(json.dumps({"prompt": s.prompt, "best": s.completions[s.best], "reward": s.rewards[s.best],
+                              "rewards": s.rewards}))  # fmt: skip
+        return
+    rows = [[s.prompt[:30], s.completions[s.best][:50], f"{s.rewards[s.best]:.4f}",
+             f"{sum(s.rewards) / len(s.rewards):.4f}"] for s in scored]  # fmt: skip
+    print_table(rows, ["prompt", f"best of {args.n}", "reward", "mean reward of the samples"], right=False)
+
+
+def cmd_preferences(args: argparse.Namespace) -> None:
+    from llmlab.align.sampling import preference_pairs
+
+    out = Path(args.out)
+    if out.exists():
+        raise LlmlabError(f"{out} exists", "choose a new --out file (nothing is overwritten)")
+    pairs, skipped = preference_pairs(_scored(args))
+    if not pairs:
+        raise LlmlabError("every prompt's samples scored the same: no preference pair", "raise --n or the temperature")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"{out}: {len(pairs)} pairs (best against worst of {args.n} samples per prompt); {skipped} prompts "
+          "skipped (their samples scored the same)")  # fmt: skip
+
+
+def _sampling_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    from llmlab.generation.config import GenerationConfig
+
+    p = subparsers.add_parser(name, help=help_text)
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    p.add_argument("--adapter", help=ADAPTER_HELP)
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="a text file (one prompt a line) or records with a prompt field")
+    p.add_argument("--reward", required=True, help="a reward model or classifier checkpoint, module:function, "
+                   "or vader / toxicity / harmless")  # fmt: skip
+    p.add_argument("--reward-label", help="with a classifier: the label whose probability is the reward")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    add_dataclass_options(p, GenerationConfig, skip=("num_samples",))
+    return p
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from llmlab.align.config import AlignConfig
     from llmlab.align.reward import RewardConfig
+
+    b = _sampling_parser(subparsers, "best-of-n", "sample n completions per prompt and keep the best by a reward")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=cmd_best_of_n)
+    pr = _sampling_parser(subparsers, "preferences", "write preference pairs: the best and worst of n samples")
+    pr.add_argument("--out", required=True, help="the .jsonl file of pairs to write")
+    pr.set_defaults(func=cmd_preferences)
 
     r = subparsers.add_parser("reward", help="train a reward model on preference pairs (Bradley-Terry)")
     r.add_argument("base", nargs="?", default=None, help=CHECKPOINT_HELP + " (not needed with --resume)")

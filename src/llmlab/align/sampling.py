@@ -1,0 +1,54 @@
+"""Sampling against a reward: best-of-n (the baseline every alignment method is compared with) and
+preference pairs built from it (n samples per prompt, the best as chosen and the worst as rejected, as
+the DPO paper built its IMDb pairs), for a user without human labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmlab.align.rewards import RewardFn
+from llmlab.errors import LlmlabError
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import Generator
+
+
+@dataclass
+class Scored:
+    prompt: str
+    completions: list[str]
+    rewards: list[float]
+
+    @property
+    def best(self) -> int:
+        return max(range(len(self.rewards)), key=self.rewards.__getitem__)
+
+    @property
+    def worst(self) -> int:
+        return min(range(len(self.rewards)), key=self.rewards.__getitem__)
+
+
+def sample_and_score(generator: Generator, prompts: list[str], reward: RewardFn, n: int,
+                     config: GenerationConfig) -> list[Scored]:  # fmt: skip
+    """n sampled completions per prompt, each with its reward."""
+    if n < 1:
+        raise LlmlabError(f"--n must be at least 1, got {n}", "use e.g. --n 4")
+    if not prompts:
+        raise LlmlabError("no prompts", "pass --prompts FILE (one a line, or .jsonl records with a prompt field)")
+    outputs = generator.generate(prompts, GenerationConfig(**{**config.to_dict(), "num_samples": n}))
+    texts = [[c.text for c in samples] for samples in outputs]
+    rewards = reward([p for p, samples in zip(prompts, texts) for _ in samples], [t for s in texts for t in s])
+    return [Scored(p, t, rewards[i * n : (i + 1) * n]) for i, (p, t) in enumerate(zip(prompts, texts))]
+
+
+def preference_pairs(scored: list[Scored]) -> tuple[list[dict], int]:
+    """(pairs, prompts skipped): best against worst; a prompt whose samples all score the same, or are
+    all the same text, gives no preference."""
+    pairs, skipped = [], 0
+    for s in scored:
+        best, worst = s.completions[s.best], s.completions[s.worst]
+        if s.rewards[s.best] == s.rewards[s.worst] or best == worst:
+            skipped += 1
+            continue
+        pairs.append({"prompt": s.prompt, "chosen": best, "rejected": worst, "chosen_reward": s.rewards[s.best],
+                      "rejected_reward": s.rewards[s.worst]})  # fmt: skip
+    return pairs, skipped
