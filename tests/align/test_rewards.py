@@ -98,3 +98,28 @@ def test_best_of_n_keeps_the_best_and_preferences_write_pairs(scorers, tmp_path,
     code, _, err = run_cli(capsys, "best-of-n", tmp_path / "lm", "--prompt", "def", "--reward", "my_rewards:broken",
                            "--max-new-tokens", "4")  # fmt: skip
     assert_one_line_error(code, err, "returned nan")
+
+
+def test_evaluate_reports_reward_win_rate_kl_and_toxicity(scorers, tmp_path, capsys):
+    """The KL of a model from itself is 0 exactly; from another model it is positive (in expectation, and
+    with 4 unmodified samples per prompt here); a model wins against itself half the time at most."""
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    save_checkpoint(tmp_path / "a", tiny_model("llama", vocab_size=tok.vocab_size, block_size=64), tok)
+    torch.manual_seed(1)
+    other = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(3.0)  # sharper and different
+    save_checkpoint(tmp_path / "b", other, tok)
+    (tmp_path / "prompts.txt").write_text("def\nclass\nreturn\nself\n")
+    common = ["--prompts", tmp_path / "prompts.txt", "--reward", "my_rewards:length", "--max-new-tokens", "8",
+              "--json"]  # fmt: skip
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "a", *common, "--reference", tmp_path / "a",
+                           "--baseline", tmp_path / "a", "--toxicity")  # fmt: skip
+    report = json.loads(out)
+    assert code == 0 and report["samples"] == 4
+    assert report["metrics"]["kl_to_reference"] == pytest.approx(0.0, abs=1e-5)
+    assert report["metrics"]["win_rate"] == 0.5  # the same seed: the same samples, every prompt a tie
+    assert report["metrics"]["toxicity_rate"] == 0.0 and report["metrics"]["mean_reward"] > 0
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "a", *common, "--reference", tmp_path / "b")
+    assert code == 0 and json.loads(out)["metrics"]["kl_to_reference"] > 0

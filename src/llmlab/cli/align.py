@@ -30,19 +30,19 @@ def cmd_reward(args: argparse.Namespace) -> None:
     train_reward(with_saved_options(RewardConfig, given))
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def read_prompts(given: list[str], file: str | None) -> list[str]:
     """--prompt texts, then --prompts: a text file (one a line) or records with a `prompt` field."""
-    prompts = [unescape(p) for p in args.prompt or []]
-    if args.prompts and args.prompts.endswith((".jsonl", ".json", ".csv", ".parquet")):
+    prompts = [unescape(p) for p in given]
+    if file and file.endswith((".jsonl", ".json", ".csv", ".parquet")):
         from llmlab.data.records import read_records
 
-        records = read_records(args.prompts)
+        records = read_records(file)
         missing = next((i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)), None)
         if missing:
-            raise LlmlabError(f"{args.prompts}: record {missing} has no 'prompt' text", "give every record a prompt")
+            raise LlmlabError(f"{file}: record {missing} has no 'prompt' text", "give every record a prompt")
         prompts += [r["prompt"] for r in records]
-    elif args.prompts:
-        prompts += [unescape(line) for line in read_lines(args.prompts, "--prompts")]
+    elif file:
+        prompts += [unescape(line) for line in read_lines(file, "--prompts")]
     if not prompts:
         raise LlmlabError("no prompts", "pass --prompt TEXT (repeatable) or --prompts FILE")
     return prompts
@@ -58,7 +58,7 @@ def _scored(args: argparse.Namespace):
     from llmlab.generation.generator import Generator
     from llmlab.load import load_checkpoint
 
-    prompts = _prompts(args)
+    prompts = read_prompts(args.prompt or [], args.prompts)
     reward = load_reward(args.reward, args.reward_label)
     ckpt = load_checkpoint(args.checkpoint, adapter=args.adapter)
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationConfig) if hasattr(args, f.name)}

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -128,8 +129,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.perplexity:
         _perplexity(args, ckpt)
         return
+    if args.reward or args.toxicity:
+        _evaluate_rewards(args, ckpt)
+        return
     if not args.task:
-        raise LlmlabError("nothing to evaluate", "pass --task NAME|FILE.jsonl or --perplexity FILE")
+        raise LlmlabError("nothing to evaluate", "pass --task NAME|FILE.jsonl, --perplexity FILE or --reward SPEC")
     if getattr(ckpt.model.config, "task", None):
         _evaluate_head(args, ckpt)
         return
@@ -154,8 +158,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
     """A classifier or tagger on labelled data: `sentiment` (rt-polarity's test split), a CoNLL file, or
     records with --input-field and --label-field."""
-    import random
-
     from llmlab.evaluation import head_eval
 
     head = ckpt.model.config.task
@@ -214,6 +216,36 @@ def _gold(value: object, head: str) -> object:
     return str(value)
 
 
+def _evaluate_rewards(args: argparse.Namespace, ckpt) -> None:
+    """Sampled completions of --prompts under --reward (and --baseline, --reference, --toxicity)."""
+    from llmlab.align.evaluation import reward_report
+    from llmlab.align.rewards import load_reward
+    from llmlab.cli.align import read_prompts
+    from llmlab.generation.config import GenerationConfig
+
+    if not args.prompts:
+        raise LlmlabError("--reward and --toxicity score sampled completions of prompts", "pass --prompts FILE")
+    prompts = read_prompts([], args.prompts)
+    if args.limit and args.limit < len(prompts):
+        prompts = random.Random(args.seed).sample(prompts, args.limit)
+    toxicity = load_reward("toxicity") if args.toxicity else None
+    reward = load_reward(args.reward, args.reward_label) if args.reward else toxicity
+    load = lambda source: load_for_inspection(source, args.device).model if source else None  # noqa: E731
+    config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), "max_new_tokens": args.max_new_tokens,
+                                         "seed": args.seed})  # fmt: skip
+    report = reward_report(ckpt.model, ckpt.tokenizer, prompts, reward, config, load(args.baseline),
+                           load(args.reference), toxicity, args.seed)  # fmt: skip
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report)))
+        return
+    rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
+    print_table(rows, ["metric", "value", "95% interval"])
+    print(
+        f"{report.samples} prompts, one sample each with the checkpoint's sampling settings"
+        + ("; KL from 4 unmodified samples per prompt" if args.reference else "")
+    )
+
+
 def _interval(bounds: tuple[float, float] | None) -> str:
     return "" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
@@ -270,6 +302,13 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--perplexity", help="a text file: its perplexity with a sliding window instead")
     ev.add_argument("--stride", type=int, help="perplexity: tokens newly scored per window (default half the context)")
     ev.add_argument("--out", help="folder for results.json and shots.png (default: in the checkpoint folder)")
+    ev.add_argument("--reward", help="score sampled completions of --prompts: a reward model or classifier, "
+                    "module:function, or vader / toxicity / harmless")  # fmt: skip
+    ev.add_argument("--reward-label", help="with a classifier as --reward: the label whose probability counts")
+    ev.add_argument("--prompts", help="prompts for --reward/--toxicity: a text file or records with a prompt field")
+    ev.add_argument("--baseline", help="a second model: the win rate of CKPT over it under --reward")
+    ev.add_argument("--reference", help="the KL divergence of CKPT from this model (a decoder), per sequence")
+    ev.add_argument("--toxicity", action="store_true", help="the share of samples alt-profanity-check flags")
     ev.set_defaults(func=cmd_evaluate)
 
 
