@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmlab.align.losses import completion_logps
+from llmlab.align.recipe import labelled_logps
 from llmlab.align.rewards import RewardFn
 from llmlab.data.collate import pad_rows
 from llmlab.data.objectives import IGNORE
@@ -58,7 +58,7 @@ def sequence_logps(model: LanguageModel, tok: TextTokenizer, prompts: list[str],
         chunk = rows[first : first + batch_size]
         inputs, _ = pad_rows([ids for ids, _ in chunk], pad)
         labels, _ = pad_rows([lab for _, lab in chunk], IGNORE)
-        sums.append(completion_logps(model(inputs.to(model.device)), labels.to(model.device))[0].cpu())
+        sums.append(labelled_logps(model, inputs.to(model.device), labels.to(model.device))[0].cpu())
     return torch.cat(sums)
 
 

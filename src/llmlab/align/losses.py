@@ -105,13 +105,3 @@ def preference_metrics(result: PreferenceLoss) -> dict[str, float]:
         "rewards_margin": float((chosen - rejected).mean()),
         "rewards_accuracy": float((chosen > rejected).float().mean()),
     }
-
-
-def completion_logps(
-    logits: torch.Tensor, labels: torch.Tensor, ignore: int = -100
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of log-probabilities of the labelled tokens, their count) per row; logits (B, T, V) already
-    aligned with labels (B, T) (position t predicts labels[:, t])."""
-    mask = labels != ignore
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return (logps * mask).sum(dim=1), mask.sum(dim=1)

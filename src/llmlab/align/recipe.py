@@ -16,8 +16,9 @@ from torch import nn
 
 from llmlab.align.config import AlignConfig
 from llmlab.align.data import Pair, PairBatch, PairRows, collate_pairs, pair_batches, pair_rows, read_pairs
-from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, completion_logps, preference_loss, preference_metrics
+from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, preference_loss, preference_metrics
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
+from llmlab.data.objectives import IGNORE
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.load import load_checkpoint
@@ -35,9 +36,21 @@ def align(cfg: AlignConfig, on_step: Callable[[int, float], None] | None = None,
     return run(cfg, prepare_align_job, on_step, log)
 
 
+def labelled_logps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the labelled tokens' log-probabilities, their count) per row of a right-padded causal batch.
+    The head runs only at labelled positions, and log p = logit - logsumexp: no full log-softmax is kept."""
+    scored = labels != IGNORE
+    logits = model(inputs, select=scored).float()
+    targets = labels[scored]
+    token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)[scored]
+    sums = torch.zeros(labels.shape[0], device=token_logps.device, dtype=token_logps.dtype)
+    return sums.index_add(0, rows, token_logps), scored.sum(dim=1)
+
+
 def pair_logps(model: nn.Module, batch: PairBatch) -> PairLogps:
     """Summed completion log-probabilities of a batch's chosen and rejected rows (right-padded, causal)."""
-    sums, counts = completion_logps(model(batch.inputs), batch.labels)
+    sums, counts = labelled_logps(model, batch.inputs, batch.labels)
     half = sums.shape[0] // 2
     return PairLogps(sums[:half], sums[half:], counts[:half], counts[half:])
 
@@ -57,7 +70,7 @@ def align_loss(
     result = preference_loss(method, policy, ref, beta, label_smoothing, gamma)
     metrics = preference_metrics(result)
     if ref is not None:
-        metrics["chosen_logratio"] = float((policy.chosen - ref.chosen).mean())
+        metrics["chosen_logratio"] = float((policy.chosen.detach() - ref.chosen).mean())
     loss = result.losses.mean() if normalizer is None else result.losses.sum() / normalizer
     return loss, metrics
 

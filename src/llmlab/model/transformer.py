@@ -115,15 +115,19 @@ class DecoderLM(LanguageModel):
         cache: KVCache | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx: (B, T) token ids. positions: (T,) or (B, T); default 0..T-1 after the cache.
 
         mask: optional boolean (B, 1, T, S) attention mask (True = may attend); None means causal.
-        Returns logits (B, T, vocab), or (B, 1, vocab) with last_only.
+        Returns logits (B, T, vocab), or (B, 1, vocab) with last_only, or with a boolean (B, T) `select`
+        only those positions' logits (N, vocab): the head's cost where a loss scores few positions.
         """
         x = self.hidden_states(idx, positions, cache, mask)
         if last_only:
             x = x[:, -1:]
+        if select is not None:
+            x = x[select]
         return self.lm_head(x)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
