@@ -83,5 +83,7 @@ def test_losses_equal_those_of_the_original_trainer(tmp_path, name):
         result = train(config, on_step=lambda step, loss: losses.append(loss), log=lambda line: None)
     finally:
         torch.set_num_threads(threads)
-    assert losses == pytest.approx(RECORDED[name]["train"], rel=1e-6, abs=0)  # bit-equal on this machine
-    assert result.best_val_loss == pytest.approx(RECORDED[name]["best_val"], rel=1e-6, abs=0)
+    # Bit-equal on this machine until AdamW moved to PyTorch's fused CPU kernel, which rounds in another
+    # order: the Muon run (AdamW on its embeddings, head and norms) then moved by up to 3.6e-6 relative.
+    assert losses == pytest.approx(RECORDED[name]["train"], rel=1e-5, abs=0)
+    assert result.best_val_loss == pytest.approx(RECORDED[name]["best_val"], rel=1e-5, abs=0)

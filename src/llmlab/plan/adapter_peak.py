@@ -279,7 +279,7 @@ def adapter_step_peak(
     # QLoRA: one block layer dequantizing (model.quantize.dequantize_nf4): its codes as int32, their fp32
     # values and the scaled fp32 rows, 12 bytes per weight for a moment, in forward and again in backward
     dequantized = 12.0 * shape.largest_block_matrix if shape.method == "qlora" else 0.0
-    optimizer_temporaries = 0.0 if device == "cuda" else 2 * 4.0 * shape.largest_trainable
+    optimizer_temporaries = 0.0  # the fused AdamW kernel keeps none
     components = {
         "frozen weights (as stored)": frozen,
         "adapter weights (fp32)": 4.0 * shape.trainable,

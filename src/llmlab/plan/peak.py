@@ -11,8 +11,8 @@ llmlab's trainer (AdamW, zero_grad(set_to_none), bf16 autocast or fp32) has thre
 2. the end of backward: weights, states and gradients (the activations have all been freed), plus, with
    tied embeddings, the embedding's fp32 gradient while it is added to the head's (an encoder-decoder
    has one more high point: its decoder's embedding gradient is summed while the encoder still waits);
-3. the optimizer step: (2) plus AdamW's temporaries: none for the fused CUDA kernel, two tensors the size
-   of the parameter being updated for the per-tensor CPU loop.
+3. the optimizer step: (2) plus AdamW's temporaries: none, since llmlab uses PyTorch's fused AdamW kernel
+   on CUDA and CPU alike (the per-tensor loop it replaced kept two tensors the size of the parameter).
 
 The peak is the largest of the three. The steady state is meant: the first step has no optimizer
 states yet during forward and backward. With gradient accumulation the gradients of the earlier
@@ -54,7 +54,7 @@ class ModelShape:
 
     params: int
     block_matrices: int  # the 2-D weights inside the blocks: autocast casts them
-    largest: int  # elements of the largest parameter: the CPU optimizer loop's temporaries
+    largest: int  # elements of the largest parameter
     encoder_params: int  # an encoder-decoder's encoder: its gradients come last
     encoder_block_matrices: int
 
@@ -211,7 +211,7 @@ def training_step_peak(
     copies = cast_weight_bytes(config, shape.block_matrices) if precision == "autocast" else 0.0
     activations = activations_kept(config, batch, seq_len, target_len, device, precision)
     loss_path = 12.0 * scored_positions(config, b, seq_len, target_len) * V
-    optimizer_temporaries = 0.0 if device == "cuda" else 2 * 4.0 * shape.largest
+    optimizer_temporaries = 0.0  # the fused AdamW kernel (training.optim.fused_adamw) keeps none
     # One table read in several places (tied head, an encoder-decoder's two lookups): its gradients are
     # summed before the table's own exists. Measured: a new gradient is added in place into the sum so far
     # (one extra table), except into the first one straight from the fp32 head's matmul, where the sum is a
