@@ -81,6 +81,12 @@ def reward_report(model: LanguageModel, tok: TextTokenizer, prompts: list[str], 
                   seed: int = 0) -> RewardReport:  # fmt: skip
     """Mean reward of one sample per prompt; with `baseline`, the share of prompts where this model's
     sample scores higher (ties count half); with `reference`, the KL; with `toxicity`, the share flagged."""
+    for other in (baseline, reference):
+        if other is not None and other.config.vocab_size != model.config.vocab_size:
+            from llmlab.errors import LlmlabError
+
+            raise LlmlabError(f"the baseline or reference has a vocabulary of {other.config.vocab_size} tokens, the "
+                              f"model {model.config.vocab_size}", "compare models that share a tokenizer")  # fmt: skip
     completions = sample(model, tok, prompts, config)
     texts = [c.text for c in completions]
     rewards = reward(prompts, texts)

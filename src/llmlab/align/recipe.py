@@ -19,6 +19,7 @@ from llmlab.align.data import Pair, PairBatch, PairRows, collate_pairs, pair_bat
 from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, preference_loss, preference_metrics
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
 from llmlab.data.objectives import IGNORE
+from llmlab.device import autocast
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.load import load_checkpoint
@@ -107,7 +108,8 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     pad = family_spec(config).pad_id(tok)
     reference = None
     if cfg.method in NEEDS_REFERENCE:
-        reference = reference_logps(model, [train_rows, val_rows], pad, session.device)
+        with autocast(session.device, session.dtype):  # the precision the policy trains in: r = 0 at step 0
+            reference = reference_logps(model, [train_rows, val_rows], pad, session.device)
         session.log(f"reference: log-probabilities of {len(train) + len(val):,} pairs under the base, computed once")
     torch.manual_seed(cfg.seed)  # the adapter's initial A: the same in a run and its restarts
     info = _tune(cfg, model)

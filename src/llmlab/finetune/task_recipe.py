@@ -153,7 +153,8 @@ def _rows(cfg: FinetuneConfig, base: Checkpoint, block: int, log) -> tuple[list[
         order = np.random.default_rng([cfg.seed, 3]).permutation(len(examples))
         n_val = max(1, int(len(examples) * cfg.val_fraction))
         train, val = [examples[i] for i in order[n_val:]], [examples[i] for i in order[:n_val]]
-    labels = label_names(cfg.task, train, cfg.label_list(), source)
+    # held out from the same data, validation may hold a rare label's only examples: the head needs it too
+    labels = label_names(cfg.task, train if cfg.val_data else train + val, cfg.label_list(), source)
     if cfg.task == "tag":
         train_rows, cut = tag_rows(train, labels, tok, block, source)
         val_rows, val_cut = tag_rows(val, labels, tok, block, cfg.val_data or source)
@@ -163,7 +164,7 @@ def _rows(cfg: FinetuneConfig, base: Checkpoint, block: int, log) -> tuple[list[
     family = base.model.config.family
     train_rows = text_rows(train, cfg.task, labels, tok, family, block, source)
     val_rows = text_rows(val, cfg.task, labels, tok, family, block, cfg.val_data or source)
-    long = sum(len(r.ids) >= block for r in train_rows + val_rows)
+    long = sum(len(ids) + 2 > block for ids in tok.encode_batch([e.text for e in train + val]))  # [CLS] .. [SEP]
     log(f"data: {len(train_rows):,} training, {len(val_rows):,} validation texts; labels "
         f"{', '.join(labels) or 'none (a score)'}; {long:,} cut to the context of {block}")  # fmt: skip
     return train_rows, val_rows, labels
@@ -195,6 +196,9 @@ def _class_weights(cfg: FinetuneConfig, train: list[TaskRow], labels: list[str],
     """--class-weights balanced: n / (classes x count) per class (scikit-learn's); or the given list."""
     if cfg.class_weights is None:
         return None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise LlmlabError("--class-weights is not supported with several processes (a weighted mean would need "
+                          "the global weight sum)", "train in one process, or leave out --class-weights")  # fmt: skip
     if cfg.class_weights == "balanced":
         counts = Counter(int(r.label) for r in train)  # type: ignore[arg-type]
         weights = [len(train) / (len(labels) * max(1, counts.get(i, 0))) for i in range(len(labels))]

@@ -59,7 +59,11 @@ def classify_texts(model: LanguageModel, tokenizer: TextTokenizer, texts: list[s
     block, labels, results, family = model.config.block_size, model.config.labels, [], model.config.family
     for first in range(0, len(texts), batch_size):
         chunk = texts[first : first + batch_size]
-        rows = [text_ids(tokenizer, family, ids, block) for ids in tokenizer.encode_batch(chunk)]
+        encoded = tokenizer.encode_batch(chunk)
+        empty = next((t for t, ids in zip(chunk, encoded) if not ids), None)
+        if empty is not None:
+            raise LlmlabError("a text to classify is empty", "give every text some words")
+        rows = [text_ids(tokenizer, family, ids, block) for ids in encoded]
         ids, mask = pad_rows(rows, family_spec(model.config).pad_id(tokenizer))
         logits = model.task_logits(ids.to(model.device), mask.to(model.device)).float().cpu()
         for text, row in zip(chunk, logits):
