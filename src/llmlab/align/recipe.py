@@ -24,8 +24,7 @@ from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.load import load_checkpoint
 from llmlab.model.lora import add_lora, trainable_counts
-from llmlab.training.adapter_checkpointing import AdapterCheckpointer
-from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.adapter_checkpointing import run_checkpointer
 from llmlab.training.loop import Job, TrainResult
 from llmlab.training.run import run
 from llmlab.training.session import Session
@@ -119,10 +118,7 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     batches = pair_batches(train_rows, val_rows, cfg.batch_size * session.world, cfg.grad_accum, cfg.seed, pad,
                            len(train), session.rows(cfg.batch_size))  # fmt: skip
     out = Path(cfg.out)
-    if info is None:
-        checkpointer = Checkpointer(out, tok, base.generation, session.ctx, session.log)
-    else:
-        checkpointer = AdapterCheckpointer(out, tok, base.generation, session.ctx, session.log, info)
+    checkpointer = run_checkpointer(out, tok, base.generation, session, info)
     trainable, total = trainable_counts(model)
     description = (f"model: {cfg.base}, {cfg.method} (beta {cfg.beta}), {cfg.tune}: {trainable:,} of {total:,} "
                    f"parameters train ({100 * trainable / total:.2f}%); context {block}")  # fmt: skip

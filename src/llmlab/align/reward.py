@@ -34,8 +34,7 @@ from llmlab.model.lora import trainable_counts
 from llmlab.model.task_model import with_task_head
 from llmlab.options import option
 from llmlab.tokenizer import TextTokenizer
-from llmlab.training.adapter_checkpointing import AdapterCheckpointer
-from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.adapter_checkpointing import run_checkpointer
 from llmlab.training.config import TrainerConfig, Validated
 from llmlab.training.loop import Job, TrainResult
 from llmlab.training.run import run
@@ -164,10 +163,7 @@ def prepare_reward_job(cfg: RewardConfig, session: Session, saved: dict[str, Any
                              cfg.batch_size * session.world, cfg.grad_accum, cfg.seed, pad,
                              session.rows(cfg.batch_size))  # fmt: skip
     out = Path(cfg.out)
-    if info is None:
-        checkpointer = Checkpointer(out, tok, base.generation, session.ctx, session.log)
-    else:
-        checkpointer = AdapterCheckpointer(out, tok, base.generation, session.ctx, session.log, info)
+    checkpointer = run_checkpointer(out, tok, base.generation, session, info)
     trainable, total = trainable_counts(model)
     description = (f"reward model: {cfg.base} ({config.family}) + a score head, {cfg.tune}: {trainable:,} of "
                    f"{total:,} parameters train; Bradley-Terry loss, centring {cfg.center}")  # fmt: skip

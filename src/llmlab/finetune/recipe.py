@@ -34,8 +34,7 @@ from llmlab.model.soft_prompt import add_soft_prompt
 from llmlab.plan.adapter_peak import AdapterShape, adapter_step_peak
 from llmlab.plan.peak import ModelShape, StepPeak, training_step_peak
 from llmlab.progress import MetricsLog
-from llmlab.training.adapter_checkpointing import AdapterCheckpointer
-from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.adapter_checkpointing import run_checkpointer
 from llmlab.training.loop import Job, TrainResult
 from llmlab.training.losses import lm_loss, token_loss
 from llmlab.training.run import run
@@ -93,10 +92,7 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
         raise LlmlabError("--method qlora cannot shard its 4-bit base with FSDP", "use --strategy ddp or none")
     forward = session.wrap(model, cfg.fsdp_mixed_precision, f"{cfg.batch_size} rows per rank")
     out = Path(cfg.out)
-    if info is None:
-        checkpointer = Checkpointer(out, base.tokenizer, base.generation, session.ctx, session.log)
-    else:
-        checkpointer = AdapterCheckpointer(out, base.tokenizer, base.generation, session.ctx, session.log, info)
+    checkpointer = run_checkpointer(out, base.tokenizer, base.generation, session, info)
     ddp = session.ctx is not None and session.ctx.strategy == "ddp"
     planned = functools.partial(_planned_step_peak, model, cfg, session.device, session.dtype, ddp)
     return Job(model=model, forward=forward, batches=rows.batches, loss=sft_loss, checkpointer=checkpointer,

@@ -40,8 +40,7 @@ from llmlab.finetune.task_data import (
 from llmlab.load import load_checkpoint
 from llmlab.model.lora import LoraSpec, add_lora, trainable_counts
 from llmlab.model.task_model import with_task_head
-from llmlab.training.adapter_checkpointing import AdapterCheckpointer
-from llmlab.training.checkpointing import Checkpointer
+from llmlab.training.adapter_checkpointing import run_checkpointer
 from llmlab.training.loop import Job
 from llmlab.training.session import Session
 
@@ -84,10 +83,7 @@ def prepare_task_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any
     weights = _class_weights(cfg, train, labels, session.log)
     loss = functools.partial(task_loss, task=cfg.task, class_weights=weights)
     out = Path(cfg.out)
-    if info is None:
-        checkpointer = Checkpointer(out, base.tokenizer, base.generation, session.ctx, session.log)
-    else:
-        checkpointer = AdapterCheckpointer(out, base.tokenizer, base.generation, session.ctx, session.log, info)
+    checkpointer = run_checkpointer(out, base.tokenizer, base.generation, session, info)
     trainable, total = trainable_counts(model)
     description = (f"model: {cfg.base} ({model.config.family}) + a {cfg.task} head over {len(labels) or 1} output(s), "
                    f"method {cfg.method}: {trainable:,} of {total:,} parameters train "

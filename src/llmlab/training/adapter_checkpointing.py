@@ -27,3 +27,10 @@ class AdapterCheckpointer(Checkpointer):
 
     def _read_weights(self, model: nn.Module, device: torch.device) -> None:
         load_adapter_state(model, {k: v.to(device) for k, v in read_adapter_tensors(self.out).items()})
+
+
+def run_checkpointer(out, tokenizer, generation, session, info: AdapterInfo | None) -> Checkpointer:
+    """What a recipe saves with: the whole model (`info` None: full training), or the adapter folder."""
+    if info is None:
+        return Checkpointer(out, tokenizer, generation, session.ctx, session.log)
+    return AdapterCheckpointer(out, tokenizer, generation, session.ctx, session.log, info)
