@@ -82,7 +82,8 @@ def test_dpo_resumes_exactly(folders, tmp_path):
         ([{"prompt": "a", "chosen": "x"}], [], "record 1 has no 'rejected' text"),
         ([{"prompt": "a" * 80, "chosen": "x", "rejected": "y"}] * 3, [], "the context 64"),
         ([{"prompt": "a", "chosen": "x", "rejected": "y"}] * 3, ["--beta", "0"], "--beta must be positive"),
-        ([{"prompt": "a", "chosen": "x", "rejected": "y"}] * 3, ["--method", "ppo"], "unknown --method 'ppo'"),
+        ([{"prompt": "a", "chosen": "x", "rejected": "y"}] * 3, ["--method", "kto"], "unknown --method 'kto'"),
+        ([{"prompt": "a", "chosen": "x", "rejected": "y"}] * 3, ["--method", "ppo"], "--data does not apply"),
     ],
 )
 def test_bad_preferences_are_one_line_and_write_nothing(folders, tmp_path, capsys, records, extra, fragment):

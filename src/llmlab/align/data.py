@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -41,6 +42,23 @@ def read_pairs(source: str, split: str = "train") -> list[Pair]:
                               "a preference needs two different completions: fix or drop the record")  # fmt: skip
         pairs.append(Pair(record["prompt"], record["chosen"], record["rejected"]))
     return pairs
+
+
+def read_prompts(source: str) -> list[str]:
+    """A text file (one prompt a line) or records with a `prompt` field."""
+    path = Path(source)
+    if source.endswith((".jsonl", ".json", ".csv", ".parquet")) or source.startswith("hf:"):
+        records = read_records(source)
+        bad = next((i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)), None)
+        if bad:
+            raise LlmlabError(f"{source}: record {bad} has no 'prompt' text", "give every record a prompt")
+        return [r["prompt"] for r in records]
+    if not path.is_file():
+        raise LlmlabError(f"--prompts {source} does not exist", "pass a text file or records with a prompt field")
+    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise LlmlabError(f"--prompts {source} has no prompt", "write one prompt a line")
+    return prompts
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """`llmlab align BASE --method dpo|ipo|simpo|orpo --data prefs.jsonl`: offline preference optimisation on
-the training core. The reference log-probabilities (DPO, IPO) are computed once, before training, with
+the training core (PPO and GRPO, online, are in `online.py`).
+
+The reference log-probabilities (DPO, IPO) are computed once, before training, with
 the base as loaded: that is the reference a LoRA run would get by disabling its adapter, and no second
 copy of the model is held while training."""
 
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmlab.align.config import AlignConfig
+from llmlab.align.config import ONLINE, AlignConfig
 from llmlab.align.data import Pair, PairBatch, PairRows, collate_pairs, pair_batches, pair_rows, read_pairs
 from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, preference_loss, preference_metrics
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
@@ -24,6 +26,7 @@ from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.load import load_checkpoint
 from llmlab.model.lora import add_lora, trainable_counts
+from llmlab.model.surgery import disable_dropout
 from llmlab.training.adapter_checkpointing import run_checkpointer
 from llmlab.training.loop import Job, TrainResult
 from llmlab.training.run import run
@@ -97,6 +100,8 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     if family_spec(config).name != "decoder":
         raise LlmlabError(f"llmlab align trains decoders; {cfg.base} is a {config.family}",
                           "align a decoder (GPT-2 or Llama style)")  # fmt: skip
+    if cfg.method in ONLINE:
+        return _online_job(cfg, session, base)
     block = min(cfg.block_size or config.block_size, config.block_size)
     train, val = _split(cfg)
     tok, source = base.tokenizer, ",".join(cfg.data)
@@ -104,6 +109,7 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     session.log(f"data: {len(train):,} training, {len(val):,} validation pairs; {train_rows.cut + val_rows.cut:,} "
                 f"completions cut to the context of {block}")  # fmt: skip
     model = base.model.float().to(session.device)
+    disable_dropout(model)  # the policy's log-probabilities are compared with the reference's: no noise in them
     pad = family_spec(config).pad_id(tok)
     reference = None
     if cfg.method in NEEDS_REFERENCE:
@@ -113,17 +119,40 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     torch.manual_seed(cfg.seed)  # the adapter's initial A: the same in a run and its restarts
     info = _tune(cfg, model)
     model.train()
-    loss = functools.partial(align_loss, method=cfg.method, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-                             gamma=cfg.simpo_gamma, reference=reference)  # fmt: skip
+    loss = functools.partial(
+        align_loss,
+        method=cfg.method,
+        beta=cfg.beta_value,
+        label_smoothing=cfg.label_smoothing or 0.0,
+        gamma=0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma,
+        reference=reference,
+    )
     batches = pair_batches(train_rows, val_rows, cfg.batch_size * session.world, cfg.grad_accum, cfg.seed, pad,
                            len(train), session.rows(cfg.batch_size))  # fmt: skip
     out = Path(cfg.out)
     checkpointer = run_checkpointer(out, tok, base.generation, session, info)
     trainable, total = trainable_counts(model)
-    description = (f"model: {cfg.base}, {cfg.method} (beta {cfg.beta}), {cfg.tune}: {trainable:,} of {total:,} "
+    description = (f"model: {cfg.base}, {cfg.method} (beta {cfg.beta_value}), {cfg.tune}: {trainable:,} of {total:,} "
                    f"parameters train ({100 * trainable / total:.2f}%); context {block}")  # fmt: skip
     return Job(model=model, forward=session.wrap(model), batches=batches, loss=loss, checkpointer=checkpointer,
                options=cfg.to_dict(), description=description)  # fmt: skip
+
+
+def _online_job(cfg: AlignConfig, session: Session, base) -> Job:
+    """PPO / GRPO: the policy (LoRA or whole) and its rollouts (align/online.py)."""
+    from llmlab.align.online import prepare_online_job
+
+    base.model = base.model.float().to(session.device)
+    torch.manual_seed(cfg.seed)
+    info = _tune(cfg, base.model)
+    checkpointer = run_checkpointer(Path(cfg.out), base.tokenizer, base.generation, session, info)
+    job = prepare_online_job(cfg, session, base, info is not None, checkpointer)
+    trainable, total = trainable_counts(job.model)
+    job.description = (
+        f"model: {cfg.base}, {cfg.method} (KL coefficient {cfg.kl_value:g}), {cfg.tune}: "
+        f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)"
+    )
+    return job
 
 
 def _split(cfg: AlignConfig) -> tuple[list[Pair], list[Pair]]:

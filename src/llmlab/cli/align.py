@@ -1,5 +1,6 @@
-"""`llmlab reward` (a Bradley-Terry reward model) and `llmlab align` (preference optimisation: DPO, IPO,
-SimPO, ORPO), their options generated from RewardConfig and AlignConfig."""
+"""`llmlab reward` (a Bradley-Terry reward model), `llmlab align` (preference optimisation: DPO, IPO,
+SimPO, ORPO offline; PPO, GRPO online), their options generated from RewardConfig and AlignConfig;
+`best-of-n` and `preferences` (sampling against a reward)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, add_dataclass_options, print_table, read_lines, unescape
+from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, add_dataclass_options, print_table, unescape
 from llmlab.errors import LlmlabError
 
 
@@ -32,17 +33,9 @@ def cmd_reward(args: argparse.Namespace) -> None:
 
 def read_prompts(given: list[str], file: str | None) -> list[str]:
     """--prompt texts, then --prompts: a text file (one a line) or records with a `prompt` field."""
-    prompts = [unescape(p) for p in given]
-    if file and file.endswith((".jsonl", ".json", ".csv", ".parquet")):
-        from llmlab.data.records import read_records
+    from llmlab.align.data import read_prompts as read_prompt_file
 
-        records = read_records(file)
-        missing = next((i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)), None)
-        if missing:
-            raise LlmlabError(f"{file}: record {missing} has no 'prompt' text", "give every record a prompt")
-        prompts += [r["prompt"] for r in records]
-    elif file:
-        prompts += [unescape(line) for line in read_lines(file, "--prompts")]
+    prompts = [unescape(p) for p in given] + (read_prompt_file(file) if file else [])
     if not prompts:
         raise LlmlabError("no prompts", "pass --prompt TEXT (repeatable) or --prompts FILE")
     return prompts
@@ -126,7 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_options(r, RewardConfig, skip=("base",))
     r.set_defaults(func=cmd_reward)
 
-    a = subparsers.add_parser("align", help="align a decoder with preference pairs: DPO, IPO, SimPO or ORPO")
+    a = subparsers.add_parser(
+        "align", help="align a decoder: DPO, IPO, SimPO, ORPO on pairs; PPO, GRPO online against a reward"
+    )
     a.add_argument("base", nargs="?", default=None, help=CHECKPOINT_HELP + " (not needed with --resume)")
     add_dataclass_options(a, AlignConfig, skip=("base",))
     a.set_defaults(func=cmd_align)

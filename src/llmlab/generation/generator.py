@@ -89,6 +89,11 @@ class Generator:
             self._packed, self._packed_version = packed_for_inference(self.model), version
         return self._packed
 
+    def refresh(self) -> None:
+        """Drop the packed copy: for callers that update the weights in place between calls (an RLHF run),
+        since PyTorch's fused optimizers write parameters without bumping the version counter read above."""
+        self._packed, self._packed_version = None, -1
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -97,7 +102,7 @@ class Generator:
         """All prompts (x num_samples) decoded together as one batch; returns num_samples per prompt."""
         config.validate()
         rows = [p for p in prompts for _ in range(config.num_samples)]
-        prompt_ids = [self._encode_prompt(p, config) for p in rows]
+        prompt_ids = [self.encode_prompt(p, config) for p in rows]
         outputs = [[] for _ in rows]
         finish = ["length"] * len(rows)
         for new, done in self._decode(prompt_ids, config):
@@ -116,7 +121,7 @@ class Generator:
         config.validate()
         ids: list[int] = []
         emitted = ""
-        for new, done in self._decode([self._encode_prompt(prompt, config)], config):
+        for new, done in self._decode([self.encode_prompt(prompt, config)], config):
             if new[0] == self.eos_id:
                 break
             ids.append(new[0])
@@ -138,7 +143,7 @@ class Generator:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _encode_prompt(self, prompt: str, config: GenerationConfig) -> list[int]:
+    def encode_prompt(self, prompt: str, config: GenerationConfig) -> list[int]:
         block = self.model.config.block_size
         if self.seq2seq:  # the prompt is the encoder's input, ended by end-of-sequence as in training
             if config.max_new_tokens > block:

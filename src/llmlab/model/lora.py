@@ -12,8 +12,10 @@ becomes one adapter per part with the same A and the matching rows of B, which i
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +84,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.disabled = False  # `lora_disabled`: the base alone, as the reference of an alignment run
         for p in base.parameters():
             p.requires_grad_(False)
 
@@ -90,6 +93,8 @@ class LoRALinear(nn.Module):
         return self.lora_A.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return self.base(x)
         update = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
         return self.base(x) + update * self.scaling
 
@@ -205,6 +210,20 @@ def merge_lora(model: nn.Module) -> list[str]:
                 setattr(module, child_name, child.merged())
                 merged.append(f"{name}.{child_name}" if name else child_name)
     return merged
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module) -> Iterator[None]:
+    """Within: the model without its adapters (the frozen base), so an alignment run's reference costs no
+    second copy of the weights."""
+    layers = list(lora_layers(model).values())
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def trainable_counts(model: nn.Module) -> tuple[int, int]:

@@ -55,3 +55,10 @@ def replace_linears(model: nn.Module, select: Select, make: Make) -> list[str]:
         setattr(parent, attr, made[id(linear)])
         names.append(name)
     return names
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """RLHF compares log-probabilities of the same tokens across passes: dropout would make them noise."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0

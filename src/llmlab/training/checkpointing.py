@@ -37,6 +37,8 @@ from llmlab.training.distributed import (
 from llmlab.training.optim import load_optimizers, optimizer_tensors
 from llmlab.training.state import TrainerState, restore_rng, rng_tensors
 
+KEPT = "kept."  # a recipe's own resume state among the optimizer's tensors
+
 
 def read_resumable(out: Path) -> dict[str, Any]:
     """The trainer_state.json of a run that can be resumed, or a one-line error saying why not."""
@@ -81,14 +83,19 @@ class Checkpointer:
         optimizers: list[torch.optim.Optimizer],
         trainer_state: dict[str, Any],
         reason: str,
+        kept: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """`kept`: a recipe's own resume state (`Job.kept`), stored with the optimizer's tensors."""
+        if kept and self.ctx is not None:
+            raise LlmlabError("this recipe's resume state is saved by one process", "run it without torchrun")
         if self.ctx is not None and self.shards_when_distributed:
             self._save_sharded(model, optimizers, trainer_state, int(trainer_state["step"]))
         else:
             if self.ctx is None or self.ctx.is_main:
                 tensors, groups = optimizer_tensors(optimizers)
                 trainer_state = {**trainer_state, "optimizer_param_groups": groups}
-                self._write(model, trainer_state, {**tensors, **rng_tensors()})
+                extra = {f"{KEPT}{k}": v.detach().cpu().contiguous() for k, v in (kept or {}).items()}
+                self._write(model, trainer_state, {**tensors, **rng_tensors(), **extra})
             if self.ctx is not None:
                 barrier(self.ctx)
         self.log(f"{self.kind}: {self.out} at step {trainer_state['step']} ({reason})")
@@ -124,6 +131,7 @@ class Checkpointer:
         scaler: torch.amp.GradScaler,
         saved: dict[str, Any],
         device: torch.device,
+        kept: Any = None,
     ) -> TrainerState:
         """Weights, optimizer moments, RNG and loss scale of the run in `out`, as it was saved."""
         if saved.get("scaler"):
@@ -139,6 +147,9 @@ class Checkpointer:
             return TrainerState.from_dict(saved)
         self._read_weights(model, device)
         tensors = load_file(self.out / "optimizer.safetensors")
+        own = {k[len(KEPT) :]: tensors.pop(k) for k in list(tensors) if k.startswith(KEPT)}
+        if kept is not None:
+            kept.load(own)
         load_optimizers(optimizers, {k: v.to(device) for k, v in tensors.items()}, saved["optimizer_param_groups"])
         restore_rng(tensors)
         self.log(f"resuming {self.out} at step {saved['step']}")

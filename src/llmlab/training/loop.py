@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -54,6 +54,16 @@ class Job:
     flops_per_token: Callable[[Any], float] | None = None  # model FLOPs per token read, for a batch
     planned_peak: Callable[[Any], Any] | None = None  # `plan memory`'s peak of a step on a batch, or None
     description: str = ""  # one line about the model and the run, logged once training is set up
+    saves: nn.Module | None = None  # what the checkpointer writes when not `model` (a policy without its value head)
+    kept: KeptState | None = None  # more state an exact resume needs (an online run's rollout), in one process
+
+
+class KeptState(Protocol):
+    """Tensors a recipe keeps beside the optimizer state, so that a resumed run continues exactly."""
+
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 class Trainer:
@@ -67,7 +77,8 @@ class Trainer:
                                session.ctx)  # fmt: skip
         self.state = TrainerState()
         if saved is not None:
-            self.state = job.checkpointer.restore(job.model, optimizers, scaler, saved, session.device)
+            self.state = job.checkpointer.restore(job.saves or job.model, optimizers, scaler, saved, session.device,
+                                                  job.kept)  # fmt: skip
         self.start_step = self.state.step
         out = job.checkpointer.out
         out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +241,9 @@ class Trainer:
             "scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else None,
             "world": session.world,
         }
-        self.job.checkpointer.save(self.model, parts.optimizers, trainer_state, reason)
+        job = self.job
+        kept = job.kept.tensors() if job.kept is not None else None
+        job.checkpointer.save(job.saves or self.model, parts.optimizers, trainer_state, reason, kept)
 
     def _finish(self) -> None:
         state, out = self.state, self.job.checkpointer.out
