@@ -93,3 +93,22 @@ def test_bad_preferences_are_one_line_and_write_nothing(folders, tmp_path, capsy
                            "--max-steps", "2", "--device", "cpu", *extra)  # fmt: skip
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_completion_cut_by_the_length_is_read_without_an_end(folders, tmp_path):
+    """`llmlab preferences` marks samples cut by --max-new-tokens; DPO must not teach them to end there."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "the film", "chosen": " good", "rejected": " bad", "chosen_ended": False})
+                    + "\n")  # fmt: skip
+    tok = load_checkpoint(folders / "base").tokenizer
+    rows = pair_rows(read_pairs(str(path)), tok, 64, "pairs")
+    (chosen, chosen_labels), (rejected, rejected_labels) = rows.chosen[0], rows.rejected[0]
+    assert chosen_labels[-1] == tok.encode(" good")[-1]  # the last scored token is the text's own
+    assert rejected_labels[-1] == tok.eos_id and tok.eos_id not in chosen_labels
+
+
+def test_preference_pairs_record_which_samples_ended():
+    from llmlab.align.sampling import Scored, preference_pairs
+
+    pairs, skipped = preference_pairs([Scored("p", ["a", "b"], [1.0, 0.0], [False, True])])
+    assert skipped == 0 and pairs[0]["chosen_ended"] is False and pairs[0]["rejected_ended"] is True

@@ -26,6 +26,8 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
+    chosen_ended: bool = True  # False: the completion was cut (no end-of-sequence is appended)
+    rejected_ended: bool = True
 
 
 def read_pairs(source: str, split: str = "train") -> list[Pair]:
@@ -40,7 +42,11 @@ def read_pairs(source: str, split: str = "train") -> list[Pair]:
         if record["chosen"] == record["rejected"]:
             raise LlmlabError(f"{source}: record {number} has the same chosen and rejected completion",
                               "a preference needs two different completions: fix or drop the record")  # fmt: skip
-        pairs.append(Pair(record["prompt"], record["chosen"], record["rejected"]))
+        ended = [record.get(f"{side}_ended", True) for side in ("chosen", "rejected")]
+        if not all(isinstance(e, bool) for e in ended):
+            raise LlmlabError(f"{source}: record {number} has a chosen_ended/rejected_ended that is not true or false",
+                              "write true, false, or leave the field out")  # fmt: skip
+        pairs.append(Pair(record["prompt"], record["chosen"], record["rejected"], *ended))
     return pairs
 
 
@@ -78,13 +84,14 @@ def pair_rows(pairs: list[Pair], tok: TextTokenizer, block: int, source: str) ->
     cut = 0
     for side in rows:
         completions = tok.encode_batch([getattr(p, side) for p in pairs])
+        ended = [getattr(p, f"{side}_ended") for p in pairs]
         for number, (prompt, completion) in enumerate(zip(prompts, completions), start=1):
             head = [*tok.prefix_ids, *prompt]
             room = block + 1 - len(head)
             if room < 2:
                 raise LlmlabError(f"{source}: the prompt of record {number} has {len(head)} tokens, the context "
                                   f"{block}", "shorten the prompt or use a model with a longer context")  # fmt: skip
-            tail = [*completion, eos]
+            tail = [*completion, eos] if ended[number - 1] else list(completion)
             cut += len(tail) > room
             ids = head + tail[:room]
             labels = [IGNORE] * (len(head) - 1) + ids[len(head) :]

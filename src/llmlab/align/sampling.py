@@ -1,6 +1,8 @@
 """Sampling against a reward: best-of-n (the baseline every alignment method is compared with) and
 preference pairs built from it (n samples per prompt, the best as chosen and the worst as rejected, as
-the DPO paper built its IMDb pairs), for a user without human labels."""
+the DPO paper built its IMDb pairs), for a user without human labels. A pair records whether each
+completion ended; one cut by --max-new-tokens is read without an end-of-sequence token, so the pair does
+not teach the policy to stop mid-sentence."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ class Scored:
     prompt: str
     completions: list[str]
     rewards: list[float]
+    ended: list[bool]  # whether each completion ended (end-of-sequence or a stop string), not cut by the length
 
     @property
     def best(self) -> int:
@@ -36,8 +39,9 @@ def sample_and_score(generator: Generator, prompts: list[str], reward: RewardFn,
         raise LlmlabError("no prompts", "pass --prompts FILE (one a line, or .jsonl records with a prompt field)")
     outputs = generator.generate(prompts, GenerationConfig(**{**config.to_dict(), "num_samples": n}))
     texts = [[c.text for c in samples] for samples in outputs]
+    ended = [[c.finish_reason != "length" for c in samples] for samples in outputs]
     rewards = reward([p for p, samples in zip(prompts, texts) for _ in samples], [t for s in texts for t in s])
-    return [Scored(p, t, rewards[i * n : (i + 1) * n]) for i, (p, t) in enumerate(zip(prompts, texts))]
+    return [Scored(p, t, rewards[i * n : (i + 1) * n], e) for i, (p, t, e) in enumerate(zip(prompts, texts, ended))]
 
 
 def preference_pairs(scored: list[Scored]) -> tuple[list[dict], int]:
@@ -50,5 +54,6 @@ def preference_pairs(scored: list[Scored]) -> tuple[list[dict], int]:
             skipped += 1
             continue
         pairs.append({"prompt": s.prompt, "chosen": best, "rejected": worst, "chosen_reward": s.rewards[s.best],
-                      "rejected_reward": s.rewards[s.worst]})  # fmt: skip
+                      "rejected_reward": s.rewards[s.worst], "chosen_ended": s.ended[s.best],
+                      "rejected_ended": s.ended[s.worst]})  # fmt: skip
     return pairs, skipped
