@@ -102,7 +102,7 @@ def test_a_completion_cut_by_the_length_is_read_without_an_end(folders, tmp_path
                     + "\n")  # fmt: skip
     tok = load_checkpoint(folders / "base").tokenizer
     rows = pair_rows(read_pairs(str(path)), tok, 64, "pairs")
-    (chosen, chosen_labels), (rejected, rejected_labels) = rows.chosen[0], rows.rejected[0]
+    chosen_labels, rejected_labels = rows.chosen[0][1], rows.rejected[0][1]
     assert chosen_labels[-1] == tok.encode(" good")[-1]  # the last scored token is the text's own
     assert rejected_labels[-1] == tok.eos_id and tok.eos_id not in chosen_labels
 
