@@ -40,3 +40,44 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+
+class SlotCache:
+    """Keys and values for continuous batching: one slot (row) per running sequence, each with its own length,
+    so sequences join and leave between decoding steps. The caller says what the next forward writes:
+    `prefill(slot)` (one sequence's prompt from position 0) or `decode(rows, positions, read)` (one new token
+    for each of the first `rows` slots, at its own position, reading the first `read` positions with a mask
+    the caller builds). It answers the attention layers as `KVCache` does."""
+
+    def __init__(self, n_layer: int, slots: int, n_kv_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str) -> None:  # fmt: skip
+        shape = (slots, n_kv_head, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.slots, self.max_len = slots, max_len
+        self.length = 0  # unused: the caller always passes positions
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mode: tuple = ("prefill", 0)
+
+    def prefill(self, slot: int) -> None:
+        self._mode = ("prefill", slot)
+
+    def decode(self, rows: int, positions: torch.Tensor, read: int) -> None:
+        self._mode = ("decode", rows, positions, read)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._mode[0] == "prefill":
+            slot, T = self._mode[1], k.shape[2]
+            if T > self.max_len:
+                raise ValueError(f"KV slot holds {self.max_len} positions, asked to write {T}")
+            self.keys[layer][slot, :, :T] = k[0]
+            self.values[layer][slot, :, :T] = v[0]
+            return self.keys[layer][slot : slot + 1, :, :T], self.values[layer][slot : slot + 1, :, :T]
+        _, rows, positions, read = self._mode
+        index = torch.arange(rows, device=k.device)
+        self.keys[layer][index, :, positions] = k[:, :, 0]
+        self.values[layer][index, :, positions] = v[:, :, 0]
+        return self.keys[layer][:rows, :, :read], self.values[layer][:rows, :, :read]
+
+    def advance(self, n: int) -> None:
+        """Lengths are the caller's (one per slot)."""

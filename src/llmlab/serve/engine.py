@@ -1,0 +1,262 @@
+"""Continuous batching: one decoding loop serves every running sequence. New sequences join between steps
+(their prompt is prefilled into a free slot of the KV cache, then they decode with the others) and finished
+ones leave at once, so a short request never waits for a long one to end.
+
+Written here rather than taken from vLLM because the scheduler is the subject being taught: a bounded
+queue, a fixed number of slots (`SlotCache`: one length per sequence), a step that feeds every running
+sequence its last token at its own position behind a per-row mask, and per-sequence sampling with the
+generator's own `process_logits` / `next_tokens`, so offline and served decoding sample alike.
+The loop runs in one thread; callers talk to it through `submit` / `cancel` and the `emit` callback."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from llmlab.errors import LlmlabError
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import next_tokens
+from llmlab.generation.text_stream import TextStream
+from llmlab.model import LanguageModel
+from llmlab.model.cache import SlotCache
+from llmlab.model.cpu_packing import can_pack, packed_for_inference
+from llmlab.tokenizer import TextTokenizer
+
+
+class QueueFull(Exception):
+    """The queue is at its bound: the caller answers 429."""
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # the top alternatives to report per token (0: the sampled token's only)
+
+    def config(self) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
+                                top_p=self.top_p, stop=self.stop)  # fmt: skip
+
+
+@dataclass
+class Event:
+    """What a sequence sends its caller: text (and its token's log-probability), then the end."""
+
+    text: str = ""
+    token_id: int | None = None
+    logprob: float | None = None
+    top_logprobs: dict[str, float] | None = None
+    finish_reason: str | None = None  # set on the last event: stop, length or cancelled
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Sequence:
+    id: int
+    prompt_ids: list[int]
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    stream: TextStream
+    generator: torch.Generator | None
+    slot: int = -1
+    generated: int = 0
+    last: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    last_time: float = 0.0
+    cancelled: bool = False
+
+
+@dataclass
+class EngineStats:
+    running: int = 0
+    queued: int = 0
+    steps: int = 0
+    on_first_token: Callable[[float], None] | None = None  # seconds from submission (metrics)
+    on_token: Callable[[float], None] | None = None  # seconds between a sequence's tokens
+
+
+class Engine:
+    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, max_running: int = 16, max_queue: int = 64,
+                 context: int | None = None) -> None:  # fmt: skip
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.runner = packed_for_inference(model) if can_pack(model) else model
+        self.context = min(context or model.config.block_size, model.config.block_size)
+        self.eos_id = tokenizer.require("eos", "to end completions")
+        c = model.config
+        self.cache = SlotCache(c.n_layer, max_running, c.n_kv_head, self.context, c.head_dim, model.compute_dtype,
+                               model.device)  # fmt: skip
+        self.lengths = [0] * max_running
+        self.slots: list[Sequence | None] = [None] * max_running
+        self.max_queue = max_queue
+        self.queue: deque[Sequence] = deque()
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llmlab-engine", daemon=True)
+
+    # -- the caller's side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel what is queued and running, end the loop."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    def submit(self, prompt_ids: list[int], sampling: Sampling, emit: Callable[[Event], None]) -> Sequence:
+        """Queue a sequence; raises QueueFull when the queue is at its bound and LlmlabError when it cannot fit."""
+        room = self.context - len(prompt_ids)
+        if not prompt_ids or sampling.max_tokens > room:
+            raise LlmlabError(f"the prompt has {len(prompt_ids)} tokens and max_tokens is {sampling.max_tokens}: "
+                              f"{len(prompt_ids) + sampling.max_tokens - self.context} more than the context of "
+                              f"{self.context}", "shorten the prompt or lower max_tokens")  # fmt: skip
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
+        stream = TextStream(self.tokenizer, sampling.stop)
+        seq = Sequence(next(self._ids), prompt_ids, sampling, emit, stream, generator)
+        with self._wake:
+            if len(self.queue) >= self.max_queue:
+                raise QueueFull(f"{len(self.queue)} requests are waiting")
+            self.queue.append(seq)
+            self.stats.queued = len(self.queue)
+            self._wake.notify()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence (its client went away): its slot is freed before the next step."""
+        seq.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.queue and not any(self.slots):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+            self._drop_cancelled()
+            self._admit()
+            if any(self.slots):
+                self._step()
+        for seq in [*self.queue, *filter(None, self.slots)]:
+            seq.emit(Event(finish_reason="cancelled", prompt_tokens=len(seq.prompt_ids),
+                           completion_tokens=seq.generated))  # fmt: skip
+        self.queue.clear()
+        self.slots = [None] * len(self.slots)
+        self.stats.running = self.stats.queued = 0
+
+    def _drop_cancelled(self) -> None:
+        for seq in self.slots:
+            if seq is not None and seq.cancelled:
+                self._finish(seq, "cancelled")
+        with self._wake:
+            kept = [s for s in self.queue if not s.cancelled]
+            for seq in self.queue:
+                if seq.cancelled:
+                    seq.emit(Event(finish_reason="cancelled", prompt_tokens=len(seq.prompt_ids)))
+            self.queue = deque(kept)
+            self.stats.queued = len(self.queue)
+
+    def _admit(self) -> None:
+        """Prefill queued sequences into free slots (the lowest first, so decoding steps stay short)."""
+        while None in self.slots:
+            with self._wake:
+                if not self.queue:
+                    return
+                seq = self.queue.popleft()
+                self.stats.queued = len(self.queue)
+            seq.slot = self.slots.index(None)
+            self.slots[seq.slot] = seq
+            self.stats.running = sum(s is not None for s in self.slots)
+            self.cache.prefill(seq.slot)
+            ids = torch.tensor([seq.prompt_ids], device=self.model.device)
+            positions = torch.arange(len(seq.prompt_ids), device=ids.device)
+            with torch.inference_mode():
+                logits = self.runner(ids, positions, self.cache, None, last_only=True)[:, -1].float()
+            self.lengths[seq.slot] = len(seq.prompt_ids)
+            self._take(seq, logits[0])
+
+    def _step(self) -> None:
+        """One token for every running sequence, each at its own position."""
+        rows = max(i for i, s in enumerate(self.slots) if s is not None) + 1
+        device = self.model.device
+        lengths = torch.tensor(self.lengths[:rows], device=device)
+        tokens = torch.tensor([[s.last if s is not None else 0] for s in self.slots[:rows]], device=device)
+        read = int(lengths.max()) + 1
+        mask = torch.arange(read, device=device)[None, :] <= lengths[:, None]  # its own keys and the new one
+        self.cache.decode(rows, lengths, read)
+        with torch.inference_mode():
+            logits = self.runner(tokens, lengths[:, None], self.cache, mask[:, None, None, :], last_only=True)
+        logits = logits[:, -1].float()
+        self.stats.steps += 1
+        for slot in range(rows):
+            seq = self.slots[slot]
+            if seq is not None:
+                self.lengths[slot] += 1
+                self._take(seq, logits[slot])
+
+    def _take(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Sample the sequence's next token from its logits, send its text, and end it if it is done."""
+        config = seq.sampling.config()
+        token = int(next_tokens(logits[None], config, seq.generator)[0])
+        now = time.perf_counter()
+        if seq.first_token is None:
+            seq.first_token = now
+            if self.stats.on_first_token:
+                self.stats.on_first_token(now - seq.submitted)
+        elif self.stats.on_token:
+            self.stats.on_token(now - seq.last_time)
+        seq.last_time = now
+        seq.generated += 1
+        seq.last = token
+        event = Event(token_id=token)
+        if seq.sampling.logprobs is not None:
+            self._logprobs(event, logits, token, seq.sampling.logprobs)
+        if token == self.eos_id:
+            event.text = seq.stream.finish()
+            return self._finish(seq, "stop", event)
+        event.text = seq.stream.push(token)
+        if seq.stream.stopped:
+            return self._finish(seq, "stop", event)
+        if seq.generated >= seq.sampling.max_tokens or self.lengths[seq.slot] >= self.context:
+            event.text += seq.stream.finish()
+            return self._finish(seq, "length", event)
+        seq.emit(event)
+
+    def _logprobs(self, event: Event, logits: torch.Tensor, token: int, top: int) -> None:
+        logps = torch.log_softmax(logits, dim=-1)
+        event.logprob = float(logps[token])
+        if top:
+            values, ids = logps.topk(top)
+            event.top_logprobs = {self.tokenizer.decode([int(i)]): float(v) for v, i in zip(values, ids)}
+
+    def _finish(self, seq: Sequence, reason: str, last: Event | None = None) -> None:
+        event = last or Event()
+        event.finish_reason = reason
+        event.prompt_tokens, event.completion_tokens = len(seq.prompt_ids), seq.generated
+        if seq.slot >= 0 and self.slots[seq.slot] is seq:
+            self.slots[seq.slot] = None
+            self.lengths[seq.slot] = 0
+        self.stats.running = sum(s is not None for s in self.slots)
+        seq.emit(event)
+

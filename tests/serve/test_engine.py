@@ -1,0 +1,127 @@
+"""The continuous-batching engine: a greedy sequence decodes exactly as the offline generator does, alone or
+among 15 others joining at different steps; stop strings, max_tokens and cancellation free their slots."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import Generator
+from llmlab.serve.engine import Engine, Event, QueueFull, Sampling
+from llmlab.tokenizer import train_tokenizer
+from tests.helpers import SAMPLE_TEXT, tiny_model
+
+PROMPTS = ["def f(x):", "class A", "import os\n", "return", "for i in range(", "x = ", "while True", "# a", "if x",
+           "print(", "y = [", "def g():", "try:", "with open(", "lambda", "z"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    return tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2).eval(), tok
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if event.finish_reason is not None:
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events)
+
+    @property
+    def finish(self) -> str | None:
+        return self.events[-1].finish_reason if self.events else None
+
+
+def run(engine: Engine, tok, prompts: list[str], sampling: Sampling) -> list[Collector]:
+    collectors = [Collector() for _ in prompts]
+    for prompt, c in zip(prompts, collectors):
+        engine.submit(tok.encode(prompt), sampling, c)
+    for c in collectors:
+        assert c.done.wait(60)
+    return collectors
+
+
+def offline_greedy(model, tok, prompt: str, n: int) -> str:
+    return Generator(model, tok).generate([prompt], GenerationConfig(max_new_tokens=n, greedy=True))[0][0].text
+
+
+@pytest.mark.parametrize("together", [1, 16])
+def test_greedy_matches_the_offline_generator_alone_or_batched(model_and_tokenizer, together):
+    model, tok = model_and_tokenizer
+    engine = Engine(model, tok, max_running=8, max_queue=64)  # 16 sequences through 8 slots: they join as others end
+    engine.start()
+    try:
+        lengths = [5 + 3 * (i % 5) for i in range(together)]
+        collectors = [Collector() for _ in range(together)]
+        for i, c in enumerate(collectors):
+            engine.submit(tok.encode(PROMPTS[i]), Sampling(max_tokens=lengths[i], temperature=0.0), c)
+        for c in collectors:
+            assert c.done.wait(60)
+        for i, c in enumerate(collectors):
+            assert c.text == offline_greedy(model, tok, PROMPTS[i], lengths[i]), PROMPTS[i]
+            assert c.finish in ("stop", "length")
+            assert c.events[-1].completion_tokens <= lengths[i]
+        assert engine.stats.running == 0 and not any(engine.slots)
+    finally:
+        engine.stop()
+
+
+def test_a_seed_reproduces_a_sample_and_stop_strings_end_it(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    engine = Engine(model, tok, max_running=4)
+    engine.start()
+    try:
+        a, b = run(engine, tok, ["x = ", "x = "], Sampling(max_tokens=20, temperature=1.0, seed=3))
+        assert a.text == b.text
+        stop = a.text[3:5] if len(a.text) >= 5 else None
+        if stop:
+            (c,) = run(engine, tok, ["x = "], Sampling(max_tokens=20, temperature=1.0, seed=3, stop=[stop]))
+            assert c.finish == "stop" and c.text == a.text[: a.text.find(stop)]
+    finally:
+        engine.stop()
+
+
+def test_cancelled_and_overflowing_requests(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    engine = Engine(model, tok, max_running=2, max_queue=2)
+    c = Collector()
+    seq = engine.submit(tok.encode("x"), Sampling(max_tokens=40, temperature=1.0), c)
+    engine.submit(tok.encode("y"), Sampling(max_tokens=4), Collector())
+    with pytest.raises(QueueFull):
+        engine.submit(tok.encode("z"), Sampling(max_tokens=4), Collector())
+    engine.cancel(seq)
+    engine.start()
+    try:
+        assert c.done.wait(30) and c.finish == "cancelled"
+        with pytest.raises(Exception, match="more than the context of 64"):
+            engine.submit(tok.encode("x" * 10), Sampling(max_tokens=60), Collector())
+    finally:
+        engine.stop()
+    assert engine.stats.running == 0
+
+
+def test_logprobs_are_the_model_log_softmax(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    engine = Engine(model, tok, max_running=2)
+    engine.start()
+    try:
+        (c,) = run(engine, tok, ["def f(x):"], Sampling(max_tokens=1, temperature=0.0, logprobs=3))
+    finally:
+        engine.stop()
+    ids = torch.tensor([tok.encode("def f(x):")])
+    with torch.no_grad():
+        expected = model(ids)[0, -1].float().log_softmax(-1)
+    event = c.events[0]
+    assert event.logprob == pytest.approx(float(expected.max()), abs=1e-5)
+    assert len(event.top_logprobs) == 3 and max(event.top_logprobs.values()) == pytest.approx(event.logprob)
