@@ -86,7 +86,9 @@ def start_llmlab(*args: str, until: str, timeout: float = 120) -> subprocess.Pop
     (e.g. "step 5": it is training). The caller stops it and reads the rest of its stderr."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     proc = subprocess.Popen([sys.executable, "-m", "llmlab", *args], stderr=subprocess.PIPE, text=True, env=env)
-    if wait_for_line(proc.stderr, until, timeout) is None:
+    line = wait_for_line(proc.stderr, until, timeout)
+    if line is None:
         proc.kill()
         raise AssertionError(f"`llmlab {' '.join(args[:1])}` printed no line starting with {until!r} in {timeout} s")
+    proc.until_line = line  # e.g. the address a server printed
     return proc

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.finetune",
             "llmlab.align",
             "llmlab.chat",
+            "llmlab.serve",
             "llmlab.tasks",
             "llmlab.evaluation",
             "llmlab.introspect",

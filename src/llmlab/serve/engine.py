@@ -259,4 +259,3 @@ class Engine:
             self.lengths[seq.slot] = 0
         self.stats.running = sum(s is not None for s in self.slots)
         seq.emit(event)
-

@@ -1,0 +1,341 @@
+"""The OpenAI-compatible HTTP API on the engine (FastAPI on uvicorn): /v1/completions, /v1/chat/completions,
+/v1/models, /health and /metrics. Each request's sequences are submitted to the engine of the model it names;
+the engine's thread hands their tokens to the request's asyncio queue. Errors answer in OpenAI's shape with
+the right status, and one request's error never touches another's."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from llmlab.data.chat import ChatTemplate
+from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
+from llmlab.serve.api import ChatRequest, CompletionRequest, error_body
+from llmlab.serve.engine import Engine, Event, QueueFull, Sequence
+from llmlab.serve.metrics import ServerMetrics
+
+
+@dataclass
+class ServedModel:
+    """One name clients ask for: its engine, tokenizer and chat template."""
+
+    name: str
+    engine: Engine
+    template: ChatTemplate
+
+    def prompt_ids(self, text: str) -> list[int]:
+        tok = self.engine.tokenizer
+        return family_spec(self.engine.model.config).prompt_prefix(tok) + tok.encode(text)
+
+
+@dataclass
+class ServeSettings:
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    request_timeout: float = 600.0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.body, self.headers = status, error_body(message, kind, param, code), headers
+
+
+def create_app(models: list[ServedModel], settings: ServeSettings) -> FastAPI:
+    served = {m.name: m for m in models}
+    metrics = ServerMetrics(models)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for m in models:
+            m.engine.start()
+        yield
+        for m in models:
+            m.engine.stop()
+
+    app = FastAPI(title="llmlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started, endpoint = time.perf_counter(), request.url.path
+        try:
+            _authorise(request, settings)
+            _check_size(request, settings)
+            response = await call_next(request)
+        except ApiError as exc:
+            response = JSONResponse(exc.body, exc.status, headers=exc.headers)
+        metrics.request(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body, exc.status, headers=exc.headers)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": list(served)}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return PlainTextResponse(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        data = [{"id": name, "object": "model", "created": settings.created, "owned_by": "llmlab"} for name in served]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = await _parse(request, CompletionRequest, settings)
+        model = _model(served, body.model)
+        prompts = [model.prompt_ids(p) for p in body.prompt]
+        jobs = [(i, ids, body.sampling(16, body.logprobs, c)) for i, ids in enumerate(prompts) for c in range(body.n)]
+        run = await _submit(model, jobs, metrics)
+        echo = [p if body.echo else "" for p in body.prompt for _ in range(body.n)]
+        shape = CompletionShape(body.model, model.engine.tokenizer, echo)
+        return await _respond(run, shape, body, settings)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await _parse(request, ChatRequest, settings)
+        model = _model(served, body.model)
+        text = model.template.render([m.model_dump() for m in body.messages], add_generation_prompt=True)
+        bos = model.template.bos_token
+        ids = model.prompt_ids(text[len(bos) :] if bos and text.startswith(bos) else text)
+        room = max(model.engine.context - len(ids), 1)
+        if model.template.origin == "llmlab default":  # the default template's next turn: not the reply's
+            body.stop = [*(body.stop or []), "\n<|user|>"]
+        if body.max_completion_tokens:
+            body.max_tokens = body.max_completion_tokens
+        jobs = [(0, ids, body.sampling(room, body.chat_logprobs(), c)) for c in range(body.n)]
+        run = await _submit(model, jobs, metrics)
+        return await _respond(run, ChatShape(body.model, model.engine.tokenizer), body, settings)
+
+    return app
+
+
+def _authorise(request: Request, settings: ServeSettings) -> None:
+    if settings.api_key is None or request.url.path == "/health":
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send Authorization: Bearer KEY", code="invalid_api_key")
+
+
+def _check_size(request: Request, settings: ServeSettings) -> None:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+        raise ApiError(413, f"the request body has {length} bytes, more than the {settings.max_body_bytes} allowed")
+
+
+async def _parse(request: Request, kind: type[BaseModel], settings: ServeSettings):
+    raw = await request.body()
+    if len(raw) > settings.max_body_bytes:
+        raise ApiError(413, f"the request body has {len(raw)} bytes, more than the {settings.max_body_bytes} allowed")
+    try:
+        return kind.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"the body is not JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise ApiError(400, f"{param}: {first['msg']}", param=param) from None
+
+
+def _model(served: dict[str, ServedModel], name: str) -> ServedModel:
+    if name not in served:
+        raise ApiError(404, f"the model {name!r} does not exist; served: {', '.join(served)}", param="model",
+                       code="model_not_found")  # fmt: skip
+    return served[name]
+
+
+@dataclass
+class Run:
+    """A request's sequences and the queue their engine thread fills: (choice index, event)."""
+
+    engine: Engine
+    sequences: list[Sequence]
+    queue: asyncio.Queue
+    prompts: list[int]  # prompt tokens per choice
+
+
+async def _submit(model: ServedModel, jobs: list, metrics: ServerMetrics) -> Run:
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    run = Run(model.engine, [], queue, [])
+    try:
+        for choice, (_, ids, sampling) in enumerate(jobs):
+            emit = _emitter(loop, queue, choice)
+            run.sequences.append(model.engine.submit(ids, sampling, emit))
+            run.prompts.append(len(ids))
+    except QueueFull as exc:
+        _cancel(run)
+        raise ApiError(429, f"the server is busy ({exc}); retry shortly", kind="rate_limit_error",
+                       headers={"Retry-After": "1"}) from None  # fmt: skip
+    except LlmlabError as exc:
+        _cancel(run)
+        raise ApiError(400, str(exc), param="max_tokens", code="context_length_exceeded") from None
+    metrics.prompt_tokens(sum(run.prompts))
+    return run
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, choice: int):
+    def emit(event: Event) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (choice, event))
+
+    return emit
+
+
+def _cancel(run: Run) -> None:
+    for seq in run.sequences:
+        run.engine.cancel(seq)
+
+
+async def _events(run: Run, timeout: float) -> AsyncIterator[tuple[int, Event]]:
+    """Every choice's events until all have finished; cancels them all if the caller stops listening."""
+    open_choices, deadline = len(run.sequences), time.monotonic() + timeout
+    try:
+        while open_choices:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            choice, event = await asyncio.wait_for(run.queue.get(), left)
+            if event.finish_reason is not None:
+                open_choices -= 1
+            yield choice, event
+    finally:
+        if open_choices:  # a disconnect, a timeout or an error: free the slots now
+            _cancel(run)
+
+
+async def _respond(run: Run, shape, body, settings: ServeSettings) -> Response:
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse(run, shape, include_usage, settings), media_type="text/event-stream")
+    pieces: dict[int, list[Event]] = {i: [] for i in range(len(run.sequences))}
+    try:
+        async for choice, event in _events(run, settings.request_timeout):
+            pieces[choice].append(event)
+    except asyncio.TimeoutError:
+        raise ApiError(504, f"the request took longer than {settings.request_timeout:g} s", kind="timeout") from None
+    return JSONResponse(shape.whole(pieces, _usage(run, pieces)))
+
+
+async def _sse(run: Run, shape, include_usage: bool, settings: ServeSettings) -> AsyncIterator[str]:
+    pieces: dict[int, list[Event]] = {i: [] for i in range(len(run.sequences))}
+    if hasattr(shape, "first_chunks"):
+        for chunk in shape.first_chunks(len(run.sequences)):
+            yield _data(chunk)
+    try:
+        async for choice, event in _events(run, settings.request_timeout):
+            pieces[choice].append(event)
+            yield _data(shape.chunk(choice, event))
+    except asyncio.TimeoutError:
+        yield _data(error_body(f"the request took longer than {settings.request_timeout:g} s", "timeout"))
+    if include_usage:
+        yield _data(shape.usage_chunk(_usage(run, pieces)))
+    yield "data: [DONE]\n\n"
+
+
+def _data(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _usage(run: Run, pieces: dict[int, list[Event]]) -> dict:
+    prompt = sum(run.prompts[i] for i in pieces) if len(set(run.prompts)) > 1 else run.prompts[0]
+    completion = sum(events[-1].completion_tokens for events in pieces.values() if events)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class CompletionShape:
+    """/v1/completions' response objects."""
+
+    def __init__(self, model: str, tokenizer, echo: list[str]) -> None:
+        self.id, self.model, self.tokenizer, self.echo = f"cmpl-{uuid.uuid4().hex}", model, tokenizer, echo
+        self.created = int(time.time())
+
+    def _frame(self, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices}  # fmt: skip
+
+    def _logprobs(self, events: list[Event]) -> dict | None:
+        scored = [e for e in events if e.logprob is not None]
+        if not scored:
+            return None
+        tokens = [self.tokenizer.decode([e.token_id]) for e in scored]
+        offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in scored],
+                "top_logprobs": [e.top_logprobs for e in scored], "text_offset": offsets}  # fmt: skip
+
+    def whole(self, pieces: dict[int, list[Event]], usage: dict) -> dict:
+        choices = [{"index": i, "text": self.echo[i] + "".join(e.text for e in events),
+                    "finish_reason": _reason(events[-1]), "logprobs": self._logprobs(events)}
+                   for i, events in sorted(pieces.items())]  # fmt: skip
+        return {**self._frame(choices), "usage": usage}
+
+    def chunk(self, choice: int, event: Event) -> dict:
+        return self._frame([{"index": choice, "text": event.text, "logprobs": self._logprobs([event]),
+                             "finish_reason": _reason(event)}])  # fmt: skip
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return {**self._frame([]), "usage": usage}
+
+
+class ChatShape(CompletionShape):
+    """/v1/chat/completions' response objects."""
+
+    def __init__(self, model: str, tokenizer) -> None:
+        super().__init__(model, tokenizer, [])
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+
+    def _frame(self, choices: list[dict], kind: str = "chat.completion") -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+
+    def _logprobs(self, events: list[Event]) -> dict | None:
+        scored = [e for e in events if e.logprob is not None]
+        if not scored:
+            return None
+
+        def entry(token: str, logprob: float) -> dict:
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+        content = [{**entry(self.tokenizer.decode([e.token_id]), e.logprob),
+                    "top_logprobs": [entry(t, lp) for t, lp in (e.top_logprobs or {}).items()]}
+                   for e in scored]  # fmt: skip
+        return {"content": content}
+
+    def whole(self, pieces: dict[int, list[Event]], usage: dict) -> dict:
+        choices = [{"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in events)},
+                    "finish_reason": _reason(events[-1]), "logprobs": self._logprobs(events)}
+                   for i, events in sorted(pieces.items())]  # fmt: skip
+        return {**self._frame(choices), "usage": usage}
+
+    def first_chunks(self, n: int) -> list[dict]:
+        return [self._frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}], "chat.completion.chunk") for i in range(n)]  # fmt: skip
+
+    def chunk(self, choice: int, event: Event) -> dict:
+        delta = {"content": event.text} if event.text else {}
+        return self._frame([{"index": choice, "delta": delta, "logprobs": self._logprobs([event]),
+                             "finish_reason": _reason(event)}], "chat.completion.chunk")  # fmt: skip
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return {**self._frame([], "chat.completion.chunk"), "usage": usage}
+
+
+def _reason(event: Event) -> str | None:
+    """OpenAI's finish reasons: stop (end of sequence or a stop string), length; a cancelled one is neither."""
+    return event.finish_reason if event.finish_reason in ("stop", "length", None) else "stop"
