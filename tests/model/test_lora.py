@@ -129,3 +129,14 @@ def test_a_peft_adapter_for_another_base_is_one_error(tmp_path):
     peft.get_peft_model(to_transformers(small), config).save_pretrained(tmp_path / "peft")
     with pytest.raises(LlmlabError, match="do not fit this base"):
         import_peft(tmp_path / "peft", large.config)
+
+
+def test_disable_dropout_silences_attention_dropout_too():
+    """A model trained with dropout gives the same log-probabilities twice in train mode once it is disabled."""
+    from llmlab.model.surgery import disable_dropout
+
+    model = tiny_model("gpt2", dropout=0.3).train()
+    ids = torch.randint(0, 64, (2, 16))
+    assert not torch.equal(model(ids), model(ids))
+    disable_dropout(model)
+    torch.testing.assert_close(model(ids), model(ids), rtol=0, atol=0)

@@ -58,7 +58,10 @@ def replace_linears(model: nn.Module, select: Select, make: Make) -> list[str]:
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """RLHF compares log-probabilities of the same tokens across passes: dropout would make them noise."""
+    """RLHF compares log-probabilities of the same tokens across passes: dropout would make them noise. Both
+    kinds: `nn.Dropout` modules and the attention probabilities' dropout (a rate the attention layers read)."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.0
