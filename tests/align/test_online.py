@@ -4,6 +4,7 @@ refuses bad options in one line."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -94,16 +95,37 @@ def test_rollouts_sample_the_unmodified_distribution(folders):
     assert outside > 0.3 and len({c.text for c in completions}) > 8
 
 
-def test_a_run_stopped_inside_a_rollout_resumes_exactly(folders, tmp_path):
-    straight = tmp_path / "straight"
-    align(options(folders, straight, max_steps=6, lr=1e-2))
-    stopped = tmp_path / "stopped"
-    align(options(folders, stopped, max_steps=3, lr=1e-2))  # a rollout is 2 steps: step 3 is inside one
-    align(options(folders, stopped, max_steps=6, lr=1e-2, resume=True))
+@pytest.mark.parametrize("method,stop,extra", [
+    ("ppo", 3, {"kl_target": 1.0, "kl_horizon": 50}),  # a rollout is 2 steps: step 3 is inside one
+    ("grpo", 2, {"group_size": 4, "rollout_prompts": 4}),  # at a rollout's boundary
+])  # fmt: skip
+def test_a_stopped_run_resumes_exactly(folders, tmp_path, method, stop, extra):
+    common = dict(method=method, lr=1e-2, **extra)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    align(options(folders, straight, max_steps=6, **common))
+    align(options(folders, stopped, max_steps=stop, **common))
+    align(options(folders, stopped, max_steps=6, resume=True, **common))
     a, b = load_file(straight / "adapter.safetensors"), load_file(stopped / "adapter.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    kept_a = load_file(straight / "optimizer.safetensors")
+    kept_b = load_file(stopped / "optimizer.safetensors")
+    assert kept_a["kept.kl_coef"] == kept_b["kept.kl_coef"]
+    if "kl_target" in extra:
+        assert float(kept_a["kept.kl_coef"]) != 0.05  # the adaptive coefficient moved
+
+
+def test_a_base_trained_with_dropout_starts_at_ratio_one_and_zero_kl(folders, tmp_path):
+    """Dropout (attention's included) is off: the first pass's ratio is exactly 1 and the first KL 0."""
+    tok = load_checkpoint(folders / "base").tokenizer
+    save_checkpoint(tmp_path / "base", tiny_model("gpt2", vocab_size=tok.vocab_size, block_size=64, dropout=0.2), tok)
+    lines = []
+    align(options(folders, tmp_path / "out", base=str(tmp_path / "base"), max_steps=1, log_interval=1),
+          log=lines.append)  # fmt: skip
+    assert "KL 0.000" in next(line for line in lines if line.startswith("rollout 1:"))
+    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_approx_kl"] == 0 and first["train_clipfrac"] == 0
 
 
 def test_a_collapse_is_reported(folders):
@@ -127,6 +149,8 @@ def test_a_collapse_is_reported(folders):
     (["--method", "ppo"], ["needs a --reward"]),
     (["--method", "ppo", "--reward", "vader", "--beta", "0.1"], ["--beta does not apply to --method ppo"]),
     (["--method", "grpo", "--reward", "vader", "--kl-target", "3"], ["--kl-target does not apply to --method grpo"]),
+    (["--method", "grpo", "--reward", "vader", "--gamma", "0.9"], ["--gamma does not apply to --method grpo"]),
+    (["--method", "ppo", "--reward", "vader", "--kl-coef", "0", "--kl-target", "2"], ["cannot start at 0"]),
     (["--method", "ppo", "--reward", "tests.align.test_online:not_a_number"], ["returned nan"]),
     (["--method", "ppo", "--reward", "vader", "--rollout-prompts", "3"], ["does not split into micro-batches"]),
     (["--method", "ppo", "--reward", "vader", "--max-new-tokens", "60"], ["prompt has 11 tokens", "context window"]),
@@ -143,3 +167,6 @@ def test_an_offline_option_given_to_another_method_is_refused(folders, tmp_path,
     code, _, err = run_cli(capsys, "align", str(folders / "base"), "--data", "x.jsonl", "--method", "ipo",
                            "--label-smoothing", "0.1", "--out", str(tmp_path / "o"))  # fmt: skip
     assert_one_line_error(code, err, "--label-smoothing does not apply to --method ipo")
+    code, _, err = run_cli(capsys, "align", str(folders / "base"), "--data", "x.jsonl", "--ppo-epochs", "2",
+                           "--out", str(tmp_path / "o"))  # fmt: skip
+    assert_one_line_error(code, err, "--ppo-epochs does not apply to --method dpo")

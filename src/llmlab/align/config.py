@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from llmlab.align.losses import METHODS
@@ -101,10 +102,15 @@ class OnlineOptions(Validated):
         if not self.reward:
             raise LlmlabError(f"--method {self.method} needs a --reward", "pass a reward model, a classifier with "
                               "--reward-label, module:function, or vader / toxicity / harmless")  # fmt: skip
+        if self.kl_target and self.kl_coef == 0:
+            raise LlmlabError("--kl-target adapts the KL coefficient by multiplying it: it cannot start at 0",
+                              "pass --kl-coef > 0 (e.g. 0.05) with --kl-target")  # fmt: skip
         checks = [("max-new-tokens", self.max_new_tokens >= 1), ("rollout-prompts", self.rollout_prompts >= 1),
                   ("ppo-epochs", self.ppo_epochs >= 1), ("kl-horizon", self.kl_horizon >= 1),
                   ("group-size", self.group_size is None or self.group_size >= 2),
-                  ("kl-coef", self.kl_coef is None or self.kl_coef >= 0), ("clip", self.clip > 0),
+                  ("kl-coef", self.kl_coef is None or self.kl_coef >= 0 and (self.kl_coef > 0 or not self.kl_target)),
+                  ("clip", self.clip > 0), ("eos-penalty", self.eos_penalty is None or self.eos_penalty >= 0),
+                  ("collapse-share", 0 <= self.collapse_share < 1),
                   ("vf-clip", self.vf_clip > 0), ("kl-target", self.kl_target is None or self.kl_target > 0),
                   ("gamma", 0 < self.gamma <= 1), ("lam", 0 <= self.lam <= 1)]  # fmt: skip
         bad = next((name for name, ok in checks if not ok), None)
@@ -114,18 +120,23 @@ class OnlineOptions(Validated):
 
 
 # options that only some methods read: giving one to another method is refused, not ignored
+PPO_ONLY = ("ppo",)
 ONLY_FOR = {
     "label_smoothing": ("dpo",), "simpo_gamma": ("simpo",), "beta": METHODS, "data": METHODS,
-    "val_data": METHODS, "prompts": ONLINE, "val_prompts": ONLINE, "reward": ONLINE, "reward_label": ONLINE,
-    "group_size": ("grpo",), "kl_coef": ONLINE, "kl_target": ("ppo",), "eos_penalty": ONLINE,
-    "whiten_rewards": ("ppo",),
+    "val_data": METHODS, "block_size": METHODS, "prompts": ONLINE, "val_prompts": ONLINE, "reward": ONLINE,
+    "reward_label": ONLINE, "max_new_tokens": ONLINE, "rollout_prompts": ONLINE, "ppo_epochs": ONLINE,
+    "clip": ONLINE, "kl_coef": ONLINE, "eos_penalty": ONLINE, "collapse_share": ONLINE, "group_size": ("grpo",),
+    "kl_target": PPO_ONLY, "kl_horizon": PPO_ONLY, "vf_coef": PPO_ONLY, "vf_clip": PPO_ONLY, "gamma": PPO_ONLY,
+    "lam": PPO_ONLY, "whiten_rewards": PPO_ONLY,
 }  # fmt: skip
 
 
 def _refuse_unused(options: object, method: str) -> None:
+    """An option set away from its default for a method that does not read it is an error, not ignored."""
+    defaults = {f.name: f.default for f in dataclasses.fields(options) if f.default is not dataclasses.MISSING}
     for name, methods in ONLY_FOR.items():
         value = getattr(options, name, None)
-        if value not in (None, [], False) and method not in methods:
+        if value not in (None, [], False, defaults.get(name)) and method not in methods:
             flag = "--" + name.replace("_", "-")
             raise LlmlabError(f"{flag} does not apply to --method {method}", f"{flag} is read by {', '.join(methods)}")
 

@@ -50,11 +50,11 @@ def read_pairs(source: str, split: str = "train") -> list[Pair]:
     return pairs
 
 
-def read_prompts(source: str) -> list[str]:
+def read_prompts(source: str, split: str = "train") -> list[str]:
     """A text file (one prompt a line) or records with a `prompt` field."""
     path = Path(source)
     if source.endswith((".jsonl", ".json", ".csv", ".parquet")) or source.startswith("hf:"):
-        records = read_records(source)
+        records = read_records(source, split)
         bad = next((i for i, r in enumerate(records, 1) if not isinstance(r.get("prompt"), str)), None)
         if bad:
             raise LlmlabError(f"{source}: record {bad} has no 'prompt' text", "give every record a prompt")

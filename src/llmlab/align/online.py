@@ -68,7 +68,7 @@ class RolloutSource:
         self.micro_per_pass = self.sequences // cfg.batch_size
         self.steps_per_rollout = cfg.ppo_epochs * self.micro_per_pass // cfg.grad_accum
         self.phase, self.rollout = -1, None
-        self.validation: dict[int, RolloutBatch] = {}
+        self.validation: RolloutBatch | None = None  # this evaluation's rollout, served in --batch-size slices
 
     def __call__(self, validation: bool, step: int, micro: int) -> RolloutBatch:
         if validation:
@@ -107,11 +107,14 @@ class RolloutSource:
         self.kl.update(s["kl"], self.sequences)
 
     def _validation(self, i: int) -> RolloutBatch:
-        """The same held-out prompts and sampling seed at every evaluation: their reward and KL move only
-        with the weights."""
-        k = self.cfg.rollout_prompts
-        prompts = [self.val[(i * k + j) % len(self.val)] for j in range(min(k, len(self.val)))]
-        return self.sample(prompts, self.cfg.seed * 1_000_003 - 1 - i)
+        """Slice i of one rollout of the held-out prompts, sampled at the start of each evaluation with the
+        same prompts and seed every time: its reward and KL move only with the weights."""
+        size = self.cfg.batch_size
+        if i == 0:
+            prompts = [self.val[j % len(self.val)] for j in range(self.cfg.eval_iters * size // self.group)]
+            self.validation = self.sample(prompts or self.val[:1], self.cfg.seed * 1_000_003 - 1)
+        rows = self.validation.inputs.shape[0]
+        return self.validation.rows(torch.arange(i * size, (i + 1) * size) % rows)
 
     # what a checkpoint keeps beside the optimizer: the rollout being trained on and the KL coefficient
     def kept_tensors(self) -> dict[str, torch.Tensor]:
@@ -168,7 +171,7 @@ def prepare_online_job(cfg: AlignConfig, session: Session, base: Checkpoint, tun
         raise LlmlabError(f"--method {cfg.method} runs in one process", "run it without torchrun")
     policy = base.model
     disable_dropout(policy)
-    prompts = read_prompts(cfg.prompts)
+    prompts = read_prompts(cfg.prompts, cfg.split)
     train, val = _split_prompts(cfg, prompts)
     generator = Generator(policy, base.tokenizer)
     for p in train + val:  # a prompt too long for the context is refused now, not at rollout 37
@@ -177,13 +180,15 @@ def prepare_online_job(cfg: AlignConfig, session: Session, base: Checkpoint, tun
     reward(train[:2], [" ", "a"][: len(train[:2])])  # a reward that fails (NaN, wrong shape) fails before training
     actor = ActorCritic(policy, with_value=cfg.method == "ppo")
     settings = RolloutSettings(cfg.method, cfg.max_new_tokens, cfg.completions_per_prompt, cfg.gamma, cfg.lam,
-                               cfg.whiten_rewards, cfg.eos_penalty, chunk=max(cfg.batch_size, 8))  # fmt: skip
+                               cfg.whiten_rewards, cfg.eos_penalty, cfg.kl_value, max(cfg.batch_size, 8))  # fmt: skip
     reference = reference_fn(policy, tuned, session, settings.chunk)
     pad = family_spec(policy.config).pad_id(base.tokenizer)
     kl = KLController(cfg.kl_value, cfg.kl_target, cfg.kl_horizon)
 
     def sample(batch_prompts: list[str], seed: int) -> RolloutBatch:
-        with autocast(session.device, session.dtype):  # the precision the policy trains in: ratio 1 at first
+        # the precision the policy trains in, so the first pass's ratio is 1 (to the last bit on CPU fp32; within
+        # ~1e-3 where batch shapes change the kernels, as on CUDA bf16)
+        with autocast(session.device, session.dtype):
             return collect(actor, generator, batch_prompts, reward, settings, reference, kl, seed, pad, session.device)
 
     source = RolloutSource(sample, train, val, cfg, kl, session.log)
@@ -200,7 +205,7 @@ def prepare_online_job(cfg: AlignConfig, session: Session, base: Checkpoint, tun
 
 def _split_prompts(cfg: AlignConfig, prompts: list[str]) -> tuple[list[str], list[str]]:
     if cfg.val_prompts:
-        return prompts, read_prompts(cfg.val_prompts)
+        return prompts, read_prompts(cfg.val_prompts, cfg.split)
     order = np.random.default_rng([cfg.seed, 3]).permutation(len(prompts))
     n_val = max(1, int(len(prompts) * cfg.val_fraction))
     if len(prompts) - n_val < 1:

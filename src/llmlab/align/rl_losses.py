@@ -104,7 +104,8 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
               mask: torch.Tensor, clip: float, beta: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """GRPO's loss: the clipped surrogate with a sequence's advantage at each of its tokens, plus beta times
-    the k3 KL to the reference, averaged over each completion's tokens and then over completions."""
+    the k3 KL to the reference, averaged over each completion's tokens and then over completions (TRL's
+    `loss_type="grpo"`; its default is now "dapo", a token-level mean, and beta 0)."""
     ratio = torch.exp(logps - old_logps)
     adv = advantages[:, None]
     per_token = -torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)

@@ -95,6 +95,7 @@ class RolloutSettings:
     lam: float = 0.95
     whiten_rewards: bool = False
     eos_penalty: float | None = None
+    kl_coef: float = 0.0  # GRPO's: whether the reference is needed
     chunk: int = 16  # sequences per forward pass while scoring
 
 
@@ -103,7 +104,9 @@ def sample(generator: Generator, prompts: list[str], settings: RolloutSettings, 
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
                               seed=seed, num_samples=settings.group)  # fmt: skip
     generator.refresh()  # the weights changed since the last rollout
-    return [c for samples in generator.generate(prompts, config) for c in samples]
+    step = max(1, 64 // settings.group)  # prompts decoded together: the KV cache stays bounded
+    return [c for first in range(0, len(prompts), step)
+            for samples in generator.generate(prompts[first : first + step], config) for c in samples]  # fmt: skip
 
 
 def sequence_rows(generator: Generator, completions: list[Completion], pad: int) -> tuple[torch.Tensor, ...]:
@@ -150,10 +153,11 @@ def collect(actor: ActorCritic, generator: Generator, prompts: list[str], reward
             seed: int, pad: int, device: torch.device) -> RolloutBatch:  # fmt: skip
     """One rollout: sample, score with the reward, and compute the advantages of `settings.method`."""
     completions = sample(generator, prompts, settings, seed)
-    actor.policy.train(actor.training)  # the generator switches the policy to eval mode
+    actor.policy.train(actor.training)  # the generator switched the policy to eval mode (dropout is off anyway)
     inputs, labels, mask = sequence_rows(generator, completions, pad)
     old_logps, old_values = score_tokens(actor, inputs, labels, mask, settings.chunk, device)
-    ref_logps = reference(inputs, labels, mask)
+    needs_reference = settings.method == "ppo" or settings.kl_coef > 0  # GRPO at beta 0 reads none (as TRL)
+    ref_logps = reference(inputs, labels, mask) if needs_reference else old_logps.clone()
     texts = [c.text for c in completions]
     scores = torch.tensor(reward([c.prompt for c in completions], texts), dtype=torch.float32)
     ended = torch.tensor([c.finish_reason == "eos" for c in completions])
