@@ -18,6 +18,7 @@ from llmlab.data.collate import pad_rows
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
+from llmlab.generation.text_stream import TextStream
 from llmlab.model import LanguageModel
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
 from llmlab.model.soft_prompt import prompt_length
@@ -117,29 +118,21 @@ class Generator:
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
-        """Yield the text of one completion piece by piece as tokens arrive."""
+        """Yield the text of one completion piece by piece as tokens arrive (the server's `TextStream`: a
+        partial UTF-8 character or a possible stop string is held back until it is known)."""
         config.validate()
-        ids: list[int] = []
-        emitted = ""
-        for new, done in self._decode([self.encode_prompt(prompt, config)], config):
+        text = TextStream(self.tokenizer, config.stop)
+        for new, _ in self._decode([self.encode_prompt(prompt, config)], config):
             if new[0] == self.eos_id:
                 break
-            ids.append(new[0])
-            text = self._cut_at_stop(self.tokenizer.decode(ids), config)
-            if done[0] and self._finish_reason(ids, config) == "stop":
-                yield text[len(emitted) :]
+            piece = text.push(new[0])
+            if piece:
+                yield piece
+            if text.stopped:
                 return
-            # Hold back a partial UTF-8 character (byte-level BPE can split one across tokens).
-            if text.endswith("\ufffd"):
-                continue
-            # Hold back text that might be the beginning of a stop string.
-            safe = len(text) - max((len(s) - 1 for s in config.stop), default=0)
-            if safe > len(emitted):
-                yield text[len(emitted) : safe]
-                emitted = text[:safe]
-        final = self._cut_at_stop(self.tokenizer.decode(ids), config)
-        if len(final) > len(emitted):
-            yield final[len(emitted) :]
+        rest = text.finish()
+        if rest:
+            yield rest
 
     # -- internals -------------------------------------------------------------------------------
 
