@@ -125,3 +125,67 @@ def test_logprobs_are_the_model_log_softmax(model_and_tokenizer):
     event = c.events[0]
     assert event.logprob == pytest.approx(float(expected.max()), abs=1e-5)
     assert len(event.top_logprobs) == 3 and max(event.top_logprobs.values()) == pytest.approx(event.logprob)
+
+
+def make_adapter(base_folder, out, seed: int, targets=("all-linear",)) -> None:
+    """A LoRA adapter folder for the base in `base_folder` with random (non-zero) B matrices."""
+    from llmlab.checkpoint.adapter import AdapterInfo, save_adapter, weights_fingerprint
+    from llmlab.load import load_checkpoint
+    from llmlab.model.lora import LoraSpec, add_lora, lora_state
+
+    ckpt = load_checkpoint(base_folder)
+    spec = LoraSpec(r=4, alpha=8, targets=targets)
+    fingerprint = weights_fingerprint(ckpt.model)
+    torch.manual_seed(seed)
+    add_lora(ckpt.model, spec)
+    tensors = {k: (torch.randn_like(v) * 0.5 if k.endswith("lora_B") else v) for k, v in lora_state(ckpt.model).items()}
+    info = AdapterInfo("lora", spec.to_dict(), str(base_folder), fingerprint, ckpt.model.config, out)
+    save_adapter(out, info, tensors, ckpt.tokenizer, ckpt.generation)
+
+
+def test_requests_for_different_adapters_decode_together(model_and_tokenizer, tmp_path):
+    """Base and two adapters in one batch: each sequence's greedy text is its merged model's."""
+    from llmlab.checkpoint.folder import save_checkpoint
+    from llmlab.load import load_checkpoint
+    from llmlab.serve.models import load_served
+
+    model, tok = model_and_tokenizer
+    save_checkpoint(tmp_path / "base", model, tok)
+    make_adapter(tmp_path / "base", tmp_path / "a", 1)
+    make_adapter(tmp_path / "base", tmp_path / "b", 2, targets=("attn.qkv",))
+    served = load_served(str(tmp_path / "base"), [("a", str(tmp_path / "a")), ("b", str(tmp_path / "b"))], "base",
+                         torch.device("cpu"), torch.float32, 4, 16)  # fmt: skip
+    engine = served[0].engine
+    assert [m.adapter for m in served] == [-1, 0, 1] and all(m.engine is engine for m in served)
+    engine.start()
+    try:
+        jobs = [(PROMPTS[i], served[i % 3]) for i in range(9)]
+        collectors = [Collector() for _ in jobs]
+        for (prompt, m), c in zip(jobs, collectors):
+            engine.submit(m.prompt_ids(prompt), Sampling(max_tokens=10, temperature=0.0), c, m.adapter)
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    offline_models = {-1: model, 0: load_checkpoint(tmp_path / "base", adapter=tmp_path / "a").model,
+                      1: load_checkpoint(tmp_path / "base", adapter=tmp_path / "b").model}  # fmt: skip
+    for (prompt, m), c in zip(jobs, collectors):
+        assert c.text == offline_greedy(offline_models[m.adapter], tok, prompt, 10), (prompt, m.name)
+    base_a = offline_greedy(offline_models[0], tok, PROMPTS[0], 10)
+    assert base_a != offline_greedy(model, tok, PROMPTS[0], 10)  # the adapters change the text
+
+
+def test_an_adapter_for_another_base_is_refused(model_and_tokenizer, tmp_path):
+    from llmlab.checkpoint.folder import save_checkpoint
+    from llmlab.errors import LlmlabError
+    from llmlab.serve.models import load_served
+
+    model, tok = model_and_tokenizer
+    save_checkpoint(tmp_path / "base", model, tok)
+    other = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2)
+    torch.nn.init.normal_(other.embed.weight)
+    save_checkpoint(tmp_path / "other", other, tok)
+    make_adapter(tmp_path / "other", tmp_path / "a", 1)
+    with pytest.raises(LlmlabError, match="trained on another base"):
+        load_served(str(tmp_path / "base"), [("a", str(tmp_path / "a"))], "base", torch.device("cpu"), torch.float32,
+                    4, 16)  # fmt: skip

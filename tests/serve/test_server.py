@@ -19,6 +19,7 @@ from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
 from llmlab.tokenizer import train_tokenizer
 from tests.helpers import SAMPLE_TEXT, start_llmlab, tiny_model
+from tests.serve.test_engine import make_adapter
 
 KEY = "test-key-123"
 
@@ -29,14 +30,16 @@ def server(tmp_path_factory):
     tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64)
     save_checkpoint(folder, model, tok)
+    make_adapter(folder, folder.parent / "adapter", seed=1)
     os.environ["LLMLAB_TEST_SERVE_KEY"] = KEY
-    proc = start_llmlab("serve", str(folder), "--port", "0", "--name", "tiny", "--api-key-env", "LLMLAB_TEST_SERVE_KEY",
+    proc = start_llmlab("serve", str(folder), "--port", "0", "--name", "tiny", "--adapter",
+                        f"tiny-a={folder.parent / 'adapter'}", "--api-key-env", "LLMLAB_TEST_SERVE_KEY",
                         "--max-running", "4", "--max-queue", "4", "--dtype", "fp32", "--max-body-bytes", "20000",
                         until="serving", timeout=120)  # fmt: skip
     line = proc.until_line
     port = int(re.search(r":(\d+)/v1", line).group(1))
     url = f"http://127.0.0.1:{port}"
-    yield {"url": url, "proc": proc, "model": model, "tok": tok,
+    yield {"url": url, "proc": proc, "model": model, "tok": tok, "folder": folder,
            "client": openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)}  # fmt: skip
     if proc.poll() is None:
         proc.kill()
@@ -54,6 +57,15 @@ def test_greedy_completion_equals_the_offline_generator(server):
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.prompt_tokens == len(server["tok"].encode("def f(x):"))
     assert reply.usage.completion_tokens <= 12
+
+
+def test_an_adapter_is_served_by_its_name(server):
+    from llmlab.load import load_checkpoint
+
+    merged = load_checkpoint(server["folder"], adapter=server["folder"].parent / "adapter").model
+    reply = server["client"].completions.create(model="tiny-a", prompt="def f(x):", max_tokens=12, temperature=0)
+    text = Generator(merged, server["tok"]).generate(["def f(x):"], GenerationConfig(max_new_tokens=12, greedy=True))
+    assert reply.choices[0].text == text[0][0].text != offline(server, "def f(x):", 12)
 
 
 def test_chat_n_seed_stop_and_logprobs(server):
@@ -124,7 +136,7 @@ def test_errors_surface_as_the_client_exceptions(server):
 
 def test_models_health_metrics_and_a_disconnect_frees_its_slot(server):
     client, url = server["client"], server["url"]
-    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert [m.id for m in client.models.list()] == ["tiny", "tiny-a"]
     assert httpx.get(f"{url}/health").json()["status"] == "ok"
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"model": "tiny", "prompt": "x", "max_tokens": 60, "stream": True, "temperature": 1}

@@ -13,39 +13,22 @@ from llmlab.errors import LlmlabError
 
 
 def served_models(args: argparse.Namespace) -> list:
-    """The base under its name and each --adapter NAME=DIR as its own (merged) model."""
+    """The base under its name and each --adapter NAME=DIR on the same engine."""
     from pathlib import Path
 
-    from llmlab.data.chat import find_chat_template
     from llmlab.device import resolve_device, resolve_dtype
-    from llmlab.family import family_spec
-    from llmlab.load import load_checkpoint
-    from llmlab.serve.app import ServedModel
-    from llmlab.serve.engine import Engine
+    from llmlab.serve.models import load_served
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    sources = [(args.name or Path(args.checkpoint).name.rstrip("/") or "model", None)]
+    adapters = []
     for spec in args.adapter or []:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
             raise LlmlabError(f"--adapter {spec!r} is not NAME=DIR", "name each adapter: --adapter sql=runs/sql-lora")
-        sources.append((name, folder))
-    names = [n for n, _ in sources]
-    if len(set(names)) != len(names):
-        raise LlmlabError(f"two served models share a name among {', '.join(names)}", "give each a different name")
-    models = []
-    for name, adapter in sources:
-        ckpt = load_checkpoint(args.checkpoint, device=device, dtype=dtype, adapter=adapter)
-        if not family_spec(ckpt.model.config).causal:
-            raise LlmlabError(f"{args.checkpoint} is a {ckpt.model.config.family}: llmlab serve decodes decoder-only "
-                              "models so far", "serve a decoder (GPT-2 or Llama style)")  # fmt: skip
-        tok = ckpt.tokenizer
-        eos = tok.decode([tok.require("eos", "to end replies")])
-        template = find_chat_template(ckpt.path if ckpt.path.is_dir() else None, eos, tok.decode(tok.prefix_ids))
-        engine = Engine(ckpt.model, tok, args.max_running, args.max_queue)
-        models.append(ServedModel(name, engine, template))
-    return models
+        adapters.append((name, folder))
+    name = args.name or Path(args.checkpoint).name or "model"
+    return load_served(args.checkpoint, adapters, name, device, resolve_dtype(args.dtype, device), args.max_running,
+                       args.max_queue)  # fmt: skip
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -90,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--name", help="the model name clients ask for (default: the folder's name)")
-    p.add_argument("--adapter", action="append", help="NAME=DIR: also serve a LoRA adapter on the base as NAME "
-                   "(repeatable; each is a merged copy of the base)")  # fmt: skip
+    p.add_argument("--adapter", action="append", help="NAME=DIR: also serve a LoRA adapter (llmlab's or PEFT's) "
+                   "on the base as NAME (repeatable; requests for every adapter decode together)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed)")
     p.add_argument("--api-key-env", help="require Authorization: Bearer KEY, KEY read from this environment variable")

@@ -233,3 +233,63 @@ def trainable_counts(model: nn.Module) -> tuple[int, int]:
     total += sum(m.in_features * m.out_features for m in model.modules()
                  if not isinstance(m, (nn.Linear, LoRALinear)) and hasattr(m, "dequantized"))  # fmt: skip
     return trainable, total
+
+
+class MultiLoRALinear(nn.Module):
+    """A frozen layer with several adapters at once, one chosen per row of the batch (`rows`: an adapter's
+    index, or -1 for the base alone): how a server decodes requests for different adapters in one step
+    (as vLLM's multi-LoRA) instead of holding a merged copy of the model per adapter. Ranks are padded to
+    the largest with zeros, which adds nothing to B A."""
+
+    def __init__(self, base: nn.Module, adapters: list[tuple[torch.Tensor, torch.Tensor, float] | None]) -> None:
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        rank = max((a.shape[0] for a, _, _ in filter(None, adapters)), default=1)
+        dtype, device = base.weight.dtype, base.weight.device
+        A = torch.zeros(len(adapters), rank, self.in_features, dtype=dtype, device=device)
+        B = torch.zeros(len(adapters), self.out_features, rank, dtype=dtype, device=device)
+        scale = torch.zeros(len(adapters) + 1, dtype=dtype, device=device)  # the last: the base alone
+        for i, adapter in enumerate(adapters):
+            if adapter is not None:
+                a, b, s = adapter
+                A[i, : a.shape[0]], B[i, :, : b.shape[1]], scale[i] = a, b, s
+        self.register_buffer("lora_A", A)
+        self.register_buffer("lora_B", B)
+        self.register_buffer("scales", scale)
+        self.rows: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.rows is None:
+            return y
+        pick = self.rows.clamp(min=0)
+        update = torch.einsum("bti,bri->btr", x, self.lora_A[pick].to(x.dtype))
+        update = torch.einsum("btr,bor->bto", update, self.lora_B[pick].to(x.dtype))
+        scale = self.scales[torch.where(self.rows >= 0, self.rows, len(self.scales) - 1)].to(x.dtype)
+        return y + update * scale[:, None, None]
+
+
+def add_multi_lora(model: nn.Module, adapters: list[dict[str, torch.Tensor]], scalings: list[float]) -> list[str]:
+    """Every layer any adapter touches gets a `MultiLoRALinear` holding them all (zeros where an adapter
+    leaves the layer alone); each adapter's tensors are `<layer>.lora_A` / `<layer>.lora_B` as saved."""
+    targets = sorted({key.rsplit(".", 1)[0] for tensors in adapters for key in tensors})
+
+    def build(name: str, layer: nn.Module) -> MultiLoRALinear:
+        parts = [(t[f"{name}.lora_A"], t[f"{name}.lora_B"], s) if f"{name}.lora_A" in t else None
+                 for t, s in zip(adapters, scalings)]  # fmt: skip
+        return MultiLoRALinear(layer, parts)
+
+    names = replace_linears(model, lambda name, layer: name in targets, build)
+    if sorted(names) != targets:
+        missing = sorted(set(targets) - set(names))
+        raise LlmlabError(f"the adapters name layers this model does not have: {', '.join(missing[:3])}",
+                          "serve adapters trained on this base")  # fmt: skip
+    return names
+
+
+def select_adapters(model: nn.Module, rows: torch.Tensor | None) -> None:
+    """The adapter of each row of the next forward passes (-1: the base), or None: the base for all."""
+    for module in model.modules():
+        if isinstance(module, MultiLoRALinear):
+            module.rows = rows

@@ -18,25 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from llmlab.data.chat import ChatTemplate
 from llmlab.errors import LlmlabError
-from llmlab.family import family_spec
 from llmlab.serve.api import ChatRequest, CompletionRequest, error_body
 from llmlab.serve.engine import Engine, Event, QueueFull, Sequence
 from llmlab.serve.metrics import ServerMetrics
-
-
-@dataclass
-class ServedModel:
-    """One name clients ask for: its engine, tokenizer and chat template."""
-
-    name: str
-    engine: Engine
-    template: ChatTemplate
-
-    def prompt_ids(self, text: str) -> list[int]:
-        tok = self.engine.tokenizer
-        return family_spec(self.engine.model.config).prompt_prefix(tok) + tok.encode(text)
+from llmlab.serve.models import ServedModel
 
 
 @dataclass
@@ -56,15 +42,16 @@ class ApiError(Exception):
 
 def create_app(models: list[ServedModel], settings: ServeSettings) -> FastAPI:
     served = {m.name: m for m in models}
-    metrics = ServerMetrics(models)
+    engines = list({id(m.engine): m.engine for m in models}.values())  # adapters share their base's
+    metrics = ServerMetrics(engines)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        for m in models:
-            m.engine.start()
+        for engine in engines:
+            engine.start()
         yield
-        for m in models:
-            m.engine.stop()
+        for engine in engines:
+            engine.stop()
 
     app = FastAPI(title="llmlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -179,7 +166,7 @@ async def _submit(model: ServedModel, jobs: list, metrics: ServerMetrics) -> Run
     try:
         for choice, (_, ids, sampling) in enumerate(jobs):
             emit = _emitter(loop, queue, choice)
-            run.sequences.append(model.engine.submit(ids, sampling, emit))
+            run.sequences.append(model.engine.submit(ids, sampling, emit, model.adapter))
             run.prompts.append(len(ids))
     except QueueFull as exc:
         _cancel(run)

@@ -26,6 +26,7 @@ from llmlab.generation.text_stream import TextStream
 from llmlab.model import LanguageModel
 from llmlab.model.cache import SlotCache
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
+from llmlab.model.lora import MultiLoRALinear, select_adapters
 from llmlab.tokenizer import TextTokenizer
 
 
@@ -69,6 +70,7 @@ class Sequence:
     emit: Callable[[Event], None]
     stream: TextStream
     generator: torch.Generator | None
+    adapter: int = -1
     slot: int = -1
     generated: int = 0
     last: int = 0
@@ -91,7 +93,9 @@ class Engine:
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, max_running: int = 16, max_queue: int = 64,
                  context: int | None = None) -> None:  # fmt: skip
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.runner = packed_for_inference(model) if can_pack(model) else model
+        # several adapters on one base (MultiLoRALinear): each step tells the layers every row's adapter
+        self.adapters = any(isinstance(m, MultiLoRALinear) for m in model.modules())
+        self.runner = packed_for_inference(model) if can_pack(model) and not self.adapters else model
         self.context = min(context or model.config.block_size, model.config.block_size)
         self.eos_id = tokenizer.require("eos", "to end completions")
         c = model.config
@@ -119,8 +123,10 @@ class Engine:
             self._wake.notify()
         self._thread.join(timeout)
 
-    def submit(self, prompt_ids: list[int], sampling: Sampling, emit: Callable[[Event], None]) -> Sequence:
-        """Queue a sequence; raises QueueFull when the queue is at its bound and LlmlabError when it cannot fit."""
+    def submit(self, prompt_ids: list[int], sampling: Sampling, emit: Callable[[Event], None],
+               adapter: int = -1) -> Sequence:  # fmt: skip
+        """Queue a sequence (for `adapter`, an index into the model's MultiLoRALinear adapters, or -1: the base);
+        raises QueueFull when the queue is at its bound and LlmlabError when it cannot fit."""
         room = self.context - len(prompt_ids)
         if not prompt_ids or sampling.max_tokens > room:
             raise LlmlabError(f"the prompt has {len(prompt_ids)} tokens and max_tokens is {sampling.max_tokens}: "
@@ -130,7 +136,7 @@ class Engine:
         if sampling.seed is not None:
             generator = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
         stream = TextStream(self.tokenizer, sampling.stop)
-        seq = Sequence(next(self._ids), prompt_ids, sampling, emit, stream, generator)
+        seq = Sequence(next(self._ids), prompt_ids, sampling, emit, stream, generator, adapter=adapter)
         with self._wake:
             if len(self.queue) >= self.max_queue:
                 raise QueueFull(f"{len(self.queue)} requests are waiting")
@@ -190,6 +196,8 @@ class Engine:
             self.stats.running = sum(s is not None for s in self.slots)
             self.cache.prefill(seq.slot)
             ids = torch.tensor([seq.prompt_ids], device=self.model.device)
+            if self.adapters:
+                select_adapters(self.runner, torch.tensor([seq.adapter], device=ids.device))
             positions = torch.arange(len(seq.prompt_ids), device=ids.device)
             with torch.inference_mode():
                 logits = self.runner(ids, positions, self.cache, None, last_only=True)[:, -1].float()
@@ -205,6 +213,10 @@ class Engine:
         read = int(lengths.max()) + 1
         mask = torch.arange(read, device=device)[None, :] <= lengths[:, None]  # its own keys and the new one
         self.cache.decode(rows, lengths, read)
+        if self.adapters:
+            select_adapters(
+                self.runner, torch.tensor([s.adapter if s else -1 for s in self.slots[:rows]], device=device)
+            )
         with torch.inference_mode():
             logits = self.runner(tokens, lengths[:, None], self.cache, mask[:, None, None, :], last_only=True)
         logits = logits[:, -1].float()

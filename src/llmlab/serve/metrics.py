@@ -11,7 +11,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0
 class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, models: list) -> None:
+    def __init__(self, engines: list) -> None:
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("llmlab_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
         self.request_seconds = Histogram("llmlab_request_seconds", "time to answer (a stream: to its first byte)",
@@ -24,7 +24,6 @@ class ServerMetrics:
                         buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
         queued = Gauge("llmlab_queue_length", "sequences waiting for a slot", registry=registry)
         running = Gauge("llmlab_running_sequences", "sequences decoding", registry=registry)
-        engines = [m.engine for m in models]
         queued.set_function(lambda: sum(e.stats.queued for e in engines))
         running.set_function(lambda: sum(e.stats.running for e in engines))
         for engine in engines:
