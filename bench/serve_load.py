@@ -13,7 +13,7 @@ streams in flight (each stream ends cleanly or is cut, the process exits 0 withi
 moderate load (--soak seconds, 8 clients) with the server's resident memory sampled every 5 s.
 
     .venv/bin/python bench/serve_load.py                 # ~8 minutes on 2 cores
-    .venv/bin/python bench/serve_load.py --soak 600      # the 10-minute soak
+    .venv/bin/python bench/serve_load.py --levels "" --soak 600     # the faults and a 10-minute soak
 """
 
 from __future__ import annotations
@@ -196,15 +196,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="load per concurrency level")
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the soak (0: skip)")
-    parser.add_argument("--levels", default="1,8,32,64")
+    parser.add_argument("--levels", default="1,8,32,64", help="client counts ('' : the faults and soak only)")
     args = parser.parse_args()
     print(describe())
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "llama-mini"
         build_model(folder)
         rows = {}
-        for mode, max_running in (("continuous", 64), ("one at a time", 1)):
+        for mode, max_running in (("continuous", 64), ("one at a time", 1)) if levels else ():
             proc, url = start_server(folder, max_running, 256)
             for clients in levels:
                 rows[mode, clients] = asyncio.run(load(url, clients, args.seconds, clients))

@@ -123,3 +123,23 @@ def test_evaluate_reports_reward_win_rate_kl_and_toxicity(scorers, tmp_path, cap
     assert report["metrics"]["toxicity_rate"] == 0.0 and report["metrics"]["mean_reward"] > 0
     code, out, _ = run_cli(capsys, "evaluate", tmp_path / "a", *common, "--reference", tmp_path / "b")
     assert code == 0 and json.loads(out)["metrics"]["kl_to_reference"] > 0
+
+
+def test_reward_report_scores_every_sample_of_every_prompt():
+    """With several samples per prompt, each sample is scored with its own prompt and returned."""
+    from llmlab.align.evaluation import reward_report
+    from llmlab.generation.config import GenerationConfig
+
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64)
+    seen = []
+
+    def reward(prompts, completions):
+        seen.extend(prompts)
+        return [float(len(c)) for c in completions]
+
+    config = GenerationConfig(max_new_tokens=6, seed=0, num_samples=3)
+    report = reward_report(model, tok, ["def", "class"], reward, config)
+    assert report.samples == 6 and len(report.completions) == 6 and len(report.rewards) == 6
+    assert seen == ["def"] * 3 + ["class"] * 3
+    assert report.rewards == [float(len(c.text)) for c in report.completions]

@@ -29,6 +29,8 @@ class RewardReport:
     samples: int
     metrics: dict[str, float]
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    completions: list[Completion] = field(default_factory=list)  # the scored samples, one per prompt
+    rewards: list[float] = field(default_factory=list)  # their rewards
 
 
 def sample(model: LanguageModel, tok: TextTokenizer, prompts: list[str], config: GenerationConfig) -> list[Completion]:
@@ -79,8 +81,9 @@ def reward_report(model: LanguageModel, tok: TextTokenizer, prompts: list[str], 
                   config: GenerationConfig, baseline: LanguageModel | None = None,
                   reference: LanguageModel | None = None, toxicity: RewardFn | None = None,
                   seed: int = 0) -> RewardReport:  # fmt: skip
-    """Mean reward of one sample per prompt; with `baseline`, the share of prompts where this model's
-    sample scores higher (ties count half); with `reference`, the KL; with `toxicity`, the share flagged."""
+    """Mean reward of `config.num_samples` samples per prompt (returned with their rewards); with `baseline`,
+    the share of samples where this model's scores higher than the baseline's (ties count half); with
+    `reference`, the KL; with `toxicity`, the share flagged."""
     for other in (baseline, reference):
         if other is not None and other.config.vocab_size != model.config.vocab_size:
             from llmlab.errors import LlmlabError
@@ -89,11 +92,12 @@ def reward_report(model: LanguageModel, tok: TextTokenizer, prompts: list[str], 
                               f"model {model.config.vocab_size}", "compare models that share a tokenizer")  # fmt: skip
     completions = sample(model, tok, prompts, config)
     texts = [c.text for c in completions]
-    rewards = reward(prompts, texts)
-    report = RewardReport(len(prompts), {"mean_reward": sum(rewards) / len(rewards)},
-                          {"mean_reward": bootstrap_interval(rewards, seed)})  # fmt: skip
+    rows = [p for p in prompts for _ in range(config.num_samples)]  # each sample's prompt
+    rewards = reward(rows, texts)
+    report = RewardReport(len(rows), {"mean_reward": sum(rewards) / len(rewards)},
+                          {"mean_reward": bootstrap_interval(rewards, seed)}, completions, rewards)  # fmt: skip
     if baseline is not None:
-        theirs = reward(prompts, [c.text for c in sample(baseline, tok, prompts, config)])
+        theirs = reward(rows, [c.text for c in sample(baseline, tok, prompts, config)])
         wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, theirs)]
         report.metrics.update(win_rate=sum(wins) / len(wins), baseline_mean_reward=sum(theirs) / len(theirs))
         report.intervals["win_rate"] = bootstrap_interval(wins, seed)
@@ -102,7 +106,7 @@ def reward_report(model: LanguageModel, tok: TextTokenizer, prompts: list[str], 
         report.metrics["kl_to_reference"] = kl
         report.intervals["kl_to_reference"] = interval
     if toxicity is not None:
-        flagged = [float(p > 0.5) for p in toxicity(prompts, texts)]
+        flagged = [float(p > 0.5) for p in toxicity(rows, texts)]
         report.metrics["toxicity_rate"] = sum(flagged) / len(flagged)
         report.intervals["toxicity_rate"] = bootstrap_interval(flagged, seed)
     return report

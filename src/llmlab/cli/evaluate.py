@@ -190,7 +190,8 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
         else None
     )
     if args.json:
-        print(json.dumps(dataclasses.asdict(report)))
+        summary = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("completions", "rewards")}
+        print(json.dumps(summary))
         return
     rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
     print_table(rows, ["metric", "value", "95% interval"])
@@ -232,11 +233,12 @@ def _evaluate_rewards(args: argparse.Namespace, ckpt) -> None:
     reward = load_reward(args.reward, args.reward_label) if args.reward else toxicity
     load = lambda source: load_for_inspection(source, args.device).model if source else None  # noqa: E731
     config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), "max_new_tokens": args.max_new_tokens,
-                                         "seed": args.seed})  # fmt: skip
+                                         "seed": args.seed, "num_samples": 1})  # fmt: skip
     report = reward_report(ckpt.model, ckpt.tokenizer, prompts, reward, config, load(args.baseline),
                            load(args.reference), toxicity, args.seed)  # fmt: skip
     if args.json:
-        print(json.dumps(dataclasses.asdict(report)))
+        summary = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("completions", "rewards")}
+        print(json.dumps(summary))
         return
     rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
     print_table(rows, ["metric", "value", "95% interval"])
