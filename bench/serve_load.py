@@ -105,7 +105,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict, hang_up_a
     return {"status": 200, "times": times, "done": done, "start": start}
 
 
-async def load(url: str, clients: int, seconds: float, seed: int) -> dict:
+async def load(url: str, clients: int, seconds: float, seed: int, max_requests: int = 2000) -> dict:
     rng = random.Random(seed)
     results, stop_at = [], time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
@@ -113,7 +113,7 @@ async def load(url: str, clients: int, seconds: float, seed: int) -> dict:
     async with httpx.AsyncClient(limits=limits) as client:
 
         async def user(i: int) -> None:
-            while time.perf_counter() < stop_at and len(results) < 2000:
+            while time.perf_counter() < stop_at and len(results) < max_requests:
                 results.append(await one_request(client, url, request_body(rng)))
 
         t0 = time.perf_counter()
@@ -174,8 +174,9 @@ async def faults(folder: Path, soak: float) -> list[str]:
                 samples.append(rss_mib(proc.pid))
                 await asyncio.sleep(5)
 
-        result, _ = await asyncio.gather(load(url, 8, soak, 5), sampler())
-        lines.append(f"soak: {soak:.0f} s at 8 clients, {result['completed']} requests, {result['errors']} errors; "
+        result, _ = await asyncio.gather(load(url, 8, soak, 5, max_requests=100 * int(soak)), sampler())
+        lines.append(f"soak: {result['wall']:.0f} s of load at 8 clients, {result['completed']} requests, "
+                     f"{result['errors']} errors; "
                      f"server RSS {samples[0]:.0f} -> {max(samples):.0f} (max) -> {samples[-1]:.0f} MiB")  # fmt: skip
     async with httpx.AsyncClient() as client:
         rng = random.Random(2)
