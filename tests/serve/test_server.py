@@ -57,6 +57,10 @@ def test_greedy_completion_equals_the_offline_generator(server):
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert reply.usage.prompt_tokens == len(server["tok"].encode("def f(x):"))
     assert reply.usage.completion_tokens <= 12
+    two = client.completions.create(model="tiny", prompt=["def f(x):", "class A:"], max_tokens=3, n=2)
+    tok = server["tok"]
+    assert len(two.choices) == 4
+    assert two.usage.prompt_tokens == len(tok.encode("def f(x):")) + len(tok.encode("class A:"))
 
 
 def test_an_adapter_is_served_by_its_name(server):
@@ -76,10 +80,10 @@ def test_chat_n_seed_stop_and_logprobs(server):
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
     assert len(a.choices) == 2 and a.choices[0].message.role == "assistant"
     text = client.completions.create(model="tiny", prompt="x = ", max_tokens=20, seed=1).choices[0].text
-    if len(text) > 4:
-        stop = text[2:4]
-        cut = client.completions.create(model="tiny", prompt="x = ", max_tokens=20, seed=1, stop=[stop])
-        assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    assert len(text) > 4, text
+    stop = text[2:4]
+    cut = client.completions.create(model="tiny", prompt="x = ", max_tokens=20, seed=1, stop=[stop])
+    assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
     scored = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, logprobs=True,
                                             top_logprobs=2, temperature=0)  # fmt: skip
     content = scored.choices[0].logprobs.content

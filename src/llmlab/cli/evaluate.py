@@ -190,8 +190,7 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
         else None
     )
     if args.json:
-        summary = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("completions", "rewards")}
-        print(json.dumps(summary))
+        print(json.dumps(dataclasses.asdict(report)))
         return
     rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
     print_table(rows, ["metric", "value", "95% interval"])

@@ -32,9 +32,13 @@ def served_models(args: argparse.Namespace) -> list:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from llmlab.serve.app import ServeSettings, create_app
+        from llmlab.serve.app import ServeSettings, create_app
+    except ImportError as exc:
+        raise LlmlabError(f"llmlab serve needs its web stack ({exc.name} is missing)",
+                          "pip install -e '.[serve]'") from None  # fmt: skip
 
     api_key = None
     if args.api_key_env:

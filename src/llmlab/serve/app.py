@@ -157,17 +157,17 @@ class Run:
     engine: Engine
     sequences: list[Sequence]
     queue: asyncio.Queue
-    prompts: list[int]  # prompt tokens per choice
+    prompts: dict[int, int]  # prompt index -> its tokens (a prompt's n choices share it)
 
 
 async def _submit(model: ServedModel, jobs: list, metrics: ServerMetrics) -> Run:
     loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-    run = Run(model.engine, [], queue, [])
+    run = Run(model.engine, [], queue, {})
     try:
-        for choice, (_, ids, sampling) in enumerate(jobs):
+        for choice, (prompt, ids, sampling) in enumerate(jobs):
             emit = _emitter(loop, queue, choice)
             run.sequences.append(model.engine.submit(ids, sampling, emit, model.adapter))
-            run.prompts.append(len(ids))
+            run.prompts[prompt] = len(ids)
     except QueueFull as exc:
         _cancel(run)
         raise ApiError(429, f"the server is busy ({exc}); retry shortly", kind="rate_limit_error",
@@ -175,7 +175,7 @@ async def _submit(model: ServedModel, jobs: list, metrics: ServerMetrics) -> Run
     except LlmlabError as exc:
         _cancel(run)
         raise ApiError(400, str(exc), param="max_tokens", code="context_length_exceeded") from None
-    metrics.prompt_tokens(sum(run.prompts))
+    metrics.prompt_tokens(sum(run.prompts.values()))
     return run
 
 
@@ -242,7 +242,7 @@ def _data(payload: dict) -> str:
 
 
 def _usage(run: Run, pieces: dict[int, list[Event]]) -> dict:
-    prompt = sum(run.prompts[i] for i in pieces) if len(set(run.prompts)) > 1 else run.prompts[0]
+    prompt = sum(run.prompts.values())
     completion = sum(events[-1].completion_tokens for events in pieces.values() if events)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
