@@ -10,10 +10,13 @@ from tests.helpers import SAMPLE_TEXT
 
 @pytest.fixture(autouse=True)
 def private_caches(tmp_path_factory, monkeypatch):
-    """Token caches and compile caches go to a temporary folder, never the user's home."""
+    """Token caches and compile caches go to a temporary folder, never the user's home; nothing compiles
+    unless asked."""
     root = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("LLMLAB_CACHE", str(root / "llmlab-cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    # decoding steps are compiled only where a test asks (compile="on"): a compile takes seconds
+    monkeypatch.setenv("LLMLAB_COMPILE", "off")
 
 
 @pytest.fixture(scope="session")

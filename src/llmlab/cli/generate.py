@@ -10,6 +10,7 @@ import sys
 
 from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, DEVICE_HELP, add_dataclass_options, read_lines, unescape
 from llmlab.errors import LlmlabError
+from llmlab.generation.config import AUTO_COMPILE_TOKENS, COMPILE_CHOICES
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -64,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if "stop" in options:  # let a shell user write "\n" for a newline, as in --prompts-file
         options["stop"] = [unescape(text) for text in options["stop"]]
     config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
-    generator = Generator(ckpt.model, ckpt.tokenizer)
+    generator = Generator(ckpt.model, ckpt.tokenizer, compile=getattr(args, "compile", "auto"))
     if getattr(args, "stream", False):
         _stream(generator, prompts, config)
         return
@@ -85,4 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per sample")
     g.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
     g.add_argument("--dtype", default=argparse.SUPPRESS, help="auto (bf16 where fast), fp32, bf16, fp16")
+    g.add_argument("--compile", choices=COMPILE_CHOICES, default=argparse.SUPPRESS,
+                   help="compile the decoding step with torch.compile, which pays off over thousands of tokens "
+                   f"(auto: once {AUTO_COMPILE_TOKENS} are to be decoded; default from $LLMLAB_COMPILE)")  # fmt: skip
     g.set_defaults(func=cmd_generate)

@@ -10,6 +10,7 @@ import sys
 
 from llmlab.cli.common import CHECKPOINT_HELP, DEVICE_HELP
 from llmlab.errors import LlmlabError
+from llmlab.generation.config import COMPILE_CHOICES
 
 
 def served_models(args: argparse.Namespace) -> list:
@@ -17,6 +18,7 @@ def served_models(args: argparse.Namespace) -> list:
     from pathlib import Path
 
     from llmlab.device import resolve_device, resolve_dtype
+    from llmlab.generation.config import compile_choice
     from llmlab.serve.models import load_served
 
     device = resolve_device(args.device)
@@ -27,8 +29,15 @@ def served_models(args: argparse.Namespace) -> list:
             raise LlmlabError(f"--adapter {spec!r} is not NAME=DIR", "name each adapter: --adapter sql=runs/sql-lora")
         adapters.append((name, folder))
     name = args.name or Path(args.checkpoint).name or "model"
-    return load_served(args.checkpoint, adapters, name, device, resolve_dtype(args.dtype, device), args.max_running,
-                       args.max_queue)  # fmt: skip
+    compile = compile_choice(args.compile) != "off"  # auto: on, since a server decodes for long
+    models = load_served(args.checkpoint, adapters, name, device, resolve_dtype(args.dtype, device), args.max_running,
+                         args.max_queue, compile)  # fmt: skip
+    engine = models[0].engine
+    if engine.decode.compiled:
+        print("compiling the decoding step before serving (~20 s the first time, seconds from the cache after; "
+              "--compile off skips it)", file=sys.stderr, flush=True)  # fmt: skip
+        engine.warm_up()
+    return models
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -91,4 +100,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "requests get to finish before they are cancelled")  # fmt: skip
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), fp32, bf16, fp16")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help="compile the decoding step with "
+                   "torch.compile before serving (auto: on, unless $LLMLAB_COMPILE says otherwise)")  # fmt: skip
     p.set_defaults(func=cmd_serve)

@@ -7,6 +7,7 @@ decoding code (layers point down: checkpoint -> generation.config, never -> gene
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,3 +64,18 @@ class GenerationConfig:
     def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Whether to compile the decoding step (generation/decode_step.py): kept here, free of torch, for the CLI.
+COMPILE_CHOICES = ("auto", "on", "off")
+# With "auto" a generator compiles once it has this many tokens (rows x steps) to decode in all: a cold
+# compile costs ~20 s and saves ~1-3 ms a step on 2 cores; a warm one (the disk cache) ~4 s.
+AUTO_COMPILE_TOKENS = 4096
+
+
+def compile_choice(requested: str = "auto") -> str:
+    """`auto` unless the caller or $LLMLAB_COMPILE says otherwise (the caller wins)."""
+    if requested != "auto":
+        return requested
+    env = os.environ.get("LLMLAB_COMPILE", "auto")
+    return env if env in COMPILE_CHOICES else "auto"

@@ -17,10 +17,12 @@ import torch
 from llmlab.data.collate import pad_rows
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
-from llmlab.generation.config import GenerationConfig
+from llmlab.generation.config import AUTO_COMPILE_TOKENS, GenerationConfig, compile_choice
+from llmlab.generation.decode_step import DecodeStep
 from llmlab.generation.text_stream import TextStream
 from llmlab.model import LanguageModel
-from llmlab.model.cpu_packing import can_pack, packed_for_inference
+from llmlab.model.cache import SlotCache
+from llmlab.model.cpu_packing import can_pack, packed_for_inference, repack
 from llmlab.model.soft_prompt import prompt_length
 from llmlab.tokenizer import TextTokenizer
 
@@ -60,9 +62,12 @@ def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch
 
 
 class Generator:
-    """Generates text from a model with the tokenizer it was trained with."""
+    """Generates text from a model with the tokenizer it was trained with.
 
-    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer) -> None:
+    compile: "on" compiles the decoder's one-token step (generation/decode_step.py), "off" never does,
+    "auto" (or $LLMLAB_COMPILE) does once the generator has decoded AUTO_COMPILE_TOKENS tokens."""
+
+    def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, compile: str = "auto") -> None:
         if tokenizer.vocab_size > model.config.vocab_size:  # imported models may pad their vocabulary
             raise LlmlabError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is {model.config.vocab_size}",
@@ -78,22 +83,38 @@ class Generator:
         self.seq2seq = self.family.seq2seq
         self._packed: torch.nn.Module | None = None
         self._packed_version = -1
+        self.compile = compile_choice(compile)
+        self._decoded = 0  # tokens decoded so far (rows x steps), for compile="auto"
+        self._step: DecodeStep | None = None
 
     @property
     def runner(self) -> torch.nn.Module:
-        """The module that decodes: on CPUs with native bf16, a copy with oneDNN pre-packed weights
-        (~1.8x faster, same numbers), re-packed whenever the model's weights have changed since."""
+        """The module that decodes: on CPUs, a copy with oneDNN pre-packed weights (bf16 ~1.8x, fp32 ~2x
+        faster), re-packed in place whenever the model's weights have changed since (so a compiled step
+        that holds the copy stays valid)."""
         if not can_pack(self.model):
             return self.model
         version = sum(p._version for p in self.model.parameters())  # bumped by every in-place update
-        if self._packed is None or version != self._packed_version:
-            self._packed, self._packed_version = packed_for_inference(self.model), version
+        if self._packed is None:
+            self._packed = packed_for_inference(self.model)
+        elif version != self._packed_version:
+            repack(self._packed)
+        self._packed_version = version
         return self._packed
 
     def refresh(self) -> None:
-        """Drop the packed copy: for callers that update the weights in place between calls (an RLHF run),
-        since PyTorch's fused optimizers write parameters without bumping the version counter read above."""
-        self._packed, self._packed_version = None, -1
+        """Re-pack the weights: for callers that update them in place between calls (an RLHF run), since
+        PyTorch's fused optimizers write parameters without bumping the version counter read above."""
+        if self._packed is not None:
+            repack(self._packed)
+
+    def decode_step(self, tokens: int) -> DecodeStep:
+        """The one-token step for a call that decodes `tokens` (rows x steps): compiled per `compile`."""
+        self._decoded += tokens
+        wanted = self.compile == "on" or (self.compile == "auto" and self._decoded >= AUTO_COMPILE_TOKENS)
+        if self._step is None or (wanted and not self._step.compiled and not self._step.failed):
+            self._step = DecodeStep(self.runner, compile=wanted)
+        return self._step
 
     @property
     def device(self) -> torch.device:
@@ -220,21 +241,57 @@ class Generator:
         self, prompt_ids: list[list[int]], config: GenerationConfig
     ) -> Callable[[torch.Tensor | None], torch.Tensor]:
         """Prompts left-padded to one length (every row's last token at the same slot), prefilled into
-        the KV cache on the first call; each later call feeds the previous step's tokens."""
+        the cache on the first call; each later call feeds the previous step's tokens through the
+        decoding step shared with the server (compiled or not)."""
+        if prompt_length(self.model):
+            return self._soft_prompt_steps(prompt_ids, config)
+        device, c = self.device, self.model.config
+        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+        tokens, valid, positions, mask = self._left_padded(prompt_ids, config)
+        runner = self.runner
+        cache = SlotCache(c.n_layer, B, c.n_kv_head, P + config.max_new_tokens, c.head_dim,
+                          self.model.compute_dtype, device)  # fmt: skip
+        decode = self.decode_step(B * config.max_new_tokens)
+        state = {"positions": positions, "slot": P}
+
+        def step(new: torch.Tensor | None) -> torch.Tensor:
+            if new is None:
+                cache.prefill(0)
+                return runner(tokens, positions, cache, mask, last_only=True)[:, -1].float()
+            slot = state["slot"]
+            valid[:, slot] = True
+            state["positions"] = state["positions"][:, -1:] + 1
+            state["slot"] = slot + 1
+            slots = torch.full((B,), slot, dtype=torch.long, device=device)
+            return decode(new[:, None], state["positions"], slots, valid[:, None, None, : slot + 1], cache)
+
+        return step
+
+    def _left_padded(self, prompt_ids: list[list[int]], config: GenerationConfig) -> tuple[torch.Tensor, ...]:
+        """Prompt tokens left-padded to one length, the validity of every cache slot (prompt and new
+        tokens), each row's positions, and the prefill's attention mask (None without padding)."""
         device = self.device
         B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
-        total = P + config.max_new_tokens
         tokens, valid = pad_rows(prompt_ids, self.family.pad_id(self.tokenizer), "left")
         valid = torch.cat([valid, torch.zeros((B, config.max_new_tokens), dtype=torch.bool)], dim=1)
         tokens, valid = tokens.to(device), valid.to(device)
-        padded = not bool(valid[:, :P].all())
         positions = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)
         mask = None
-        if padded:  # causal and not padding; a padding query sees itself so no row is all -inf
+        if not bool(valid[:, :P].all()):  # causal and not padding; a padding query sees itself so no row is all -inf
             causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
             mask = (causal & valid[:, None, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)
+        return tokens, valid, positions, mask
+
+    def _soft_prompt_steps(
+        self, prompt_ids: list[list[int]], config: GenerationConfig
+    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """As `_decoder_steps`, eagerly through a `KVCache`, whose length tells the model whether its soft
+        prompt has been read yet."""
+        P = max(len(p) for p in prompt_ids)
+        tokens, valid, positions, mask = self._left_padded(prompt_ids, config)
+        padded = mask is not None
         runner = self.runner
-        cache = runner.new_cache(B, total)
+        cache = runner.new_cache(len(prompt_ids), P + config.max_new_tokens)
         state = {"positions": positions, "mask": mask, "slot": P}
 
         def step(new: torch.Tensor | None) -> torch.Tensor:

@@ -45,9 +45,10 @@ class KVCache:
 class SlotCache:
     """Keys and values for continuous batching: one slot (row) per running sequence, each with its own length,
     so sequences join and leave between decoding steps. The caller says what the next forward writes:
-    `prefill(slot)` (one sequence's prompt from position 0) or `decode(rows, positions, read)` (one new token
-    for each of the first `rows` slots, at its own position, reading the first `read` positions with a mask
-    the caller builds). It answers the attention layers as `KVCache` does."""
+    `prefill(slot)` (prompts from position 0, into `slot` and the slots after it when there are several
+    rows) or `decode(rows, positions, read)` (one new token for each of the first `rows` slots, written at
+    its own position, reading the first `read` positions with a mask the caller builds). Its tensors never
+    change, so one compiled decoding step serves every call. It answers the attention layers as `KVCache` does."""
 
     def __init__(self, n_layer: int, slots: int, n_kv_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device | str) -> None:  # fmt: skip
@@ -60,6 +61,7 @@ class SlotCache:
         self._mode: tuple = ("prefill", 0)
 
     def prefill(self, slot: int) -> None:
+        """The next forward writes its rows' prompts from position 0, the first row into `slot`."""
         self._mode = ("prefill", slot)
 
     def decode(self, rows: int, positions: torch.Tensor, read: int) -> None:
@@ -67,12 +69,12 @@ class SlotCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._mode[0] == "prefill":
-            slot, T = self._mode[1], k.shape[2]
+            rows, T = slice(self._mode[1], self._mode[1] + k.shape[0]), k.shape[2]
             if T > self.max_len:
                 raise ValueError(f"KV slot holds {self.max_len} positions, asked to write {T}")
-            self.keys[layer][slot, :, :T] = k[0]
-            self.values[layer][slot, :, :T] = v[0]
-            return self.keys[layer][slot : slot + 1, :, :T], self.values[layer][slot : slot + 1, :, :T]
+            self.keys[layer][rows, :, :T] = k
+            self.values[layer][rows, :, :T] = v
+            return self.keys[layer][rows, :, :T], self.values[layer][rows, :, :T]
         _, rows, positions, read = self._mode
         index = torch.arange(rows, device=k.device)
         self.keys[layer][index, :, positions] = k[:, :, 0]

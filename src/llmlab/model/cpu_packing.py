@@ -1,9 +1,14 @@
-"""Faster bf16 inference on CPUs: linear layers with weights pre-packed for oneDNN.
+"""Faster inference on CPUs: linear layers with weights pre-packed for oneDNN, in bf16 and fp32.
 
 At batch 1 a decoder is bound by reading its weights; in eager PyTorch a bf16 `nn.Linear` at one row
 runs ~2.4x slower than the same matrix pre-packed in oneDNN's blocked layout (measured: 53 us vs
-23 us for 1536x384 on AVX-512-BF16). `packed_for_inference` returns a copy of a model whose linear
-layers use packed weights; every other tensor is shared with the original, which stays trainable.
+23 us for 1536x384 on AVX-512-BF16), and an fp32 one ~2x slower (48 fp32 decoder matrices plus an
+8,192-token head: 20.1 ms eager, 9.5 ms packed, against 8.8 ms to merely sum the same bytes).
+`packed_for_inference` returns a copy of a model whose linear layers use packed weights; every other
+tensor is shared with the original, which stays trainable.
+
+The packed product is registered as the operator `llmlab::packed_linear` so that `torch.compile` keeps
+it as one opaque call (inductor cannot lower oneDNN's own op with these arguments).
 """
 
 from __future__ import annotations
@@ -20,25 +25,44 @@ def can_pack(model: nn.Module) -> bool:
     p = next(model.parameters())
     return (
         p.device.type == "cpu"
-        and p.dtype == torch.bfloat16
+        and p.dtype in (torch.bfloat16, torch.float32)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and (p.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
     )
 
 
+@torch.library.custom_op("llmlab::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x @ W^T + b with W pre-packed by oneDNN (`out_features` tells the compiler the output's width)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
 class PackedLinear(nn.Module):
-    """Inference-only stand-in for nn.Linear with a oneDNN pre-packed bf16 weight."""
+    """Inference-only stand-in for nn.Linear with a oneDNN pre-packed weight (bf16 or fp32)."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.out_features = linear.out_features
-        weight = linear.weight.detach()
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight, None), persistent=False)
+        # the trainable weight, read again by `repack`; kept out of this module's own parameters
+        object.__setattr__(self, "source", linear.weight)
+        self.register_buffer("packed", self._pack(), persistent=False)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
 
+    def _pack(self) -> torch.Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(self.source.detach(), None)
+
+    def repack(self) -> None:
+        """Pack the source weight again, into the same tensor: a compiled step that holds it stays valid."""
+        self.packed.copy_(self._pack())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return packed_linear(x, self.packed, self.bias, self.out_features)
 
 
 def packed_for_inference(model: nn.Module) -> nn.Module:
@@ -48,6 +72,13 @@ def packed_for_inference(model: nn.Module) -> nn.Module:
     clone = _tree_copy(model, {})
     replace_linears(clone, every_linear, lambda name, linear: PackedLinear(linear))
     return clone
+
+
+def repack(packed: nn.Module) -> None:
+    """Refresh a packed copy after the original's weights changed in place (a training step)."""
+    for module in packed.modules():
+        if isinstance(module, PackedLinear):
+            module.repack()
 
 
 def _tree_copy(module: nn.Module, copies: dict[int, nn.Module]) -> nn.Module:

@@ -21,6 +21,7 @@ import torch
 
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
+from llmlab.generation.decode_step import DecodeStep
 from llmlab.generation.generator import next_tokens
 from llmlab.generation.text_stream import TextStream
 from llmlab.model import LanguageModel
@@ -91,11 +92,13 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, max_running: int = 16, max_queue: int = 64,
-                 context: int | None = None) -> None:  # fmt: skip
+                 context: int | None = None, compile: bool = False) -> None:  # fmt: skip
         self.model, self.tokenizer = model.eval(), tokenizer
         # several adapters on one base (MultiLoRALinear): each step tells the layers every row's adapter
         self.adapters = any(isinstance(m, MultiLoRALinear) for m in model.modules())
         self.runner = packed_for_inference(model) if can_pack(model) and not self.adapters else model
+        # the step generate runs too; compiled unless adapters are served (their per-row choice is eager state)
+        self.decode = DecodeStep(self.runner, compile=compile and not self.adapters)
         self.context = min(context or model.config.block_size, model.config.block_size)
         self.eos_id = tokenizer.require("eos", "to end completions")
         c = model.config
@@ -115,6 +118,17 @@ class Engine:
 
     def start(self) -> None:
         self._thread.start()
+
+    def warm_up(self) -> None:
+        """Compile the decoding step before the first request (one row, then several), so no client waits
+        for it. Writes only into free slots, which a prefill overwrites."""
+        if not self.decode.compiled:
+            return
+        device = self.model.device
+        for rows in (1, min(2, len(self.slots))):
+            zeros = torch.zeros(rows, dtype=torch.long, device=device)
+            mask = torch.ones(rows, 1, 1, 2, dtype=torch.bool, device=device)
+            self.decode(zeros[:, None], zeros[:, None], zeros, mask, self.cache)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what is queued and running, end the loop."""
@@ -212,14 +226,11 @@ class Engine:
         tokens = torch.tensor([[s.last if s is not None else 0] for s in self.slots[:rows]], device=device)
         read = int(lengths.max()) + 1
         mask = torch.arange(read, device=device)[None, :] <= lengths[:, None]  # its own keys and the new one
-        self.cache.decode(rows, lengths, read)
         if self.adapters:
             select_adapters(
                 self.runner, torch.tensor([s.adapter if s else -1 for s in self.slots[:rows]], device=device)
             )
-        with torch.inference_mode():
-            logits = self.runner(tokens, lengths[:, None], self.cache, mask[:, None, None, :], last_only=True)
-        logits = logits[:, -1].float()
+        logits = self.decode(tokens, lengths[:, None], lengths, mask[:, None, None, :], self.cache)
         self.stats.steps += 1
         for slot in range(rows):
             seq = self.slots[slot]

@@ -48,8 +48,8 @@ def adapter_tensors(folder: str, model, source: str) -> tuple[dict[str, torch.Te
 
 
 def load_served(source: str, adapters: list[tuple[str, str]], name: str, device: torch.device, dtype: torch.dtype,
-                max_running: int, max_queue: int) -> list[ServedModel]:  # fmt: skip
-    """The base as `name` and each (name, folder) adapter on the same engine."""
+                max_running: int, max_queue: int, compile: bool = False) -> list[ServedModel]:  # fmt: skip
+    """The base as `name` and each (name, folder) adapter on the same engine (its step compiled if asked)."""
     ckpt = load_checkpoint(source, device=device, dtype=dtype)
     if not family_spec(ckpt.model.config).causal:
         raise LlmlabError(f"{source} is a {ckpt.model.config.family}: llmlab serve decodes decoder-only models so far",
@@ -64,5 +64,5 @@ def load_served(source: str, adapters: list[tuple[str, str]], name: str, device:
     tok = ckpt.tokenizer
     eos = tok.decode([tok.require("eos", "to end replies")])
     template = find_chat_template(ckpt.path if Path(ckpt.path).is_dir() else None, eos, tok.decode(tok.prefix_ids))
-    engine = Engine(ckpt.model, tok, max_running, max_queue)
+    engine = Engine(ckpt.model, tok, max_running, max_queue, compile=compile)
     return [ServedModel(n, engine, template, i - 1) for i, n in enumerate(names)]

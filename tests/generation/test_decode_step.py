@@ -1,0 +1,96 @@
+"""The compiled decoding step: the same greedy tokens as eager decoding (generator and server engine), a
+compile failure falls back to eager with one line, and the disk cache is kept per torch version."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.generation.config import GenerationConfig, compile_choice
+from llmlab.generation.decode_step import DecodeStep, inductor_cache_dir
+from llmlab.generation.generator import Generator
+from llmlab.model.cache import SlotCache
+from llmlab.serve.engine import Engine, Sampling
+from llmlab.tokenizer import train_tokenizer
+from tests.helpers import SAMPLE_TEXT, tiny_model
+from tests.serve.test_engine import Collector
+
+PROMPTS = ["def f(x):", "class A", "import os\nimport sys\n"]  # different lengths: the batch is left-padded
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    torch.manual_seed(0)
+    return tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2).eval(), tok
+
+
+def test_compiled_generation_gives_the_eager_tokens(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    config = GenerationConfig(max_new_tokens=12, min_new_tokens=12, greedy=True)
+    eager = Generator(model, tok, compile="off")
+    compiled = Generator(model, tok, compile="on")
+    for prompts in (PROMPTS[:1], PROMPTS):  # one row (a graph of its own), then a padded batch
+        want = [c[0].token_ids for c in eager.generate(prompts, config)]
+        got = [c[0].token_ids for c in compiled.generate(prompts, config)]
+        assert got == want
+    step = compiled.decode_step(0)
+    assert step.compiled and not step.failed
+    assert 1 <= len(step.compile_seconds) <= 3  # the single row, the batch, perhaps a re-specialisation
+    calls = len(step.compile_seconds)
+    compiled.generate(PROMPTS[:2], GenerationConfig(max_new_tokens=20, greedy=True))  # other rows and length
+    assert len(step.compile_seconds) == calls, "a new batch size or length recompiled the step"
+    assert not eager.decode_step(0).compiled
+
+
+def test_the_compiled_server_step_gives_the_eager_tokens(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    texts = {}
+    for compile in (False, True):
+        engine = Engine(model, tok, max_running=4, compile=compile)
+        engine.warm_up()
+        engine.start()
+        try:
+            collectors = [Collector() for _ in PROMPTS]
+            for prompt, c, n in zip(PROMPTS, collectors, (6, 9, 12)):
+                engine.submit(tok.encode(prompt), Sampling(max_tokens=n, temperature=0.0), c)
+            assert all(c.done.wait(120) for c in collectors)
+            texts[compile] = [c.text for c in collectors]
+        finally:
+            engine.stop()
+        assert engine.decode.compiled == compile
+    assert texts[True] == texts[False]
+
+
+def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path):
+    import torch._inductor.config as inductor
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor.cpp, "cxx", (str(tmp_path / "no-such-compiler"),))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    _, tok = model_and_tokenizer
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_embd=48).eval()
+    lines: list[str] = []
+    step = DecodeStep(model, compile=True, report=lines.append)
+    c = model.config
+    cache = SlotCache(c.n_layer, 2, c.n_kv_head, 8, c.head_dim, torch.float32, "cpu")
+    tokens, positions = torch.tensor([[3], [5]]), torch.tensor([[0], [0]])
+    mask = torch.ones(2, 1, 1, 1, dtype=torch.bool)
+    logits = step(tokens, positions, positions[:, 0], mask, cache)
+    assert len(lines) == 1 and lines[0].startswith("warning: compiling the decoding step failed"), lines
+    assert step.failed and not step.compiled
+    eager = DecodeStep(model, compile=False)(tokens, positions, positions[:, 0], mask, cache)
+    torch.testing.assert_close(logits, eager, rtol=0, atol=0)
+    step(tokens, positions + 1, positions[:, 0] + 1, torch.ones(2, 1, 1, 2, dtype=torch.bool), cache)
+    assert len(lines) == 1  # said once
+    torch._dynamo.reset()
+
+
+def test_the_disk_cache_is_per_torch_version_and_the_choice_reads_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    assert inductor_cache_dir() == tmp_path / "inductor" / f"torch-{torch.__version__}"
+    monkeypatch.setenv("LLMLAB_COMPILE", "on")
+    assert compile_choice("auto") == "on" and compile_choice("off") == "off"
+    monkeypatch.setenv("LLMLAB_COMPILE", "bogus")
+    assert compile_choice("auto") == "auto"
