@@ -59,7 +59,8 @@ class PackedLinear(nn.Module):
 
     def repack(self) -> None:
         """Pack the source weight again, into the same tensor: a compiled step that holds it stays valid."""
-        self.packed.copy_(self._pack())
+        with torch.inference_mode():  # the buffer may have been made under it (inside a generate call)
+            self.packed.copy_(self._pack())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_linear(x, self.packed, self.bias, self.out_features)

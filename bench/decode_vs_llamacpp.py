@@ -1,0 +1,233 @@
+"""Decode speed against llama.cpp on the same weights, batch 1, in fp32, bf16 and 8-bit.
+
+The yardstick for CPU decoding is llama.cpp. This script builds its `llama-bench` from the source
+package of `llama-cpp-python` (`pip download --no-binary`: `vendor/llama.cpp` with its CMake files and
+`convert_hf_to_gguf.py`; cmake and a C++ compiler needed), once, under $LLMLAB_CACHE/llamacpp. It makes a
+Llama of ~82M parameters (`llama-small`, vocabulary 8,192, random weights: speed does not depend on them),
+exports it with the code behind `llmlab export`, converts that folder to f32, bf16 and q8_0 GGUF with
+llama.cpp's own converter (told that llmlab's byte-level BPE pre-tokenizes as GPT-2), and measures:
+
+- llama.cpp: `llama-bench -p 0 -n NEW -t THREADS` (tokens/s generating NEW tokens after an empty prompt);
+- llmlab: `Generator` greedy, NEW tokens forced (`min_new_tokens`), eager and compiled (`compile="on"`),
+  at batch 1, and compiled at batch 8 and 32 (throughput: rows x NEW / seconds); median of --repeats;
+- each at batch 1 as bytes of weights read per second (weights / token x tokens / s): the bound is the
+  machine's memory bandwidth, which the best of these figures approaches;
+- the compile: seconds to compile a step, and the time to the second token (the first decoding step) of a
+  fresh process with compilation on, with an empty on-disk cache and again with the cache it left.
+
+    .venv/bin/python bench/decode_vs_llamacpp.py            # ~12 minutes on 2 cores (4 more to build)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+from llmlab.checkpoint.folder import save_checkpoint  # noqa: E402
+from llmlab.config import ModelConfig  # noqa: E402
+from llmlab.generation.config import GenerationConfig  # noqa: E402
+from llmlab.generation.generator import Generator  # noqa: E402
+from llmlab.model.quantize import QuantizationSpec, quantize_model  # noqa: E402
+from llmlab.model.transformer import DecoderLM  # noqa: E402
+from llmlab.tokenizer import train_tokenizer  # noqa: E402
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0"}  # llmlab's format -> the GGUF type it meets
+# llmlab's int8 is weight-only with one scale per output row, embeddings and head included (`llmlab quantize
+# --to int8 --embeddings`); q8_0 keeps a scale per 32 weights and quantizes activations to 8 bits as well.
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLMLAB_CACHE", Path.home() / ".cache" / "llmlab"))
+
+
+def build_llama_bench(root: Path) -> tuple[Path, Path]:
+    """llama.cpp's source folder and its built llama-bench (downloaded and built once)."""
+    folder = root / "llamacpp"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(folder.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if not sources:
+        print("downloading llama-cpp-python's source package ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        "llama-cpp-python", "-d", str(folder)], check=True)  # fmt: skip
+        archive = sorted(folder.glob("llama_cpp_python-*.tar.gz"))[-1]
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+        sources = sorted(folder.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    source = sources[-1]
+    binary = source / "build" / "bin" / "llama-bench"
+    if not binary.exists():
+        print(f"building llama-bench in {source / 'build'} (~4 minutes on 2 cores) ...", flush=True)
+        subprocess.run(["cmake", "-S", str(source), "-B", str(source / "build"), "-DCMAKE_BUILD_TYPE=Release",
+                        "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                        "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(["cmake", "--build", str(source / "build"), "--target", "llama-bench", "-j",
+                        str(os.cpu_count() or 2)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return source, binary
+
+
+CONVERT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+sys.argv = ["convert_hf_to_gguf.py"] + sys.argv[2:]
+import conversion.base as base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"  # llmlab's byte-level BPE splits as GPT-2
+import convert_hf_to_gguf
+convert_hf_to_gguf.main()
+"""
+
+
+def make_model(work: Path) -> tuple[DecoderLM, object, Path]:
+    """llama-small with a BPE tokenizer trained on the standard library, saved and exported for llama.cpp."""
+    from llmlab.hf.exporter import export_hf
+    from llmlab.load import load_checkpoint
+
+    stdlib = Path(os.__file__).parent
+    docs = [p.read_text(errors="replace") for p in sorted(stdlib.glob("*.py"))[:300]]
+    tokenizer = train_tokenizer(docs, "bpe", 8192, "decoder")
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig.from_preset("llama-small", vocab_size=8192)).eval()
+    save_checkpoint(work / "ckpt", model, tokenizer)
+    export_hf(load_checkpoint(work / "ckpt"), work / "hf")
+    return model, tokenizer, work / "ckpt"
+
+
+def llama_cpp_speed(source: Path, binary: Path, hf: Path, gguf_type: str, new: int, threads: int,
+                    repeats: int) -> float:  # fmt: skip
+    out = hf.parent / f"model-{gguf_type}.gguf"
+    if not out.exists():
+        subprocess.run([sys.executable, "-c", CONVERT, str(source), str(hf), "--outtype", gguf_type, "--outfile",
+                        str(out)], check=True, capture_output=True)  # fmt: skip
+    result = subprocess.run([str(binary), "-m", str(out), "-p", "0", "-n", str(new), "-t", str(threads), "-r",
+                             str(repeats), "-o", "json"], check=True, capture_output=True, text=True)  # fmt: skip
+    return float(json.loads(result.stdout)[0]["avg_ts"])
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer, each storage once (a tied head is the embedding)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def in_format(base: DecoderLM, fmt: str) -> DecoderLM:
+    model = copy.deepcopy(base)
+    if fmt == "bf16":
+        return model.to(torch.bfloat16)
+    if fmt == "int8":
+        return quantize_model(model, QuantizationSpec(format="int8", embeddings=True))
+    return model
+
+
+def llmlab_speed(generator: Generator, rows: int, new: int, repeats: int) -> float:
+    config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, greedy=True)
+    prompts = ["def "] * rows
+    generator.generate(prompts, GenerationConfig(max_new_tokens=4, greedy=True))  # warm (and compile)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generator.generate(prompts, config)
+        times.append(time.perf_counter() - start)
+    return rows * new / statistics.median(times)
+
+
+FIRST_STEP = """
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[3]))
+start = time.perf_counter()
+from llmlab.generation.config import GenerationConfig
+from llmlab.generation.generator import Generator
+from llmlab.load import load_checkpoint
+ckpt = load_checkpoint(sys.argv[1], dtype=torch.bfloat16)
+generator = Generator(ckpt.model, ckpt.tokenizer, compile=sys.argv[2])
+loaded = time.perf_counter()
+generator.generate(["def "], GenerationConfig(max_new_tokens=2, min_new_tokens=2, greedy=True))
+step = generator.decode_step(0)
+print(f"{time.perf_counter() - loaded:.2f} {sum(step.compile_seconds):.2f}")
+"""
+
+
+def first_step(ckpt: Path, cache: Path, compile: str, threads: int) -> tuple[float, float]:
+    """(seconds to the second token after loading, of which compiling) in a fresh bf16 process."""
+    env = {**os.environ, "LLMLAB_CACHE": str(cache)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", FIRST_STEP, str(ckpt), compile, str(threads)], env=env,
+                         check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    return float(out[0]), float(out[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--new", type=int, default=128, help="tokens generated per row")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", default="8,32", help="batch sizes for llmlab's compiled throughput")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(describe())
+    source, binary = build_llama_bench(cache_root())
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base, tokenizer, ckpt = make_model(work)
+        print(f"model: llama-small, {base.num_parameters() / 1e6:.1f}M parameters; {args.new} new tokens, "
+              f"{args.threads} threads, median of {args.repeats}\n")  # fmt: skip
+        rows, throughput = [], []
+        for fmt, gguf_type in PRECISIONS.items():
+            reference = llama_cpp_speed(source, binary, work / "hf", gguf_type, args.new, args.threads, args.repeats)
+            model = in_format(base, fmt)
+            size = weight_bytes(model)
+            eager = llmlab_speed(Generator(model, tokenizer, compile="off"), 1, args.new, args.repeats)
+            compiled_gen = Generator(model, tokenizer, compile="on")
+            compiled = llmlab_speed(compiled_gen, 1, args.new, args.repeats)
+            batched = {b: llmlab_speed(compiled_gen, b, args.new, args.repeats)
+                       for b in map(int, args.batches.split(","))}  # fmt: skip
+            rows.append((fmt, gguf_type, size, reference, eager, compiled))
+            throughput.append((fmt, compiled, batched))
+            print(f"{fmt}: llama.cpp {reference:.1f}, llmlab eager {eager:.1f}, compiled {compiled:.1f} tokens/s; "
+                  f"batches {', '.join(f'{b}: {v:.0f}' for b, v in batched.items())}", flush=True)  # fmt: skip
+        cache = work / "first-step-cache"
+        cold = first_step(ckpt, cache, "on", args.threads)
+        warm = first_step(ckpt, cache, "on", args.threads)
+        eager_first = first_step(ckpt, cache, "off", args.threads)
+    report(rows, throughput, cold, warm, eager_first)
+
+
+def report(rows: list, throughput: list, cold: tuple, warm: tuple, eager_first: tuple) -> None:
+    best = max(size * speed for _, _, size, speed, _, _ in rows)  # the fastest reading of weights measured here
+    print("\n| precision (GGUF) | weights | llama.cpp tok/s | llmlab eager | llmlab compiled | compiled / llama.cpp "
+          "| llmlab GB/s (of the best) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for fmt, gguf_type, size, reference, eager, compiled in rows:
+        rate = size * compiled
+        print(f"| {fmt} ({gguf_type}) | {size / 2**20:.0f} MiB | {reference:.1f} | {eager:.1f} | {compiled:.1f} | "
+              f"{compiled / reference:.2f}x | {rate / 1e9:.1f} ({rate / best:.0%}) |")  # fmt: skip
+    print(f"\nbest rate of reading weights measured (the batch-1 bound on this machine): {best / 1e9:.1f} GB/s")
+    print("\n| precision | batch 1 | " + " | ".join(f"batch {b}" for b in throughput[0][2]) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in throughput[0][2]) + " |")
+    for fmt, one, batched in throughput:
+        print(f"| {fmt} | {one:.0f} | " + " | ".join(f"{v:.0f}" for v in batched.values()) + " |")
+    print(f"\nfresh bf16 process, time to the second token: eager {eager_first[0]:.1f} s; compiled with an empty "
+          f"cache {cold[0]:.1f} s (compiling {cold[1]:.1f} s), with the cache it left {warm[0]:.1f} s "
+          f"(compiling {warm[1]:.1f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
