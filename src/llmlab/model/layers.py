@@ -185,10 +185,17 @@ def attend_one_query(
     B, H, _, D = q.shape
     kv_heads = k.shape[1]
     grouped = q.reshape(B, kv_heads, H // kv_heads, D)
-    scores = (grouped @ k.transpose(-2, -1)).float() * scale  # (B, H_kv, G, S)
+    compiling = torch.compiler.is_compiling()  # as sums of products the compiler fuses them into two loops
+    if compiling:
+        scores = (grouped.float()[:, :, :, None, :] * k.float()[:, :, None, :, :]).sum(-1) * scale
+    else:
+        scores = (grouped @ k.transpose(-2, -1)).float() * scale  # (B, H_kv, G, S)
     if mask is not None:
         scores = scores.masked_fill(~mask.reshape(mask.shape[0], 1, 1, mask.shape[-1]), float("-inf"))
-    return (scores.softmax(dim=-1).to(v.dtype) @ v).reshape(B, H, 1, D)
+    weights = scores.softmax(dim=-1)
+    if compiling:
+        return (weights[..., None] * v.float()[:, :, None, :, :]).sum(-2).to(v.dtype).reshape(B, H, 1, D)
+    return (weights.to(v.dtype) @ v).reshape(B, H, 1, D)
 
 
 class SelfAttention(nn.Module):
