@@ -9,7 +9,8 @@ llama.cpp's own converter (told that llmlab's byte-level BPE pre-tokenizes as GP
 
 - llama.cpp: `llama-bench -p 0 -n NEW -t THREADS` (tokens/s generating NEW tokens after an empty prompt);
 - llmlab: `Generator` greedy, NEW tokens forced (`min_new_tokens`), eager and compiled (`compile="on"`),
-  at batch 1, and compiled at batch 8 and 32 (throughput: rows x NEW / seconds); median of --repeats;
+  at batch 1, in rounds alternating with llama.cpp (medians of --repeats rounds; the ratio is the median
+  of the rounds' ratios), and compiled at batch 8 and 32 (throughput: rows x NEW / seconds, median of 3);
 - each at batch 1 as bytes of weights read per second (weights / token x tokens / s): the bound is the
   machine's memory bandwidth, which the best of these figures approaches;
 - the compile: seconds to compile a step, and the time to the second token (the first decoding step) of a
@@ -137,7 +138,8 @@ def in_format(base: DecoderLM, fmt: str) -> DecoderLM:
     return model
 
 
-def llmlab_speed(generator: Generator, rows: int, new: int, repeats: int) -> float:
+def llmlab_speed(generator: Generator, rows: int, new: int, repeats: int = 1) -> float:
+    """Tokens per second (rows x new / seconds), the median of `repeats` runs after a warm-up one."""
     config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, greedy=True)
     prompts = ["def "] * rows
     generator.generate(prompts, GenerationConfig(max_new_tokens=4, greedy=True))  # warm (and compile)
@@ -147,6 +149,19 @@ def llmlab_speed(generator: Generator, rows: int, new: int, repeats: int) -> flo
         generator.generate(prompts, config)
         times.append(time.perf_counter() - start)
     return rows * new / statistics.median(times)
+
+
+def batch_one(source: Path, binary: Path, hf: Path, gguf_type: str, model: DecoderLM, tokenizer, args) -> tuple:
+    """llama.cpp, llmlab eager and llmlab compiled, measured in turn within each round, so that the load
+    of a shared machine (which moved llama.cpp's own figure by 1.7x between two runs here) falls on all
+    three alike; medians over the rounds, and the median of each round's compiled / llama.cpp."""
+    eager_gen, compiled_gen = Generator(model, tokenizer, compile="off"), Generator(model, tokenizer, compile="on")
+    runs = []
+    for _ in range(args.repeats):
+        reference = llama_cpp_speed(source, binary, hf, gguf_type, args.new, args.threads, 1)
+        runs.append((reference, llmlab_speed(eager_gen, 1, args.new), llmlab_speed(compiled_gen, 1, args.new)))
+    reference, eager, compiled = (statistics.median(column) for column in zip(*runs))
+    return reference, eager, compiled, statistics.median(c / r for r, _, c in runs), compiled_gen
 
 
 FIRST_STEP = """
@@ -177,7 +192,7 @@ def first_step(ckpt: Path, cache: Path, compile: str, threads: int) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new", type=int, default=128, help="tokens generated per row")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds at batch 1 (llama.cpp, eager, compiled)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="8,32", help="batch sizes for llmlab's compiled throughput")
     args = parser.parse_args()
@@ -188,18 +203,15 @@ def main() -> None:
         work = Path(tmp)
         base, tokenizer, ckpt = make_model(work)
         print(f"model: llama-small, {base.num_parameters() / 1e6:.1f}M parameters; {args.new} new tokens, "
-              f"{args.threads} threads, median of {args.repeats}\n")  # fmt: skip
+              f"{args.threads} threads, {args.repeats} rounds at batch 1\n")  # fmt: skip
         rows, throughput = [], []
         for fmt, gguf_type in PRECISIONS.items():
-            reference = llama_cpp_speed(source, binary, work / "hf", gguf_type, args.new, args.threads, args.repeats)
             model = in_format(base, fmt)
             size = weight_bytes(model)
-            eager = llmlab_speed(Generator(model, tokenizer, compile="off"), 1, args.new, args.repeats)
-            compiled_gen = Generator(model, tokenizer, compile="on")
-            compiled = llmlab_speed(compiled_gen, 1, args.new, args.repeats)
-            batched = {b: llmlab_speed(compiled_gen, b, args.new, args.repeats)
-                       for b in map(int, args.batches.split(","))}  # fmt: skip
-            rows.append((fmt, gguf_type, size, reference, eager, compiled))
+            reference, eager, compiled, ratio, compiled_gen = batch_one(source, binary, work / "hf", gguf_type,
+                                                                        model, tokenizer, args)  # fmt: skip
+            batched = {b: llmlab_speed(compiled_gen, b, args.new, 3) for b in map(int, args.batches.split(","))}
+            rows.append((fmt, gguf_type, size, reference, eager, compiled, ratio))
             throughput.append((fmt, compiled, batched))
             print(f"{fmt}: llama.cpp {reference:.1f}, llmlab eager {eager:.1f}, compiled {compiled:.1f} tokens/s; "
                   f"batches {', '.join(f'{b}: {v:.0f}' for b, v in batched.items())}", flush=True)  # fmt: skip
@@ -211,14 +223,14 @@ def main() -> None:
 
 
 def report(rows: list, throughput: list, cold: tuple, warm: tuple, eager_first: tuple) -> None:
-    best = max(size * speed for _, _, size, speed, _, _ in rows)  # the fastest reading of weights measured here
+    best = max(size * speed for _, _, size, speed, _, _, _ in rows)  # the fastest reading of weights measured here
     print("\n| precision (GGUF) | weights | llama.cpp tok/s | llmlab eager | llmlab compiled | compiled / llama.cpp "
           "| llmlab GB/s (of the best) |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for fmt, gguf_type, size, reference, eager, compiled in rows:
+    for fmt, gguf_type, size, reference, eager, compiled, ratio in rows:
         rate = size * compiled
         print(f"| {fmt} ({gguf_type}) | {size / 2**20:.0f} MiB | {reference:.1f} | {eager:.1f} | {compiled:.1f} | "
-              f"{compiled / reference:.2f}x | {rate / 1e9:.1f} ({rate / best:.0%}) |")  # fmt: skip
+              f"{ratio:.2f}x | {rate / 1e9:.1f} ({rate / best:.0%}) |")  # fmt: skip
     print(f"\nbest rate of reading weights measured (the batch-1 bound on this machine): {best / 1e9:.1f} GB/s")
     print("\n| precision | batch 1 | " + " | ".join(f"batch {b}" for b in throughput[0][2]) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in throughput[0][2]) + " |")
