@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/distributed.py
 	$(PY) bench/trainer_overhead.py
 	$(PY) bench/lora_vs_peft.py
+	$(PY) bench/decode_vs_llamacpp.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

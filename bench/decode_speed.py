@@ -87,7 +87,9 @@ def measure(kind: str, docs: list[str], new: int, repeats: int) -> list[tuple]:
     bf16_model.load_state_dict(ckpt.model.state_dict())
     bf16_model.to(torch.bfloat16)
     tokenizer = ckpt.tokenizer
-    ours_fp32, ours_bf16 = Generator(ckpt.model, tokenizer), Generator(bf16_model, tokenizer)
+    # eager, as transformers runs here (bench/decode_vs_llamacpp.py measures the compiled step)
+    ours_fp32 = Generator(ckpt.model, tokenizer, compile="off")
+    ours_bf16 = Generator(bf16_model, tokenizer, compile="off")
     config = GenerationConfig(greedy=True, max_new_tokens=new, min_new_tokens=new)
     pad = tokenizer.pad_id if seq2seq else tokenizer.eos_id
     print(f"{kind}: {ckpt.model.num_parameters():,} parameters (imported from the transformers folder)")

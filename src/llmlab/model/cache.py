@@ -65,7 +65,7 @@ class SlotCache:
         self._mode = ("prefill", slot)
 
     def decode(self, rows: int, positions: torch.Tensor, read: int) -> None:
-        self._mode = ("decode", rows, positions, read)
+        self._mode = ("decode", torch.arange(rows, device=positions.device), positions, read)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._mode[0] == "prefill":
@@ -75,10 +75,10 @@ class SlotCache:
             self.keys[layer][rows, :, :T] = k
             self.values[layer][rows, :, :T] = v
             return self.keys[layer][rows, :, :T], self.values[layer][rows, :, :T]
-        _, rows, positions, read = self._mode
-        index = torch.arange(rows, device=k.device)
+        _, index, positions, read = self._mode
         self.keys[layer][index, :, positions] = k[:, :, 0]
         self.values[layer][index, :, positions] = v[:, :, 0]
+        rows = k.shape[0]
         return self.keys[layer][:rows, :, :read], self.values[layer][:rows, :, :read]
 
     def advance(self, n: int) -> None:

@@ -63,7 +63,9 @@ class PackedLinear(nn.Module):
             self.packed.copy_(self._pack())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_linear(x, self.packed, self.bias, self.out_features)
+        if torch.compiler.is_compiling():  # the registered operator: opaque to the compiler
+            return packed_linear(x, self.packed, self.bias, self.out_features)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")  # ~6 us less a call
 
 
 def packed_for_inference(model: nn.Module) -> nn.Module:

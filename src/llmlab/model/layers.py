@@ -142,7 +142,7 @@ def attend(
     With `record` set, the weights are computed explicitly and appended to it (for inspection);
     otherwise the fused kernel runs and no weights exist.
     """
-    if record is None and _one_query(q, k, mask, causal, dropout):
+    if record is None and torch.compiler.is_compiling() and _one_query(q, k, mask, causal, dropout):
         return attend_one_query(q, k, v, mask, scale)
     if record is None:
         with attention_kernel(q):
@@ -178,24 +178,19 @@ def _one_query(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, caus
 def attend_one_query(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """Attention for one query per row, as in every decoding step. The fused CPU kernel is built for many
-    queries: for one query over 256 cached keys it took ~150 us per layer here, against ~20 us for these
-    few plain operations (which torch.compile also fuses). Grouped-query heads are reshaped onto their
-    shared key/value head instead of copying the keys. Scores and softmax in fp32, as the fused kernel."""
+    """Attention for one query per row (a decoding step) inside a compiled step, written as sums of products,
+    which the compiler fuses into two loops. The fused CPU kernel is built for many queries: compiled in, it
+    took ~150 us per layer for one query over 256 cached keys here. (Eagerly, that kernel is the faster of
+    the two at the lengths a generation reads.) Grouped-query heads are reshaped onto their shared key/value
+    head instead of copying the keys; scores and softmax in fp32, as the fused kernel."""
     B, H, _, D = q.shape
     kv_heads = k.shape[1]
-    grouped = q.reshape(B, kv_heads, H // kv_heads, D)
-    compiling = torch.compiler.is_compiling()  # as sums of products the compiler fuses them into two loops
-    if compiling:
-        scores = (grouped.float()[:, :, :, None, :] * k.float()[:, :, None, :, :]).sum(-1) * scale
-    else:
-        scores = (grouped @ k.transpose(-2, -1)).float() * scale  # (B, H_kv, G, S)
+    grouped = q.reshape(B, kv_heads, H // kv_heads, D).float()
+    scores = (grouped[:, :, :, None, :] * k.float()[:, :, None, :, :]).sum(-1) * scale  # (B, H_kv, G, S)
     if mask is not None:
         scores = scores.masked_fill(~mask.reshape(mask.shape[0], 1, 1, mask.shape[-1]), float("-inf"))
     weights = scores.softmax(dim=-1)
-    if compiling:
-        return (weights[..., None] * v.float()[:, :, None, :, :]).sum(-2).to(v.dtype).reshape(B, H, 1, D)
-    return (weights.to(v.dtype) @ v).reshape(B, H, 1, D)
+    return (weights[..., None] * v.float()[:, :, None, :, :]).sum(-2).to(v.dtype).reshape(B, H, 1, D)
 
 
 class SelfAttention(nn.Module):
