@@ -14,6 +14,10 @@ moderate load (--soak seconds, 8 clients) with the server's resident memory samp
 
     .venv/bin/python bench/serve_load.py                 # ~8 minutes on 2 cores
     .venv/bin/python bench/serve_load.py --levels "" --soak 600     # the faults and a 10-minute soak
+    .venv/bin/python bench/serve_load.py --compiled --levels 1,8,32 --soak 0   # eager vs compiled step too
+
+The load levels run with `--compile off` (and with `--compiled`, once more with the step compiled); the
+faults run the server as a user starts it (compiled, the default).
 """
 
 from __future__ import annotations
@@ -54,9 +58,9 @@ def build_model(folder: Path) -> None:
     save_checkpoint(folder, build(config).eval(), tok)
 
 
-def start_server(folder: Path, max_running: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, max_running: int, max_queue: int, compile: str = "auto") -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "llmlab", "serve", str(folder), "--name", "m", "--port", "0",
-                             "--max-running", str(max_running), "--max-queue", str(max_queue)],
+                             "--max-running", str(max_running), "--max-queue", str(max_queue), "--compile", compile],
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -198,6 +202,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="load per concurrency level")
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the soak (0: skip)")
     parser.add_argument("--levels", default="1,8,32,64", help="client counts ('' : the faults and soak only)")
+    parser.add_argument("--compiled", action="store_true", help="also load a server whose step is compiled "
+                        "(the others decode eagerly: --compile off)")  # fmt: skip
     args = parser.parse_args()
     print(describe())
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -205,8 +211,10 @@ def main() -> None:
         folder = Path(tmp) / "llama-mini"
         build_model(folder)
         rows = {}
-        for mode, max_running in (("continuous", 64), ("one at a time", 1)) if levels else ():
-            proc, url = start_server(folder, max_running, 256)
+        modes = [("continuous", 64, "off"), ("one at a time", 1, "off")]
+        modes += [("continuous, compiled step", 64, "on")] if args.compiled else []
+        for mode, max_running, compile in modes if levels else ():
+            proc, url = start_server(folder, max_running, 256, compile)
             for clients in levels:
                 rows[mode, clients] = asyncio.run(load(url, clients, args.seconds, clients))
             print(f"{mode}: server exit code {stop_server(proc)}", flush=True)
@@ -226,6 +234,10 @@ def main() -> None:
                 f"{clients} clients: continuous batching {a['tokens_per_s'] / b['tokens_per_s']:.2f}x the "
                 "throughput of one at a time"
             )
+            if ("continuous, compiled step", clients) in rows:
+                c = rows["continuous, compiled step", clients]
+                print(f"{clients} clients: the compiled step {c['tokens_per_s'] / a['tokens_per_s']:.2f}x the "
+                      "eager one's throughput")  # fmt: skip
         for line in asyncio.run(faults(folder, args.soak)):
             print(line)
 

@@ -3,6 +3,8 @@ compile failure falls back to eager with one line, and the disk cache is kept pe
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -94,3 +96,17 @@ def test_the_disk_cache_is_per_torch_version_and_the_choice_reads_the_environmen
     assert compile_choice("auto") == "on" and compile_choice("off") == "off"
     monkeypatch.setenv("LLMLAB_COMPILE", "bogus")
     assert compile_choice("auto") == "auto"
+
+
+def test_inductors_own_default_folder_is_not_taken_for_a_users_choice(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from llmlab.generation.decode_step import _use_disk_cache
+
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor sets once asked
+    _use_disk_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor_cache_dir())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    _use_disk_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

@@ -36,7 +36,15 @@ def inductor_cache_dir() -> Path:
 
 
 def _use_disk_cache() -> None:
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # a user's own choice stands
+    """Point inductor at our folder unless the user chose one. Inductor writes its default (a folder under
+    /tmp) into the environment the first time anything asks it, so that value counts as no choice."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        default = default_cache_dir()
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        default = None
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
 
 
