@@ -1,5 +1,6 @@
-"""The compiled decoding step: the same greedy tokens as eager decoding (generator and server engine), a
-compile failure falls back to eager with one line, and the disk cache is kept per torch version."""
+"""The compiled decoding step: the same greedy tokens as eager decoding (generator and server engine), no
+compilation once the server has warmed up, a compile failure falls back to eager with one line, and the
+disk cache is kept per torch version."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def test_the_compiled_server_step_gives_the_eager_tokens(model_and_tokenizer):
     for compile in (False, True):
         engine = Engine(model, tok, max_running=4, compile=compile)
         engine.warm_up()
+        warmed = len(engine.decode.compile_seconds)
         engine.start()
         try:
             collectors = [Collector() for _ in PROMPTS]
@@ -61,6 +63,7 @@ def test_the_compiled_server_step_gives_the_eager_tokens(model_and_tokenizer):
         finally:
             engine.stop()
         assert engine.decode.compiled == compile
+        assert len(engine.decode.compile_seconds) == warmed, "serving compiled again after the warm-up"
     assert texts[True] == texts[False]
 
 

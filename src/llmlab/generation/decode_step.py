@@ -78,6 +78,10 @@ class DecodeStep:
                  cache: SlotCache) -> torch.Tensor:  # fmt: skip
         if not self.compiled:
             return self._eager(tokens, positions, slots, mask, cache)
+        # fresh tensors: the compiler guards on how an input was made (a view of another tensor, its strides),
+        # and the generator, the engine and its warm-up each make theirs differently
+        tokens, positions, slots, mask = (t.clone(memory_format=torch.contiguous_format)
+                                          for t in (tokens, positions, slots, mask))  # fmt: skip
         _mark_dynamic(tokens, positions, slots, mask, cache)
         start, frames = time.perf_counter(), _frames_compiled()
         try:
