@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig, compile_choice
 from llmlab.generation.decode_step import DecodeStep, inductor_cache_dir
 from llmlab.generation.generator import Generator
@@ -67,10 +68,17 @@ def test_the_compiled_server_step_gives_the_eager_tokens(model_and_tokenizer):
     assert texts[True] == texts[False]
 
 
-def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path):
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's compiled graphs forgotten before and after (also when the test fails)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path, fresh_dynamo):
     import torch._inductor.config as inductor
 
-    torch._dynamo.reset()
     monkeypatch.setattr(inductor.cpp, "cxx", (str(tmp_path / "no-such-compiler"),))
     monkeypatch.setattr(inductor, "fx_graph_cache", False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
@@ -89,7 +97,35 @@ def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, m
     torch.testing.assert_close(logits, eager, rtol=0, atol=0)
     step(tokens, positions + 1, positions[:, 0] + 1, torch.ones(2, 1, 1, 2, dtype=torch.bool), cache)
     assert len(lines) == 1  # said once
-    torch._dynamo.reset()
+
+
+def test_an_error_of_the_model_itself_is_raised_not_taken_for_a_compile_failure(model_and_tokenizer, fresh_dynamo):
+    _, tok = model_and_tokenizer
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1).eval()
+    lines: list[str] = []
+    step = DecodeStep(model, compile=True, report=lines.append)
+    c = model.config
+    cache = SlotCache(c.n_layer, 1, c.n_kv_head, 8, c.head_dim, torch.float32, "cpu")
+    with pytest.raises(IndexError):  # a token id past the vocabulary
+        step(torch.tensor([[tok.vocab_size + 100]]), torch.tensor([[0]]), torch.tensor([0]),
+             torch.ones(1, 1, 1, 1, dtype=torch.bool), cache)  # fmt: skip
+    assert not step.failed and not lines
+
+
+def test_a_replaced_or_cast_parameter_gets_a_new_packed_copy(model_and_tokenizer):
+    _, tok = model_and_tokenizer
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1).eval()
+    generator = Generator(model, tok, compile="off")
+    config = GenerationConfig(max_new_tokens=3, min_new_tokens=3, greedy=True)
+    generator.generate(PROMPTS[:1], config)
+    first = generator.runner
+    torch.manual_seed(1)
+    with torch.no_grad():  # other weights, as new Parameter objects
+        model.load_state_dict({k: v + torch.randn_like(v) for k, v in model.state_dict().items()}, assign=True)
+    assert generator.runner is not first
+    got = generator.generate(PROMPTS[:1], config)[0][0].token_ids
+    want = Generator(model, tok, compile="off").generate(PROMPTS[:1], config)[0][0].token_ids
+    assert got == want
 
 
 def test_the_disk_cache_is_per_torch_version_and_the_choice_reads_the_environment(monkeypatch, tmp_path):
@@ -98,7 +134,10 @@ def test_the_disk_cache_is_per_torch_version_and_the_choice_reads_the_environmen
     monkeypatch.setenv("LLMLAB_COMPILE", "on")
     assert compile_choice("auto") == "on" and compile_choice("off") == "off"
     monkeypatch.setenv("LLMLAB_COMPILE", "bogus")
-    assert compile_choice("auto") == "auto"
+    with pytest.raises(LlmlabError, match="LLMLAB_COMPILE"):
+        compile_choice("auto")
+    with pytest.raises(LlmlabError, match="not a choice"):
+        compile_choice("yes")
 
 
 def test_inductors_own_default_folder_is_not_taken_for_a_users_choice(monkeypatch, tmp_path):
@@ -113,3 +152,53 @@ def test_inductors_own_default_folder_is_not_taken_for_a_users_choice(monkeypatc
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     _use_disk_cache()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def stepwise_logits(generator: Generator, prompts: list[str], steps: int) -> list[torch.Tensor]:
+    """Each step's (rows, vocab) logits from the generator's own decoding steps, feeding back greedy tokens."""
+    ids = [generator.tokenizer.encode(p) for p in prompts]
+    step = generator._decoder_steps(ids, GenerationConfig(max_new_tokens=steps))
+    logits, new = [], None
+    with torch.no_grad():
+        for _ in range(steps):
+            logits.append(step(new))
+            new = logits[-1].argmax(-1)
+    return logits
+
+
+def uncached_logits(model, tok, prompt: str, chosen: list[int]) -> torch.Tensor:
+    """The same steps by full forwards over one unpadded row, without a cache."""
+    ids = tok.encode(prompt)
+    with torch.no_grad():
+        return torch.stack([model(torch.tensor([ids + chosen[:i]]))[0, -1].float() for i in range(len(chosen) + 1)])
+
+
+def sharp_model(tok, **overrides):
+    """A random model with weights scaled up, so that a wrong mask or position moves the logits visibly."""
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2, **overrides)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(4)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("compile", "positions"), [("off", "rope"), ("on", "rope"), ("off", "relative")])
+def test_every_decoding_step_matches_full_forwards(model_and_tokenizer, compile, positions):
+    """Left-padded rows, the prefill and every cached step (the last included) against uncached forwards."""
+    _, tok = model_and_tokenizer
+    model = sharp_model(tok) if positions == "rope" else sharp_model(tok, positions="relative")
+    steps = stepwise_logits(Generator(model, tok, compile=compile), PROMPTS, 6)
+    for row, prompt in enumerate(PROMPTS):
+        chosen = [int(s[row].argmax()) for s in steps[:-1]]
+        got = torch.stack([s[row] for s in steps])
+        torch.testing.assert_close(got, uncached_logits(model, tok, prompt, chosen), atol=2e-3, rtol=1e-3)
+
+
+def test_generation_under_bf16_autocast(model_and_tokenizer):
+    """RL rollouts generate from an fp32 policy under bf16 autocast (packed fp32 weights refuse bf16 input)."""
+    _, tok = model_and_tokenizer
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1).eval()
+    config = GenerationConfig(max_new_tokens=4, min_new_tokens=4, greedy=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert len(Generator(model, tok, compile="off").generate(PROMPTS, config)[0][0].token_ids) == 4

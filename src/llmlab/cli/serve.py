@@ -34,7 +34,7 @@ def served_models(args: argparse.Namespace) -> list:
                          args.max_queue, compile)  # fmt: skip
     engine = models[0].engine
     if engine.decode.compiled:
-        print("compiling the decoding step before serving (~20 s the first time, seconds from the cache after; "
+        print("compiling the decoding step before serving (20-30 s the first time, seconds from the cache after; "
               "--compile off skips it)", file=sys.stderr, flush=True)  # fmt: skip
         engine.warm_up()
     return models

@@ -69,13 +69,17 @@ class GenerationConfig:
 # Whether to compile the decoding step (generation/decode_step.py): kept here, free of torch, for the CLI.
 COMPILE_CHOICES = ("auto", "on", "off")
 # With "auto" a generator compiles once it has this many tokens (rows x steps) to decode in all: a cold
-# compile costs ~20 s and saves ~1-3 ms a step on 2 cores; a warm one (the disk cache) ~4 s.
+# compile costs ~20-30 s and saves ~1-3 ms a step on 2 cores; a warm one (the disk cache) ~4 s.
 AUTO_COMPILE_TOKENS = 4096
 
 
 def compile_choice(requested: str = "auto") -> str:
     """`auto` unless the caller or $LLMLAB_COMPILE says otherwise (the caller wins)."""
+    if requested not in COMPILE_CHOICES:
+        raise LlmlabError(f"compile={requested!r} is not a choice", f"use one of {', '.join(COMPILE_CHOICES)}")
     if requested != "auto":
         return requested
     env = os.environ.get("LLMLAB_COMPILE", "auto")
-    return env if env in COMPILE_CHOICES else "auto"
+    if env not in COMPILE_CHOICES:
+        raise LlmlabError(f"$LLMLAB_COMPILE is {env!r}", f"set it to one of {', '.join(COMPILE_CHOICES)} or unset it")
+    return env

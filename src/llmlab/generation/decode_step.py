@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,7 +67,10 @@ class DecodeStep:
         self._fn: Callable = self._eager
         if compile:
             _use_disk_cache()
-            self._fn = torch.compile(self._eager, dynamic=None)
+            try:
+                self._fn = torch.compile(_own_code(self._eager), dynamic=None)
+            except Exception as exc:  # noqa: BLE001 - no backend here: decode eagerly, as any failure below
+                self._fall_back(exc)
 
     def _eager(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
                cache: SlotCache) -> torch.Tensor:  # fmt: skip
@@ -86,17 +90,31 @@ class DecodeStep:
         start, frames = time.perf_counter(), _frames_compiled()
         try:
             logits = self._fn(tokens, positions, slots, mask, cache)
-        except Exception as exc:  # inductor raises many kinds; every one means: run eagerly
-            self.compiled, self.failed, self._fn = False, True, self._eager
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            self.report(f"warning: compiling the decoding step failed ({first}); decoding eagerly instead")
-            return self._eager(tokens, positions, slots, mask, cache)
+        except Exception as exc:  # inductor raises many kinds: the eager step tells a compile failure from a bug
+            logits = self._eager(tokens, positions, slots, mask, cache)  # raises the model's own error, if any
+            self._fall_back(exc)
+            return logits
         if _frames_compiled() > frames:
             seconds = time.perf_counter() - start
             self.compile_seconds.append(seconds)
             self.report(f"compiled the decoding step for {tokens.shape[0]} row(s) in {seconds:.1f} s "
                         f"(cached under {os.environ.get('TORCHINDUCTOR_CACHE_DIR')})")  # fmt: skip
         return logits
+
+    def _fall_back(self, exc: Exception) -> None:
+        """Decode eagerly from now on, and say why in one line."""
+        self.compiled, self.failed, self._fn = False, True, self._eager
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        self.report(f"warning: compiling the decoding step failed ({first}); decoding eagerly instead")
+
+
+def _own_code(method: Callable) -> Callable:
+    """The method over a copy of its code object. Dynamo keeps compiled graphs, and counts recompilations
+    against its limit (8), per code object: without a copy every DecodeStep in a process (one per model,
+    per generator) would share one count, and past it decode eagerly without a word."""
+    function = method.__func__
+    fresh = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__)
+    return types.MethodType(fresh, method.__self__)
 
 
 def _mark_dynamic(tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,

@@ -61,6 +61,11 @@ def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _same_tensors(now: list[tuple], then: list[tuple]) -> bool:
+    """Whether (parameter, data pointer, dtype) triples name the same tensors (`is`: no ids reused)."""
+    return len(now) == len(then) and all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(now, then))
+
+
 class Generator:
     """Generates text from a model with the tokenizer it was trained with.
 
@@ -83,6 +88,7 @@ class Generator:
         self.seq2seq = self.family.seq2seq
         self._packed: torch.nn.Module | None = None
         self._packed_version = -1
+        self._packed_identity: list[tuple] = []
         self.compile = compile_choice(compile)
         self._decoded = 0  # tokens decoded so far (rows x steps), for compile="auto"
         self._step: DecodeStep | None = None
@@ -92,11 +98,14 @@ class Generator:
         """The module that decodes: on CPUs, a copy with oneDNN pre-packed weights (bf16 ~1.8x, fp32 ~2x
         faster), re-packed in place whenever the model's weights have changed since (so a compiled step
         that holds the copy stays valid)."""
-        if not can_pack(self.model):
+        if not can_pack(self.model) or torch.is_autocast_enabled("cpu"):  # oneDNN's packed fp32 refuses bf16 input
             return self.model
-        version = sum(p._version for p in self.model.parameters())  # bumped by every in-place update
-        if self._packed is None:
-            self._packed = packed_for_inference(self.model)
+        params = list(self.model.parameters())
+        version = sum(p._version for p in params)  # bumped by every in-place update
+        # a parameter replaced, moved or cast (load_state_dict(assign=True), .to()) needs a new copy
+        identity = [(p, p.data_ptr(), p.dtype) for p in params]
+        if self._packed is None or not _same_tensors(identity, self._packed_identity):
+            self._packed, self._packed_identity = packed_for_inference(self.model), identity
         elif version != self._packed_version:
             repack(self._packed)
         self._packed_version = version
@@ -112,8 +121,10 @@ class Generator:
         """The one-token step for a call that decodes `tokens` (rows x steps): compiled per `compile`."""
         self._decoded += tokens
         wanted = self.compile == "on" or (self.compile == "auto" and self._decoded >= AUTO_COMPILE_TOKENS)
-        if self._step is None or (wanted and not self._step.compiled and not self._step.failed):
-            self._step = DecodeStep(self.runner, compile=wanted)
+        runner = self.runner
+        stale = self._step is not None and self._step.runner is not runner  # moved, cast, or under autocast
+        if self._step is None or stale or (wanted and not self._step.compiled and not self._step.failed):
+            self._step = DecodeStep(runner, compile=wanted)
         return self._step
 
     @property
@@ -243,8 +254,8 @@ class Generator:
         """Prompts left-padded to one length (every row's last token at the same slot), prefilled into
         the cache on the first call; each later call feeds the previous step's tokens through the
         decoding step shared with the server (compiled or not)."""
-        if prompt_length(self.model):
-            return self._soft_prompt_steps(prompt_ids, config)
+        if prompt_length(self.model) or self.model.config.positions == "relative":
+            return self._soft_prompt_steps(prompt_ids, config)  # both read the cache's length
         device, c = self.device, self.model.config
         B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
         tokens, valid, positions, mask = self._left_padded(prompt_ids, config)
@@ -286,7 +297,7 @@ class Generator:
         self, prompt_ids: list[list[int]], config: GenerationConfig
     ) -> Callable[[torch.Tensor | None], torch.Tensor]:
         """As `_decoder_steps`, eagerly through a `KVCache`, whose length tells the model whether its soft
-        prompt has been read yet."""
+        prompt has been read yet, and a relative position bias where its queries are."""
         P = max(len(p) for p in prompt_ids)
         tokens, valid, positions, mask = self._left_padded(prompt_ids, config)
         padded = mask is not None

@@ -76,8 +76,9 @@ class SlotCache:
             self.values[layer][rows, :, :T] = v
             return self.keys[layer][rows, :, :T], self.values[layer][rows, :, :T]
         _, index, positions, read = self._mode
-        self.keys[layer][index, :, positions] = k[:, :, 0]
-        self.values[layer][index, :, positions] = v[:, :, 0]
+        keys, values = self.keys[layer], self.values[layer]  # under autocast k/v may be bf16 in an fp32 cache
+        keys[index, :, positions] = k[:, :, 0].to(keys.dtype)
+        values[index, :, positions] = v[:, :, 0].to(values.dtype)
         rows = k.shape[0]
         return self.keys[layer][:rows, :, :read], self.values[layer][:rows, :, :read]
 

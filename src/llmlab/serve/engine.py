@@ -121,7 +121,10 @@ class Engine:
 
     def warm_up(self) -> None:
         """Compile the decoding step before the first request (one row, then several), so no client waits
-        for it. Writes only into free slots, which a prefill overwrites."""
+        for it. Call it before `start()`: it writes into free slots (a prefill overwrites them), which only
+        holds while the loop is not yet running."""
+        if self._thread.is_alive():
+            raise RuntimeError("Engine.warm_up() runs before start(): the loop would share the cache with it")
         if not self.decode.compiled:
             return
         device = self.model.device

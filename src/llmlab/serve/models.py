@@ -54,6 +54,9 @@ def load_served(source: str, adapters: list[tuple[str, str]], name: str, device:
     if not family_spec(ckpt.model.config).causal:
         raise LlmlabError(f"{source} is a {ckpt.model.config.family}: llmlab serve decodes decoder-only models so far",
                           "serve a decoder (GPT-2 or Llama style)")  # fmt: skip
+    if ckpt.model.config.positions == "relative":  # its bias needs each row's query position, not yet passed
+        raise LlmlabError(f"{source} uses relative position bias: llmlab serve does not decode it yet",
+                          "use llmlab generate with this checkpoint")  # fmt: skip
     names = [name] + [n for n, _ in adapters]
     if len(set(names)) != len(names):
         raise LlmlabError(f"two served models share a name among {', '.join(names)}", "give each a different name")
