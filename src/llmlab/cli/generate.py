@@ -8,7 +8,15 @@ import dataclasses
 import json
 import sys
 
-from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, DEVICE_HELP, add_dataclass_options, read_lines, unescape
+from llmlab.cli.common import (
+    ADAPTER_HELP,
+    CHECKPOINT_HELP,
+    DEVICE_HELP,
+    add_dataclass_options,
+    read_lines,
+    read_text,
+    unescape,
+)
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import AUTO_COMPILE_TOKENS, COMPILE_CHOICES
 
@@ -23,13 +31,36 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _stream(generator, prompts: list[str], config) -> None:
+def _grammar(args: argparse.Namespace):
+    """The structured-output option given, as a Grammar (None without one)."""
+    from llmlab.generation.constraints import Grammar
+
+    if getattr(args, "json_schema", None):
+        return Grammar.json_schema(read_text(args.json_schema, "--json-schema"), f"--json-schema {args.json_schema}")
+    if getattr(args, "regex", None) is not None:
+        return Grammar.regex(args.regex)
+    if getattr(args, "choice", None) is not None:
+        return Grammar.choice([unescape(c) for c in args.choice.split(",")])
+    if getattr(args, "grammar", None):
+        return Grammar.lark(read_text(args.grammar, "--grammar"), f"--grammar {args.grammar}")
+    return None
+
+
+def _warn_incomplete(results, grammar) -> None:
+    """A constrained sample cut by --max-new-tokens may not match yet: say so instead of printing it silently."""
+    cut = sum(c.finish_reason == "length" for samples in results for c in samples)
+    if grammar is not None and cut:
+        print(f"warning: {cut} sample(s) reached --max-new-tokens before {grammar.source} was complete, so they "
+              "may not match it; raise --max-new-tokens", file=sys.stderr)  # fmt: skip
+
+
+def _stream(generator, prompts: list[str], config, grammar=None) -> None:
     """Print one sample as it is generated: a decoder's continues its prompt, a seq2seq output does not."""
     if len(prompts) != 1 or config.num_samples != 1:
         raise LlmlabError("--stream prints one sample as it is generated", "use one --prompt and --num-samples 1")
     (prompt,) = prompts
     sys.stdout.write("" if generator.seq2seq else prompt)
-    for piece in generator.stream(prompt, config):
+    for piece in generator.stream(prompt, config, grammar):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -66,11 +97,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
         options["stop"] = [unescape(text) for text in options["stop"]]
     config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
     generator = Generator(ckpt.model, ckpt.tokenizer, compile=getattr(args, "compile", "auto"))
+    grammar = _grammar(args)
+    generator.bind(grammar)  # a grammar that cannot compile is refused before any decoding
     if getattr(args, "stream", False):
-        _stream(generator, prompts, config)
+        _stream(generator, prompts, config, grammar)
         return
-    results = generator.generate(prompts, config)
+    results = generator.generate(prompts, config, grammar)
     _print_completions(results, config, generator.seq2seq, getattr(args, "json", False))
+    _warn_incomplete(results, grammar)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +116,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--prompt", action="append", default=argparse.SUPPRESS, help="prompt text (repeatable)")
     g.add_argument("--prompts-file", default=argparse.SUPPRESS, help="one prompt a line (\\n for newlines)")
     add_dataclass_options(g, GenerationConfig)
+    shape = g.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", default=argparse.SUPPRESS, metavar="FILE",
+                       help="structured output: JSON valid under this schema, enforced token by token")  # fmt: skip
+    shape.add_argument("--regex", default=argparse.SUPPRESS, help="structured output: text matching this regex")
+    shape.add_argument("--choice", default=argparse.SUPPRESS, metavar="A,B,C", help="structured output: one of these")
+    shape.add_argument("--grammar", default=argparse.SUPPRESS, metavar="FILE.lark",
+                       help="structured output: text in this Lark grammar (llguidance's dialect)")  # fmt: skip
     g.add_argument("--stream", action="store_true", default=argparse.SUPPRESS, help="print tokens as they come")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per sample")
     g.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)

@@ -18,6 +18,7 @@ from llmlab.data.collate import pad_rows
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.generation.config import AUTO_COMPILE_TOKENS, GenerationConfig, compile_choice
+from llmlab.generation.constraints import Grammar, RowConstraints, TokenGrammar
 from llmlab.generation.decode_step import DecodeStep
 from llmlab.generation.text_stream import TextStream
 from llmlab.model import LanguageModel
@@ -61,6 +62,14 @@ def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _forbid_end(logits: torch.Tensor, eos_id: int) -> None:
+    """min_new_tokens: no end-of-sequence yet, except in a row where a grammar allows nothing else."""
+    others = logits.clone()
+    others[:, eos_id] = float("-inf")
+    rows = torch.isfinite(others).any(dim=-1)
+    logits[rows, eos_id] = float("-inf")
+
+
 def _same_tensors(now: list[tuple], then: list[tuple]) -> bool:
     """Whether (parameter, data pointer, dtype) triples name the same tensors (`is`: no ids reused)."""
     return len(now) == len(then) and all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(now, then))
@@ -92,6 +101,7 @@ class Generator:
         self.compile = compile_choice(compile)
         self._decoded = 0  # tokens decoded so far (rows x steps), for compile="auto"
         self._step: DecodeStep | None = None
+        self._bound: TokenGrammar | None = None
 
     @property
     def runner(self) -> torch.nn.Module:
@@ -131,14 +141,17 @@ class Generator:
     def device(self) -> torch.device:
         return self.model.device
 
-    def generate(self, prompts: list[str], config: GenerationConfig) -> list[list[Completion]]:
-        """All prompts (x num_samples) decoded together as one batch; returns num_samples per prompt."""
+    def generate(
+        self, prompts: list[str], config: GenerationConfig, grammar: Grammar | None = None
+    ) -> list[list[Completion]]:
+        """All prompts (x num_samples) decoded together as one batch; returns num_samples per prompt.
+        With a grammar every completion that ends before max_new_tokens matches it (constraints.py)."""
         config.validate()
         rows = [p for p in prompts for _ in range(config.num_samples)]
         prompt_ids = [self.encode_prompt(p, config) for p in rows]
         outputs = [[] for _ in rows]
         finish = ["length"] * len(rows)
-        for new, done in self._decode(prompt_ids, config):
+        for new, done in self._decode(prompt_ids, config, self.bind(grammar)):
             for r, token in enumerate(new):
                 if not done[r] or finish[r] == "length":
                     outputs[r].append(token)
@@ -149,12 +162,12 @@ class Generator:
         n = config.num_samples
         return [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def stream(self, prompt: str, config: GenerationConfig) -> Iterator[str]:
+    def stream(self, prompt: str, config: GenerationConfig, grammar: Grammar | None = None) -> Iterator[str]:
         """Yield the text of one completion piece by piece as tokens arrive (the server's `TextStream`: a
         partial UTF-8 character or a possible stop string is held back until it is known)."""
         config.validate()
         text = TextStream(self.tokenizer, config.stop)
-        for new, _ in self._decode([self.encode_prompt(prompt, config)], config):
+        for new, _ in self._decode([self.encode_prompt(prompt, config)], config, self.bind(grammar)):
             if new[0] == self.eos_id:
                 break
             piece = text.push(new[0])
@@ -165,6 +178,14 @@ class Generator:
         rest = text.finish()
         if rest:
             yield rest
+
+    def bind(self, grammar: Grammar | None) -> TokenGrammar | None:
+        """The grammar checked against this tokenizer (kept: binding one costs ~1-100 ms)."""
+        if grammar is None:
+            return None
+        if self._bound is None or self._bound.grammar != grammar:
+            self._bound = TokenGrammar(grammar, self.tokenizer, self.eos_id)
+        return self._bound
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -216,7 +237,9 @@ class Generator:
         return Completion(prompt, self._cut_at_stop(self.tokenizer.decode(ids), config), ids, finish)
 
     @torch.inference_mode()
-    def _decode(self, prompt_ids: list[list[int]], config: GenerationConfig) -> Iterator[tuple[list[int], list[bool]]]:
+    def _decode(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, grammar: TokenGrammar | None = None
+    ) -> Iterator[tuple[list[int], list[bool]]]:
         """Yield (next token of every row, which rows are done) once per step."""
         device, pad = self.device, self.eos_id
         B = len(prompt_ids)
@@ -228,14 +251,20 @@ class Generator:
         stop_done = [False] * B
         generated: list[list[int]] = [[] for _ in range(B)]
         new = None
+        constraints = RowConstraints(grammar, B) if grammar is not None else None
         for step in range(config.max_new_tokens):
             logits = steps(new)
+            active = [not d for d in done.tolist()]
+            if constraints is not None:
+                constraints.mask_(logits, active)
             if step < config.min_new_tokens:
-                logits[:, self.eos_id] = float("-inf")
+                _forbid_end(logits, self.eos_id)
             new = next_tokens(logits, config, generator)
             new = torch.where(done, torch.full_like(new, pad), new)
             done = done | (new == self.eos_id)
             new_list = new.tolist()
+            if constraints is not None:
+                constraints.advance(new_list, active)
             if config.stop:
                 for r in range(B):
                     if not stop_done[r] and not bool(done[r]):
