@@ -33,6 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.evaluation",
             "llmlab.introspect",
             "llmlab.report",
+            "llmlab.retrieval",
+            "llmlab.tools",
             "llmlab.plan.verify",
             "llmlab.plan.memory_request",
             "llmlab.plan.compute_request",

@@ -27,11 +27,14 @@ PERSON = {
     "properties": {
         "name": {"type": "string", "maxLength": 6},
         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "height": {"type": "number", "minimum": 0.5, "maximum": 2.5},
+        "height": {"type": "number", "minimum": 0.5, "maximum": 2.5, "multipleOf": 0.01},
         "role": {"enum": ["pilot", "crew", "guest"]},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 5}, "zip": {"type": "integer"}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 5},
+                "zip": {"type": "integer", "minimum": 1000, "maximum": 9999},
+            },
             "required": ["city"],
             "additionalProperties": False,
         },
@@ -103,11 +106,18 @@ def test_greedy_takes_the_models_best_allowed_token(decoder, bpe):
 def test_encoder_decoder_and_character_tokenizers(tmp_path):
     seq2seq_tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=400, family="encoder-decoder")
     t5 = Generator(tiny_model("t5", vocab_size=seq2seq_tok.vocab_size), seq2seq_tok, compile="off")
-    for text in texts(t5, Grammar.regex(r"[0-9]{3}-[ab]{2}"), GenerationConfig(max_new_tokens=20, seed=2, num_samples=3)):
+    for text in texts(
+        t5, Grammar.regex(r"[0-9]{3}-[ab]{2}"), GenerationConfig(max_new_tokens=20, seed=2, num_samples=3)
+    ):
         assert re.fullmatch(r"[0-9]{3}-[ab]{2}", text), text
-    chars = train_tokenizer([SAMPLE_TEXT + "{}[]\":,0123456789-"], kind="char", family="decoder")
+    chars = train_tokenizer([SAMPLE_TEXT + '{}[]":,0123456789-'], kind="char", family="decoder")
     char_model = Generator(tiny_model("llama", vocab_size=chars.vocab_size, block_size=256), chars, compile="off")
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     for text in texts(char_model, Grammar.json_schema(schema), GenerationConfig(max_new_tokens=40, seed=3)):
         jsonschema.validate(json.loads(text), schema)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from llmlab.data.chat import ChatTemplate, find_chat_template
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
+from llmlab.generation.constraints import Grammar
 from llmlab.generation.generator import Generator
 from llmlab.model.soft_prompt import prompt_length
 
@@ -20,8 +21,9 @@ class ChatSession:
     template: ChatTemplate
     generation: GenerationConfig
     system: str | None = None
-    history: list[dict[str, str]] = field(default_factory=list)  # user and assistant turns, oldest first
+    history: list[dict[str, str]] = field(default_factory=list)  # user, assistant and tool turns, oldest first
     notes: list[str] = field(default_factory=list)  # what the caller should be told (turns dropped)
+    preamble: str = ""  # what the model must know besides the system message (the tools it may call)
 
     @classmethod
     def for_checkpoint(cls, ckpt, generation: GenerationConfig, system: str | None = None) -> ChatSession:
@@ -34,7 +36,8 @@ class ChatSession:
         self.history.clear()
 
     def messages(self, turns: list[dict[str, str]]) -> list[dict[str, str]]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + turns
+        system = "\n\n".join(part for part in (self.system, self.preamble) if part)
+        return ([{"role": "system", "content": system}] if system else []) + turns
 
     def prompt(self) -> str:
         """The conversation with the generation prompt, fitted to the context: whole exchanges are dropped
@@ -57,8 +60,12 @@ class ChatSession:
     def send(self, text: str) -> Iterator[str]:
         """Add the user's message, stream the reply, and keep it in the history."""
         self.history.append({"role": "user", "content": text})
+        yield from self.respond()
+
+    def respond(self, grammar: Grammar | None = None) -> Iterator[str]:
+        """Stream the assistant's next turn (held to `grammar` if given) and keep it in the history."""
         reply = []
-        for piece in self.generator.stream(self.prompt(), self._config()):
+        for piece in self.generator.stream(self.prompt(), self._config(), grammar):
             reply.append(piece)
             yield piece
         self.history.append({"role": "assistant", "content": "".join(reply).strip()})

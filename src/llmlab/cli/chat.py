@@ -25,11 +25,32 @@ def cmd_chat(args: argparse.Namespace) -> None:
                "seed": args.seed, "greedy": args.greedy}  # fmt: skip
     generation = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
     session = ChatSession.for_checkpoint(ckpt, generation, args.system)
+    talk = _with_tools(session, args) if args.tool else session
     interactive = sys.stdin.isatty()
     print(f"chat with {args.checkpoint} ({session.template.origin} template); {HELP}", file=sys.stderr)
     for line in _lines(interactive):
-        if not _command(line, session):
+        if not _command(line, session, talk):
             break
+
+
+def _with_tools(session, args: argparse.Namespace):
+    """The session with --tool functions: calls and results are shown on stderr as they happen."""
+    from llmlab.tools.functions import load_tool
+    from llmlab.tools.loop import ToolChat
+
+    tools = [load_tool(spec) for spec in args.tool]
+    return ToolChat(session, tools, args.tool_choice, args.max_tool_steps, args.tool_timeout)
+
+
+def _reply(talk, line: str):
+    """The reply's text pieces; a tool chat's calls and results go to stderr on the way."""
+    for event in talk.send(line):
+        if isinstance(event, str):
+            yield event
+        elif event.kind == "answer":
+            yield event.text
+        else:
+            print(f"\n({'tool call' if event.kind == 'call' else 'tool result'}) {event.text}", file=sys.stderr)
 
 
 def _lines(interactive: bool):
@@ -42,7 +63,7 @@ def _lines(interactive: bool):
             yield line.strip()
 
 
-def _command(line: str, session) -> bool:
+def _command(line: str, session, talk) -> bool:
     """Handle one line; False to leave."""
     if line == "/exit":
         return False
@@ -56,7 +77,7 @@ def _command(line: str, session) -> bool:
         print(f"(unknown command {line.split()[0]}; {HELP})", file=sys.stderr)
     else:
         print("assistant> ", end="", flush=True)
-        for piece in session.send(line):
+        for piece in _reply(talk, line):
             print(piece, end="", flush=True)
         print()
         for note in session.notes:
@@ -75,6 +96,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     c.add_argument("--greedy", action="store_true", help="always the most likely token")
     c.add_argument("--seed", type=int, help="seed for sampling")
+    c.add_argument("--tool", action="append", default=[], metavar="MODULE:FUNCTION",
+                   help="a Python function the model may call (module or file.py path; repeatable)")  # fmt: skip
+    c.add_argument("--tool-choice", default="auto", choices=("auto", "required", "none"),
+                   help="auto: call or answer; required: the first reply is a call; none: never call")  # fmt: skip
+    c.add_argument("--max-tool-steps", type=int, default=4, help="tool calls per message before it must answer")
+    c.add_argument("--tool-timeout", type=float, default=10.0, help="seconds a tool may take (default 10)")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--dtype", default="auto", help="auto (bf16 where fast), fp32, bf16, fp16")
     c.set_defaults(func=cmd_chat)
