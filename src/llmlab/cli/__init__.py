@@ -23,11 +23,25 @@ import os
 import sys
 from collections.abc import Sequence
 
-from llmlab.cli import align, chat, evaluate, finetune, generate, hf, inspect, plan, pretrain, quantize, serve, tasks
+from llmlab.cli import (
+    align,
+    chat,
+    evaluate,
+    finetune,
+    generate,
+    hf,
+    index,
+    inspect,
+    plan,
+    pretrain,
+    quantize,
+    serve,
+    tasks,
+)
 from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
-COMMAND_GROUPS = (pretrain, finetune, align, generate, chat, serve, inspect, tasks, evaluate, quantize, hf, plan)
+COMMAND_GROUPS = (pretrain, finetune, align, generate, chat, serve, inspect, tasks, index, evaluate, quantize, hf, plan)
 
 
 def build_parser() -> argparse.ArgumentParser:
