@@ -189,3 +189,28 @@ def test_an_adapter_for_another_base_is_refused(model_and_tokenizer, tmp_path):
     with pytest.raises(LlmlabError, match="trained on another base"):
         load_served(str(tmp_path / "base"), [("a", str(tmp_path / "a"))], "base", torch.device("cpu"), torch.float32,
                     4, 16)  # fmt: skip
+
+
+def test_a_failing_step_ends_its_sequences_with_an_error_and_the_engine_goes_on(model_and_tokenizer, monkeypatch):
+    import llmlab.serve.engine as engine_module
+
+    model, tok = model_and_tokenizer
+    engine = Engine(model, tok, max_running=2)
+    calls = {"n": 0}
+    real = engine_module.next_tokens
+
+    def fails_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("a bug in sampling")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "next_tokens", fails_once)
+    engine.start()
+    try:
+        (first,) = run(engine, tok, ["def f(x):"], Sampling(max_tokens=8, temperature=0.0))
+        assert first.finish == "error"
+        (second,) = run(engine, tok, ["class A"], Sampling(max_tokens=4, temperature=0.0))
+        assert second.finish == "length" and len(second.events) == 4
+    finally:
+        engine.stop()

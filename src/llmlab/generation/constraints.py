@@ -97,6 +97,10 @@ class RowConstraints:
 
     def mask_(self, logits: torch.Tensor, active: list[bool]) -> None:
         """-inf on every token the grammar forbids, in the rows still generating (in place)."""
+        with torch.inference_mode():  # the logits may be inference tensors (the server's)
+            self._mask(logits, active)
+
+    def _mask(self, logits: torch.Tensor, active: list[bool]) -> None:
         vocab = logits.shape[-1]
         for row, matcher in enumerate(self.matchers):
             if active[row]:

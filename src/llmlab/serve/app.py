@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -20,9 +20,12 @@ from pydantic import BaseModel, ValidationError
 
 from llmlab.errors import LlmlabError
 from llmlab.serve.api import ChatRequest, CompletionRequest, error_body
+from llmlab.serve.chat_request import request_grammar, request_tools, template_messages
 from llmlab.serve.engine import Engine, Event, QueueFull, Sequence
 from llmlab.serve.metrics import ServerMetrics
 from llmlab.serve.models import ServedModel
+from llmlab.tools.calls import parse_call
+from llmlab.tools.functions import Tool
 
 
 @dataclass
@@ -99,7 +102,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings) -> FastAPI:
     async def chat(request: Request) -> Response:
         body = await _parse(request, ChatRequest, settings)
         model = _model(served, body.model)
-        text = model.template.render([m.model_dump() for m in body.messages], add_generation_prompt=True)
+        try:  # the tools, the messages as the template reads them, the grammar: a bad one is a 400
+            tools = request_tools(body)
+            grammar = request_grammar(body, tools)
+            bound = None if grammar is None else await asyncio.to_thread(model.engine.bind, grammar)
+            text = model.template.render(template_messages(body, tools), add_generation_prompt=True)
+        except LlmlabError as exc:
+            raise ApiError(400, str(exc), param=_param(str(exc))) from None
         bos = model.template.bos_token
         ids = model.prompt_ids(text[len(bos) :] if bos and text.startswith(bos) else text)
         room = max(model.engine.context - len(ids), 1)
@@ -107,11 +116,20 @@ def create_app(models: list[ServedModel], settings: ServeSettings) -> FastAPI:
             body.stop = [*(body.stop or []), "\n<|user|>"]
         if body.max_completion_tokens:
             body.max_tokens = body.max_completion_tokens
-        jobs = [(0, ids, body.sampling(room, body.chat_logprobs(), c)) for c in range(body.n)]
+        jobs = [(0, ids, replace(body.sampling(room, body.chat_logprobs(), c), grammar=bound)) for c in range(body.n)]
         run = await _submit(model, jobs, metrics)
-        return await _respond(run, ChatShape(body.model, model.engine.tokenizer), body, settings)
+        calls = tools if body.tool_choice != "none" else []
+        return await _respond(run, ChatShape(body.model, model.engine.tokenizer, calls), body, settings)
 
     return app
+
+
+def _param(message: str) -> str | None:
+    """Which request field a chat request's error is about, for OpenAI's `param`."""
+    for name in ("response_format", "tool_choice", "tool call arguments", "tool"):
+        if name in message:
+            return {"tool call arguments": "messages", "tool": "tools"}.get(name, name)
+    return "messages" if "template" in message else None
 
 
 def _authorise(request: Request, settings: ServeSettings) -> None:
@@ -218,6 +236,8 @@ async def _respond(run: Run, shape, body, settings: ServeSettings) -> Response:
             pieces[choice].append(event)
     except asyncio.TimeoutError:
         raise ApiError(504, f"the request took longer than {settings.request_timeout:g} s", kind="timeout") from None
+    if any(events and events[-1].finish_reason == "error" for events in pieces.values()):
+        raise ApiError(500, "decoding failed on the server (its log has the details)", kind="server_error")
     return JSONResponse(shape.whole(pieces, _usage(run, pieces)))
 
 
@@ -229,7 +249,12 @@ async def _sse(run: Run, shape, include_usage: bool, settings: ServeSettings) ->
     try:
         async for choice, event in _events(run, settings.request_timeout):
             pieces[choice].append(event)
-            yield _data(shape.chunk(choice, event))
+            if event.finish_reason == "error":
+                yield _data(error_body("decoding failed on the server (its log has the details)", "server_error"))
+                continue
+            chunk = shape.chunk(choice, event)
+            if chunk is not None:
+                yield _data(chunk)
     except asyncio.TimeoutError:
         yield _data(error_body(f"the request took longer than {settings.request_timeout:g} s", "timeout"))
     if include_usage:
@@ -282,11 +307,26 @@ class CompletionShape:
 
 
 class ChatShape(CompletionShape):
-    """/v1/chat/completions' response objects."""
+    """/v1/chat/completions' response objects. With tools, a reply that is a call becomes `tool_calls` (finish
+    reason "tool_calls"); a stream then holds the reply back until it ends, since its first tokens do not
+    yet say whether it is a call."""
 
-    def __init__(self, model: str, tokenizer) -> None:
+    def __init__(self, model: str, tokenizer, tools: list[Tool] | None = None) -> None:
         super().__init__(model, tokenizer, [])
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.tools = tools or []
+        self.held: dict[int, list[str]] = {}
+
+    def _message(self, choice: int, text: str, reason: str | None) -> tuple[dict, str | None]:
+        """The reply as a message (content, or tool_calls) and its finish reason."""
+        call = parse_call(text, self.tools) if self.tools else None
+        if call is None or not call.name:
+            return {"content": text}, reason
+        call_id = f"call_{self.id[-12:]}_{choice}"
+        function = {"name": call.name, "arguments": json.dumps(call.arguments)}
+        return {"content": None, "tool_calls": [{"id": call_id, "type": "function", "function": function}]}, (
+            "tool_calls" if reason == "stop" else reason
+        )
 
     def _frame(self, choices: list[dict], kind: str = "chat.completion") -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
@@ -305,19 +345,28 @@ class ChatShape(CompletionShape):
         return {"content": content}
 
     def whole(self, pieces: dict[int, list[Event]], usage: dict) -> dict:
-        choices = [{"index": i, "message": {"role": "assistant", "content": "".join(e.text for e in events)},
-                    "finish_reason": _reason(events[-1]), "logprobs": self._logprobs(events)}
-                   for i, events in sorted(pieces.items())]  # fmt: skip
+        choices = []
+        for i, events in sorted(pieces.items()):
+            message, reason = self._message(i, "".join(e.text for e in events), _reason(events[-1]))
+            choices.append({"index": i, "message": {"role": "assistant", **message}, "finish_reason": reason,
+                            "logprobs": self._logprobs(events)})  # fmt: skip
         return {**self._frame(choices), "usage": usage}
 
     def first_chunks(self, n: int) -> list[dict]:
         return [self._frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}], "chat.completion.chunk") for i in range(n)]  # fmt: skip
 
-    def chunk(self, choice: int, event: Event) -> dict:
-        delta = {"content": event.text} if event.text else {}
+    def chunk(self, choice: int, event: Event) -> dict | None:
+        delta, reason = ({"content": event.text} if event.text else {}), _reason(event)
+        if self.tools:  # held back until the reply is whole
+            self.held.setdefault(choice, []).append(event.text)
+            if reason is None:
+                return None
+            delta, reason = self._message(choice, "".join(self.held.pop(choice)), reason)
+            if "tool_calls" in delta:
+                delta = {"tool_calls": [{"index": 0, **delta["tool_calls"][0]}]}
         return self._frame([{"index": choice, "delta": delta, "logprobs": self._logprobs([event]),
-                             "finish_reason": _reason(event)}], "chat.completion.chunk")  # fmt: skip
+                             "finish_reason": reason}], "chat.completion.chunk")  # fmt: skip
 
     def usage_chunk(self, usage: dict) -> dict:
         return {**self._frame([], "chat.completion.chunk"), "usage": usage}

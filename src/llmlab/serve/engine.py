@@ -11,8 +11,10 @@ The loop runs in one thread; callers talk to it through `submit` / `cancel` and 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import torch
 
 from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
+from llmlab.generation.constraints import Grammar, RowConstraints, TokenGrammar
 from llmlab.generation.decode_step import DecodeStep
 from llmlab.generation.generator import next_tokens
 from llmlab.generation.text_stream import TextStream
@@ -44,6 +47,7 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     logprobs: int | None = None  # the top alternatives to report per token (0: the sampled token's only)
+    grammar: TokenGrammar | None = None  # structured output: what the completion must match (Engine.bind)
 
     def config(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
@@ -58,7 +62,7 @@ class Event:
     token_id: int | None = None
     logprob: float | None = None
     top_logprobs: dict[str, float] | None = None
-    finish_reason: str | None = None  # set on the last event: stop, length or cancelled
+    finish_reason: str | None = None  # set on the last event: stop, length, cancelled or error (a bug, logged)
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -79,6 +83,7 @@ class Sequence:
     first_token: float | None = None
     last_time: float = 0.0
     cancelled: bool = False
+    constraint: RowConstraints | None = None  # the grammar's state for this sequence
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Engine:
         self.queue: deque[Sequence] = deque()
         self.stats = EngineStats()
         self._ids = itertools.count()
+        self._grammars: dict[Grammar, TokenGrammar] = {}
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llmlab-engine", daemon=True)
@@ -154,6 +160,8 @@ class Engine:
             generator = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
         stream = TextStream(self.tokenizer, sampling.stop)
         seq = Sequence(next(self._ids), prompt_ids, sampling, emit, stream, generator, adapter=adapter)
+        if sampling.grammar is not None:
+            seq.constraint = RowConstraints(sampling.grammar, 1)
         with self._wake:
             if len(self.queue) >= self.max_queue:
                 raise QueueFull(f"{len(self.queue)} requests are waiting")
@@ -161,6 +169,17 @@ class Engine:
             self.stats.queued = len(self.queue)
             self._wake.notify()
         return seq
+
+    def bind(self, grammar: Grammar) -> TokenGrammar:
+        """The grammar checked against the tokenizer, kept for the next requests that send it (~20 ms each)."""
+        with self._wake:
+            bound = self._grammars.pop(grammar, None)
+        bound = bound or TokenGrammar(grammar, self.tokenizer, self.eos_id)
+        with self._wake:
+            self._grammars[grammar] = bound  # the most recent last
+            while len(self._grammars) > 32:
+                self._grammars.pop(next(iter(self._grammars)))
+        return bound
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a sequence (its client went away): its slot is freed before the next step."""
@@ -178,9 +197,14 @@ class Engine:
                 if self._stopping:
                     break
             self._drop_cancelled()
-            self._admit()
-            if any(self.slots):
-                self._step()
+            try:
+                self._admit()
+                if any(self.slots):
+                    self._step()
+            except Exception:  # a bug must not stop the server: end the running sequences with an error, go on
+                traceback.print_exc(file=sys.stderr)
+                for seq in filter(None, self.slots):
+                    self._finish(seq, "error")
         for seq in [*self.queue, *filter(None, self.slots)]:
             seq.emit(Event(finish_reason="cancelled", prompt_tokens=len(seq.prompt_ids),
                            completion_tokens=seq.generated))  # fmt: skip
@@ -244,7 +268,11 @@ class Engine:
     def _take(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Sample the sequence's next token from its logits, send its text, and end it if it is done."""
         config = seq.sampling.config()
+        if seq.constraint is not None:  # -inf (in place) on every token the grammar forbids next
+            seq.constraint.mask_(logits[None], [True])
         token = int(next_tokens(logits[None], config, seq.generator)[0])
+        if seq.constraint is not None:
+            seq.constraint.advance([token], [True])
         now = time.perf_counter()
         if seq.first_token is None:
             seq.first_token = now
