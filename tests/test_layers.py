@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.evaluation",
             "llmlab.introspect",
             "llmlab.report",
+            "llmlab.rag",
             "llmlab.retrieval",
             "llmlab.tools",
             "llmlab.plan.verify",

@@ -35,13 +35,15 @@ from llmlab.cli import (
     plan,
     pretrain,
     quantize,
+    rag,
     serve,
     tasks,
 )
 from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
-COMMAND_GROUPS = (pretrain, finetune, align, generate, chat, serve, inspect, tasks, index, evaluate, quantize, hf, plan)
+COMMAND_GROUPS = (pretrain, finetune, align, generate, chat, serve, inspect, tasks, index, rag, evaluate, quantize, hf,
+                  plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: retrieve passages, fit them into the context, answer, cite."""
