@@ -19,7 +19,7 @@ def _task_from_args(args: argparse.Namespace):
     """A built-in task by name, or a JSONL file described by the --template/--*-field options."""
     from llmlab.evaluation.tasks import load_task
 
-    options = {}
+    options = {"reasoning": getattr(args, "reasoning", "direct")}
     if args.task.endswith(".jsonl"):
         options = dict(
             template=unescape(args.template) if args.template else None,
@@ -28,6 +28,7 @@ def _task_from_args(args: argparse.Namespace):
             labels=args.labels.split(",") if args.labels else None,
             instruction=unescape(args.instruction or ""),
             demonstrations=args.demonstrations,
+            reasoning=options["reasoning"],
         )
     return load_task(args.task, **options)
 
@@ -279,7 +280,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def add_task_options(parser: argparse.ArgumentParser) -> None:
     """Which task, how its shots are chosen, and how a JSONL file is read as a task."""
-    parser.add_argument("--task", help="sentiment, dialogsum, icl-synthetic, or a .jsonl file")
+    parser.add_argument("--task", help="sentiment, dialogsum, icl-synthetic, arithmetic, or a .jsonl file")
+    parser.add_argument("--reasoning", default="direct", choices=("direct", "cot", "program"),
+                        help="arithmetic: answer directly, by chain of thought, or by a sandboxed program")  # fmt: skip
     parser.add_argument("--select", default="random", choices=["first", "random", "balanced"], help="which shots")
     parser.add_argument("--seed", type=int, default=0, help="seed for the examples and the shots")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens kept for a generated answer")

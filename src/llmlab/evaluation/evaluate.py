@@ -31,6 +31,7 @@ from llmlab.evaluation.metrics import (
 )
 from llmlab.evaluation.perplexity import text_perplexity
 from llmlab.evaluation.prompts import Prompt, build_prompt, select_examples
+from llmlab.evaluation.reasoning import read_answer, same_number
 from llmlab.evaluation.scorer import ContinuationScore, Scorer
 from llmlab.evaluation.tasks import Task
 from llmlab.generation.config import GenerationConfig
@@ -124,6 +125,8 @@ def evaluate_task(
     for k in shots:
         if task.kind == "classification":
             result = _classify(task, scorer, generator, examples, k, select, seed, length_normalize, generation)
+        elif task.kind == "numeric":
+            result = _solve(task, scorer, generator, examples, k, select, seed, generation)
         else:
             result = _generate(task, scorer, generator, examples, k, select, seed, generation)
         results.append(result)
@@ -189,6 +192,28 @@ def _generate(task, scorer, generator, examples, k, select, seed, generation) ->
     for name, statistic in diversity.items():
         metrics[name] = statistic(texts)
         intervals[name] = bootstrap_statistic(texts, statistic, seed)
+    return ShotResult(k, metrics, intervals, len(examples), float(np.mean([p.shots_used for p in prompts])),
+                      sum(p.query_shortened for p in prompts), rows)  # fmt: skip
+
+
+def _solve(task, scorer, generator, examples, k, select, seed, generation) -> ShotResult:
+    """A numeric task: the answer read from the text, or from what the model's program prints (sandboxed)."""
+    config = generation or GenerationConfig(greedy=True, max_new_tokens=128)
+    if not scorer.seq2seq:  # a decoder would go on to write the next problem
+        config = GenerationConfig(**{**config.to_dict(), "stop": sorted({*config.stop, task.template.separator})})
+    prompts = prompts_for(task, scorer, examples, k, select, seed, reserve=config.max_new_tokens)
+    outputs = generator.generate([p.text for p in prompts], config)
+    correct, answered, rows = [], [], []
+    for example, prompt, samples in zip(examples, prompts, outputs):
+        text = samples[0].text.strip()
+        answer, problem = read_answer(text, task.reasoning)
+        correct.append(float(same_number(answer, example["answer"])))
+        answered.append(float(answer is not None))
+        rows.append({"prompt_tokens": prompt.tokens, "generated": text, "answer": answer, "gold": example["answer"],
+                     "problem": problem})  # fmt: skip
+    name = "programs that ran" if task.reasoning == "program" else "answered"
+    metrics = {"accuracy": float(np.mean(correct)), name: float(np.mean(answered))}
+    intervals = {"accuracy": bootstrap_interval(correct, seed), name: bootstrap_interval(answered, seed)}
     return ShotResult(k, metrics, intervals, len(examples), float(np.mean([p.shots_used for p in prompts])),
                       sum(p.query_shortened for p in prompts), rows)  # fmt: skip
 

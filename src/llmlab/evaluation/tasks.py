@@ -31,9 +31,12 @@ class Task:
     examples: list[dict[str, str]]  # what is evaluated
     labels: list[str] | None = None  # classification: the answers ranked against each other
     references: tuple[str, ...] = ()  # generation: the fields holding reference answers
+    reasoning: str = ""  # a numeric task: how the model answers (evaluation/reasoning.py's MODES)
 
     @property
     def kind(self) -> str:
+        if self.reasoning:
+            return "numeric"
         return "classification" if self.labels else "generation"
 
     def pool(self, example: dict[str, str]) -> list[dict[str, str]]:
@@ -152,11 +155,28 @@ def jsonl_task(
     return Task(Path(path).stem, tmpl, pool, rows, labels=labels)
 
 
-BUILT_IN = {"sentiment": sentiment_task, "dialogsum": dialogsum_task, "icl-synthetic": icl_task}
+def arithmetic_task(reasoning: str = "direct", seed: int = 2024) -> Task:
+    """Generated word problems (evaluation/arithmetic.py): 300 demonstrations, 500 other problems to answer."""
+    from llmlab.evaluation.arithmetic import arithmetic_problems
+    from llmlab.evaluation.reasoning import MODES
+
+    if reasoning not in MODES:
+        raise LlmlabError(f"unknown reasoning {reasoning!r}", f"use one of {', '.join(MODES)}")
+    problems = arithmetic_problems(800, seed)
+    return Task("arithmetic", MODES[reasoning], problems[:300], problems[300:], reasoning=reasoning)
+
+
+BUILT_IN = {"sentiment": sentiment_task, "dialogsum": dialogsum_task, "icl-synthetic": icl_task,
+            "arithmetic": arithmetic_task}  # fmt: skip
 
 
 def load_task(name: str, **options) -> Task:
     """A built-in task by name, or a JSONL file (options: template, input_field, label_field, labels, ...)."""
+    reasoning = options.pop("reasoning", None)
+    if name == "arithmetic":
+        return arithmetic_task(reasoning or "direct")
+    if reasoning not in (None, "direct"):
+        raise LlmlabError(f"--reasoning applies to the arithmetic task, not {name}", "leave it out")
     if name in BUILT_IN:
         return BUILT_IN[name]()
     if name.endswith(SUFFIXES):
