@@ -155,3 +155,27 @@ def test_chat_command_with_a_tool(capsys, monkeypatch, tmp_path, tokenizer):
     assert "assistant>" in out
     code, _, err = run_cli(capsys, "chat", tmp_path / "ckpt", "--tool", "examples/none.py:f")
     assert_one_line_error(code, err, "no file")
+
+
+def test_react_steps_are_thoughts_valid_actions_and_observations_then_an_answer(tokenizer):
+    from llmlab.tools.react import FINAL, OBSERVATION, ReactChat
+
+    tools = [bounded(load_tool(f"{FLIGHTS}:flight_status"))]
+    acted = 0
+    for seed in range(3):
+        chat = ReactChat(session(tokenizer, seed, max_new_tokens=400), tools, max_steps=2)
+        events = list(chat.send("Is BA117 on time?"))
+        kinds = [e.kind for e in events]
+        assert kinds[0] == "thought" and kinds[-1] == "answer" and kinds.count("thought") <= 3, kinds
+        for event in events:
+            if event.kind == "call":
+                assert event.call.name == "flight_status", event.text
+                jsonschema.validate(event.call.arguments, tools[0].parameters)
+        transcript = chat.session.history[-1]["content"]
+        assert transcript.startswith("Thought: ") and kinds.count("result") == transcript.count(OBSERVATION)
+        if events[-1].text:
+            assert FINAL in transcript
+        acted += "call" in kinds
+    assert acted  # some seed took an action (and got its observation)
+    with pytest.raises(LlmlabError, match="at least one tool"):
+        ReactChat(session(tokenizer, 0), [])

@@ -65,7 +65,7 @@ class ChatSession:
     def respond(self, grammar: Grammar | None = None) -> Iterator[str]:
         """Stream the assistant's next turn (held to `grammar` if given) and keep it in the history."""
         reply = []
-        for piece in self.generator.stream(self.prompt(), self._config(), grammar):
+        for piece in self.generator.stream(self.prompt(), self.reply_config(), grammar):
             reply.append(piece)
             yield piece
         self.history.append({"role": "assistant", "content": "".join(reply).strip()})
@@ -81,7 +81,8 @@ class ChatSession:
         bos = self.template.bos_token
         return text[len(bos) :] if bos and text.startswith(bos) else text
 
-    def _config(self) -> GenerationConfig:
+    def reply_config(self) -> GenerationConfig:
+        """The settings of a reply: the default template's next user turn also ends it."""
         marker = "\n<|user|>" if self.template.origin == "llmlab default" else None
         stop = sorted({*self.generation.stop, marker} - {None})
         return GenerationConfig(**{**self.generation.to_dict(), "stop": stop})

@@ -39,6 +39,10 @@ def _with_tools(session, args: argparse.Namespace):
     from llmlab.tools.loop import ToolChat
 
     tools = [load_tool(spec) for spec in args.tool]
+    if args.react:
+        from llmlab.tools.react import ReactChat
+
+        return ReactChat(session, tools, args.max_tool_steps, args.tool_timeout)
     return ToolChat(session, tools, args.tool_choice, args.max_tool_steps, args.tool_timeout)
 
 
@@ -50,7 +54,8 @@ def _reply(talk, line: str):
         elif event.kind == "answer":
             yield event.text
         else:
-            print(f"\n({'tool call' if event.kind == 'call' else 'tool result'}) {event.text}", file=sys.stderr)
+            label = {"call": "tool call", "result": "tool result"}.get(event.kind, event.kind)
+            print(f"\n({label}) {event.text}", file=sys.stderr)
 
 
 def _lines(interactive: bool):
@@ -102,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="auto: call or answer; required: the first reply is a call; none: never call")  # fmt: skip
     c.add_argument("--max-tool-steps", type=int, default=4, help="tool calls per message before it must answer")
     c.add_argument("--tool-timeout", type=float, default=10.0, help="seconds a tool may take (default 10)")
+    c.add_argument("--react", action="store_true", help="with --tool: ReAct steps (thought, action, observation)")
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--dtype", default="auto", help="auto (bf16 where fast), fp32, bf16, fp16")
     c.set_defaults(func=cmd_chat)
