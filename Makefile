@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/trainer_overhead.py
 	$(PY) bench/lora_vs_peft.py
 	$(PY) bench/decode_vs_llamacpp.py
+	$(PY) bench/retrieval.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

@@ -54,7 +54,7 @@ class Embedder:
 
     def embed(self, texts: list[str], batch_size: int = 32, progress: ProgressLine | None = None) -> torch.Tensor:
         """(len(texts), dims) float32 unit vectors, in batches of similar lengths (little padding), with a
-        progress line (at most one a second) when `progress` is given."""
+        progress line (at most one a second; every 15 s into a file) when `progress` is given."""
         from llmlab.introspect.encode import embed
 
         tokenizer = self.checkpoint.tokenizer
@@ -66,7 +66,7 @@ class Embedder:
             rows = order[first : first + batch_size]
             out[rows] = embed(self.checkpoint.model, tokenizer, [texts[i] for i in rows]).cpu()
             done, now = first + len(rows), time.monotonic()
-            if progress is not None and (now - shown >= 1 or done == len(texts)):
+            if progress is not None and (now - shown >= (1 if progress.live else 15) or done == len(texts)):
                 shown, rate = now, done / max(now - started, 1e-9)
                 eta = format_duration((len(texts) - done) / rate)
                 progress.update(f"embedding {done:,}/{len(texts):,} chunks · {rate:,.1f} chunks/s · ETA {eta}")
