@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/lora_vs_peft.py
 	$(PY) bench/decode_vs_llamacpp.py
 	$(PY) bench/retrieval.py
+	$(PY) bench/structured_output.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench
