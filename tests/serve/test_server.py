@@ -135,6 +135,9 @@ def test_errors_surface_as_the_client_exceptions(server):
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
     big = httpx.post(f"{server['url']}/v1/completions", content=b" " * 30000, headers=headers)
     assert big.status_code == 413 and "error" in big.json()
+    with pytest.raises(openai.BadRequestError, match="no index"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                       extra_body={"rag": {"k": 2}})  # fmt: skip
     assert client.completions.create(model="tiny", prompt="x", max_tokens=2).choices  # still serving
 
 

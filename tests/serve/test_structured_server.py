@@ -16,8 +16,11 @@ jsonschema = pytest.importorskip("jsonschema", reason="pip install 'llmlab[augme
 pytest.importorskip("llguidance", reason="pip install 'llmlab[augment]'")
 
 from llmlab.checkpoint.folder import save_checkpoint  # noqa: E402
+from llmlab.retrieval import build_index, load_embedder  # noqa: E402
+from llmlab.retrieval.chunking import ChunkSettings  # noqa: E402
 from llmlab.tokenizer import train_tokenizer  # noqa: E402
 from tests.helpers import SAMPLE_TEXT, start_llmlab, tiny_model  # noqa: E402
+from tests.retrieval.conftest import DOCUMENTS, WORDS, save_encoder  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -40,8 +43,15 @@ def client(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve") / "tiny"
     tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
     save_checkpoint(folder, tiny_model("llama", vocab_size=tok.vocab_size, block_size=2048), tok)
-    proc = start_llmlab("serve", str(folder), "--port", "0", "--name", "tiny", "--max-running", "4",
-                        "--dtype", "fp32", "--compile", "off", until="serving", timeout=120)  # fmt: skip
+    docs = folder.parent / "docs"
+    for name, text in DOCUMENTS.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text)
+    encoder, index = folder.parent / "encoder", folder.parent / "index"
+    save_encoder(encoder, train_tokenizer([WORDS * 10], kind="bpe", vocab_size=300, family="encoder"), 0)
+    build_index([docs], load_embedder(encoder), index, ChunkSettings(24, 6), "exact")
+    proc = start_llmlab("serve", str(folder), "--port", "0", "--name", "tiny", "--max-running", "4", "--dtype", "fp32",
+                        "--compile", "off", "--index", str(index), until="serving", timeout=120)  # fmt: skip
     port = int(re.search(r":(\d+)/v1", proc.until_line).group(1))
     yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
     if proc.poll() is None:
@@ -106,3 +116,15 @@ def test_bad_formats_and_choices_are_400s_and_the_server_goes_on(client):
         bad_call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{oops"}}
         chat(client, messages=[{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [bad_call]}])
     assert chat(client, max_tokens=3).choices[0].message.content is not None
+
+
+def test_rag_retrieves_for_the_last_user_message_and_reports_its_passages(client):
+    messages = [{"role": "user", "content": "What is a quagga?"}]
+    reply = chat(client, messages=messages, max_tokens=8, extra_body={"rag": {"k": 2, "mode": "bm25"}})
+    rag = reply.model_extra["rag"]
+    assert [p["n"] for p in rag["passages"]] == [1, 2] and rag["passages"][0]["source"].endswith("zebra.txt")
+    assert "quagga" in rag["passages"][0]["text"] and isinstance(rag["cited"], list)
+    chunks = list(chat(client, messages=messages, max_tokens=4, stream=True, extra_body={"rag": {"k": 1}}))
+    assert len(chunks[0].model_extra["rag"]["passages"]) == 1
+    with pytest.raises(openai.BadRequestError, match="rag"):
+        chat(client, messages=messages, extra_body={"rag": {"k": 0}})

@@ -66,8 +66,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise LlmlabError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}",
                           "choose another --port (0 picks a free one)") from None  # fmt: skip
     models = served_models(args)
+    index = None
+    if args.index:
+        from llmlab.retrieval.index import Index
+
+        index = Index.load(args.index)
+        print(f"index {args.index}: {len(index)} chunks for chat requests that ask for rag", file=sys.stderr)
     settings = ServeSettings(api_key, args.max_body_bytes, args.request_timeout)
-    app = create_app(models, settings)
+    app = create_app(models, settings, index)
     host, port = sock.getsockname()[:2]
     print(f"serving {', '.join(m.name for m in models)} on http://{host}:{port}/v1 (max {args.max_running} running, "
           f"{args.max_queue} queued{'; API key required' if api_key else ''}); Ctrl-C stops", file=sys.stderr,
@@ -98,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take; then 504")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="on SIGTERM/Ctrl-C, seconds in-flight "
                    "requests get to finish before they are cancelled")  # fmt: skip
+    p.add_argument("--index", help='an index (llmlab index build) that chat requests with "rag": {...} answer from')
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), fp32, bf16, fp16")
     p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help="compile the decoding step with "

@@ -99,6 +99,13 @@ class ResponseFormat(BaseModel):
         return self
 
 
+class RagOptions(BaseModel):
+    """An llmlab extension: answer from the server's index (`llmlab serve --index`)."""
+
+    k: int = Field(5, ge=1, le=50)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+
+
 class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
     logprobs: bool = False
@@ -107,6 +114,7 @@ class ChatRequest(Common):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI's function specs, checked by llmlab.tools
     tool_choice: Literal["auto", "required", "none"] | dict[str, Any] | None = None
+    rag: RagOptions | None = None  # extension: retrieve passages for the last user message
 
     def chat_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

@@ -19,11 +19,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ValidationError
 
 from llmlab.errors import LlmlabError
+from llmlab.retrieval.index import Index
 from llmlab.serve.api import ChatRequest, CompletionRequest, error_body
 from llmlab.serve.chat_request import request_grammar, request_tools, template_messages
 from llmlab.serve.engine import Engine, Event, QueueFull, Sequence
 from llmlab.serve.metrics import ServerMetrics
 from llmlab.serve.models import ServedModel
+from llmlab.serve.rag import DEFAULT_RESERVE, Retrieved, retrieve
 from llmlab.tools.calls import parse_call
 from llmlab.tools.functions import Tool
 
@@ -43,7 +45,8 @@ class ApiError(Exception):
         self.status, self.body, self.headers = status, error_body(message, kind, param, code), headers
 
 
-def create_app(models: list[ServedModel], settings: ServeSettings) -> FastAPI:
+def create_app(models: list[ServedModel], settings: ServeSettings, index: Index | None = None) -> FastAPI:
+    """The app; `index` (llmlab serve --index) answers chat requests that ask for `rag`."""
     served = {m.name: m for m in models}
     engines = list({id(m.engine): m.engine for m in models}.values())  # adapters share their base's
     metrics = ServerMetrics(engines)
@@ -102,30 +105,36 @@ def create_app(models: list[ServedModel], settings: ServeSettings) -> FastAPI:
     async def chat(request: Request) -> Response:
         body = await _parse(request, ChatRequest, settings)
         model = _model(served, body.model)
-        try:  # the tools, the messages as the template reads them, the grammar: a bad one is a 400
+        if body.max_completion_tokens:
+            body.max_tokens = body.max_completion_tokens
+        try:  # the tools, the messages as the template reads them, the grammar, the passages: a bad one is a 400
             tools = request_tools(body)
             grammar = request_grammar(body, tools)
             bound = None if grammar is None else await asyncio.to_thread(model.engine.bind, grammar)
-            text = model.template.render(template_messages(body, tools), add_generation_prompt=True)
+            messages, retrieved = template_messages(body, tools), None
+            if body.rag is not None:
+                budget = model.engine.context - (body.max_tokens or DEFAULT_RESERVE)
+                retrieved = await asyncio.to_thread(retrieve, index, body.rag, messages, model.chat_ids_count, budget)
+                messages = retrieved.messages
+            ids = model.chat_ids(messages)
         except LlmlabError as exc:
             raise ApiError(400, str(exc), param=_param(str(exc))) from None
-        bos = model.template.bos_token
-        ids = model.prompt_ids(text[len(bos) :] if bos and text.startswith(bos) else text)
         room = max(model.engine.context - len(ids), 1)
         if model.template.origin == "llmlab default":  # the default template's next turn: not the reply's
             body.stop = [*(body.stop or []), "\n<|user|>"]
-        if body.max_completion_tokens:
-            body.max_tokens = body.max_completion_tokens
         jobs = [(0, ids, replace(body.sampling(room, body.chat_logprobs(), c), grammar=bound)) for c in range(body.n)]
         run = await _submit(model, jobs, metrics)
         calls = tools if body.tool_choice != "none" else []
-        return await _respond(run, ChatShape(body.model, model.engine.tokenizer, calls), body, settings)
+        shape = ChatShape(body.model, model.engine.tokenizer, calls, retrieved)
+        return await _respond(run, shape, body, settings)
 
     return app
 
 
 def _param(message: str) -> str | None:
     """Which request field a chat request's error is about, for OpenAI's `param`."""
+    if "index" in message or "rag" in message or "question and instruction" in message:
+        return "rag"
     for name in ("response_format", "tool_choice", "tool call arguments", "tool"):
         if name in message:
             return {"tool call arguments": "messages", "tool": "tools"}.get(name, name)
@@ -311,11 +320,12 @@ class ChatShape(CompletionShape):
     reason "tool_calls"); a stream then holds the reply back until it ends, since its first tokens do not
     yet say whether it is a call."""
 
-    def __init__(self, model: str, tokenizer, tools: list[Tool] | None = None) -> None:
+    def __init__(self, model: str, tokenizer, tools: list[Tool] | None = None, rag: Retrieved | None = None) -> None:
         super().__init__(model, tokenizer, [])
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.tools = tools or []
         self.held: dict[int, list[str]] = {}
+        self.rag = rag  # retrieval's report goes in the response as `rag` (an llmlab extension)
 
     def _message(self, choice: int, text: str, reason: str | None) -> tuple[dict, str | None]:
         """The reply as a message (content, or tool_calls) and its finish reason."""
@@ -350,11 +360,17 @@ class ChatShape(CompletionShape):
             message, reason = self._message(i, "".join(e.text for e in events), _reason(events[-1]))
             choices.append({"index": i, "message": {"role": "assistant", **message}, "finish_reason": reason,
                             "logprobs": self._logprobs(events)})  # fmt: skip
-        return {**self._frame(choices), "usage": usage}
+        whole = {**self._frame(choices), "usage": usage}
+        if self.rag is not None:
+            whole["rag"] = self.rag.report(choices[0]["message"].get("content") or "")
+        return whole
 
     def first_chunks(self, n: int) -> list[dict]:
-        return [self._frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                              "finish_reason": None}], "chat.completion.chunk") for i in range(n)]  # fmt: skip
+        chunks = [self._frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                "finish_reason": None}], "chat.completion.chunk") for i in range(n)]  # fmt: skip
+        if self.rag is not None:
+            chunks[0]["rag"] = self.rag.report()
+        return chunks
 
     def chunk(self, choice: int, event: Event) -> dict | None:
         delta, reason = ({"content": event.text} if event.text else {}), _reason(event)

@@ -30,6 +30,14 @@ class ServedModel:
         tok = self.engine.tokenizer
         return family_spec(self.engine.model.config).prompt_prefix(tok) + tok.encode(text)
 
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation rendered with the chat template and the generation prompt, as the engine reads it."""
+        text, bos = self.template.render(messages, add_generation_prompt=True), self.template.bos_token
+        return self.prompt_ids(text[len(bos) :] if bos and text.startswith(bos) else text)
+
+    def chat_ids_count(self, messages: list[dict[str, str]]) -> int:
+        return len(self.chat_ids(messages))
+
 
 def adapter_tensors(folder: str, model, source: str) -> tuple[dict[str, torch.Tensor], float]:
     """A LoRA adapter's tensors (llmlab's folder, its base checked, or PEFT's) and its scale alpha / r."""
