@@ -107,18 +107,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, index: Index 
         model = _model(served, body.model)
         if body.max_completion_tokens:
             body.max_tokens = body.max_completion_tokens
-        try:  # the tools, the messages as the template reads them, the grammar, the passages: a bad one is a 400
-            tools = request_tools(body)
-            grammar = request_grammar(body, tools)
-            bound = None if grammar is None else await asyncio.to_thread(model.engine.bind, grammar)
-            messages, retrieved = template_messages(body, tools), None
-            if body.rag is not None:
-                budget = model.engine.context - (body.max_tokens or DEFAULT_RESERVE)
-                retrieved = await asyncio.to_thread(retrieve, index, body.rag, messages, model.chat_ids_count, budget)
-                messages = retrieved.messages
-            ids = model.chat_ids(messages)
-        except LlmlabError as exc:
-            raise ApiError(400, str(exc), param=_param(str(exc))) from None
+        tools, bound, retrieved, ids = await _chat_input(model, body, index)
         room = max(model.engine.context - len(ids), 1)
         if model.template.origin == "llmlab default":  # the default template's next turn: not the reply's
             body.stop = [*(body.stop or []), "\n<|user|>"]
@@ -129,6 +118,23 @@ def create_app(models: list[ServedModel], settings: ServeSettings, index: Index 
         return await _respond(run, shape, body, settings)
 
     return app
+
+
+async def _chat_input(model: ServedModel, body: ChatRequest, index: Index | None):
+    """The request's tools, its grammar bound to the engine, what retrieval found, and its prompt's token ids;
+    a bad tool, schema, message or rag request is a 400."""
+    try:
+        tools = request_tools(body)
+        grammar = request_grammar(body, tools)
+        bound = None if grammar is None else await asyncio.to_thread(model.engine.bind, grammar)
+        messages, retrieved = template_messages(body, tools), None
+        if body.rag is not None:
+            budget = model.engine.context - (body.max_tokens or DEFAULT_RESERVE)
+            retrieved = await asyncio.to_thread(retrieve, index, body.rag, messages, model.chat_ids_count, budget)
+            messages = retrieved.messages
+        return tools, bound, retrieved, model.chat_ids(messages)
+    except LlmlabError as exc:
+        raise ApiError(400, str(exc), param=_param(str(exc))) from None
 
 
 def _param(message: str) -> str | None:
