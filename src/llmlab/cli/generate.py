@@ -54,6 +54,24 @@ def _warn_incomplete(results, grammar) -> None:
               "may not match it; raise --max-new-tokens", file=sys.stderr)  # fmt: skip
 
 
+def _speculative(generator, prompts: list[str], config, grammar, args: argparse.Namespace):
+    """--draft CKPT|lookup: speculative decoding, one sequence at a time; the acceptance rate on stderr."""
+    from llmlab.generation.speculative import LookupDrafter, model_drafter, speculative_generate
+    from llmlab.load import load_checkpoint
+
+    if grammar is not None:
+        raise LlmlabError("--draft does not combine with structured output yet", "drop one of the two")
+    if args.draft == "lookup":
+        drafter = LookupDrafter(generator.model.config.vocab_size)
+    else:
+        draft = load_checkpoint(args.draft, device=generator.device, dtype=generator.model.compute_dtype)
+        drafter = model_drafter(generator, draft.model, draft.tokenizer)
+    results, stats = speculative_generate(generator, prompts, config, drafter, getattr(args, "speculate", 4))
+    rate = f"{stats.accepted} of {stats.proposed} draft tokens accepted ({100 * stats.acceptance_rate:.0f}%)"
+    print(f"speculative decoding: {rate}, {stats.tokens_per_pass:.2f} tokens per target pass", file=sys.stderr)
+    return results
+
+
 def _stream(generator, prompts: list[str], config, grammar=None) -> None:
     """Print one sample as it is generated: a decoder's continues its prompt, a seq2seq output does not."""
     if len(prompts) != 1 or config.num_samples != 1:
@@ -102,7 +120,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if getattr(args, "stream", False):
         _stream(generator, prompts, config, grammar)
         return
-    results = generator.generate(prompts, config, grammar)
+    if getattr(args, "draft", None):
+        results = _speculative(generator, prompts, config, grammar, args)
+    else:
+        results = generator.generate(prompts, config, grammar)
     _print_completions(results, config, generator.seq2seq, getattr(args, "json", False))
     _warn_incomplete(results, grammar)
 
@@ -123,6 +144,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shape.add_argument("--choice", default=argparse.SUPPRESS, metavar="A,B,C", help="structured output: one of these")
     shape.add_argument("--grammar", default=argparse.SUPPRESS, metavar="FILE.lark",
                        help="structured output: text in this Lark grammar (llguidance's dialect)")  # fmt: skip
+    g.add_argument("--draft", default=argparse.SUPPRESS, metavar="CKPT|lookup",
+                   help="speculative decoding with this draft model (same tokenizer), or prompt lookup")  # fmt: skip
+    g.add_argument("--speculate", type=int, default=argparse.SUPPRESS, metavar="K",
+                   help="with --draft: tokens proposed per target pass (default 4)")  # fmt: skip
     g.add_argument("--stream", action="store_true", default=argparse.SUPPRESS, help="print tokens as they come")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object per sample")
     g.add_argument("--device", default=argparse.SUPPRESS, help=DEVICE_HELP)
