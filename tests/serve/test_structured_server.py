@@ -78,6 +78,14 @@ def test_response_format_json_schema_and_json_object_always_parse(client):
         assert isinstance(json.loads(anything.choices[0].message.content), dict)
 
 
+def test_logprobs_under_a_grammar_are_the_models_and_finite(client):
+    fmt = {"type": "json_schema", "json_schema": {"name": "plan", "schema": SCHEMA}}
+    reply = chat(client, response_format=fmt, seed=5, logprobs=True, top_logprobs=5)
+    for entry in reply.choices[0].logprobs.content:
+        assert entry.logprob <= 0 and 1 <= len(entry.top_logprobs) <= 5  # the model's, forbidden or not
+        assert all(alt.logprob > float("-inf") for alt in entry.top_logprobs)
+
+
 def test_tool_calls_are_valid_calls_and_the_conversation_goes_on(client):
     reply = chat(client, tools=TOOLS, tool_choice="required", seed=2, n=2, max_tokens=300)
     for choice in reply.choices:

@@ -4,7 +4,10 @@ a memory bomb, a crash or a flood of output are each a clean result, never a han
 from __future__ import annotations
 
 import os
+import socket
 import time
+
+import pytest
 
 from llmlab.tools.sandbox import run_python
 
@@ -24,11 +27,27 @@ def test_loops_network_memory_crashes_and_floods_are_clean_failures():
     assert time.perf_counter() - start < 10
     sleeper = run_python("import time\ntime.sleep(60)", timeout=1)  # wall time, not CPU time
     assert sleeper.timed_out
-    network = run_python("import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=3)")
-    assert not network.ok and ("OSError" in network.error() or "unreachable" in network.error())
+    with socket.socket() as server:  # a port that answers on this machine: the sandbox must not reach it
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        network = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)")
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    assert not network.ok and "Error" in network.error() and network.isolation in ("namespace", "python")
     memory = run_python("x = bytearray(4 * 1024**3)", memory_mb=256)
     assert not memory.ok and "MemoryError" in memory.error()
     crash = run_python("1 / 0")
     assert not crash.ok and crash.error() == "ZeroDivisionError: division by zero"
     flood = run_python("print('x' * 10_000_000)", output_bytes=1000)
     assert len(flood.stdout) <= 1000
+
+
+def test_a_process_that_leaves_its_session_dies_at_the_deadline_too():
+    escape = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nelse:\n    time.sleep(60)"
+    start = time.perf_counter()
+    result = run_python(escape, timeout=1)
+    assert result.timed_out and time.perf_counter() - start < 10  # not held until the grandchild wakes
+    if result.isolation == "namespace":
+        assert run_python("import os\nprint(os.getpid())").stdout.strip() == "1"  # first of its own PID namespace

@@ -144,6 +144,19 @@ def test_a_named_tool_choice_and_bad_choices(tokenizer):
         ToolChat(session(tokenizer, 0), tools + tools[:1])
 
 
+def test_no_answer_can_be_a_call_that_escaped_the_grammar(tokenizer):
+    """An answer may not begin with '<' or whitespace: ' <tool_call>{...}' naming an undeclared tool is refused."""
+    from llmlab.generation.constraints import TokenGrammar
+
+    tools = [load_tool(f"{FLIGHTS}:flight_status")]
+    grammar = TokenGrammar(call_grammar(tools, "auto"), tokenizer, tokenizer.require("eos", ""))
+    for text, ok in [(' <tool_call>{"name":"rm","arguments":{}}</tool_call>', False), ("\nHello", False),
+                     ("It is on time.", True), ('<tool_call>{"name":"flight_status","arguments":{"flight":"BA1"}}'
+                                                "</tool_call>", True)]:  # fmt: skip
+        matcher = grammar.matcher()
+        assert (matcher.consume_tokens(tokenizer.encode(text)) and matcher.is_accepting()) == ok, text
+
+
 def test_chat_command_with_a_tool(capsys, monkeypatch, tmp_path, tokenizer):
     save_checkpoint(tmp_path / "ckpt", tiny_model("llama", vocab_size=tokenizer.vocab_size, block_size=1024), tokenizer)
     monkeypatch.setattr("sys.stdin", io.StringIO("Is BA117 on time?\n"))
@@ -177,5 +190,5 @@ def test_react_steps_are_thoughts_valid_actions_and_observations_then_an_answer(
             assert FINAL in transcript
         acted += "call" in kinds
     assert acted  # some seed took an action (and got its observation)
-    with pytest.raises(LlmlabError, match="at least one tool"):
+    with pytest.raises(LlmlabError, match="ReAct needs a tool"):
         ReactChat(session(tokenizer, 0), [])

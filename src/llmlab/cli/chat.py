@@ -25,6 +25,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
                "seed": args.seed, "greedy": args.greedy}  # fmt: skip
     generation = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
     session = ChatSession.for_checkpoint(ckpt, generation, args.system)
+    if args.react and not args.tool:
+        from llmlab.errors import LlmlabError
+
+        raise LlmlabError("--react answers with tools", "pass --tool MODULE:FUNCTION too")
     talk = _with_tools(session, args) if args.tool else session
     interactive = sys.stdin.isatty()
     print(f"chat with {args.checkpoint} ({session.template.origin} template); {HELP}", file=sys.stderr)

@@ -47,11 +47,11 @@ def _grammar(args: argparse.Namespace):
 
 
 def _warn_incomplete(results, grammar) -> None:
-    """A constrained sample cut by --max-new-tokens may not match yet: say so instead of printing it silently."""
-    cut = sum(c.finish_reason == "length" for samples in results for c in samples)
+    """A constrained sample cut by --max-new-tokens or a stop string may not match yet: say so, not silently."""
+    cut = sum(c.finish_reason in ("length", "stop") for samples in results for c in samples)
     if grammar is not None and cut:
-        print(f"warning: {cut} sample(s) reached --max-new-tokens before {grammar.source} was complete, so they "
-              "may not match it; raise --max-new-tokens", file=sys.stderr)  # fmt: skip
+        print(f"warning: {cut} sample(s) ended by --max-new-tokens or a stop string before {grammar.source} was "
+              "complete, so they may not match it; raise --max-new-tokens or drop --stop", file=sys.stderr)  # fmt: skip
 
 
 def _speculative(generator, prompts: list[str], config, grammar, args: argparse.Namespace):

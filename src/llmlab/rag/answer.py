@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llmlab.errors import LlmlabError
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Generator
+from llmlab.model.soft_prompt import prompt_length
 from llmlab.rag.prompt import INSTRUCTION, Passage, RagPrompt, fit_prompt
 from llmlab.retrieval.index import Index
 
@@ -26,6 +28,8 @@ class RagAnswer:
 def answer_questions(generator: Generator, index: Index | None, questions: list[str], config: GenerationConfig,
                      k: int = 5, mode: str = "hybrid", instruction: str = INSTRUCTION) -> list[RagAnswer]:  # fmt: skip
     """One answer per question; with `index` None the same prompt without passages (the baseline)."""
+    if config.num_samples != 1:
+        raise LlmlabError(f"RAG answers each question once, not {config.num_samples} times", "use --num-samples 1")
     budget = _budget(generator, config)
     count = lambda text: len(generator.tokenizer.encode(text))  # noqa: E731
     prompts = []
@@ -49,7 +53,7 @@ def cited_passages(answer: str, passages: int) -> list[int]:
 
 def _budget(generator: Generator, config: GenerationConfig) -> int:
     """Prompt tokens the context leaves: the same room `Generator.encode_prompt` allows."""
-    block = generator.model.config.block_size
+    block = generator.model.config.block_size - prompt_length(generator.model)  # a soft prompt takes positions
     if generator.seq2seq:
         return block - len(generator.family.prompt_suffix(generator.tokenizer))
     return block - config.max_new_tokens - len(generator.family.prompt_prefix(generator.tokenizer))

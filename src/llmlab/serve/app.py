@@ -336,7 +336,7 @@ class ChatShape(CompletionShape):
     def _message(self, choice: int, text: str, reason: str | None) -> tuple[dict, str | None]:
         """The reply as a message (content, or tool_calls) and its finish reason."""
         call = parse_call(text, self.tools) if self.tools else None
-        if call is None or not call.name:
+        if call is None or call.name not in {t.name for t in self.tools}:  # only a declared tool is a call
             return {"content": text}, reason
         call_id = f"call_{self.id[-12:]}_{choice}"
         function = {"name": call.name, "arguments": json.dumps(call.arguments)}

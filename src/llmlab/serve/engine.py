@@ -243,7 +243,7 @@ class Engine:
             with torch.inference_mode():
                 logits = self.runner(ids, positions, self.cache, None, last_only=True)[:, -1].float()
             self.lengths[seq.slot] = len(seq.prompt_ids)
-            self._take(seq, logits[0])
+            self._take_or_fail(seq, logits[0])
 
     def _step(self) -> None:
         """One token for every running sequence, each at its own position."""
@@ -263,12 +263,22 @@ class Engine:
             seq = self.slots[slot]
             if seq is not None:
                 self.lengths[slot] += 1
-                self._take(seq, logits[slot])
+                self._take_or_fail(seq, logits[slot])
+
+    def _take_or_fail(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """`_take`, where one sequence's failure (its grammar, its sampling) ends that sequence alone."""
+        try:
+            self._take(seq, logits)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            self._finish(seq, "error")
 
     def _take(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Sample the sequence's next token from its logits, send its text, and end it if it is done."""
         config = seq.sampling.config()
-        if seq.constraint is not None:  # -inf (in place) on every token the grammar forbids next
+        raw = logits
+        if seq.constraint is not None:  # -inf on every token the grammar forbids next (logprobs stay the model's)
+            logits = logits.clone()
             seq.constraint.mask_(logits[None], [True])
         token = int(next_tokens(logits[None], config, seq.generator)[0])
         if seq.constraint is not None:
@@ -285,7 +295,7 @@ class Engine:
         seq.last = token
         event = Event(token_id=token)
         if seq.sampling.logprobs is not None:
-            self._logprobs(event, logits, token, seq.sampling.logprobs)
+            self._logprobs(event, raw, token, seq.sampling.logprobs)
         if token == self.eos_id:
             event.text = seq.stream.finish()
             return self._finish(seq, "stop", event)

@@ -2,9 +2,10 @@
 
 A call is `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (the Hermes / Qwen convention many
 open models are tuned on). With `tool_choice` "required" (or one named tool) the whole reply is such a
-call; with "auto" it is either a call or a plain answer (which may not start with `<`); "none" leaves the
-reply free. The JSON inside is constrained by a schema that is the union of the tools' schemas, so the
-name is one of the tools and the arguments validate, even from a model that was never taught tools.
+call; with "auto" it is either a call or a plain answer, which may not begin with `<` or whitespace, so
+no reply is a call that escaped the grammar; "none" leaves the reply free. The JSON inside is constrained
+by a schema that is the union of the tools' schemas, so the name is one of the tools and the arguments
+validate, even from a model that was never taught tools.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from llmlab.generation.constraints import Grammar
 from llmlab.tools.functions import Tool
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+ANSWER = "/[^<\\s](.|\\n)*/"  # a plain answer: it cannot start like a call, not even after whitespace
 CHOICES = ("auto", "required", "none")
 
 
@@ -53,7 +55,7 @@ def call_grammar(tools: list[Tool], choice: str | dict = "auto") -> Grammar | No
     if choice not in CHOICES:
         raise LlmlabError(f"tool_choice {choice!r} is not a choice", f"use one of {', '.join(CHOICES)}")
     call = f'call: "{OPEN}" body "{CLOSE}"\nbody: %json {json.dumps(call_schema(tools))}\n'
-    start = "start: call\n" if choice == "required" else "start: answer | call\nanswer: /[^<](.|\\n)*/\n"
+    start = "start: call\n" if choice == "required" else f"start: answer | call\nanswer: {ANSWER}\n"
     names = ", ".join(t.name for t in tools)
     return Grammar.lark(start + call, f"the tool-call grammar ({choice}: {names})")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from llmlab.chat.session import ChatSession
 from llmlab.errors import LlmlabError
 from llmlab.generation.constraints import Grammar
-from llmlab.tools.calls import CLOSE, OPEN, ToolCall, call_grammar, parse_call
+from llmlab.tools.calls import ANSWER, CLOSE, OPEN, ToolCall, call_grammar, parse_call
 from llmlab.tools.execute import ToolResult, run_call
 from llmlab.tools.functions import Tool
 
@@ -46,7 +46,7 @@ class ToolChat:
             raise LlmlabError(f"two tools share a name among {', '.join(names)}", "give each tool its own name")
         self.session, self.tools, self.choice, self.max_steps, self.timeout = session, tools, choice, max_steps, timeout
         self.grammars = {step: call_grammar(tools, choice if step == 0 else "auto") for step in (0, 1)}
-        self.answer = Grammar.lark("start: /[^<](.|\\n)*/\n", "a plain answer (no tool call)")
+        self.answer = Grammar.lark(f"start: {ANSWER}\n", "a plain answer (no tool call)")
         session.generator.bind(self.grammars[0])  # a grammar that cannot compile fails here, before any turn
         session.preamble = tools_preamble(tools) if tools else ""
 

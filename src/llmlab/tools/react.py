@@ -37,8 +37,10 @@ class ReactChat:
     becomes the assistant's turn in the session's history."""
 
     def __init__(self, session: ChatSession, tools: list[Tool], max_steps: int = 4, timeout: float = 10.0) -> None:
-        if not tools or max_steps < 1:
-            raise LlmlabError("ReAct needs at least one tool and one step", "pass --tool and --max-tool-steps >= 1")
+        if not tools or max_steps < 1 or timeout <= 0:
+            got = f"{len(tools)} tools, {max_steps} steps, {timeout:g} s"
+            raise LlmlabError(f"ReAct needs a tool, a step and a timeout > 0 (got {got})",
+                              "pass --tool, --max-tool-steps >= 1, --tool-timeout > 0")  # fmt: skip
         self.session, self.tools, self.max_steps, self.timeout = session, tools, max_steps, timeout
         self.step_grammar, self.answer_grammar = react_grammar(tools, True), react_grammar(tools, False)
         session.generator.bind(self.step_grammar)

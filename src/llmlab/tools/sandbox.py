@@ -2,12 +2,15 @@
 
 Program-aided answers (the model writes a program, the program computes the answer) run code nobody
 reviewed, so it runs in a child interpreter in isolated mode (`-I`: no user site, no environment
-variables, no current folder on the path), in an empty temporary folder that is deleted after, with
-CPU time, address space, file size and open files capped by `setrlimit`, its own process group (killed
-whole at the deadline), and no network: on Linux it enters new user and network namespaces (only a
-loopback that is down); where the kernel refuses that, the socket module is disabled inside the child
-instead and the result says so (`isolation`). The file system is not hidden: the code can read and write
-what the user running llmlab can, so run untrusted models' programs as an unprivileged user."""
+variables, no current folder on the path), in an empty temporary folder deleted after, with CPU time,
+address space, file size (its output goes to files, so printing forever stops at the cap) and open
+files limited by `setrlimit`. On Linux it is the first process of new PID and network namespaces (in a
+user namespace when not root): no network device but a loopback that is down, and when it is killed at
+the deadline every process it started goes with it, even one that left its session. Where the kernel
+refuses namespaces, the socket module is disabled instead, which a determined program gets round, and the
+result says so (`isolation` "python" rather than "namespace"). The file system is not hidden: the code
+can read and write what the user running llmlab can, so run untrusted models' programs as an
+unprivileged user."""
 
 from __future__ import annotations
 
@@ -19,15 +22,31 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-# Run before the user's code in the child: no sockets where the namespace could not be had.
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG = 1
+# Run before the user's code in the child: no sockets where the namespaces could not be had (best effort:
+# `_socket` or a subprocess gets round it, which is why the result names its isolation).
 PRELUDE = """
 import socket as _s
 def _refuse(*a, **k):
     raise OSError("network access is disabled in the llmlab sandbox")
 _s.socket = _s.create_connection = _s.socketpair = _refuse
 del _s, _refuse
+"""
+# The process llmlab starts: it forks the user's program, which is the first process of the new PID namespace
+# (when it ends, the kernel ends every process it started, setsid or not) and dies with this one.
+WRAPPER = """
+import ctypes, os, signal, sys
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    os.execv(sys.executable, [sys.executable, "-I", "-c", sys.argv[1]])
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+if code < 0:
+    os.kill(os.getpid(), -code)
+sys.exit(code)
 """
 
 
@@ -56,24 +75,29 @@ class SandboxResult:
 def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512, output_bytes: int = 1 << 16) -> SandboxResult:
     """Run `code` in a sandboxed child interpreter; never raises for what the code does."""
     namespace = _namespaces_available()
-    source = code if namespace else PRELUDE + code
     with tempfile.TemporaryDirectory(prefix="llmlab-sandbox-") as folder:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", source], cwd=folder, env={"PATH": "/usr/bin:/bin", "HOME": folder},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-            start_new_session=True, preexec_fn=lambda: _limit(timeout, memory_mb, output_bytes, namespace),
-        )  # fmt: skip
-        try:
-            out, err = process.communicate(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            out, err = process.communicate()
-            timed_out = True
-    code_ = None if timed_out else process.returncode
-    return SandboxResult(
-        out[:output_bytes], err[-output_bytes:], code_, timed_out, "namespace" if namespace else "python"
-    )
+        out_path, err_path = Path(folder, ".stdout"), Path(folder, ".stderr")
+        with out_path.open("wb") as out, err_path.open("wb") as err:  # files, not pipes: size capped by FSIZE
+            argv = (
+                [sys.executable, "-I", "-c", WRAPPER, code]
+                if namespace
+                else [sys.executable, "-I", "-c", PRELUDE + code]
+            )
+            process = subprocess.Popen(
+                argv, cwd=folder, env={"PATH": "/usr/bin:/bin", "HOME": folder}, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=lambda: _limit(timeout, memory_mb, output_bytes, namespace),
+            )  # fmt: skip
+            try:
+                process.wait(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # the PID namespace's first process dies with it, and all of it
+                process.wait()
+                timed_out = True
+        stdout, stderr = (path.read_bytes()[:output_bytes].decode("utf-8", "replace") for path in (out_path, err_path))
+    returncode = None if timed_out else process.returncode
+    return SandboxResult(stdout, stderr, returncode, timed_out, "namespace" if namespace else "python")
 
 
 def _limit(timeout: float, memory_mb: int, output_bytes: int, namespace: bool) -> None:
@@ -83,13 +107,14 @@ def _limit(timeout: float, memory_mb: int, output_bytes: int, namespace: bool) -
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
     resource.setrlimit(resource.RLIMIT_FSIZE, (output_bytes, output_bytes))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_NPROC, (256, 256))  # a fork bomb (not enforced for root)
     if namespace:
         _unshare()
 
 
 def _unshare() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
+    flags = CLONE_NEWPID | CLONE_NEWNET | (0 if os.geteuid() == 0 else CLONE_NEWUSER)
     if libc.unshare(flags) != 0:
         raise OSError(ctypes.get_errno(), "unshare failed")
 
