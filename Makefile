@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/decode_vs_llamacpp.py
 	$(PY) bench/retrieval.py
 	$(PY) bench/structured_output.py
+	$(PY) bench/speculative.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench
