@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("llmlab.model",)),
     ("data, decoding, calculators", ("llmlab.data", "llmlab.generation", "llmlab.plan")),
     ("checkpoint format", ("llmlab.checkpoint",)),
-    ("hugging face", ("llmlab.hf",)),
+    ("hugging face, deployment formats", ("llmlab.hf", "llmlab.export")),
     ("any source", ("llmlab.load",)),
     ("training core", ("llmlab.training",)),
     (
