@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.pretrain",
             "llmlab.finetune",
             "llmlab.align",
+            "llmlab.distill",
             "llmlab.chat",
             "llmlab.serve",
             "llmlab.tasks",

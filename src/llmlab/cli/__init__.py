@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from llmlab.cli import (
     align,
     chat,
+    distill,
     evaluate,
     finetune,
     generate,
@@ -42,8 +43,8 @@ from llmlab.cli import (
 from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
-COMMAND_GROUPS = (pretrain, finetune, align, generate, chat, serve, inspect, tasks, index, rag, evaluate, quantize, hf,
-                  plan)  # fmt: skip
+COMMAND_GROUPS = (pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
+                  quantize, hf, plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,13 +48,16 @@ def train(
     return run(cfg, prepare_job, on_step, log)
 
 
-def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | None) -> Job:
+def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | None,
+                tokenizer: TextTokenizer | None = None) -> Job:  # fmt: skip
     """Data, model and batches for the trainer, in the order that makes runs reproducible: seed, data
-    (rank 0 first: it trains the tokenizer and writes the token cache), then the model's initialisation."""
+    (rank 0 first: it trains the tokenizer and writes the token cache), then the model's initialisation.
+    `tokenizer`: read the data with this one instead of training one (a distillation's teacher's)."""
     family = cfg.resolved_family()
     objective = check_objective(family, cfg.objective)
     out = Path(cfg.out)
-    init_config, init_state, tokenizer = _initial_weights(cfg, family) if saved is None else (None, None, None)
+    init_config, init_state, init_tokenizer = _initial_weights(cfg, family) if saved is None else (None, None, None)
+    tokenizer = init_tokenizer or tokenizer
     tokenizer = load_tokenizer(out) if saved is not None else tokenizer
     torch.manual_seed(cfg.seed)
     with session.rank0_first():

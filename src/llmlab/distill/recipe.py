@@ -1,0 +1,50 @@
+"""Distillation, a recipe on the training core: pre-training's data, batches and student, with a loss that
+adds the teacher's soft targets (`distill/losses.py`). The teacher is frozen, on the student's device, and
+read with the same tokenizer as the student, which is the teacher's own.
+
+    llmlab distill --teacher runs/big --preset llama-micro --data corpus.txt --out runs/small --max-time 600
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from llmlab.distill.config import DistillConfig
+from llmlab.distill.losses import distillation_loss
+from llmlab.errors import LlmlabError
+from llmlab.load import load_checkpoint
+from llmlab.pretrain.recipe import prepare_job
+from llmlab.tokenizer import tokenizer_fingerprint
+from llmlab.training.loop import Job, TrainResult
+from llmlab.training.run import run
+from llmlab.training.session import Session
+
+
+def distill(cfg: DistillConfig, on_step: Callable[[int, float], None] | None = None,
+            log: Callable[[str], None] | None = None) -> TrainResult:  # fmt: skip
+    """Train the student as `cfg` says; returns the losses seen and where the checkpoint is."""
+    return run(cfg, prepare_distillation, on_step, log)
+
+
+def prepare_distillation(cfg: DistillConfig, session: Session, saved: dict[str, Any] | None) -> Job:
+    teacher = load_checkpoint(cfg.teacher, device=session.device)
+    family = cfg.resolved_family()
+    if teacher.model.config.family != family:
+        raise LlmlabError(f"the teacher is a {teacher.model.config.family} model and the student a {family}",
+                          "distil into a student of the teacher's family (--family or --preset)")  # fmt: skip
+    job = prepare_job(cfg, session, saved, tokenizer=teacher.tokenizer)
+    student_tokenizer = job.checkpointer.tokenizer
+    if tokenizer_fingerprint(student_tokenizer) != tokenizer_fingerprint(teacher.tokenizer):
+        raise LlmlabError(f"the student ({cfg.init or cfg.out}) reads text with another tokenizer than the teacher",
+                          "start the student from a preset (it takes the teacher's tokenizer)")  # fmt: skip
+    if job.model.config.vocab_size != teacher.model.config.vocab_size:
+        sizes = f"{job.model.config.vocab_size} entries, the teacher's {teacher.model.config.vocab_size}"
+        raise LlmlabError(f"the student's vocabulary has {sizes}", "use a student with the teacher's vocabulary")
+    frozen = teacher.model.eval().requires_grad_(False)
+    session.log(f"teacher: {cfg.teacher}, {sum(p.numel() for p in frozen.parameters()) / 1e6:.2f}M parameters; "
+                f"{cfg.divergence} divergence at temperature {cfg.temperature}, alpha {cfg.alpha}")  # fmt: skip
+    loss = functools.partial(distillation_loss, frozen, cfg.temperature, cfg.alpha, cfg.divergence)
+    return dataclasses.replace(job, loss=loss, planned_peak=None)
