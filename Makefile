@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/retrieval.py
 	$(PY) bench/structured_output.py
 	$(PY) bench/speculative.py
+	$(PY) bench/export_parity.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

@@ -208,3 +208,18 @@ def test_soft_prompt_small_embedding_and_bad_type_are_refused(tmp_path, llama, t
     with pytest.raises(LlmlabError, match=f"a tokenizer of {tokenizer.vocab_size} tokens for an embedding of 64"):
         export_gguf(tiny_model("llama", vocab_size=64), tokenizer, tmp_path / "x.gguf")
     assert not list(tmp_path.iterdir())
+
+
+def test_rope_scaling(tmp_path, tokenizer):
+    """Linear scaling is a factor in the metadata; Llama 3's is a divisor per frequency (`rope_freqs`):
+    1 for high frequencies, the factor for low ones, blended between."""
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}  # fmt: skip
+    model = tiny_model("llama", vocab_size=VOCAB, n_embd=64, n_head=2, rope_scaling=llama3)
+    reader = gguf.GGUFReader(export_gguf(model, tokenizer, tmp_path / "l3.gguf").path)
+    divisors = read_tensors(reader)["rope_freqs.weight"][0]
+    assert divisors.shape == (16,) and divisors[0] == 1.0 and divisors[-1] == pytest.approx(8.0)
+    assert ((divisors >= 1.0) & (divisors <= 8.0 + 1e-5)).all() and (np.diff(divisors) >= -1e-6).all()
+    linear = tiny_model("llama", vocab_size=VOCAB, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    f = fields(gguf.GGUFReader(export_gguf(linear, tokenizer, tmp_path / "lin.gguf").path))
+    assert f["llama.rope.scaling.type"] == "linear" and f["llama.rope.scaling.factor"] == 4.0
