@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.evaluation",
             "llmlab.introspect",
             "llmlab.report",
+            "llmlab.prune",
             "llmlab.rag",
             "llmlab.retrieval",
             "llmlab.tools",

@@ -35,6 +35,7 @@ from llmlab.cli import (
     inspect,
     plan,
     pretrain,
+    prune,
     quantize,
     rag,
     serve,
@@ -44,7 +45,7 @@ from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
 COMMAND_GROUPS = (pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
-                  quantize, hf, plan)  # fmt: skip
+                  quantize, prune, hf, plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Pruning: zeroing the least important weights of the linear layers inside the blocks."""

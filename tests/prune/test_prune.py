@@ -1,0 +1,71 @@
+"""Pruning: the masks keep what each criterion ranks highest (by hand on small matrices), 2:4 leaves two of
+every four, wanda weighs by the input norms it measures, `llmlab prune` writes a checkpoint with the stated
+sparsity inside the blocks only, and bad settings are one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.checkpoint.folder import save_checkpoint
+from llmlab.errors import LlmlabError
+from llmlab.load import load_checkpoint
+from llmlab.model.surgery import find_linears, linears_in_blocks
+from llmlab.prune.masks import keep_mask, scores
+from llmlab.prune.prune import input_norms, prune_model
+from llmlab.tokenizer import train_tokenizer
+from tests.helpers import SAMPLE_TEXT, assert_one_line_error, run_cli, tiny_model
+
+
+def test_masks_keep_what_each_criterion_ranks_highest():
+    weight = torch.tensor([[0.1, -4.0, 0.3, 2.0], [5.0, 0.2, -0.05, 1.0]])
+    magnitude = keep_mask(scores(weight, "magnitude", None), 0.5, "magnitude", "unstructured")
+    assert magnitude.tolist() == [[False, True, False, True], [True, False, False, True]]  # the 4 largest |w|
+    norms = torch.tensor([10.0, 0.01, 10.0, 1.0])  # a small weight on a large input matters
+    wanda = keep_mask(scores(weight, "wanda", norms), 0.5, "wanda", "unstructured")
+    assert wanda.tolist() == [[False, False, True, True], [True, False, False, True]]  # 2 per row: 1.0 0.04 3 2
+    two_four = keep_mask(scores(weight, "magnitude", None), 0.5, "magnitude", "2:4")
+    assert two_four.sum(dim=1).tolist() == [2, 2]
+    with pytest.raises(LlmlabError, match="multiple of 4"):
+        keep_mask(torch.ones(2, 6), 0.5, "magnitude", "2:4", "blocks.0.mlp")
+
+
+def test_pruning_touches_only_the_blocks_and_wanda_reads_its_inputs():
+    model = tiny_model("llama", vocab_size=64, block_size=32)
+    embedding = model.state_dict()["decoder.embed.weight"].clone() if "decoder.embed.weight" in model.state_dict() \
+        else None  # fmt: skip
+    batches = [torch.randint(0, 64, (2, 16))]
+    norms = input_norms(model, batches)
+    assert norms and all(n.ndim == 1 and (n > 0).all() for n in norms.values())
+    report = prune_model(model, 0.6, "wanda", "unstructured", norms)
+    assert abs(report.sparsity - 0.6) < 0.01
+    for _, _, _, linear in find_linears(model, linears_in_blocks):
+        assert abs(float((linear.weight == 0).float().mean()) - 0.6) < 0.02
+    if embedding is not None:
+        assert torch.equal(model.state_dict()["decoder.embed.weight"], embedding)
+    with pytest.raises(LlmlabError, match="outside"):
+        prune_model(model, 1.0)
+
+
+def test_prune_command_and_its_report(tmp_path, capsys):
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    save_checkpoint(tmp_path / "ckpt", tiny_model("llama", vocab_size=tok.vocab_size, block_size=32), tok)
+    text = tmp_path / "text.txt"
+    text.write_text(SAMPLE_TEXT * 3)
+    code, out, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "pruned", "--sparsity", 0.5, "--method",
+                             "wanda", "--structure", "2:4", "--calibration", text)  # fmt: skip
+    assert code == 0, err
+    assert "(50.0%)" in out
+    pruned = load_checkpoint(str(tmp_path / "pruned")).model
+    for _, _, _, linear in find_linears(pruned, linears_in_blocks):
+        groups = (linear.weight != 0).reshape(linear.weight.shape[0], -1, 4).sum(-1)
+        assert (groups <= 2).all()
+    code, out, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "rep", "--report", "--data", text,
+                             "--calibration", text)  # fmt: skip
+    assert code == 0, err
+    assert "magnitude" in out and "wanda" in out and (tmp_path / "rep" / "report.json").exists()
+    code, _, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "x", "--sparsity", 1.5)
+    assert_one_line_error(code, err, "outside [0, 1)")
+    code, _, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "x", "--method", "wanda")
+    assert_one_line_error(code, err, "wanda needs")
+    assert not (tmp_path / "x").exists()
