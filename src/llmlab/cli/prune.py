@@ -64,7 +64,7 @@ def _report(args: argparse.Namespace, ckpt, calibration) -> None:
         raise LlmlabError("--report needs --data TEXT to measure perplexity on", "pass a held-out text file")
     text = read_text(args.data, "--data")
     rows, records = [], []
-    for sparsity in REPORT_SPARSITIES:
+    for sparsity in REPORT_SPARSITIES if args.structure == "unstructured" else (0.0, 0.5):
         row = [f"{sparsity:.0%}"]
         for method in ("magnitude", "wanda"):
             model, _ = _pruned(ckpt, sparsity, method, args.structure, calibration)
@@ -88,6 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--structure", default="unstructured", help="unstructured, or 2:4 (2 of every 4 inputs)")
     p.add_argument("--calibration", help="text whose activations weigh wanda's scores (required for wanda)")
     p.add_argument("--calibration-tokens", type=int, default=16384, help="tokens of --calibration to read")
-    p.add_argument("--report", action="store_true", help="perplexity on --data at 0-70%% for both methods")
+    p.add_argument(
+        "--report", action="store_true", help="perplexity on --data at 0-70%% (2:4: 0 and 50%%), both methods"
+    )
     p.add_argument("--data", help="--report: held-out text for perplexity")
     p.set_defaults(func=cmd_prune)

@@ -27,6 +27,9 @@ class PruneReport:
 def check_settings(sparsity: float, method: str, structure: str) -> None:
     if not 0 <= sparsity < 1:
         raise LlmlabError(f"--sparsity {sparsity} is outside [0, 1)", "pass e.g. --sparsity 0.5")
+    if structure == "2:4" and sparsity not in (0.0, 0.5):
+        raise LlmlabError(f"--sparsity {sparsity} with --structure 2:4, which is 50% by construction",
+                          "leave --sparsity at 0.5 for 2:4")  # fmt: skip
     if method not in METHODS or structure not in STRUCTURES:
         raise LlmlabError(f"--method {method} --structure {structure}",
                           f"methods: {', '.join(METHODS)}; structures: {', '.join(STRUCTURES)}")  # fmt: skip
@@ -58,6 +61,8 @@ def prune_model(model: nn.Module, sparsity: float, method: str = "magnitude", st
                 norms: dict[str, torch.Tensor] | None = None) -> PruneReport:  # fmt: skip
     """Zero the weights the criterion ranks lowest, layer by layer; returns how many went."""
     check_settings(sparsity, method, structure)
+    if sparsity == 0:
+        return PruneReport(0, 0, 0)
     layers = find_linears(model, linears_in_blocks)
     if not layers:
         raise LlmlabError("the model has no linear layers inside its blocks", "prune a transformer checkpoint")
