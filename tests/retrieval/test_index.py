@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -138,14 +139,14 @@ def test_a_failed_or_interrupted_add_leaves_the_index_unchanged(corpus, encoders
         add_documents(tmp_path / "index", [records])
     monkeypatch.undo()
 
-    real_replace = store.os.replace
+    real_replace = os.replace
 
     def rename_fails(src, dst):
         if ".tmp-" in str(src):
             raise OSError(5, "Input/output error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(store.os, "replace", rename_fails)  # the old folder is moved aside, then back
+    monkeypatch.setattr(os, "replace", rename_fails)  # the old folder is moved aside, then back
     with pytest.raises(LlmlabError, match="Input/output error"):
         add_documents(tmp_path / "index", [records])
     monkeypatch.undo()

@@ -137,11 +137,18 @@ def _write_error(out: Path, exc: BaseException) -> LlmlabError:
 
 
 def _move_into_place(tmp: Path, out: Path, written: set[str]) -> None:
-    """Rename the finished folder to `out`; an existing checkpoint is swapped out, and back if the swap fails."""
+    """Rename the finished folder to `out`, keeping what else an existing run folder holds."""
+    if out.exists():
+        _carry_over(out, tmp, written)
+    swap_folder(tmp, out)
+
+
+def swap_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out` (checkpoints, indexes): an existing `out` is renamed aside first,
+    put back if the second rename fails, and removed after; a crash between the two leaves it beside."""
     if not out.exists():
         os.replace(tmp, out)
         return
-    _carry_over(out, tmp, written)
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     os.replace(out, old)
     try:

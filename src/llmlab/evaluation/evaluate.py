@@ -168,12 +168,17 @@ def _classify(task, scorer, generator, examples, k, select, seed, length_normali
                       sum(p.query_shortened for p in prompts), rows)  # fmt: skip
 
 
-def _generate(task, scorer, generator, examples, k, select, seed, generation) -> ShotResult:
-    config = generation or GenerationConfig(greedy=True, max_new_tokens=64)
-    if not scorer.seq2seq:  # a decoder would go on to write the next example
+def _prompted(task, scorer, generator, examples, k, select, seed, config: GenerationConfig):
+    """The prompts and each one's generated answer, stopped where a decoder would write the next example."""
+    if not scorer.seq2seq:
         config = GenerationConfig(**{**config.to_dict(), "stop": sorted({*config.stop, task.template.separator})})
     prompts = prompts_for(task, scorer, examples, k, select, seed, reserve=config.max_new_tokens)
-    outputs = generator.generate([p.text for p in prompts], config)
+    return prompts, generator.generate([p.text for p in prompts], config)
+
+
+def _generate(task, scorer, generator, examples, k, select, seed, generation) -> ShotResult:
+    config = generation or GenerationConfig(greedy=True, max_new_tokens=64)
+    prompts, outputs = _prompted(task, scorer, generator, examples, k, select, seed, config)
     per_metric: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
     rows, texts = [], []
     for example, prompt, samples in zip(examples, prompts, outputs):
@@ -199,10 +204,7 @@ def _generate(task, scorer, generator, examples, k, select, seed, generation) ->
 def _solve(task, scorer, generator, examples, k, select, seed, generation) -> ShotResult:
     """A numeric task: the answer read from the text, or from what the model's program prints (sandboxed)."""
     config = generation or GenerationConfig(greedy=True, max_new_tokens=128)
-    if not scorer.seq2seq:  # a decoder would go on to write the next problem
-        config = GenerationConfig(**{**config.to_dict(), "stop": sorted({*config.stop, task.template.separator})})
-    prompts = prompts_for(task, scorer, examples, k, select, seed, reserve=config.max_new_tokens)
-    outputs = generator.generate([p.text for p in prompts], config)
+    prompts, outputs = _prompted(task, scorer, generator, examples, k, select, seed, config)
     correct, answered, rows = [], [], []
     for example, prompt, samples in zip(examples, prompts, outputs):
         text = samples[0].text.strip()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from llmlab.checkpoint.folder import swap_folder
 from llmlab.errors import LlmlabError
 from llmlab.retrieval.chunking import Chunk
 
@@ -77,7 +77,7 @@ def write_index(out: str | Path, data: IndexData) -> Path:
         raise _write_error(out, exc) from None
     try:
         _write_files(tmp, data)
-        _swap_in(tmp, out)
+        swap_folder(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError | SafetensorError):
@@ -97,20 +97,6 @@ def _write_files(tmp: Path, data: IndexData) -> None:
         files.append(HNSW)
     meta = {**data.meta, "format": FORMAT, "files": {name: _sha256(tmp / name) for name in files}}
     (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_error(out: Path, exc: BaseException) -> LlmlabError:
