@@ -105,3 +105,16 @@ def test_bad_drafts_and_settings_are_one_clear_error(models, tmp_path, capsys):
     code, _, err = run_cli(capsys, *args, "--draft", tmp_path / "other")
     assert_one_line_error(code, err, "tokenizer differs")
     assert SpeculationStats().acceptance_rate == 0.0
+
+
+def test_stop_strings_and_the_end_of_sequence_end_it_where_plain_decoding_does(models):
+    tok, target, draft = models
+    generator = Generator(target, tok, compile="off")
+    for stop in (["e"], [" ("], []):
+        config = GenerationConfig(max_new_tokens=30, greedy=True, stop=stop)
+        plain = [(c[0].text, c[0].finish_reason, c[0].token_ids) for c in generator.generate(PROMPTS, config)]
+        for drafter in (LookupDrafter(target.config.vocab_size), model_drafter(generator, target, tok)):
+            results, _ = speculative_generate(generator, PROMPTS, config, drafter, 4)
+            assert [(c[0].text, c[0].finish_reason, c[0].token_ids) for c in results] == plain, stop
+    with pytest.raises(LlmlabError, match="decoder-only"):
+        model_drafter(generator, tiny_model("bert", vocab_size=tok.vocab_size, block_size=128), tok)

@@ -4,6 +4,8 @@ sparsity inside the blocks only, and bad settings are one line."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -25,15 +27,15 @@ def test_masks_keep_what_each_criterion_ranks_highest():
     wanda = keep_mask(scores(weight, "wanda", norms), 0.5, "wanda", "unstructured")
     assert wanda.tolist() == [[False, False, True, True], [True, False, False, True]]  # 2 per row: 1.0 0.04 3 2
     two_four = keep_mask(scores(weight, "magnitude", None), 0.5, "magnitude", "2:4")
-    assert two_four.sum(dim=1).tolist() == [2, 2]
+    assert two_four.tolist() == [[False, True, False, True], [True, False, False, True]]  # the 2 largest of 4
     with pytest.raises(LlmlabError, match="multiple of 4"):
         keep_mask(torch.ones(2, 6), 0.5, "magnitude", "2:4", "blocks.0.mlp")
 
 
 def test_pruning_touches_only_the_blocks_and_wanda_reads_its_inputs():
     model = tiny_model("llama", vocab_size=64, block_size=32)
-    embedding = model.state_dict()["decoder.embed.weight"].clone() if "decoder.embed.weight" in model.state_dict() \
-        else None  # fmt: skip
+    outside = {k: v.clone() for k, v in model.state_dict().items() if ".blocks." not in f".{k}" or "norm" in k}
+    assert "embed.weight" in outside
     batches = [torch.randint(0, 64, (2, 16))]
     norms = input_norms(model, batches)
     assert norms and all(n.ndim == 1 and (n > 0).all() for n in norms.values())
@@ -41,8 +43,8 @@ def test_pruning_touches_only_the_blocks_and_wanda_reads_its_inputs():
     assert abs(report.sparsity - 0.6) < 0.01
     for _, _, _, linear in find_linears(model, linears_in_blocks):
         assert abs(float((linear.weight == 0).float().mean()) - 0.6) < 0.02
-    if embedding is not None:
-        assert torch.equal(model.state_dict()["decoder.embed.weight"], embedding)
+    for key, value in outside.items():  # embeddings, head and norms as they were
+        assert torch.equal(model.state_dict()[key], value), key
     with pytest.raises(LlmlabError, match="outside"):
         prune_model(model, 1.0)
 
@@ -67,5 +69,42 @@ def test_prune_command_and_its_report(tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "x", "--sparsity", 1.5)
     assert_one_line_error(code, err, "outside [0, 1)")
     code, _, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "x", "--method", "wanda")
-    assert_one_line_error(code, err, "wanda needs")
+    assert_one_line_error(code, err, "needs calibration text")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2"])
+def test_channel_pruning_equals_zeroing_those_channels_and_shrinks_the_model(style):
+    """The smaller model computes exactly what the original computes with the dropped channels' down-weights zeroed."""
+    from llmlab.model.layers import FeedForward
+    from llmlab.prune.channels import channel_scores, prune_channels
+
+    model = tiny_model(style, vocab_size=64, block_size=32)
+    reference = copy.deepcopy(model)
+    width = model.config.intermediate_size
+    keep = width - int(width * 0.5)
+    with torch.no_grad():
+        for mlp in [m for m in reference.modules() if isinstance(m, FeedForward)]:
+            dropped = channel_scores(mlp, "magnitude", None).topk(width - keep, largest=False).indices
+            mlp.down.weight[:, dropped] = 0
+    before = sum(p.numel() for p in model.parameters())
+    assert prune_channels(model, 0.5, "magnitude") == (width, keep)
+    assert model.config.intermediate_size == keep and sum(p.numel() for p in model.parameters()) < before
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_channel_pruned_checkpoint_loads_with_its_new_width(tmp_path, capsys):
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    save_checkpoint(tmp_path / "ckpt", tiny_model("llama", vocab_size=tok.vocab_size, block_size=32), tok)
+    text = tmp_path / "text.txt"
+    text.write_text(SAMPLE_TEXT * 3)
+    code, out, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "small", "--structure", "channels",
+                             "--method", "wanda", "--calibration", text, "--sparsity", 0.25)  # fmt: skip
+    assert code == 0, err
+    original = load_checkpoint(str(tmp_path / "ckpt")).model.config.intermediate_size
+    small = load_checkpoint(str(tmp_path / "small")).model
+    assert small.config.intermediate_size == original - int(original * 0.25) and "feed-forward width" in out
+    code, out, _ = run_cli(capsys, "generate", tmp_path / "small", "--prompt", "def", "--max-new-tokens", 4, "--greedy")
+    assert code == 0

@@ -117,7 +117,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     generator = Generator(ckpt.model, ckpt.tokenizer, compile=getattr(args, "compile", "auto"))
     grammar = _grammar(args)
     generator.bind(grammar)  # a grammar that cannot compile is refused before any decoding
+    if hasattr(args, "speculate") and not getattr(args, "draft", None):
+        raise LlmlabError("--speculate needs --draft", "pass --draft DRAFT_CKPT or --draft lookup")
     if getattr(args, "stream", False):
+        if getattr(args, "draft", None):
+            raise LlmlabError("--stream does not combine with --draft yet", "drop one of the two")
         _stream(generator, prompts, config, grammar)
         return
     if getattr(args, "draft", None):

@@ -39,12 +39,20 @@ def _pruned(ckpt, sparsity: float, method: str, structure: str, calibration):
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from llmlab.checkpoint.folder import save_checkpoint
+    from llmlab.checkpoint.folder import read_quantization, save_checkpoint
+    from llmlab.family import family_spec
     from llmlab.load import load_checkpoint
     from llmlab.prune.prune import check_settings
 
     check_settings(args.sparsity, args.method, args.structure)
+    if (args.method == "wanda" or args.report) and not args.calibration:
+        raise LlmlabError("wanda (and --report, which measures it) needs calibration text", "pass --calibration FILE")
     ckpt = load_checkpoint(args.checkpoint)
+    if read_quantization(ckpt.path):
+        raise LlmlabError(f"{args.checkpoint} is quantized", "prune the full-precision checkpoint, then quantize")
+    if args.calibration and family_spec(ckpt.model.config).seq2seq:
+        raise LlmlabError("wanda's calibration runs decoder and encoder models, not encoder-decoders yet",
+                          "use --method magnitude for this model")  # fmt: skip
     calibration = _calibration(ckpt, args.calibration, args.calibration_tokens)
     if args.report:
         return _report(args, ckpt, calibration)
@@ -52,6 +60,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise LlmlabError("prune needs OUT", "e.g. llmlab prune runs/main runs/main-50 --sparsity 0.5")
     model, report = _pruned(ckpt, args.sparsity, args.method, args.structure, calibration)
     out = save_checkpoint(args.out, model, ckpt.tokenizer, ckpt.generation)
+    if args.structure == "channels":
+        print(f"{out}: {args.method} channels, feed-forward width {model.config.intermediate_size}; "
+              f"{report.pruned:,} of {report.total:,} parameters removed ({100 * report.sparsity:.1f}%)")  # fmt: skip
+        return
     print(f"{out}: {args.method} {args.structure}, {report.pruned:,} of {report.total:,} weights in {report.layers} "
           f"layers zeroed ({100 * report.sparsity:.1f}%)")  # fmt: skip
 
@@ -64,19 +76,45 @@ def _report(args: argparse.Namespace, ckpt, calibration) -> None:
         raise LlmlabError("--report needs --data TEXT to measure perplexity on", "pass a held-out text file")
     text = read_text(args.data, "--data")
     rows, records = [], []
-    for sparsity in REPORT_SPARSITIES if args.structure == "unstructured" else (0.0, 0.5):
+    sparsities = {"unstructured": REPORT_SPARSITIES, "2:4": (0.0, 0.5), "channels": (0.0, 0.25, 0.5, 0.75)}
+    for sparsity in sparsities[args.structure]:
         row = [f"{sparsity:.0%}"]
         for method in ("magnitude", "wanda"):
             model, _ = _pruned(ckpt, sparsity, method, args.structure, calibration)
-            ppl, _ = text_perplexity(model, ckpt.tokenizer, text)
-            row.append(f"{ppl:.2f}")
-            records.append({"method": method, "structure": args.structure, "sparsity": sparsity, "perplexity": ppl})
-            print(f"{method} at {sparsity:.0%}: perplexity {ppl:.2f}", file=sys.stderr, flush=True)
-        rows.append(row)
-    print_table(rows, ["sparsity", "magnitude", "wanda"])
+            record = {"method": method, "structure": args.structure, "sparsity": sparsity,
+                      "perplexity": text_perplexity(model, ckpt.tokenizer, text)[0],
+                      "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+            if args.structure == "channels":
+                record["decode_tokens_per_s"] = _decode_speed(model, ckpt.tokenizer, text)
+            records.append(record)
+            row.append(f"{record['perplexity']:.2f}")
+            print(f"{method} at {sparsity:.0%}: {record}", file=sys.stderr, flush=True)
+        rows.append(row + ([f"{records[-1]['parameters']:,}", f"{records[-1]['decode_tokens_per_s']:.1f}"]
+                           if args.structure == "channels" else []))  # fmt: skip
+    extra = ["parameters", "decode tok/s (wanda)"] if args.structure == "channels" else []
+    print_table(rows, ["sparsity", "magnitude", "wanda", *extra])
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "report.json").write_text(json.dumps(records, indent=2))
+
+
+def _decode_speed(model, tokenizer, text: str) -> float:
+    """Greedy tokens/s at batch 1 (64 new tokens, the best of 3), the pruned model as `generate` runs it."""
+    import time
+
+    from llmlab.generation.config import GenerationConfig
+    from llmlab.generation.generator import Generator
+
+    generator, config = (
+        Generator(model, tokenizer, compile="off"),
+        GenerationConfig(max_new_tokens=64, min_new_tokens=64, greedy=True),
+    )
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        generator.generate([text[:200]], config)
+        best = min(best, time.perf_counter() - start)
+    return 64 / best
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", nargs="?", help="the pruned checkpoint folder (with --report: where report.json goes)")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of the blocks' linear weights to zero")
     p.add_argument("--method", default="magnitude", help="magnitude (|W|) or wanda (|W| x input norm, per row)")
-    p.add_argument("--structure", default="unstructured", help="unstructured, or 2:4 (2 of every 4 inputs)")
+    p.add_argument("--structure", default="unstructured",
+                   help="unstructured, 2:4 (2 of every 4 inputs), or channels (whole FFN channels)")  # fmt: skip
     p.add_argument("--calibration", help="text whose activations weigh wanda's scores (required for wanda)")
     p.add_argument("--calibration-tokens", type=int, default=16384, help="tokens of --calibration to read")
     p.add_argument(

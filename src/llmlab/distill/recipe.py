@@ -40,6 +40,10 @@ def prepare_distillation(cfg: DistillConfig, session: Session, saved: dict[str, 
     if tokenizer_fingerprint(student_tokenizer) != tokenizer_fingerprint(teacher.tokenizer):
         raise LlmlabError(f"the student ({cfg.init or cfg.out}) reads text with another tokenizer than the teacher",
                           "start the student from a preset (it takes the teacher's tokenizer)")  # fmt: skip
+    student_block, teacher_block = job.model.config.block_size, teacher.model.config.block_size
+    if student_block > teacher_block:
+        raise LlmlabError(f"the student reads {student_block} positions, the teacher only {teacher_block}",
+                          f"pass --block-size {teacher_block} (or less)")  # fmt: skip
     if job.model.config.vocab_size != teacher.model.config.vocab_size:
         sizes = f"{job.model.config.vocab_size} entries, the teacher's {teacher.model.config.vocab_size}"
         raise LlmlabError(f"the student's vocabulary has {sizes}", "use a student with the teacher's vocabulary")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.generator import Completion, Generator, process_logits
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
@@ -62,9 +63,12 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: list[int], rng: torch.Gener
             if int(p[i].argmax()) != x:
                 return i, int(p[i].argmax())
         return len(drafts), int(p[len(drafts)].argmax())
+    q = q.to(p.device) if drafts else q  # a lookup drafter's one-hot rows are made on the CPU
     for i, x in enumerate(drafts):
         ratio = p[i, x] / q[i, x].clamp(min=1e-20)
-        if float(torch.rand((), generator=rng)) < float(ratio):  # min(1, ratio): a draw below 1 always passes
+        if float(torch.rand((), generator=rng, device=rng.device)) < float(
+            ratio
+        ):  # min(1, ratio): a draw below 1 always passes
             continue
         residual = (p[i] - q[i]).clamp(min=0)
         total = float(residual.sum())
@@ -158,7 +162,8 @@ def speculate(target: CachedModel, drafter, prompt: list[int], config: Generatio
     until end-of-sequence, max_new_tokens, or `stopped(new)` (stop strings) says so."""
     rng = None
     if config.do_sample:
-        rng = torch.Generator().manual_seed(config.seed if config.seed is not None else int(torch.randint(2**31, ())))
+        seed = config.seed if config.seed is not None else int(torch.randint(2**31, ()))
+        rng = torch.Generator(device=target.cache.keys[0].device).manual_seed(seed)  # where the logits are
     context, new = list(prompt), []
     while len(new) < config.max_new_tokens:
         room = min(k, config.max_new_tokens - len(new) - 1, target.cache.max_len - len(context) - 1)
@@ -173,16 +178,22 @@ def speculate(target: CachedModel, drafter, prompt: list[int], config: Generatio
         stats.accepted += accepted
         stats.target_passes += 1
         target.keep(len(context) + accepted)
-        step = drafts[:accepted] + [token]
-        if eos_id in step:
-            step = step[: step.index(eos_id) + 1]
-        new += step
-        context += step
-        if step[-1] == eos_id or stopped(new):
+        if _extend(new, context, drafts[:accepted] + [token], eos_id, stopped):
             break
     new = new[: config.max_new_tokens]
     stats.generated += len(new)
     return new
+
+
+def _extend(new: list[int], context: list[int], step: list[int], eos_id: int, stopped) -> bool:
+    """Append the step's tokens one by one, as plain decoding would emit them; True at end-of-sequence or
+    once a stop string is complete (the step's later tokens are not kept)."""
+    for token in step:
+        new.append(token)
+        context.append(token)
+        if token == eos_id or stopped(new):
+            return True
+    return False
 
 
 def model_drafter(target: Generator, draft_model: torch.nn.Module, draft_tokenizer: TextTokenizer) -> ModelDrafter:
@@ -190,6 +201,13 @@ def model_drafter(target: Generator, draft_model: torch.nn.Module, draft_tokeniz
     if tokenizer_fingerprint(draft_tokenizer) != tokenizer_fingerprint(target.tokenizer):
         raise LlmlabError("the draft model's tokenizer differs from the target's, so its token ids mean other text",
                           "draft with a model trained with the same tokenizer, or use --draft lookup")  # fmt: skip
+    if (
+        not family_spec(draft_model.config).causal
+        or family_spec(draft_model.config).seq2seq
+        or prompt_length(draft_model)
+    ):
+        raise LlmlabError("the draft must be a decoder-only model without a soft prompt",
+                          "draft with a small decoder of the same tokenizer, or use --draft lookup")  # fmt: skip
     if draft_model.config.vocab_size != target.model.config.vocab_size:
         raise LlmlabError(f"the draft's vocabulary has {draft_model.config.vocab_size} entries, the target's "
                           f"{target.model.config.vocab_size}", "draft with a model of the same vocabulary")  # fmt: skip

@@ -4,7 +4,8 @@ magnitude: |W|, the smallest fraction of each layer removed (Han et al., 2015).
 wanda: |W_ij| * ||X_j||, the weight times the norm of the input feature it multiplies over calibration
 tokens, compared within each output row (Sun et al., 2023): a small weight on a large activation matters.
 Structure: unstructured (any weights), or 2:4 (in every group of 4 consecutive inputs of a row, the 2
-lowest scores go: the pattern NVIDIA's sparse tensor cores run at up to 2x).
+lowest scores go: the pattern NVIDIA's sparse tensor cores run at up to 2x); whole feed-forward channels
+are `channels.py`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from llmlab.errors import LlmlabError
 
 METHODS = ("magnitude", "wanda")
-STRUCTURES = ("unstructured", "2:4")
+STRUCTURES = ("unstructured", "2:4", "channels")
 
 
 def scores(weight: torch.Tensor, method: str, input_norms: torch.Tensor | None) -> torch.Tensor:
