@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/structured_output.py
 	$(PY) bench/speculative.py
 	$(PY) bench/export_parity.py
+	$(PY) bench/rag_helps.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench
