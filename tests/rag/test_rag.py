@@ -75,6 +75,7 @@ def test_the_retrieved_passages_are_the_prompts_and_no_index_is_the_baseline(rag
     assert "zebra.txt" in answers[0].prompt.passages[0].source and "markets" in answers[1].prompt.passages[0].source
     baseline = answer_questions(generator, None, questions[:1], config)
     assert not baseline.pop().prompt.passages
+    assert not answer_questions(generator, index, questions[:1], config, k=0).pop().prompt.passages
     with pytest.raises(LlmlabError, match="once"):
         answer_questions(generator, index, questions, GenerationConfig(max_new_tokens=4, num_samples=2))
 

@@ -27,14 +27,14 @@ class RagAnswer:
 
 def answer_questions(generator: Generator, index: Index | None, questions: list[str], config: GenerationConfig,
                      k: int = 5, mode: str = "hybrid", instruction: str = INSTRUCTION) -> list[RagAnswer]:  # fmt: skip
-    """One answer per question; with `index` None the same prompt without passages (the baseline)."""
+    """One answer per question; with `index` None or k 0 the same prompt without passages (the baseline)."""
     if config.num_samples != 1:
         raise LlmlabError(f"RAG answers each question once, not {config.num_samples} times", "use --num-samples 1")
     budget = _budget(generator, config)
     count = lambda text: len(generator.tokenizer.encode(text))  # noqa: E731
     prompts = []
     for question in questions:
-        hits = index.search(question, k=k, mode=mode) if index is not None else []
+        hits = index.search(question, k=k, mode=mode) if index is not None and k > 0 else []
         passages = [Passage(h.text, h.source if h.id is None else f"{h.source}#{h.id}") for h in hits]
         prompts.append(fit_prompt(question, passages, count, budget, instruction))
     outputs = generator.generate([p.text for p in prompts], config)
