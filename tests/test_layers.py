@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.rag",
             "llmlab.retrieval",
             "llmlab.tools",
+            "llmlab.curate",
             "llmlab.plan.verify",
             "llmlab.plan.memory_request",
             "llmlab.plan.compute_request",

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from llmlab.cli import (
     align,
     chat,
+    data,
     distill,
     evaluate,
     finetune,
@@ -44,7 +45,7 @@ from llmlab.cli import (
 from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
-COMMAND_GROUPS = (pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
+COMMAND_GROUPS = (data, pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
                   quantize, prune, hf, plan)  # fmt: skip
 
 
