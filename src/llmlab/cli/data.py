@@ -26,7 +26,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
         raise LlmlabError("--workers and --shard-docs must be >= 1", "pass e.g. --workers 2 --shard-docs 1000")
     data = None if args.input == "python-stdlib" else args.input
     job = CurateJob(data, Path(args.out), load_config(args.config), args.glob, args.text_field, args.shard_docs,
-                    args.workers, args.overwrite)  # fmt: skip
+                    args.workers, args.overwrite, args.tokenizer)  # fmt: skip
     line = ProgressLine()
     report = curate(job, line.update)
     line.message("")
@@ -45,6 +45,9 @@ def _print_summary(report: dict, out: str) -> None:
         print(f"contamination: {found['documents']:,} documents share {found['ngrams']:,} n-grams with {name}")
     for name, why in report.get("decontamination", {}).get("unavailable", {}).items():
         print(f"decontamination: {name} not checked ({why})")
+    if "tokens" in report:
+        tokens = report["tokens"]
+        print(f"tokens ({tokens['tokenizer']}): {tokens['in']:,} in, {tokens['out']:,} out")
     print(f"curated data in {os.path.join(out, 'data')}; report {os.path.join(out, 'report.md')}")
 
 
@@ -81,6 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clean.add_argument("--shard-docs", type=int, default=1000, help="documents per shard (the unit of resuming)")
     clean.add_argument("--glob", default="**/*", help="files to read under a folder")
     clean.add_argument("--text-field", default="text", help="the text field of JSONL/Parquet records")
+    clean.add_argument("--tokenizer", help="count tokens in and out with this checkpoint's tokenizer (for plan "
+                       "compute --tokens-from)")  # fmt: skip
     clean.add_argument("--overwrite", action="store_true", help="start again when --out holds another run")
     clean.add_argument("--json", action="store_true", help="print the report as JSON")
     clean.set_defaults(func=cmd_clean)

@@ -183,8 +183,15 @@ def cmd_plan_compute(args: argparse.Namespace) -> None:
     if args.verify:
         _verify_flops(args)
         return
+    tokens = args.tokens
+    if args.tokens_from:
+        if tokens is not None:
+            raise LlmlabError("--tokens and --tokens-from both give D", "pass one of them")
+        from llmlab.curate.pipeline import curated_tokens
+
+        tokens = float(curated_tokens(args.tokens_from))
     request = ComputeRequest(
-        params=args.params, tokens=args.tokens, budget_flops=args.budget_flops, budget_pf_days=args.budget_pf_days,
+        params=args.params, tokens=tokens, budget_flops=args.budget_flops, budget_pf_days=args.budget_pf_days,
         flops_per_token=args.flops_per_token, preset=args.preset, vocab_size=args.vocab_size, seq_len=args.seq_len,
         gpu=args.gpu, dtype=args.dtype, gpus=args.gpus, mfu=args.mfu, fit=args.fit, chinchilla=args.chinchilla,
     )  # fmt: skip
@@ -268,6 +275,7 @@ def _register_compute(plan: argparse._SubParsersAction) -> None:
     pc.add_argument("--seq-len", type=int, help="context length for the attention FLOPs (with --preset)")
     pc.add_argument("--verify", action="store_true", help="count the FLOPs of real llmlab models against 6ND")
     pc.add_argument("--tokens", type=float, help="training tokens D (e.g. 2e12)")
+    pc.add_argument("--tokens-from", metavar="CURATED", help="D from a `llmlab data clean --tokenizer` folder")
     pc.add_argument("--budget-flops", type=float, help="a compute budget instead of N and D")
     pc.add_argument("--budget-pf-days", type=float, help="a compute budget in petaflop/s-days")
     pc.add_argument("--flops-per-token", type=float, default=6.0, help="FLOPs per parameter per token (T5: 3)")

@@ -216,8 +216,8 @@ def _checked(value: Any, current: Any, f: dataclasses.Field, where: str, path: s
     elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise LlmlabError(f"{where}: {path} must be a {expected.__name__}, not {value!r}", "fix that key")
     low, high = f.metadata.get(RANGE, (-math.inf, math.inf))
-    values = value if isinstance(value, list) else [value]
-    if not isinstance(value, (bool, str)) and any(not low <= v <= high for v in values):
+    numbers = [v for v in (value if isinstance(value, list) else [value]) if type(v) in (int, float)]
+    if any(not low <= v <= high for v in numbers):
         raise LlmlabError(f"{where}: {path} = {value} is out of range", f"allowed: {low} to {high}")
     if path in CHOICES and value not in CHOICES[path]:
         raise LlmlabError(f"{where}: {path} = {value!r} is not allowed", f"use one of {', '.join(CHOICES[path])}")

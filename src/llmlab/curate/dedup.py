@@ -6,6 +6,7 @@ the state from its finished shards instead of recomputing them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class DedupState:
         self.digests: dict[bytes, int] = {}
         self.lsh = LshIndex(cfg.dedup.bands, cfg.dedup.rows, cfg.dedup.threshold)
         self.units: set[int] = set()
+        self.count_tokens: Callable[[str], int] | None = None  # set when tokens are counted
 
     def restore(self, keys: ShardKeys) -> None:
         for doc_id, digest in zip(keys.ids, keys.digests):

@@ -9,6 +9,7 @@ process (pipeline.py).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,7 @@ class Judged:
     contamination: dict[str, int] = field(default_factory=dict)
     digest: bytes = b""
     signature: np.ndarray | None = None
+    tokens: list[int] = field(default_factory=list)  # [as read, as kept] with the job's tokenizer, if any
 
     def drop(self, stage: str, reason: str) -> None:
         self.stage, self.reason = stage, reason
@@ -47,8 +49,9 @@ class Judged:
 class Judge:
     """The per-document stages, built once per worker process (the language model loads once)."""
 
-    def __init__(self, cfg: CurateConfig, eval_index: EvalIndex | None) -> None:
+    def __init__(self, cfg: CurateConfig, eval_index: EvalIndex | None, tokenizer: str | None = None) -> None:
         self.cfg, self.eval_index = cfg, eval_index
+        self.count_tokens = token_counter(tokenizer) if tokenizer else None
         self.perms = Permutations.make(cfg.dedup.bands * cfg.dedup.rows, cfg.dedup.seed)
         self.languages = None
         if cfg.language.enabled:
@@ -58,6 +61,9 @@ class Judge:
 
     def __call__(self, docs: list[tuple[int, str]]) -> list[Judged]:
         judged = [Judged(i, text, [len(text)]) for i, text in docs]
+        if self.count_tokens:
+            for doc in judged:
+                doc.tokens = [self.count_tokens(doc.text)]
         alive = self._normalize(judged)
         alive = self._quality(alive)
         alive = self._language(alive)
@@ -65,6 +71,8 @@ class Judge:
         alive = self._decontaminate(alive)
         for doc in self._pii(alive):
             self._keys(doc)
+            if self.count_tokens:
+                doc.tokens.append(self.count_tokens(doc.text))
         return judged
 
     def _normalize(self, docs: list[Judged]) -> list[Judged]:
@@ -145,3 +153,21 @@ def _skip(docs: list[Judged]) -> list[Judged]:
     for doc in alive:
         doc.chars.append(len(doc.text))
     return alive
+
+
+def token_counter(path: str) -> Callable[[str], int]:
+    """Tokens per text with a checkpoint's (llmlab or Hugging Face folder) or a tokenizer.json's tokenizer."""
+    from pathlib import Path
+
+    from llmlab.errors import LlmlabError
+    from llmlab.hf.importer import read_hf_tokenizer
+    from llmlab.tokenizer import TextTokenizer
+
+    where = Path(path)
+    if where.is_file():
+        tokenizer = TextTokenizer.load(where)
+    elif where.is_dir():  # llmlab and Hugging Face folders alike: roles do not matter for counting
+        tokenizer = read_hf_tokenizer(where)
+    else:
+        raise LlmlabError(f"tokenizer {path} not found", "pass a checkpoint folder or a tokenizer.json")
+    return lambda text: len(tokenizer.encode_document(text))

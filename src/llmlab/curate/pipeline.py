@@ -24,12 +24,12 @@ from pathlib import Path
 from llmlab.curate.config import CurateConfig, config_as_dict
 from llmlab.curate.decontaminate import EvalIndex, index_for
 from llmlab.curate.dedup import DedupState, ShardKeys
-from llmlab.curate.judge import Judge, Judged
+from llmlab.curate.judge import Judge, Judged, token_counter
 from llmlab.curate.report import STAGES, CurationReport, summary
-from llmlab.data.sources import SourceReport, read_documents
+from llmlab.data.sources import CURATED_MARK, SourceReport, read_documents
 from llmlab.errors import LlmlabError
 
-FINISHED = "curation.json"
+FINISHED = CURATED_MARK
 RUN = "run.json"
 WORK = "work"  # per-shard keys, reports and duplicate lists while the run is going
 
@@ -46,21 +46,26 @@ class CurateJob:
     shard_docs: int = 1000
     workers: int = 2
     overwrite: bool = False
+    tokenizer: str | None = None  # count tokens in and out with this checkpoint's (or tokenizer.json's) tokenizer
 
     def identity(self) -> dict:
         """What decides the output; a folder written for another identity is not resumed."""
         data = self.data if self.data is None or str(self.data).startswith("hf:") else str(Path(self.data).resolve())
         return {"data": data, "glob": self.glob, "text_field": self.text_field, "shard_docs": self.shard_docs,
+                "tokenizer": self.tokenizer and str(Path(self.tokenizer).resolve()),
                 "config": config_as_dict(self.cfg)}  # fmt: skip
 
 
 def curate(job: CurateJob, progress: Callable[[str], None] | None = None) -> dict:
     """Run (or resume, or return the finished report of) a curation; the report as a dict."""
+    require_packages(job.cfg)
     done = prepare_output(job)
     if done is None:
         return json.loads((job.out / FINISHED).read_text())
     index = index_for(job.cfg.decontaminate) if job.cfg.decontaminate.enabled else None
     state, report = DedupState(job.cfg), CurationReport()
+    if job.tokenizer and job.cfg.boilerplate.enabled:
+        state.count_tokens = token_counter(job.tokenizer)  # boilerplate edits text after the workers counted
     for shard in range(done):
         state.restore(ShardKeys.load(_work(job, shard, "keys.safetensors")))
         report.add(CurationReport.from_dict(json.loads(_work(job, shard, "report.json").read_text())))
@@ -75,6 +80,28 @@ def curate(job: CurateJob, progress: Callable[[str], None] | None = None) -> dic
         if progress:
             progress(_progress_line(report, read_chars, time.perf_counter() - started))
     return _finish(job, report, sources, index)
+
+
+def require_packages(cfg: CurateConfig) -> None:
+    """Each enabled stage's package, checked before any work: one line naming the extra, not a traceback."""
+    import importlib.util
+
+    needed = {"xxhash": True, "ftfy": cfg.normalize.enabled and cfg.normalize.fix_unicode,
+              "lingua": cfg.language.enabled, "profanity_check": cfg.toxicity.enabled}  # fmt: skip
+    for module, wanted in needed.items():
+        if wanted and importlib.util.find_spec(module) is None:
+            raise LlmlabError(f"the {module} package is missing", "pip install 'llmlab[curate]'")
+
+
+def curated_tokens(folder: str | Path) -> int:
+    """The tokens a finished curation kept (counted with the tokenizer it was run with)."""
+    path = Path(folder) / FINISHED
+    if not path.is_file():
+        raise LlmlabError(f"{folder} is not a finished curation", "run llmlab data clean --out there first")
+    tokens = json.loads(path.read_text()).get("tokens")
+    if not tokens:
+        raise LlmlabError(f"{folder} was curated without counting tokens", "rerun llmlab data clean with --tokenizer")
+    return int(tokens["out"])
 
 
 def prepare_output(job: CurateJob) -> int | None:
@@ -125,10 +152,10 @@ def _judge_all(shards: Iterator[list], job: CurateJob, index: EvalIndex | None) 
     """Each shard judged, in order; with workers, its slices run in parallel and the next shard is already
     being judged while this one is deduplicated and written (at most two shards in memory)."""
     if job.workers <= 1:
-        judge = Judge(job.cfg, index)
+        judge = Judge(job.cfg, index, job.tokenizer)
         yield from (judge(shard) for shard in shards)
         return
-    with ProcessPoolExecutor(job.workers, initializer=_start_worker, initargs=(job.cfg, index)) as pool:
+    with ProcessPoolExecutor(job.workers, initializer=_start_worker, initargs=(job.cfg, index, job.tokenizer)) as pool:
         pending: list[list[Future]] = []
         for shard in shards:
             step = -(-len(shard) // job.workers)
@@ -142,9 +169,9 @@ def _judge_all(shards: Iterator[list], job: CurateJob, index: EvalIndex | None) 
 _JUDGE: Judge | None = None
 
 
-def _start_worker(cfg: CurateConfig, index: EvalIndex | None) -> None:
+def _start_worker(cfg: CurateConfig, index: EvalIndex | None, tokenizer: str | None) -> None:
     global _JUDGE
-    _JUDGE = Judge(cfg, index)
+    _JUDGE = Judge(cfg, index, tokenizer)
 
 
 def _judge_slice(docs: list[tuple[int, str]]) -> list[Judged]:
@@ -192,6 +219,8 @@ def _dedup(doc: Judged, state: DedupState, keys: ShardKeys, duplicates: list[dic
             doc.drop("boilerplate", "boilerplate.empty")
             return
         doc.text = text
+        if removed and doc.tokens and state.count_tokens:
+            doc.tokens[-1] = state.count_tokens(text)
     doc.passed(doc.text)
 
 
@@ -212,6 +241,9 @@ def _count(doc: Judged, report: CurationReport) -> None:
     for key, value in doc.edits.items():
         stage, what = key.split(":", 1)
         report.stages[stage].edits[what] += value
+    if doc.tokens:
+        report.tokens_in += doc.tokens[0]
+        report.tokens_out += doc.tokens[-1] if not doc.stage else 0
     if doc.kind:
         report.kinds[doc.kind] += 1
     if doc.language:
@@ -226,6 +258,8 @@ def _count(doc: Judged, report: CurationReport) -> None:
 
 def _finish(job: CurateJob, report: CurationReport, sources: SourceReport, index: EvalIndex | None) -> dict:
     data = report.to_dict()
+    if job.tokenizer:
+        data["tokens"] = {"tokenizer": job.tokenizer, "in": report.tokens_in, "out": report.tokens_out}
     data["sources"] = {"files_read": sources.files_read, "skipped_binary": sources.skipped_binary,
                        "skipped_undecodable": sources.skipped_undecodable,
                        "skipped_paths": sources.skipped_paths[:100]}  # fmt: skip

@@ -44,6 +44,8 @@ class CurationReport:
     languages: Counter = field(default_factory=Counter)
     contamination: dict[str, dict[str, int]] = field(default_factory=dict)  # set -> {documents, ngrams}
     flagged: list[int] = field(default_factory=list)  # decontamination with action "flag": kept, listed
+    tokens_in: int = 0  # with a tokenizer: tokens read, and tokens of the documents kept
+    tokens_out: int = 0
 
     def sample(self, reason: str, doc_id: int, text: str, **extra) -> None:
         kept = self.samples.setdefault(reason, [])
@@ -63,6 +65,8 @@ class CurationReport:
             mine["documents"] += found["documents"]
             mine["ngrams"] += found["ngrams"]
         self.flagged.extend(other.flagged)
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
 
     def to_dict(self) -> dict:
         stages = {name: {"docs_in": c.docs_in, "docs_out": c.docs_out, "chars_in": c.chars_in,
@@ -70,7 +74,8 @@ class CurationReport:
                          "edits": dict(sorted(c.edits.items()))} for name, c in self.stages.items()}  # fmt: skip
         return {"stages": stages, "samples": dict(sorted(self.samples.items())), "kinds": dict(self.kinds),
                 "languages": dict(self.languages.most_common()), "contamination": self.contamination,
-                "flagged": sorted(self.flagged)}  # fmt: skip
+                "flagged": sorted(self.flagged), "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict) -> CurationReport:
@@ -81,6 +86,7 @@ class CurationReport:
         report.samples = data["samples"]
         report.kinds, report.languages = Counter(data["kinds"]), Counter(data["languages"])
         report.contamination, report.flagged = data["contamination"], list(data["flagged"])
+        report.tokens_in, report.tokens_out = data["tokens_in"], data["tokens_out"]
         return report
 
 

@@ -13,6 +13,7 @@ from llmlab.errors import LlmlabError
 
 DEFAULT_CORPUS = "python-stdlib"
 RECORD_FILES = (".json", ".csv", ".parquet")  # given as --data: one document per record's text field
+CURATED_MARK = "curation.json"  # `llmlab data clean` writes it last: its data/part-*.jsonl are then complete
 
 
 @dataclass
@@ -48,6 +49,9 @@ def read_documents(
     path = Path(path)
     if not path.exists():
         raise LlmlabError(f"data path {path} does not exist", "pass a text file, a folder or a .jsonl file")
+    if path.is_dir() and (path / "run.json").exists() and (path / "data").is_dir():
+        yield from _read_curated(path, report)
+        return
     if path.is_dir():
         files = sorted(p for p in path.glob(glob) if p.is_file())
         if not files:
@@ -55,6 +59,13 @@ def read_documents(
         yield from _read_files(files, text_field, report)
     else:
         yield from _read_files([path], text_field, report)
+
+
+def _read_curated(folder: Path, report: SourceReport) -> Iterator[str]:
+    """A `llmlab data clean` folder: its curated documents only (not its reports), once it is finished."""
+    if not (folder / CURATED_MARK).exists():
+        raise LlmlabError(f"{folder} is an unfinished curation", f"rerun llmlab data clean with --out {folder}")
+    yield from _read_files(sorted((folder / "data").glob("part-*.jsonl")), "text", report)
 
 
 def _read_files(files: list[Path], text_field: str, report: SourceReport) -> Iterator[str]:

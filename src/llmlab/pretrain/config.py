@@ -31,6 +31,9 @@ class PretrainData(Validated):
         None, "text file, folder (see --glob) or .jsonl file; default: the Python standard library's source"
     )
     glob: str = option("**/*", "files to read under a --data folder")
+    curate: str | None = option(
+        None, "curate --data first (`llmlab data clean`): 'default' or a curate.yaml; the result is cached"
+    )
     text_field: str = option("text", "JSONL field holding the text")
     input_field: str = option("input", "seq2seq JSONL field holding the input")
     target_field: str = option("target", "seq2seq JSONL field holding the target")

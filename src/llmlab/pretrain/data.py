@@ -4,6 +4,7 @@ each batch a pure function of (seed, step, micro-step) so a resumed run sees the
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from llmlab.config import ModelConfig
 from llmlab.data.objectives import Batch, causal_lm_batch, mlm_batch, seq2seq_batch, span_batch, span_lengths
@@ -26,9 +27,30 @@ def load_training_data(
             cfg.data, cfg.input_field, cfg.target_field, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction,
             tokenizer, log, family,
         )  # fmt: skip
-    return prepare_data(
-        cfg.data, cfg.glob, cfg.text_field, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, tokenizer, log, family
-    )
+    data, glob, text_field = cfg.data, cfg.glob, cfg.text_field
+    if cfg.curate:
+        data, glob, text_field = str(curated_copy(cfg, log)), "**/*", "text"
+    return prepare_data(data, glob, text_field, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction, tokenizer, log, family)
+
+
+def curated_copy(cfg: PretrainConfig, log: Callable[[str], None]) -> Path:
+    """`--data` through the curation pipeline, into a cache folder named by the run's identity: a second
+    run with the same data and config reuses it, an interrupted one resumes."""
+    import hashlib
+    import json
+
+    from llmlab.curate.config import load_config
+    from llmlab.curate.pipeline import CurateJob, curate
+    from llmlab.data.tokens import cache_root
+
+    job = CurateJob(cfg.data, Path(), load_config(None if cfg.curate == "default" else cfg.curate), cfg.glob,
+                    cfg.text_field)  # fmt: skip
+    key = hashlib.sha256(json.dumps(job.identity(), sort_keys=True).encode()).hexdigest()[:16]
+    job.out = cache_root() / "curated" / key
+    report = curate(job, log)
+    read, kept = report["stages"]["read"]["docs_in"], report["stages"]["boilerplate"]["docs_out"]
+    log(f"curated {read:,} documents to {kept:,} in {job.out} (report.md there)")
+    return job.out
 
 
 def window_length(objective: str, cfg: PretrainConfig, block: int) -> int:
