@@ -9,6 +9,8 @@ print(gen.generate(["def fib(n):"], llmlab.GenerationConfig(greedy=True))[0][0].
 
 from llmlab.checkpoint.folder import Checkpoint, save_checkpoint
 from llmlab.config import PRESETS, ModelConfig
+from llmlab.curate.config import CurateConfig
+from llmlab.curate.pipeline import CurateJob, curate
 from llmlab.errors import LlmlabError
 from llmlab.finetune.config import FinetuneConfig
 from llmlab.finetune.recipe import finetune
@@ -29,6 +31,8 @@ __all__ = [
     "PRESETS",
     "Checkpoint",
     "Completion",
+    "CurateConfig",
+    "CurateJob",
     "DecoderLM",
     "EncoderDecoderLM",
     "EncoderLM",
@@ -45,6 +49,7 @@ __all__ = [
     "add_lora",
     "build_model",
     "classify_texts",
+    "curate",
     "finetune",
     "load_checkpoint",
     "merge_lora",

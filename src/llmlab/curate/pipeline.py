@@ -86,7 +86,7 @@ def require_packages(cfg: CurateConfig) -> None:
     """Each enabled stage's package, checked before any work: one line naming the extra, not a traceback."""
     import importlib.util
 
-    needed = {"xxhash": True, "ftfy": cfg.normalize.enabled and cfg.normalize.fix_unicode,
+    needed = {"yaml": True, "ftfy": cfg.normalize.enabled and cfg.normalize.fix_unicode,
               "lingua": cfg.language.enabled, "profanity_check": cfg.toxicity.enabled}  # fmt: skip
     for module, wanted in needed.items():
         if wanted and importlib.util.find_spec(module) is None:
