@@ -37,10 +37,14 @@ def cmd_clean(args: argparse.Namespace) -> None:
 
 
 def _print_summary(report: dict, out: str) -> None:
-    rows = [[name, f"{c['docs_in']:,}", f"{c['docs_out']:,}", f"{c['chars_in']:,}", f"{c['chars_out']:,}",
-             ", ".join(f"{k} {v:,}" for k, v in {**c["removed"], **c["edits"]}.items())]
-            for name, c in report["stages"].items()]  # fmt: skip
-    print_table(rows, ["stage", "docs in", "docs out", "chars in", "chars out", "removed / edited"])
+    stages = report["stages"]
+    rows = [[name, f"{c['docs_in']:,}", f"{c['docs_out']:,}", f"{c['docs_in'] - c['docs_out']:,}", f"{c['chars_in']:,}",
+             f"{c['chars_out']:,}"] for name, c in stages.items()]  # fmt: skip
+    print_table(rows, ["stage", "docs in", "docs out", "removed", "chars in", "chars out"])
+    for name, c in stages.items():
+        changes = {**c["removed"], **{f"edited: {k}": v for k, v in c["edits"].items()}}
+        if changes:
+            print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(changes.items(), key=lambda kv: -kv[1])))
     for name, found in report.get("contamination", {}).items():
         print(f"contamination: {found['documents']:,} documents share {found['ngrams']:,} n-grams with {name}")
     for name, why in report.get("decontamination", {}).get("unavailable", {}).items():
