@@ -108,3 +108,57 @@ def test_a_channel_pruned_checkpoint_loads_with_its_new_width(tmp_path, capsys):
     assert small.config.intermediate_size == original - int(original * 0.25) and "feed-forward width" in out
     code, out, _ = run_cli(capsys, "generate", tmp_path / "small", "--prompt", "def", "--max-new-tokens", 4, "--greedy")
     assert code == 0
+
+
+@pytest.mark.parametrize(("style", "kv_heads"), [("gpt2", 4), ("llama", 2), ("bert", 4)])
+def test_head_pruning_equals_silencing_those_heads_and_shrinks_the_model(style, kv_heads):
+    """The smaller model computes exactly what the original computes with the dropped heads' outputs zeroed
+    (their columns of `proj`); under grouped-query attention whole key/value groups go."""
+    from llmlab.model.layers import SelfAttention
+    from llmlab.prune.heads import _group_rows, group_scores, prune_heads
+
+    model = tiny_model(style, vocab_size=64, block_size=32, n_kv_head=kv_heads)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for attn in [m for m in reference.modules() if isinstance(m, SelfAttention)]:
+            dropped = group_scores(attn, "magnitude", None).topk(kv_heads // 2, largest=False).indices
+            attn.proj.weight[:, _group_rows(attn, dropped)[1]] = 0
+    before = sum(p.numel() for p in model.parameters())
+    assert prune_heads(model, 0.5, "magnitude") == (4, 2)
+    assert (model.config.n_head, model.config.n_kv_head, model.config.head_dim) == (2, kv_heads // 2, 8)
+    assert sum(p.numel() for p in model.parameters()) < before
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_wanda_heads_follow_the_attention_outputs(tmp_path, capsys):
+    """Wanda ranks a group by |proj| x its outputs' norms: a head whose output is scaled up is kept."""
+    from llmlab.model.layers import SelfAttention
+    from llmlab.prune.heads import _group_rows, group_scores
+
+    model = tiny_model("gpt2", vocab_size=64, block_size=32)
+    attn = next(m for m in model.modules() if isinstance(m, SelfAttention))
+    weak = group_scores(attn, "magnitude", None).argmin()
+    norms = torch.ones(attn.n_head * attn.head_dim)
+    norms[_group_rows(attn, weak.view(1))[1]] = 1000.0
+    assert group_scores(attn, "wanda", norms).argmax() == weak
+    with pytest.raises(LlmlabError, match="needs the attention outputs"):
+        group_scores(attn, "wanda", None)
+
+
+def test_a_head_pruned_checkpoint_loads_and_generates(tmp_path, capsys):
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    save_checkpoint(tmp_path / "ckpt", tiny_model("llama", vocab_size=tok.vocab_size, block_size=32), tok)
+    text = tmp_path / "text.txt"
+    text.write_text(SAMPLE_TEXT * 3)
+    code, out, err = run_cli(capsys, "prune", tmp_path / "ckpt", tmp_path / "small", "--structure", "heads",
+                             "--method", "wanda", "--calibration", text, "--sparsity", 0.5)  # fmt: skip
+    assert code == 0, err
+    small = load_checkpoint(str(tmp_path / "small")).model
+    assert (small.config.n_head, small.config.head_dim) == (2, 8) and "2 attention heads" in out
+    code, _, err = run_cli(capsys, "generate", tmp_path / "small", "--prompt", "def", "--max-new-tokens", 4, "--greedy")
+    assert code == 0, err
+    save_checkpoint(tmp_path / "t5", tiny_model("t5", vocab_size=tok.vocab_size, block_size=32), tok)
+    code, _, err = run_cli(capsys, "prune", tmp_path / "t5", tmp_path / "t5-small", "--structure", "heads")
+    assert_one_line_error(code, err, "decoder and encoder models without relative positions")

@@ -60,8 +60,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise LlmlabError("prune needs OUT", "e.g. llmlab prune runs/main runs/main-50 --sparsity 0.5")
     model, report = _pruned(ckpt, args.sparsity, args.method, args.structure, calibration)
     out = save_checkpoint(args.out, model, ckpt.tokenizer, ckpt.generation)
-    if args.structure == "channels":
-        print(f"{out}: {args.method} channels, feed-forward width {model.config.intermediate_size}; "
+    if args.structure in ("channels", "heads"):
+        shape = (f"feed-forward width {model.config.intermediate_size}" if args.structure == "channels" else
+                 f"{model.config.n_head} attention heads ({model.config.n_kv_head} key/value)")  # fmt: skip
+        print(f"{out}: {args.method} {args.structure}, {shape}; "
               f"{report.pruned:,} of {report.total:,} parameters removed ({100 * report.sparsity:.1f}%)")  # fmt: skip
         return
     print(f"{out}: {args.method} {args.structure}, {report.pruned:,} of {report.total:,} weights in {report.layers} "
@@ -76,7 +78,9 @@ def _report(args: argparse.Namespace, ckpt, calibration) -> None:
         raise LlmlabError("--report needs --data TEXT to measure perplexity on", "pass a held-out text file")
     text = read_text(args.data, "--data")
     rows, records = [], []
-    sparsities = {"unstructured": REPORT_SPARSITIES, "2:4": (0.0, 0.5), "channels": (0.0, 0.25, 0.5, 0.75)}
+    shrinks = args.structure in ("channels", "heads")
+    sparsities = {"unstructured": REPORT_SPARSITIES, "2:4": (0.0, 0.5), "channels": (0.0, 0.25, 0.5, 0.75),
+                  "heads": (0.0, 0.25, 0.5, 0.75)}  # fmt: skip
     for sparsity in sparsities[args.structure]:
         row = [f"{sparsity:.0%}"]
         for method in ("magnitude", "wanda"):
@@ -84,14 +88,14 @@ def _report(args: argparse.Namespace, ckpt, calibration) -> None:
             record = {"method": method, "structure": args.structure, "sparsity": sparsity,
                       "perplexity": text_perplexity(model, ckpt.tokenizer, text)[0],
                       "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
-            if args.structure == "channels":
+            if shrinks:
                 record["decode_tokens_per_s"] = _decode_speed(model, ckpt.tokenizer, text)
             records.append(record)
             row.append(f"{record['perplexity']:.2f}")
             print(f"{method} at {sparsity:.0%}: {record}", file=sys.stderr, flush=True)
         rows.append(row + ([f"{records[-1]['parameters']:,}", f"{records[-1]['decode_tokens_per_s']:.1f}"]
-                           if args.structure == "channels" else []))  # fmt: skip
-    extra = ["parameters", "decode tok/s (wanda)"] if args.structure == "channels" else []
+                           if shrinks else []))  # fmt: skip
+    extra = ["parameters", "decode tok/s (wanda)"] if shrinks else []
     print_table(rows, ["sparsity", "magnitude", "wanda", *extra])
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of the blocks' linear weights to zero")
     p.add_argument("--method", default="magnitude", help="magnitude (|W|) or wanda (|W| x input norm, per row)")
     p.add_argument("--structure", default="unstructured",
-                   help="unstructured, 2:4 (2 of every 4 inputs), or channels (whole FFN channels)")  # fmt: skip
+                   help="unstructured, 2:4 (2 of every 4 inputs), channels (whole FFN channels) or heads "
+                   "(whole attention heads; key/value groups under GQA)")  # fmt: skip
     p.add_argument("--calibration", help="text whose activations weigh wanda's scores (required for wanda)")
     p.add_argument("--calibration-tokens", type=int, default=16384, help="tokens of --calibration to read")
     p.add_argument(

@@ -5,7 +5,7 @@ wanda: |W_ij| * ||X_j||, the weight times the norm of the input feature it multi
 tokens, compared within each output row (Sun et al., 2023): a small weight on a large activation matters.
 Structure: unstructured (any weights), or 2:4 (in every group of 4 consecutive inputs of a row, the 2
 lowest scores go: the pattern NVIDIA's sparse tensor cores run at up to 2x); whole feed-forward channels
-are `channels.py`'s.
+are `channels.py`'s, whole attention heads `heads.py`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from llmlab.errors import LlmlabError
 
 METHODS = ("magnitude", "wanda")
-STRUCTURES = ("unstructured", "2:4", "channels")
+STRUCTURES = ("unstructured", "2:4", "channels", "heads")
 
 
 def scores(weight: torch.Tensor, method: str, input_norms: torch.Tensor | None) -> torch.Tensor:

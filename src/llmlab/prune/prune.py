@@ -11,7 +11,10 @@ from torch import nn
 from llmlab.errors import LlmlabError
 from llmlab.model.surgery import find_linears, linears_in_blocks
 from llmlab.prune.channels import prune_channels
+from llmlab.prune.heads import prune_heads
 from llmlab.prune.masks import METHODS, STRUCTURES, keep_mask, scores
+
+SHRINKERS = {"channels": prune_channels, "heads": prune_heads}  # structures that make the model smaller
 
 
 @dataclass
@@ -64,9 +67,9 @@ def prune_model(model: nn.Module, sparsity: float, method: str = "magnitude", st
     check_settings(sparsity, method, structure)
     if sparsity == 0:
         return PruneReport(0, 0, 0)
-    if structure == "channels":
+    if structure in SHRINKERS:
         before = sum(p.numel() for p in model.parameters())
-        prune_channels(model, sparsity, method, norms)
+        SHRINKERS[structure](model, sparsity, method, norms)
         return PruneReport(model.config.n_layer + (model.config.n_decoder_layer or 0), before - sum(
             p.numel() for p in model.parameters()), before)  # fmt: skip
     layers = find_linears(model, linears_in_blocks)
