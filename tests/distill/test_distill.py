@@ -86,3 +86,61 @@ def test_bad_distillation_options_are_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "distill", "--teacher", "x", "--divergence", "kl", "--data", corpus, "--out",
                            tmp_path / "s")  # fmt: skip
     assert_one_line_error(code, err, "divergence")
+
+
+def test_top_k_forward_kl_is_the_teachers_renormalised_top_k():
+    """With k = V it is the full forward KL; with k < V, the KL from the teacher restricted to its top k."""
+    from llmlab.distill.losses import top_k_forward_kl
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 11) * 3, torch.randn(6, 11) * 3
+    values, ids = teacher.topk(11, dim=-1)
+    torch.testing.assert_close(
+        top_k_forward_kl(student, values, ids, 2.0), divergence(student, teacher, 2.0, "forward")
+    )
+    values, ids = teacher.topk(4, dim=-1)
+    p = torch.softmax(values / 2.0, dim=-1)  # the teacher, renormalised over its 4 best tokens
+    log_q = torch.log_softmax(student / 2.0, dim=-1).gather(-1, ids)
+    expected = (p * (p.log() - log_q)).sum(-1)
+    torch.testing.assert_close(top_k_forward_kl(student, values, ids, 2.0), expected)
+
+
+def test_teacher_cache_is_written_once_and_read_by_the_next_run(tmp_path, capsys, monkeypatch):
+    """The second run with the same data, seed and batch shape never runs the teacher on a training batch,
+    and (same student seed) trains to exactly the same losses; another seed writes a new cache."""
+    import llmlab.distill.teacher_cache as teacher_cache
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT * 20)
+    code, _, err = run_cli(capsys, "pretrain", "--data", corpus, "--preset", "llama-nano", "--out",
+                           tmp_path / "teacher", "--max-steps", 2, "--vocab-size", 400, "--block-size", 32,
+                           "--batch-size", 4)  # fmt: skip
+    assert code == 0, err
+    misses = []
+    original = teacher_cache.TeacherCache.targets
+
+    def counting(self, step, micro, rank, compute):
+        result = original(self, step, micro, rank, compute)
+        misses.append(self.misses)
+        return result
+
+    monkeypatch.setattr(teacher_cache.TeacherCache, "targets", counting)
+    args = ["distill", "--teacher", tmp_path / "teacher", "--data", corpus, "--preset", "llama-nano", "--max-steps", 4,
+            "--block-size", 32, "--batch-size", 4, "--teacher-cache", tmp_path / "cache", "--teacher-top-k", 8,
+            "--eval-interval", 100, "--log-interval", 1]  # fmt: skip
+    losses = []
+    for run in ("a", "b"):
+        misses.clear()
+        code, _, err = run_cli(capsys, *args, "--out", tmp_path / run)
+        assert code == 0, err
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        losses.append([row["train_loss"] for row in rows if "train_loss" in row])
+        assert max(misses) == (4 if run == "a" else 0)  # run b: every batch read from the cache
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1 and len(list(folders[0].glob("*.safetensors"))) == 4
+    code, _, err = run_cli(capsys, *args, "--seed", 7, "--out", tmp_path / "c")
+    assert code == 0, err
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    code, _, err = run_cli(capsys, *args, "--divergence", "jsd", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "use --divergence forward")

@@ -37,6 +37,15 @@ def divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
     return beta * (t.exp() * (t - mixture)).sum(-1) + (1 - beta) * (s.exp() * (s - mixture)).sum(-1)
 
 
+def top_k_forward_kl(student: torch.Tensor, values: torch.Tensor, ids: torch.Tensor,
+                     temperature: float) -> torch.Tensor:  # fmt: skip
+    """(N,) forward KL from the teacher's distribution renormalised over its top k tokens ((N, k) logits
+    `values` at token `ids`) to the student's (N, V) logits: the student's full softmax, read at those k."""
+    t = F.log_softmax(values.float() / temperature, dim=-1)
+    s = F.log_softmax(student.float() / temperature, dim=-1).gather(-1, ids)
+    return (t.exp() * (t - s)).sum(-1)
+
+
 def labelled_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     """(N, V) logits at the batch's labelled positions, for any family (as `lm_loss` computes them)."""
     spec = family_spec(unwrap(model).config)
@@ -53,10 +62,14 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float, kind
     """The recipe's loss (`functools.partial` closes over the frozen teacher): the mix above, as a mean over
     labelled positions or their sum / `normalizer`; the soft and hard parts are logged apart."""
     student = labelled_logits(model, batch)
-    with torch.no_grad():
-        target = labelled_logits(teacher, batch)
     labels = batch.labels[batch.labels != IGNORE]
-    soft = divergence(student, target, temperature, kind) * temperature**2
+    cached = getattr(batch, "teacher_values", None)
+    if cached is not None:  # the teacher's top-k, read from the cache (distill/teacher_cache.py)
+        soft = top_k_forward_kl(student, cached, batch.teacher_ids, temperature) * temperature**2
+    else:
+        with torch.no_grad():
+            target = labelled_logits(teacher, batch)
+        soft = divergence(student, target, temperature, kind) * temperature**2
     hard = F.cross_entropy(student.float(), labels, reduction="none")
     scale = 1 / labels.numel() if normalizer is None else 1 / normalizer
     loss = (alpha * soft + (1 - alpha) * hard).sum() * scale

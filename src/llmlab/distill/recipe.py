@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from llmlab.distill.config import DistillConfig
-from llmlab.distill.losses import distillation_loss
+from llmlab.distill.losses import distillation_loss, labelled_logits
+from llmlab.distill.teacher_cache import BATCH_FIELDS, TeacherCache, cached_batches, teacher_identity
 from llmlab.errors import LlmlabError
 from llmlab.load import load_checkpoint
 from llmlab.pretrain.recipe import prepare_job
@@ -51,4 +52,13 @@ def prepare_distillation(cfg: DistillConfig, session: Session, saved: dict[str, 
     session.log(f"teacher: {cfg.teacher}, {sum(p.numel() for p in frozen.parameters()) / 1e6:.2f}M parameters; "
                 f"{cfg.divergence} divergence at temperature {cfg.temperature}, alpha {cfg.alpha}")  # fmt: skip
     loss = functools.partial(distillation_loss, frozen, cfg.temperature, cfg.alpha, cfg.divergence)
-    return dataclasses.replace(job, loss=loss, planned_peak=None)
+    batches = job.batches
+    if cfg.teacher_cache:
+        key = {**{f: getattr(cfg, f) for f in BATCH_FIELDS}, **teacher_identity(cfg.teacher),
+               "top_k": cfg.teacher_top_k, "world": session.world}  # fmt: skip
+        cache = TeacherCache(cfg.teacher_cache, key)
+        rank = session.ctx.rank if session.ctx is not None else 0
+        batches = cached_batches(job.batches, cache, cfg.teacher_top_k,
+                                 lambda b: labelled_logits(frozen, b.to(session.device)), rank)  # fmt: skip
+        session.log(f"teacher cache: {cache.folder} (top {cfg.teacher_top_k} logits per position)")
+    return dataclasses.replace(job, loss=loss, batches=batches, planned_peak=None)
