@@ -7,7 +7,6 @@ than n words cannot be checked this way and are counted as such, never silently 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,22 +61,10 @@ def task_texts(name: str) -> list[str]:
 
 
 def file_texts(path: str) -> list[str]:
-    """Every string field of every record of a JSONL evaluation file."""
-    texts = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LlmlabError(f"cannot read evaluation set {path}: {exc}", "pass a readable JSONL file") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LlmlabError(f"{path}:{number} is not valid JSON ({exc.msg})", "fix or remove that line") from None
-        if isinstance(record, dict):
-            texts.extend(v for v in record.values() if isinstance(v, str))
-    return texts
+    """Every string field of every record of an evaluation file (JSONL, JSON, CSV, Parquet or hf:ORG/NAME)."""
+    from llmlab.data.records import read_records
+
+    return [value for record in read_records(path, split="test") for value in record.values() if isinstance(value, str)]
 
 
 def eval_sets(cfg: DecontaminateConfig) -> tuple[list[EvalSet], dict[str, str]]:
