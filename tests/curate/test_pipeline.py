@@ -170,3 +170,12 @@ def test_boilerplate_paragraphs_seen_before_are_removed(tmp_path):
     assert report["stages"]["boilerplate"]["edits"] == {"paragraphs": 3}
     texts = [json.loads(line)["text"] for line in (tmp_path / "out/data/part-00000.jsonl").open()]
     assert [notice in t for t in texts] == [True, False, False, False]
+
+
+def test_a_bad_evaluation_set_is_refused_before_anything_is_written(tmp_path):
+    path, _, _ = _corpus(tmp_path)
+    missing = {"tasks": [], "files": [str(tmp_path / "no.jsonl")]}
+    for decon, fragment in (({"tasks": ["mmlu"]}, "unknown task"), (missing, "is not a file")):
+        with pytest.raises(LlmlabError, match=fragment):
+            curate(_job(path, tmp_path / "out", {"decontaminate": {"enabled": True, **decon}}, workers=1))
+        assert not (tmp_path / "out").exists()

@@ -59,10 +59,11 @@ class CurateJob:
 def curate(job: CurateJob, progress: Callable[[str], None] | None = None) -> dict:
     """Run (or resume, or return the finished report of) a curation; the report as a dict."""
     require_packages(job.cfg)
+    # evaluation sets are read before the folder is made: a bad one leaves nothing behind
+    index = index_for(job.cfg.decontaminate) if job.cfg.decontaminate.enabled else None
     done = prepare_output(job)
     if done is None:
         return json.loads((job.out / FINISHED).read_text())
-    index = index_for(job.cfg.decontaminate) if job.cfg.decontaminate.enabled else None
     state, report = DedupState(job.cfg), CurationReport()
     if job.tokenizer and job.cfg.boilerplate.enabled:
         state.count_tokens = token_counter(job.tokenizer)  # boilerplate edits text after the workers counted
