@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint mutate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d .venv || python3 -m venv .venv
@@ -38,6 +38,13 @@ bench: $(STAMP)
 	$(PY) bench/speculative.py
 	$(PY) bench/export_parity.py
 	$(PY) bench/rag_helps.py
+
+# Mutation testing (not part of `make test`): `make mutate` runs every group, `make mutate GROUPS="prompts lora"`
+# some; the score table in docs/mutation.md is rewritten from each group's last run.
+GROUPS ?= --all
+mutate: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,mutate]'
+	$(PY) bench/mutate.py $(GROUPS) --table docs/mutation.md
 
 lint: $(STAMP)
 	.venv/bin/ruff check src tests bench

@@ -123,11 +123,11 @@ def test_trainer_plans_its_peak_only_where_the_model_describes_the_run():
 def test_ddp_step_peak_matches_the_allocator_on_each_rank(tmp_path):
     """2 gloo processes: DDP keeps a bucket copy of the gradients through every phase of a step.
 
-    The CPU measurement sometimes overcounts by exactly one set of buckets, in both halves of the step
-    (about one run in ten): most likely DDP's buckets from before its rebuild, released by a finished
-    all-reduce in one of gloo's threads, where the profiler records no frees. So up to three runs are
-    made and one must match every case; a wrong model matches in none. The cases peak at the loss's
-    backward, away from the last buckets' all-reduce."""
+    The CPU measurement sometimes overcounts by exactly one set of buckets, in both halves of a case's step
+    (in about one case of ten, a different one each run): most likely DDP's buckets from before its rebuild,
+    released by a finished all-reduce in one of gloo's threads, where the profiler records no frees. So up to
+    three runs are made and each case must match in all its phases in at least one of them; a wrong model
+    matches in none. The cases peak at the loss's backward, away from the last buckets' all-reduce."""
     import os
     import subprocess
     import sys
@@ -137,16 +137,18 @@ def test_ddp_step_peak_matches_the_allocator_on_each_rank(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     worker = Path(__file__).with_name("peak_worker.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker)]
-    runs = []
+    runs, unmatched = [], {preset for preset, *_ in cases}
     for _ in range(3):
         done = subprocess.run([*command, json.dumps(cases)], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         checks = json.loads(done.stdout.strip().splitlines()[-1])
         assert len(checks) == 9 and all("DDP" in component for _, component, _, _ in checks)
         runs.append([(preset, component, measured / predicted) for preset, component, predicted, measured in checks])
-        if all(0.97 <= ratio <= 1.03 for _, _, ratio in runs[-1]):
+        off = {preset for preset, _, ratio in runs[-1] if not 0.97 <= ratio <= 1.03}
+        unmatched &= off
+        if not unmatched:
             return
-    pytest.fail(f"no run matched every case within 3%: {runs}")
+    pytest.fail(f"{sorted(unmatched)} matched within 3% in no run: {runs}")
 
 
 def test_trainer_logs_the_measured_peak_next_to_the_plan(tmp_path):

@@ -1,0 +1,250 @@
+"""Mutation testing of the core modules (issue 22): does the suite fail when the code is wrong?
+
+mutmut plants one small bug at a time (a flipped comparison, an off-by-one, a dropped argument) in a copy of
+the source and runs only the tests that execute the mutated function; a mutant the tests do not notice
+"survives". Each group in `bench/mutation.toml` names the modules it mutates and the test files that cover
+them, so one group fits on 2 cores in minutes. Survivors that cannot change behaviour are listed there as
+equivalent, each with its reason, and leave the score; every other survivor is a missing test.
+
+    python bench/mutate.py --list                    # the groups
+    python bench/mutate.py sampling quantization     # run them (results are cached: a rerun is incremental)
+    python bench/mutate.py --all --table docs/mutation.md
+    python bench/mutate.py --table docs/mutation.md  # only rewrite the table from the groups' last runs
+
+Each group runs in `.mutants/<group>/` (its own mutmut configuration and cache), never in the checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "bench" / "mutation.toml"
+WORK = ROOT / ".mutants"
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+KILLED_EXIT_CODES = {1, 3, 36, 37, 24, -24, 152, 255, -11, -9}  # mutmut's exit codes for the statuses above
+
+
+@dataclass
+class Group:
+    name: str
+    modules: list[str]
+    tests: list[str]
+    equivalent: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    group: str
+    total: int
+    killed: int
+    equivalent: list[str]
+    survivors: list[str]  # the diff of each survivor that is not a named equivalent
+    seconds: float
+
+    @property
+    def score(self) -> float:
+        scored = self.total - len(self.equivalent)
+        return self.killed / scored if scored else 1.0
+
+
+def load_groups() -> dict[str, Group]:
+    data = tomllib.loads(CONFIG.read_text(encoding="utf-8"))
+    return {name: Group(name=name, **spec) for name, spec in data["groups"].items()}
+
+
+def prepare(group: Group) -> Path:
+    """A folder whose pyproject.toml configures mutmut for this group alone; src and tests are links."""
+    folder = WORK / group.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("src", "tests"):
+        link = folder / name
+        if not link.is_symlink():
+            link.symlink_to(Path("..") / ".." / name)
+    pytest_ini = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]
+    lines = [
+        "[tool.pytest.ini_options]",
+        f"addopts = {json.dumps(pytest_ini['ini_options'].get('addopts', '-q'))}",
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["src"]',
+        f"only_mutate = {json.dumps(group.modules)}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
+        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-x"]',
+        # torch is not fork-safe once its thread pools ran: workers fork from a server that only imported it
+        'process_isolation = "forkserver"',
+        "use_git_change_detection = false",
+        "",
+    ]
+    text = "\n".join(lines)
+    config = folder / "pyproject.toml"
+    if not config.exists() or config.read_text(encoding="utf-8") != text:
+        config.write_text(text, encoding="utf-8")
+    return folder
+
+
+def mutmut(folder: Path, *args: str, capture: bool = True) -> str:
+    env = dict(os.environ, CI="true", LLMLAB_DATA=str(_data_dir()), PYTHONDONTWRITEBYTECODE="1")
+    command = [sys.executable, "-m", "mutmut", *args]
+    done = subprocess.run(command, cwd=folder, env=env, text=True, capture_output=capture)
+    if done.returncode != 0:
+        tail = (done.stdout or "")[-2000:] + (done.stderr or "")[-2000:] if capture else ""
+        raise SystemExit(f"error: mutmut {' '.join(args)} failed in {folder} — {tail.strip() or 'see above'}")
+    return done.stdout or ""
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("LLMLAB_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+def statuses(folder: Path) -> dict[str, str]:
+    """Every mutant's status, from `mutmut results --all true` ("    name: status")."""
+    found = {}
+    for line in mutmut(folder, "results", "--all", "true").splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and "__mutmut_" in name:
+            found[name] = status
+    return found
+
+
+def changed_lines(folder: Path, name: str) -> str:
+    """The lines the mutant adds, stripped: how an equivalent mutant is named, stable as code moves."""
+    diff = mutmut(folder, "show", name)
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return "\n".join(added)
+
+
+def function_of(name: str) -> str:
+    """`llmlab.x.y.x_func__mutmut_3` -> `func`; `...xǁClassǁmethod__mutmut_3` -> `Class.method`."""
+    mangled = name.partition("__mutmut_")[0].rpartition(".")[2]
+    if "ǁ" in mangled:
+        _, cls, method = mangled.split("ǁ")
+        return f"{cls}.{method}"
+    return re.sub(r"^x_", "", mangled)
+
+
+def is_equivalent(group: Group, name: str, added: str) -> bool:
+    for entry in group.equivalent:
+        if entry["function"] == function_of(name) and entry["added"].strip() == added:
+            return True
+    return False
+
+
+def retest_survivors(folder: Path) -> int:
+    """Mark every mutant not yet killed as unchecked, so the next run tries it against today's tests (mutmut
+    itself reruns only mutants whose function changed). Returns how many were marked."""
+    marked = 0
+    for meta in (folder / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        codes = data["exit_code_by_key"]
+        for key, code in codes.items():
+            if code is not None and code not in KILLED_EXIT_CODES:
+                codes[key], marked = None, marked + 1
+        meta.write_text(json.dumps(data), encoding="utf-8")
+    return marked
+
+
+def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
+    folder = prepare(group)
+    if fresh:
+        shutil.rmtree(folder / "mutants", ignore_errors=True)
+    started = time.monotonic()
+    print(f"== {group.name}: {', '.join(group.modules)}", flush=True)
+    if (folder / "mutants").exists():
+        print(f"   retesting {retest_survivors(folder)} surviving mutants; killed ones stay killed", flush=True)
+    mutmut(folder, "run", "--max-children", str(max_children), capture=False)
+    found = statuses(folder)
+    killed = sum(status in KILLED for status in found.values())
+    equivalent, survivors = [], []
+    for name, status in sorted(found.items()):
+        if status in KILLED:
+            continue
+        added = changed_lines(folder, name)
+        target = equivalent if is_equivalent(group, name, added) else survivors
+        target.append(f"{name} ({status}): {function_of(name)}: {added!r}")
+    outcome = Outcome(group.name, len(found), killed, equivalent, survivors, time.monotonic() - started)
+    (folder / "outcome.json").write_text(json.dumps(outcome.__dict__, indent=1), encoding="utf-8")
+    return outcome
+
+
+def saved_outcomes(groups: dict[str, Group]) -> list[Outcome]:
+    """The last outcome of every group that has run here, in the configuration's order."""
+    found = []
+    for name in groups:
+        saved = WORK / name / "outcome.json"
+        if saved.exists():
+            found.append(Outcome(**json.loads(saved.read_text(encoding="utf-8"))))
+    return found
+
+
+def write_table(outcomes: list[Outcome], path: Path, groups: dict[str, Group]) -> None:
+    """The score table between the markers in `path` (the rest of the file is the reader's)."""
+    rows = [
+        "| group | modules | mutants | killed | equivalent | score |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for o in outcomes:
+        modules = ", ".join(m.removeprefix("src/llmlab/") for m in groups[o.group].modules)
+        rows.append(f"| {o.group} | {modules} | {o.total} | {o.killed} | {len(o.equivalent)} | {o.score:.1%} |")
+    begin, end = "<!-- mutation-table -->", "<!-- /mutation-table -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else f"{begin}\n{end}\n"
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{begin}\n" + "\n".join(rows) + f"\n{end}{tail}", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("groups", nargs="*", help="groups of bench/mutation.toml to run")
+    parser.add_argument("--all", action="store_true", help="run every group")
+    parser.add_argument("--list", action="store_true", help="print the groups and exit")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--table", type=Path, help="write every group's last score into the table in this file")
+    parser.add_argument("--json", type=Path, help="write the outcomes as JSON")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget earlier results (after changing which tests exist for a function, or the mutmut version)",
+    )
+    args = parser.parse_args(argv)
+    groups = load_groups()
+    if args.list:
+        for g in groups.values():
+            print(f"{g.name:14} {' '.join(g.modules)}  <-  {' '.join(g.tests)}")
+        return 0
+    chosen = list(groups) if args.all else args.groups
+    unknown = [name for name in chosen if name not in groups]
+    if not chosen and args.table:
+        write_table(saved_outcomes(groups), args.table, groups)
+        return 0
+    if not chosen or unknown:
+        print(f"error: unknown or no groups {unknown} — choose from {', '.join(groups)} or --all", file=sys.stderr)
+        return 2
+    outcomes = [run_group(groups[name], args.max_children, args.fresh) for name in chosen]
+    for o in outcomes:
+        print(
+            f"\n{o.group}: {o.killed}/{o.total - len(o.equivalent)} killed = {o.score:.1%} "
+            f"({len(o.equivalent)} equivalent, {o.seconds:.0f} s)"
+        )
+        for line in o.survivors:
+            print(f"  survived: {line}")
+    if args.table:
+        write_table(saved_outcomes(groups), args.table, groups)
+    if args.json:
+        args.json.write_text(json.dumps([o.__dict__ | {"score": o.score} for o in outcomes], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
