@@ -17,6 +17,7 @@ Each group runs in `.mutants/<group>/` (its own mutmut configuration and cache),
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -42,6 +43,7 @@ class Group:
     modules: list[str]
     tests: list[str]
     equivalent: list[dict] = field(default_factory=list)
+    pytest_args: list[str] = field(default_factory=lambda: ["-m", "not compiles"])
 
 
 @dataclass
@@ -73,17 +75,19 @@ def prepare(group: Group) -> Path:
         if not link.is_symlink():
             link.symlink_to(Path("..") / ".." / name)
     pytest_ini = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]
-    lines = [
-        "[tool.pytest.ini_options]",
-        f"addopts = {json.dumps(pytest_ini['ini_options'].get('addopts', '-q'))}",
+    lines = ["[tool.pytest.ini_options]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in pytest_ini["ini_options"].items()]
+    lines += [
         "",
         "[tool.mutmut]",
         'source_paths = ["src"]',
         f"only_mutate = {json.dumps(group.modules)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
-        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-x"]',
+        # the tests that compile take 20-30 s each in a fresh process: the compiled step is its own group's concern
+        f"pytest_add_cli_args = {json.dumps(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-x', *group.pytest_args])}",  # noqa: E501
         # torch is not fork-safe once its thread pools ran: workers fork from a server that only imported it
         'process_isolation = "forkserver"',
+        "timeout_multiplier = 5.0",  # a mutant that loops is stopped at 5x its tests' clean time, not 15x
         "use_git_change_detection = false",
         "",
     ]
@@ -95,7 +99,13 @@ def prepare(group: Group) -> Path:
 
 
 def mutmut(folder: Path, *args: str, capture: bool = True) -> str:
-    env = dict(os.environ, CI="true", LLMLAB_DATA=str(_data_dir()), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(
+        os.environ,
+        CI="true",
+        LLMLAB_DATA=str(_data_dir()),
+        PYTHONDONTWRITEBYTECODE="1",
+        LLMLAB_TEST_INDUCTOR_CACHE=str(folder / "inductor"),
+    )
     command = [sys.executable, "-m", "mutmut", *args]
     done = subprocess.run(command, cwd=folder, env=env, text=True, capture_output=capture)
     if done.returncode != 0:
@@ -155,6 +165,22 @@ def retest_survivors(folder: Path) -> int:
     return marked
 
 
+def keep_results_for_more_tests(folder: Path, group: Group) -> bool:
+    """mutmut forgets every result when the test selection changes; tests added to a group cannot revive a killed
+    mutant, so keep the verdicts and only make mutmut map every test to its functions again. True if changed."""
+    stats_file = folder / "mutants" / "mutmut-stats.json"
+    if not stats_file.exists():
+        return False
+    stats = json.loads(stats_file.read_text(encoding="utf-8"))
+    selection = hashlib.sha256(repr(tuple(group.tests)).encode()).hexdigest()[:12]  # as mutmut fingerprints it
+    if stats.get("config_fingerprint", {}).get("test_selection") in (None, selection):
+        return False
+    stats["config_fingerprint"]["test_selection"] = selection
+    stats["tests_by_mangled_function_name"], stats["duration_by_test"] = {}, {}
+    stats_file.write_text(json.dumps(stats), encoding="utf-8")
+    return True
+
+
 def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     folder = prepare(group)
     if fresh:
@@ -162,6 +188,8 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     started = time.monotonic()
     print(f"== {group.name}: {', '.join(group.modules)}", flush=True)
     if (folder / "mutants").exists():
+        if keep_results_for_more_tests(folder, group):
+            print("   the group's tests changed: every test is mapped to its functions again", flush=True)
         print(f"   retesting {retest_survivors(folder)} surviving mutants; killed ones stay killed", flush=True)
     mutmut(folder, "run", "--max-children", str(max_children), capture=False)
     found = statuses(folder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from llmlab.tokenizer import train_tokenizer
@@ -14,7 +16,8 @@ def private_caches(tmp_path_factory, monkeypatch):
     unless asked."""
     root = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("LLMLAB_CACHE", str(root / "llmlab-cache"))
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    # a mutation run (bench/mutate.py) shares one compile cache across its thousands of short sessions
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("LLMLAB_TEST_INDUCTOR_CACHE", str(root / "inductor")))
     # decoding steps are compiled only where a test asks (compile="on"): a compile takes seconds
     monkeypatch.setenv("LLMLAB_COMPILE", "off")
 

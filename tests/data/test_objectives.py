@@ -1,22 +1,30 @@
 """Masked LM and span corruption against the published algorithms (BERT, T5), by statistics over many draws."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from llmlab.data.objectives import (
     IGNORE,
+    Batch,
+    _generator,
+    causal_lm_batch,
     check_objective,
     mask_tokens,
     merge_span_corruption,
     mlm_batch,
+    ordinary_tokens,
+    random_segmentation,
     random_spans_noise_mask,
+    seq2seq_batch,
     span_batch,
     span_corrupt,
     span_lengths,
 )
 from llmlab.errors import LlmlabError
-from llmlab.tokenizer import train_tokenizer
+from llmlab.tokenizer import EOS, TextTokenizer, train_tokenizer
 from tests.helpers import SAMPLE_TEXT
 
 
@@ -150,3 +158,241 @@ def test_a_ranks_rows_are_exactly_those_rows_of_the_whole_batch():
                 continue
             assert torch.equal(part.inputs, whole.inputs[start : start + 2]), name
             assert torch.equal(part.labels, whole.labels[start : start + 2]), name
+
+
+# -- exact behaviour of each piece, on hand-made inputs ------------------------------------------------
+
+
+def _raises_exactly(message: str):
+    """The whole one-line message of the LlmlabError (`what — fix`), not just a fragment of it."""
+    return pytest.raises(LlmlabError, match=f"^{re.escape(message)}$")
+
+
+@pytest.mark.parametrize(
+    "family,objective,message",
+    [
+        (
+            "decoder",
+            "xyz",
+            "unknown objective 'xyz' — choose one of: clm, mlm, seq2seq, span",
+        ),
+        (
+            "encoder",
+            "clm",
+            "objective 'clm' does not train encoder models — use --objective mlm with --family encoder,"
+            " or --family decoder for clm",
+        ),
+        (
+            "encoder-decoder",
+            "mlm",
+            "objective 'mlm' does not train encoder-decoder models — use --objective span or seq2seq"
+            " with --family encoder-decoder, or --family encoder for mlm",
+        ),
+        (
+            "decoder",
+            "seq2seq",
+            "objective 'seq2seq' does not train decoder models — use --objective clm with --family decoder,"
+            " or --family encoder-decoder for seq2seq",
+        ),
+    ],
+)
+def test_nonsense_pairs_are_refused_with_the_whole_fix(family, objective, message):
+    with _raises_exactly(message):
+        check_objective(family, objective)
+
+
+def test_moving_a_batch_moves_every_field_and_keeps_absent_ones_absent():
+    inputs, labels = torch.tensor([[5, 6, 0]]), torch.tensor([[7, 8]])
+    attention, decoder = torch.tensor([[True, True, False]]), torch.tensor([[2, 7]])
+    moved = Batch(inputs, labels, attention, decoder).to(torch.device("meta"))
+    fields = (moved.inputs, moved.labels, moved.attention_mask, moved.decoder_inputs)
+    assert all(t is not None and t.device.type == "meta" for t in fields)
+    assert moved.attention_mask.dtype == torch.bool and moved.attention_mask.shape == (1, 3)
+    assert moved.decoder_inputs.dtype == torch.long and moved.decoder_inputs.shape == (1, 2)
+    bare = Batch(inputs, labels).to(torch.device("meta"))
+    assert bare.inputs.device.type == "meta" and bare.attention_mask is None and bare.decoder_inputs is None
+
+
+def test_generators_of_different_steps_draw_different_streams():
+    streams = {
+        tuple(torch.rand(4, generator=_generator(seed, step, micro, 1)).tolist())
+        for seed in (0, 1)
+        for step in range(100)
+        for micro in (0, 1)
+    }
+    assert len(streams) == 400  # 2**62 seeds: no two (seed, step, micro) collide
+
+
+def test_a_short_row_still_masks_exactly_one_token():
+    # [CLS] a b c [SEP]: round(0.15 * 3) = 0 -> at least one; [CLS] 7 tokens [SEP]: round(1.05) = 1
+    ids = torch.tensor([[1, 10, 11, 12, 2, 0, 0, 0, 0], [1, 10, 11, 12, 13, 14, 15, 16, 2]])
+    special = ids < 4
+    for seed in range(20):
+        _, labels = mask_tokens(ids, special, 3, torch.arange(4, 20), torch.Generator().manual_seed(seed))
+        assert (labels != IGNORE).sum(dim=1).tolist() == [1, 1]
+
+
+def test_bert_split_is_half_open_at_80_and_90_percent(monkeypatch):
+    """Selected tokens with draw u become [MASK] for u in [0, .8), random for [.8, .9), stay for [.9, 1)."""
+    below = lambda x: torch.nextafter(torch.tensor(x), torch.tensor(0.0)).item()  # noqa: E731
+    draws = torch.tensor([[0.0, below(0.8), 0.8, below(0.9), 0.9, below(1.0)]], dtype=torch.float32)
+    monkeypatch.setattr(torch, "rand", lambda shape, generator=None: draws.expand(shape).clone())
+    ids = torch.full((1, 6), 5)
+    inputs, labels = mask_tokens(
+        ids, torch.zeros_like(ids, dtype=torch.bool), 3, torch.tensor([7]), torch.Generator(), probability=1.0
+    )
+    assert labels.tolist() == [[5] * 6]
+    assert inputs.tolist() == [[3, 3, 7, 7, 5, 5]]
+
+
+def test_the_random_pool_is_every_non_special_id_as_long():
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    pool = ordinary_tokens(tokenizer)
+    assert pool.dtype == torch.long
+    assert pool.tolist() == [i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_ids]
+    from tokenizers import Tokenizer, models
+
+    only_specials = Tokenizer(models.BPE())
+    only_specials.add_special_tokens([EOS])
+    empty = ordinary_tokens(TextTokenizer(only_specials))
+    assert empty.dtype == torch.long and empty.numel() == 0  # an index tensor even when empty
+
+
+def test_mlm_batches_select_15_percent_by_default():
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    ids = np.asarray(tokenizer.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    assert not set(ids.tolist()) & tokenizer.special_ids
+    batch = mlm_batch(ids, tokenizer, 4, 42, seed=0, step=0)  # 40 window tokens per row
+    assert (batch.labels != IGNORE).sum(dim=1).tolist() == [6] * 4  # round(0.15 * 40)
+
+
+def _without(tokenizer: TextTokenizer, role: str) -> TextTokenizer:
+    setattr(tokenizer, f"{role}_id", None)
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    "role,name",
+    [("cls", "[CLS]"), ("sep", "[SEP]"), ("mask", "[MASK] or <mask>")],
+)
+def test_mlm_batches_need_cls_sep_and_mask(role, name):
+    tokenizer = _without(train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder"), role)
+    ids = np.asarray(tokenizer.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    message = f"the tokenizer has no {name} token, needed for masked-LM training"
+    message += " — use a checkpoint of a family that has it"
+    with _raises_exactly(message):
+        mlm_batch(ids, tokenizer, 2, 16, seed=0, step=0)
+
+
+def test_span_batches_need_eos_and_sentinels():
+    no_eos = _without(train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder"), "eos")
+    ids = np.asarray(no_eos.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    with _raises_exactly(
+        "the tokenizer has no <|endoftext|> or </s> or <|end_of_text|> token, needed for span corruption"
+        " — use a checkpoint of a family that has it"
+    ):
+        span_batch(ids, no_eos, 2, 32, 0, seed=0, step=0)
+    decoder = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    assert decoder.eos_id is not None and not decoder.sentinel_ids
+    with _raises_exactly("the tokenizer has no <extra_id_N> sentinels — train an encoder-decoder tokenizer"):
+        span_batch(ids, decoder, 2, 32, 0, seed=0, step=0)
+
+
+def test_noise_counts_are_clamped_to_at_least_one_token_and_one_kept():
+    rng = np.random.default_rng(0)
+    for length in (3, 5, 6):  # round(0.15 * length) is 0 or 1: one noise token, in one span
+        mask = random_spans_noise_mask(length, 0.15, 3.0, rng)
+        assert mask.sum() == 1 and not mask[0]
+    # every token noise asked for: all but the first (kept) token, in one span as asked
+    assert random_spans_noise_mask(10, 1.0, 10.0, rng).tolist() == [False] + [True] * 9
+    mask = random_spans_noise_mask(12, 0.5, 6.0, rng)  # 6 noise tokens in round(6 / 6) = 1 span
+    assert mask.sum() == 6 and np.count_nonzero(np.diff(mask.astype(int)) == 1) == 1
+
+
+def test_random_segmentation_can_cut_anywhere():
+    rng = np.random.default_rng(0)
+    assert random_segmentation(3, 3, rng).tolist() == [1, 1, 1]
+    assert random_segmentation(5, 1, rng).tolist() == [5]
+    seen = set()
+    for _ in range(300):
+        lengths = random_segmentation(4, 2, rng)
+        assert lengths.sum() == 4 and (lengths >= 1).all()
+        seen.add(tuple(lengths.tolist()))
+    assert seen == {(1, 3), (2, 2), (3, 1)}  # the cut can fall after any of the first three items
+
+
+def test_span_corruption_of_a_span_at_the_start_with_every_sentinel_used():
+    tokens = np.array([10, 11, 12, 13, 14, 15], dtype=np.int32)
+    mask = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
+    sentinels, eos = [99, 98], 1  # exactly as many sentinels as spans
+    inputs, targets = span_corrupt(tokens, mask, sentinels, eos)
+    assert inputs.tolist() == [99, 12, 13, 98, 15, 1]
+    assert targets.tolist() == [99, 10, 11, 98, 14, 1]
+    assert inputs.dtype == np.int32 and targets.dtype == np.int32  # the ids keep their dtype
+    merged = merge_span_corruption(inputs, targets, sentinels, eos)
+    assert merged.tolist() == tokens.tolist() and merged.dtype == np.int32
+
+
+def test_span_corruption_refuses_more_spans_than_sentinels():
+    tokens = np.arange(10, 17)
+    mask = np.array([0, 1, 0, 1, 0, 1, 0], dtype=bool)  # three spans
+    with _raises_exactly("3 noise spans but the tokenizer has 2 sentinels — use a shorter --block-size"):
+        span_corrupt(tokens, mask, [99, 98], 1)
+
+
+def test_span_batches_follow_a_non_default_mean_span_length():
+    tokenizer = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    ids = np.asarray(tokenizer.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    raw, target_length = span_lengths(64, 0.15, 2.0)
+    noise = round(raw * 0.15)
+    assert raw - noise + round(noise / 2.0) + 1 == 64  # the helper's own definition, with mean 2
+    assert (raw, target_length) != span_lengths(64, 0.15, 3.0)
+    batch = span_batch(ids, tokenizer, 3, 64, tokenizer.pad_id, seed=0, step=0, mean_noise_span_length=2.0)
+    assert batch.inputs.shape == (3, 64) and batch.labels.shape == (3, target_length)
+    spans = [sum(1 for t in row if t in set(tokenizer.sentinel_ids)) for row in batch.labels.tolist()]
+    assert spans == [round(noise / 2.0)] * 3
+
+
+def test_micro_defaults_to_zero_for_every_objective():
+    encoder = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    t5 = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    ids_e = np.asarray(encoder.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    ids_t = np.asarray(t5.encode_document(SAMPLE_TEXT * 20), dtype=np.int64)
+    pairs = [np.arange(10 * k, 10 * k + k + 1) for k in range(1, 9)]
+    makers = {
+        "clm": lambda **kw: causal_lm_batch(ids_e, 6, 16, 7, 3, **kw),
+        "mlm": lambda **kw: mlm_batch(ids_e, encoder, 6, 32, 7, 3, **kw),
+        "span": lambda **kw: span_batch(ids_t, t5, 6, 32, t5.pad_id, 7, 3, **kw),
+        "seq2seq": lambda **kw: seq2seq_batch(pairs, pairs, 6, 16, 0, 1, 2, 7, 3, **kw),
+    }
+    for name, make in makers.items():
+        default, zero, one = make(), make(micro=0), make(micro=1)
+        assert torch.equal(default.inputs, zero.inputs) and torch.equal(default.labels, zero.labels), name
+        assert not (one.inputs.shape == zero.inputs.shape and torch.equal(one.inputs, zero.inputs)), name
+
+
+def test_seq2seq_batches_cut_pad_and_shift_exactly():
+    sources = [np.array([10]), np.array([20, 21, 22, 23, 24, 25]), np.array([30, 31])]
+    targets = [np.array([110, 111, 112]), np.array([120]), np.array([130, 131, 132, 133, 134, 135, 136])]
+    pad, eos, start, max_length = 0, 1, 2, 4
+    cut_sources = [[10, eos], [20, 21, 22, eos], [30, 31, eos]]  # max_length - 1 tokens, then EOS
+    cut_targets = [[110, 111, 112, eos], [120, eos], [130, 131, 132, eos]]
+    picked = set()
+    for step in range(30):
+        batch = seq2seq_batch(sources, targets, 3, max_length, pad, eos, start, seed=5, step=step)
+        picks = [int(row[0]) // 10 - 1 for row in batch.inputs]
+        picked.update(picks)
+        src = [cut_sources[k] for k in picks]
+        tgt = [cut_targets[k] for k in picks]
+        width, target_width = max(map(len, src)), max(map(len, tgt))
+        assert batch.inputs.tolist() == [s + [pad] * (width - len(s)) for s in src]
+        assert batch.attention_mask.tolist() == [[True] * len(s) + [False] * (width - len(s)) for s in src]
+        labels = [t + [IGNORE] * (target_width - len(t)) for t in tgt]
+        assert batch.labels.tolist() == labels
+        assert batch.decoder_inputs.tolist() == [[start] + [pad if x == IGNORE else x for x in r[:-1]] for r in labels]
+        assert batch.dims == (3, width, target_width)
+        part = seq2seq_batch(sources, targets, 3, max_length, pad, eos, start, seed=5, step=step, rows=slice(1, 3))
+        assert [int(row[0]) // 10 - 1 for row in part.inputs] == picks[1:]
+    assert picked == {0, 1, 2}  # every pair is drawn, the first one included
+    one = seq2seq_batch(sources[:1], targets[:1], 2, max_length, pad, eos, start, seed=0, step=0)
+    assert one.inputs.tolist() == [[10, eos]] * 2 and one.labels.tolist() == [[110, 111, 112, eos]] * 2

@@ -29,6 +29,7 @@ def model_and_tokenizer():
     return tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2).eval(), tok
 
 
+@pytest.mark.compiles
 def test_compiled_generation_gives_the_eager_tokens(model_and_tokenizer):
     model, tok = model_and_tokenizer
     config = GenerationConfig(max_new_tokens=12, min_new_tokens=12, greedy=True)
@@ -47,6 +48,7 @@ def test_compiled_generation_gives_the_eager_tokens(model_and_tokenizer):
     assert not eager.decode_step(0).compiled
 
 
+@pytest.mark.compiles
 def test_the_compiled_server_step_gives_the_eager_tokens(model_and_tokenizer):
     model, tok = model_and_tokenizer
     texts = {}
@@ -76,6 +78,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.compiles
 def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path, fresh_dynamo):
     import torch._inductor.config as inductor
 
@@ -183,7 +186,10 @@ def sharp_model(tok, **overrides):
     return model.eval()
 
 
-@pytest.mark.parametrize(("compile", "positions"), [("off", "rope"), ("on", "rope"), ("off", "relative")])
+COMPILED_ROPE = pytest.param("on", "rope", marks=pytest.mark.compiles)
+
+
+@pytest.mark.parametrize(("compile", "positions"), [("off", "rope"), COMPILED_ROPE, ("off", "relative")])
 def test_every_decoding_step_matches_full_forwards(model_and_tokenizer, compile, positions):
     """Left-padded rows, the prefill and every cached step (the last included) against uncached forwards."""
     _, tok = model_and_tokenizer

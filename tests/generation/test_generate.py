@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -169,3 +171,37 @@ def test_tokenizer_and_model_vocabulary_must_agree(char_tokenizer):
     with pytest.raises(LlmlabError, match="vocabulary"):  # tokens the model has no row for
         Generator(tiny_model("llama", vocab_size=char_tokenizer.vocab_size - 1), char_tokenizer)
     Generator(tiny_model("llama", vocab_size=char_tokenizer.vocab_size + 3), char_tokenizer)  # padded, as T5's is
+
+
+def test_generation_settings_round_trip_through_a_dict_and_ignore_unknown_keys():
+    """A checkpoint stores its decoding defaults as a dict; a newer version's extra keys are ignored."""
+    config = GenerationConfig(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.9, stop=["\n"], seed=4)
+    data = config.to_dict()
+    assert data["max_new_tokens"] == 7 and data["stop"] == ["\n"] and data["seed"] == 4
+    assert GenerationConfig.from_dict({**data, "a_future_setting": 1}) == config
+    assert GenerationConfig.from_dict({}) == GenerationConfig()
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p_exactly():
+    """Probabilities 1/2, 1/4, 1/4 are exact in float32: p = 0.5 keeps one token, p = 0.75 two, and p = 1
+    changes nothing, not even tokens whose probability underflows to zero."""
+    logits = torch.tensor([[0.0, -math.log(2), -math.log(2)]])
+    assert torch.isinf(process_logits(logits, 1.0, 0, 0.5)).tolist() == [[False, True, True]]
+    assert torch.isinf(process_logits(logits, 1.0, 0, 0.75)).tolist() == [[False, False, True]]
+    peaked = torch.tensor([[100.0, 0.0, 0.0, -5.0]])
+    assert torch.equal(process_logits(peaked, 1.0, 0, 1.0), peaked)
+    assert torch.equal(process_logits(peaked, 1.0, 4, 1.0), peaked)  # top-k of the whole vocabulary is off
+
+
+def test_streaming_under_a_grammar_flushes_what_it_held_back(bpe_tokenizer):
+    """Each answer ends with a character that could start a stop string, so the stream holds it back until
+    end-of-sequence and must still deliver it; the grammar applies to the stream as to generate."""
+    from llmlab.generation.constraints import Grammar
+
+    gen = Generator(tiny_model("llama", vocab_size=bpe_tokenizer.vocab_size), bpe_tokenizer, compile="off")
+    grammar = Grammar.choice(["yes", "no"])
+    for seed in range(3):
+        config = GenerationConfig(temperature=1.0, max_new_tokens=10, seed=seed, stop=["s!", "o!"])
+        expected = gen.generate(["Answer:"], config, grammar)[0][0]
+        assert expected.text in {"yes", "no"} and expected.finish_reason == "eos"
+        assert "".join(gen.stream("Answer:", config, grammar)) == expected.text
