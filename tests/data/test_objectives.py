@@ -396,3 +396,12 @@ def test_seq2seq_batches_cut_pad_and_shift_exactly():
     assert picked == {0, 1, 2}  # every pair is drawn, the first one included
     one = seq2seq_batch(sources[:1], targets[:1], 2, max_length, pad, eos, start, seed=0, step=0)
     assert one.inputs.tolist() == [[10, eos]] * 2 and one.labels.tolist() == [[110, 111, 112, eos]] * 2
+
+
+def test_span_corruption_keeps_unsigned_token_ids_intact():
+    """uint16 ids (a corpus stored compactly) must not meet a negative placeholder that wraps to 65535."""
+    tokens = np.array([5, 6, 7, 8, 9, 10], dtype=np.uint16)
+    noise = np.array([False, True, True, False, True, False])
+    inputs, targets = span_corrupt(tokens, noise, [99, 98], eos_id=1)
+    assert inputs.tolist() == [5, 99, 8, 98, 10, 1] and targets.tolist() == [99, 6, 7, 98, 9, 1]
+    assert inputs.dtype == targets.dtype == np.uint16

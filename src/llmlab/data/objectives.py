@@ -224,13 +224,12 @@ def span_corrupt(
     sentinels = np.asarray(sentinel_ids, dtype=tokens.dtype)
     with_sentinels = np.where(starts, sentinels[np.maximum(span_index, 0)], tokens)
     inputs = with_sentinels[~noise_mask | starts]
-    target_tokens = np.where(starts, sentinels[np.maximum(span_index, 0)], -1)
-    # For each noise token: its sentinel first (at a span start), then the token itself.
-    pairs = np.stack([target_tokens, tokens], axis=1)[noise_mask]
-    targets = pairs.flatten()
-    targets = targets[targets >= 0]
+    # For each noise token: its sentinel first (at a span start), then the token itself. A mask picks them,
+    # not a negative placeholder, which unsigned token ids (uint16) would wrap to a valid-looking id.
+    pairs = np.stack([sentinels[np.maximum(span_index, 0)], tokens], axis=1)[noise_mask]
+    keep = np.stack([starts, np.ones_like(starts)], axis=1)[noise_mask]
     eos = np.asarray([eos_id], dtype=tokens.dtype)
-    return np.concatenate([inputs, eos]), np.concatenate([targets.astype(tokens.dtype), eos])
+    return np.concatenate([inputs, eos]), np.concatenate([pairs[keep], eos])
 
 
 def merge_span_corruption(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: list[int], eos_id: int) -> np.ndarray:
