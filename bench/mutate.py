@@ -43,7 +43,7 @@ class Group:
     modules: list[str]
     tests: list[str]
     equivalent: list[dict] = field(default_factory=list)
-    pytest_args: list[str] = field(default_factory=lambda: ["-m", "not compiles"])
+    pytest_args: list[str] = field(default_factory=lambda: ["-m", "not compiles and not long"])
 
 
 @dataclass
@@ -83,7 +83,7 @@ def prepare(group: Group) -> Path:
         'source_paths = ["src"]',
         f"only_mutate = {json.dumps(group.modules)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(group.tests)}",
-        # the tests that compile take 20-30 s each in a fresh process: the compiled step is its own group's concern
+        # tests that compile (20-30 s in a fresh process) or train for long are left out unless a group asks
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-x', *group.pytest_args])}",  # noqa: E501
         # torch is not fork-safe once its thread pools ran: workers fork from a server that only imported it
         'process_isolation = "forkserver"',

@@ -211,6 +211,7 @@ def test_a_decoder_classifies_with_its_last_token(folders, tmp_path, capsys):
     assert code == 0 and [json.loads(line)["labels"] for line in out.splitlines()] == [["pos"], ["neg"]]
 
 
+@pytest.mark.long
 def test_multilabel_and_regression_heads_learn_and_are_scored(folders, tmp_path, capsys):
     rng = random.Random(2)
     tags = [[], ["red"], ["blue"], ["red", "blue"]]

@@ -102,6 +102,7 @@ def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, m
     assert len(lines) == 1  # said once
 
 
+@pytest.mark.compiles
 def test_an_error_of_the_model_itself_is_raised_not_taken_for_a_compile_failure(model_and_tokenizer, fresh_dynamo):
     _, tok = model_and_tokenizer
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1).eval()
@@ -208,3 +209,111 @@ def test_generation_under_bf16_autocast(model_and_tokenizer):
     config = GenerationConfig(max_new_tokens=4, min_new_tokens=4, greedy=True)
     with torch.autocast("cpu", torch.bfloat16):
         assert len(Generator(model, tok, compile="off").generate(PROMPTS, config)[0][0].token_ids) == 4
+
+
+def sharpen(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(4)
+    return model.eval()
+
+
+def greedy_steps(step, steps: int) -> list[torch.Tensor]:
+    logits, new = [], None
+    with torch.no_grad():
+        for _ in range(steps):
+            logits.append(step(new))
+            new = logits[-1].argmax(-1)
+    return logits
+
+
+@pytest.mark.parametrize("preset", ["t5-nano", "transformer-base"])
+def test_every_encoder_decoder_step_matches_full_forwards(model_and_tokenizer, preset):
+    """Right-padded sources of three lengths, the cached decoder steps against one uncached forward per row:
+    logits, not tokens, so a dropped source mask or cache shows."""
+    from llmlab.config import ModelConfig
+    from llmlab.model import build_model
+
+    _, tok = model_and_tokenizer
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(preset, n_layer=2, n_decoder_layer=2, n_head=4, n_embd=32, block_size=48,
+                                     intermediate_size=64, vocab_size=tok.vocab_size)  # fmt: skip
+    model = sharpen(build_model(config))
+    model.config.decoder_start_token_id = tok.eos_id
+    ids = [tok.encode(p) + [tok.eos_id] for p in PROMPTS]
+    steps = greedy_steps(
+        Generator(model, tok, compile="off")._seq2seq_steps(ids, GenerationConfig(max_new_tokens=5)), 5
+    )
+    for row, src in enumerate(ids):
+        chosen = [int(s[row].argmax()) for s in steps[:-1]]
+        with torch.no_grad():
+            want = model(torch.tensor([src]), torch.tensor([[tok.eos_id, *chosen]]))[0].float()
+        torch.testing.assert_close(torch.stack([s[row] for s in steps]), want, atol=2e-3, rtol=1e-3)
+
+
+def test_every_soft_prompted_step_matches_full_forwards(model_and_tokenizer):
+    """A decoder with a soft prompt decodes through a growing cache: each step's logits, left-padded rows."""
+    from llmlab.model.soft_prompt import add_soft_prompt
+
+    _, tok = model_and_tokenizer
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2)
+    add_soft_prompt(model, 4, seed=1)
+    with torch.no_grad():
+        model.soft_prompt.add_(torch.randn_like(model.soft_prompt))
+    model = sharpen(model)
+    steps = stepwise_logits(Generator(model, tok, compile="off"), PROMPTS, 5)
+    for row, prompt in enumerate(PROMPTS):
+        chosen = [int(s[row].argmax()) for s in steps[:-1]]
+        got = torch.stack([s[row] for s in steps])
+        torch.testing.assert_close(got, uncached_logits(model, tok, prompt, chosen), atol=2e-3, rtol=1e-3)
+
+
+def test_auto_compiles_once_enough_tokens_are_asked_for(model_and_tokenizer, monkeypatch):
+    """The policy alone (nothing is called, so nothing compiles): "auto" switches at AUTO_COMPILE_TOKENS
+    counted over calls, keeps its step afterwards, "off" never compiles and "on" always does."""
+    from llmlab.generation.config import AUTO_COMPILE_TOKENS
+
+    model, tok = model_and_tokenizer
+    monkeypatch.setenv("LLMLAB_COMPILE", "auto")  # the tests' default is "off"
+    auto = Generator(model, tok, compile="auto")
+    first = auto.decode_step(AUTO_COMPILE_TOKENS - 2)
+    assert not first.compiled and auto.decode_step(1) is first  # one short of the threshold in all
+    second = auto.decode_step(1)
+    assert second is not first and second.compiled and auto.decode_step(5) is second
+    off = Generator(model, tok, compile="off")
+    assert not off.decode_step(10 * AUTO_COMPILE_TOKENS).compiled
+    assert Generator(model, tok, compile="on").decode_step(1).compiled
+
+
+def test_refresh_repacks_weights_written_behind_the_version_counter(model_and_tokenizer):
+    """An optimizer's fused kernels write parameters without bumping their version: `refresh` must repack."""
+    _, tok = model_and_tokenizer
+    model = sharp_model(tok)
+    generator = Generator(model, tok, compile="off")
+    stepwise_logits(generator, PROMPTS[:1], 2)  # packs the weights
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data.mul_(0.5)  # through .data: the version counter does not move
+    generator.refresh()
+    got = stepwise_logits(generator, PROMPTS[:1], 3)
+    want = stepwise_logits(Generator(model, tok, compile="off"), PROMPTS[:1], 3)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0, atol=0)
+
+
+def test_the_cache_holds_the_models_compute_dtype(model_and_tokenizer, monkeypatch):
+    """A bf16 model's keys and values are cached in bf16 (half the memory), not in the default fp32."""
+    import llmlab.generation.generator as generator_module
+
+    _, tok = model_and_tokenizer
+    made = []
+
+    class Recording(SlotCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(args)
+
+    monkeypatch.setattr(generator_module, "SlotCache", Recording)
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1).to(torch.bfloat16).eval()
+    Generator(model, tok, compile="off").generate(PROMPTS[:1], GenerationConfig(max_new_tokens=2, greedy=True))
+    assert made and made[0][5] == torch.bfloat16 and torch.device(made[0][6]) == torch.device("cpu")

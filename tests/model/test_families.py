@@ -110,6 +110,7 @@ def test_checkpoint_round_trip_for_each_family(tmp_path, style):
             assert torch.equal(model(ids, ids[:, :4]), loaded.model(ids, ids[:, :4]))
 
 
+@pytest.mark.long
 def test_encoder_decoder_learns_to_reverse_strings(tmp_path):
     """~20 s on 2 cores: a 2+2-layer, 64-dim T5-style model trained on 3,000 (string, reversed) pairs."""
     rng = random.Random(0)
@@ -147,6 +148,7 @@ def test_encoder_decoder_learns_to_reverse_strings(tmp_path):
     assert exact >= 0.95
 
 
+@pytest.mark.long
 def test_encoder_recovers_masked_tokens_far_above_chance(tmp_path):
     """Rotary positions: with learned ones this encoder was still near the unigram plateau after 600
     steps (measured), too long for a test."""
