@@ -1,5 +1,6 @@
 """Bad input gets one clear line and exit code 2, nothing half-written; the happy path works end to end."""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def trained(tmp_path_factory):
     return root / "run"
 
 
+def _as_generate_runs(run, prompts, **options):
+    """What `Generator.generate` gives for `prompts`, the checkpoint loaded as `llmlab generate` loads it
+    (auto device and dtype, the checkpoint's generation defaults under the options given)."""
+    from llmlab.device import resolve_device, resolve_dtype
+    from llmlab.generation.config import GenerationConfig
+    from llmlab.generation.generator import Generator
+    from llmlab.load import load_checkpoint
+
+    device = resolve_device("auto")
+    ckpt = load_checkpoint(run, device=device, dtype=resolve_dtype("auto", device))
+    config = GenerationConfig.from_dict({**ckpt.generation.to_dict(), **options})
+    return ckpt, Generator(ckpt.model, ckpt.tokenizer).generate(prompts, config)
+
+
 def test_pretrain_leaves_checkpoint_metrics_and_plot(trained):
     names = {p.name for p in trained.iterdir()}
     assert {
@@ -50,6 +65,22 @@ def test_pretrain_leaves_checkpoint_metrics_and_plot(trained):
         "trainer_state.json",
         "optimizer.safetensors",
     } <= names
+    from llmlab.load import load_checkpoint
+
+    model = json.loads((trained / "config.json").read_text())["model"]
+    ckpt = load_checkpoint(trained)
+    assert (model["n_layer"], model["n_embd"], model["block_size"]) == (1, 32, 32)  # the options, not the preset's
+    corpus = "hello world, hello llmlab.\n"
+    assert model["vocab_size"] == ckpt.tokenizer.vocab_size == len(set(corpus)) + 2  # + unknown, end-of-text
+    ids = ckpt.tokenizer.encode(corpus)
+    assert len(ids) == len(corpus) and ckpt.tokenizer.decode(ids) == corpus  # a character tokenizer
+    state = json.loads((trained / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["tokens_seen"] == 6 * 4 * 32  # steps x batch x block
+    metrics = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "train_loss" in m][-1] == 6
+    assert min(m["val_loss"] for m in metrics if "val_loss" in m) == pytest.approx(state["best_val_loss"], abs=1e-5)
+    png = (trained / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
 def test_generate_batches_prompts_and_samples(capsys, trained):
@@ -70,7 +101,17 @@ def test_generate_batches_prompts_and_samples(capsys, trained):
         "--json",
     )
     assert code == 0
-    assert len(out.splitlines()) == 4
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["prompt"], r["sample"]) for r in records] == [("hello", 1), ("hello", 2), ("wor", 1), ("wor", 2)]
+    ckpt, expected = _as_generate_runs(trained, ["hello", "wor"], max_new_tokens=5, num_samples=2, seed=1)
+    flat = [c for samples in expected for c in samples]
+    assert [(r["completion"], r["finish_reason"], r["tokens"]) for r in records] == [
+        (c.text, c.finish_reason, len(c.token_ids)) for c in flat
+    ]
+    for r in records:  # the count is of the completion's tokens (end-of-sequence not included)
+        assert r["tokens"] == len(ckpt.tokenizer.encode(r["completion"])) <= 5
+        assert r["finish_reason"] == ("length" if r["tokens"] == 5 else "eos")
+    assert len({r["completion"] for r in records}) > 1  # sampled, not one greedy text repeated
 
 
 def test_prompts_file_and_stream(capsys, trained, tmp_path):
@@ -78,10 +119,16 @@ def test_prompts_file_and_stream(capsys, trained, tmp_path):
     prompts.write_text("hello\nwor\n")
     code, out, _ = run_cli(capsys, "generate", trained, "--prompts-file", prompts, "--greedy", "--max-new-tokens", 4)
     assert code == 0 and out.count("--- prompt") == 2
+    _, expected = _as_generate_runs(trained, ["hello", "wor"], greedy=True, max_new_tokens=4)
+    assert out == "".join(
+        f"--- prompt {i}, sample 1 (greedy; ended by {c.finish_reason}) ---\n{c.prompt}{c.text}\n"
+        for i, (c,) in enumerate(expected, 1)
+    )
     code, out, _ = run_cli(
         capsys, "generate", trained, "--prompt", "hel", "--greedy", "--stream", "--max-new-tokens", 4
     )
-    assert code == 0 and out.startswith("hel")
+    _, ((streamed,),) = _as_generate_runs(trained, ["hel"], greedy=True, max_new_tokens=4)
+    assert code == 0 and out == f"hel{streamed.text}\n"
 
 
 @pytest.mark.parametrize(
@@ -102,10 +149,14 @@ def test_invalid_sampling_values(capsys, trained, option, value, fragment):
 def test_prompt_longer_than_context(capsys, trained):
     code, _, err = run_cli(capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8)
     assert_one_line_error(code, err, "context window", "--truncate-prompt")
-    code, out, _ = run_cli(
-        capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8, "--truncate-prompt"
+    code, out, err = run_cli(
+        capsys, "generate", trained, "--prompt", "hello " * 20, "--max-new-tokens", 8, "--truncate-prompt", "--seed", 0
     )
-    assert code == 0
+    assert code == 0 and "warning: prompt truncated from 120 to its last 24 tokens" in err  # 32 - 8 new tokens
+    _, ((c,),) = _as_generate_runs(trained, ["hello " * 20], max_new_tokens=8, truncate_prompt=True, seed=0)
+    mode = "temperature 1.0, top-k off, top-p 1.0"
+    # the whole prompt is printed, though the model saw its last 24 tokens
+    assert out == f"--- prompt 1, sample 1 ({mode}; ended by {c.finish_reason}) ---\n{'hello ' * 20}{c.text}\n"
 
 
 def test_missing_empty_and_binary_data(capsys, tmp_path):
@@ -201,6 +252,10 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
 def test_generate_defaults_leave_room_for_a_prompt(capsys, trained):
     code, out, err = run_cli(capsys, "generate", trained, "--prompt", "hello", "--greedy")  # context 32
     assert code == 0, err
+    ckpt, ((expected,),) = _as_generate_runs(trained, ["hello"], greedy=True)
+    assert ckpt.generation.max_new_tokens == 16  # the default: 5 prompt tokens + 16 new fit in 32
+    assert out == f"--- prompt 1, sample 1 (greedy; ended by {expected.finish_reason}) ---\nhello{expected.text}\n"
+    assert expected.finish_reason == "eos" or len(expected.token_ids) == 16
 
 
 def test_stop_and_prompt_files_accept_written_newlines():

@@ -13,7 +13,7 @@ from llmlab.generation.generator import Generator
 from llmlab.hf.importer import import_hf, load_hf
 from llmlab.load import load_checkpoint
 from llmlab.tokenizer import train_tokenizer
-from tests.helpers import SAMPLE_TEXT
+from tests.helpers import SAMPLE_TEXT, run_cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -109,11 +109,18 @@ def test_greedy_generation_gives_transformers_tokens(hf_folder):
         assert completion.token_ids == theirs.tolist()
 
 
-def test_import_export_round_trip(hf_folder, tmp_path):
+def test_import_export_round_trip(hf_folder, tmp_path, capsys):
     kind, folder, hf = hf_folder
-    assert main(["import", str(folder), str(tmp_path / "ours")]) == 0
+    code, out, err = run_cli(capsys, "import", folder, tmp_path / "ours")
+    assert code == 0, err
     ours = load_checkpoint(tmp_path / "ours")  # an ordinary llmlab checkpoint now
-    assert main(["export", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
+    c = hf.config
+    layers = c.num_hidden_layers + (c.num_decoder_layers if FAMILY[kind] == "encoder-decoder" else 0)
+    summary = f"{ours.model.num_parameters():,} parameters, {layers} layers, vocabulary {c.vocab_size:,}"
+    assert out == f"{tmp_path / 'ours'}: llmlab checkpoint of {folder} ({FAMILY[kind]}, {summary})\n"
+    code, out, err = run_cli(capsys, "export", tmp_path / "ours", tmp_path / "back")
+    assert code == 0, err
+    assert out.startswith(f"{tmp_path / 'back'}: Hugging Face folder; load it with transformers' {type(hf).__name__} ")
     back = getattr(transformers, type(hf).__name__).from_pretrained(tmp_path / "back").eval()
     x = torch.randint(3, ours.tokenizer.vocab_size, (1, 12))
     assert torch.allclose(_logits(back, kind, x, x[:, :5]), _logits(hf, kind, x, x[:, :5]), atol=1e-5)
@@ -125,15 +132,55 @@ def test_import_export_round_trip(hf_folder, tmp_path):
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == ours.tokenizer.encode(text)
 
 
+def _text_ids(tokenizer, kind: str, text: str) -> list[int]:
+    """What each family reads: [CLS] text [SEP] (BERT), text </s> (T5), the text itself (GPT-2, Llama)."""
+    ids = tokenizer.encode(text)
+    return {"encoder": [tokenizer.cls_id, *ids, tokenizer.sep_id], "encoder-decoder": [*ids, tokenizer.eos_id],
+            "decoder": ids}[FAMILY[kind]]  # fmt: skip
+
+
 def test_commands_take_a_hugging_face_folder_directly(hf_folder, capsys):
-    kind, folder, _ = hf_folder
-    if FAMILY[kind] == "encoder":
-        assert main(["fill-mask", str(folder), "def [MASK]dd", "--json"]) == 0
-    else:
-        assert main(["generate", str(folder), "--prompt", "def", "--max-new-tokens", "4", "--json"]) == 0
-    assert main(["embed", str(folder), "--text", "def add", "--json"]) == 0
-    assert main(["attention", str(folder), "--text", "def add", "--out", str(folder / "a.png")]) == 0
-    capsys.readouterr()
+    kind, folder, hf = hf_folder
+    tokenizer = load_hf(folder).tokenizer
+    if FAMILY[kind] == "encoder":  # the top 5 of transformers' own softmax at the [MASK]
+        code, out, err = run_cli(capsys, "fill-mask", folder, "def [MASK]dd", "--json")
+        assert code == 0, err
+        ids = _text_ids(tokenizer, kind, "def [MASK]dd")
+        with torch.no_grad():
+            probs = hf(input_ids=torch.tensor([ids])).logits[0, ids.index(tokenizer.mask_id)].softmax(-1)
+        top = probs.topk(5)
+        (fillers,) = json.loads(out)
+        assert [f["token_id"] for f in fillers] == top.indices.tolist()
+        assert [f["probability"] for f in fillers] == pytest.approx(top.values.tolist(), abs=1e-5)
+        for f in fillers:
+            assert f["token"] == tokenizer.decode([f["token_id"]]) and f["text"] == f"def {f['token']}dd"
+    else:  # transformers' greedy tokens (the folder's generation defaults are greedy)
+        code, out, err = run_cli(capsys, "generate", folder, "--prompt", "def", "--max-new-tokens", 4, "--json",
+                                 "--dtype", "fp32")  # fmt: skip
+        assert code == 0, err
+        ids = tokenizer.encode("def") + ([tokenizer.eos_id] if FAMILY[kind] == "encoder-decoder" else [])
+        with torch.no_grad():
+            generated = hf.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)
+        new = (generated[0, 1:] if FAMILY[kind] == "encoder-decoder" else generated[0, len(ids) :]).tolist()
+        finish = "eos" if new[-1] == tokenizer.eos_id else "length"
+        new = new[:-1] if finish == "eos" else new
+        record = {"prompt": "def", "completion": tokenizer.decode(new), "finish_reason": finish, "tokens": len(new)}
+        assert json.loads(out) == {**record, "sample": 1}
+    code, out, err = run_cli(capsys, "embed", folder, "--text", "def add", "--json")
+    assert code == 0, err
+    ids = torch.tensor([_text_ids(tokenizer, kind, "def add")])
+    body = hf.get_encoder() if FAMILY[kind] == "encoder-decoder" else hf.base_model
+    with torch.no_grad():  # mean-pooled last hidden states, unit length
+        expected = torch.nn.functional.normalize(body(input_ids=ids).last_hidden_state.mean(1), dim=-1)[0]
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert record["text"] == "def add" and record["embedding"] == pytest.approx(expected.tolist(), abs=1e-5)
+    code, out, err = run_cli(capsys, "attention", folder, "--text", "def add", "--out", folder / "a.png")
+    assert code == 0, err
+    png = (folder / "a.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    first, n = "decoder" if FAMILY[kind] == "decoder" else "encoder", ids.shape[1]  # the first kind, over "def add"
+    shape = f"{hf.config.num_hidden_layers} layers x {hf.config.num_attention_heads} heads over {n} x {n} tokens"
+    assert out == f"{first} attention: {shape}; heat map: {folder / 'a.png'}\n"
 
 
 def test_flan_t5_reads_its_generation_defaults(tmp_path):

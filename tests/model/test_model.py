@@ -5,7 +5,7 @@ from llmlab.config import PRESETS, ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.hf.exporter import to_transformers
 from llmlab.model import DecoderLM
-from tests.helpers import tiny_model
+from tests.helpers import assert_one_line_error, run_cli, tiny_model
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
@@ -152,16 +152,19 @@ def test_generator_repacks_after_the_weights_change(char_tokenizer):
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_export_to_hugging_face_loads_with_auto_classes(tmp_path, bpe_tokenizer, style):
+def test_export_to_hugging_face_loads_with_auto_classes(tmp_path, bpe_tokenizer, style, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmlab.checkpoint.folder import save_checkpoint
-    from llmlab.cli import main
 
     model = tiny_model(style, vocab_size=bpe_tokenizer.vocab_size)
     save_checkpoint(tmp_path / "ckpt", model, bpe_tokenizer)
-    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    code, out, err = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "hf", "--to", "hf")
+    assert code == 0, err
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    name = type(hf).__name__
+    assert name == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[style]
+    assert out.startswith(f"{tmp_path / 'hf'}: Hugging Face folder; load it with transformers' {name} ")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "def add(a, b):\n    return a + b"
     ids = tokenizer(text)["input_ids"]
@@ -169,4 +172,7 @@ def test_export_to_hugging_face_loads_with_auto_classes(tmp_path, bpe_tokenizer,
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-4, atol=1e-4)
-    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 2  # never overwrites
+    written = {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir()}
+    code, _, err = run_cli(capsys, "export", tmp_path / "ckpt", tmp_path / "hf")  # never overwrites
+    assert_one_line_error(code, err, f"{tmp_path / 'hf'} already exists", "choose another output folder")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "hf").iterdir()} == written
