@@ -378,3 +378,19 @@ def test_t5_sentencepiece_model_without_tokenizer_json(tmp_path):
     assert tokenizer.encode(text) == spm.SentencePieceProcessor(model_file=str(folder / "spiece.model")).encode(text)
     assert (tokenizer.eos_id, tokenizer.pad_id) == (1, 0)
     assert tokenizer.sentinel_ids[:2] == [59, 58]  # <extra_id_0> is the last id, as in T5
+
+
+def test_an_exported_config_names_the_tokenizers_end_of_text(tmp_path, char_tokenizer):
+    """config.json, not only generation_config.json, must say which id ends a text: task-head exports have no
+    generation config, and tools read the model config (GPT-2's default 50256 is not in a small vocabulary)."""
+    from llmlab.checkpoint.folder import save_checkpoint
+    from llmlab.hf.exporter import export_hf
+    from tests.helpers import tiny_model
+
+    for arch in ("gpt2", "llama"):
+        model = tiny_model(arch, vocab_size=char_tokenizer.vocab_size)
+        save_checkpoint(tmp_path / arch, model, char_tokenizer)
+        export_hf(load_checkpoint(tmp_path / arch), tmp_path / f"{arch}-hf")
+        config = json.loads((tmp_path / f"{arch}-hf" / "config.json").read_text())
+        assert config["eos_token_id"] == char_tokenizer.eos_id != 0, arch
+        assert config["bos_token_id"] == char_tokenizer.eos_id  # no <s>: end-of-text begins texts too

@@ -54,6 +54,10 @@ def export_hf(ckpt: Checkpoint, out: str | Path) -> str:
     generation = getattr(hf, "generation_config", None)  # encoders do not generate
     if generation is not None and tok.eos_id is not None:
         generation.eos_token_id = tok.eos_id
+    bos = tok.bos_id if tok.bos_id is not None else tok.eos_id  # GPT-2 and Llama tokenizers without <s> reuse EOS
+    for attr, value in (("eos_token_id", tok.eos_id), ("bos_token_id", bos)):
+        if value is not None and getattr(hf.config, attr, None) is not None:
+            setattr(hf.config, attr, value)  # the tokenizer's ids, not the architecture's defaults (or 0)
     if pad is not None:
         hf.config.pad_token_id = pad
         if generation is not None:
