@@ -282,6 +282,8 @@ def test_auto_compiles_once_enough_tokens_are_asked_for(model_and_tokenizer, mon
     second = auto.decode_step(1)
     assert second is not first and second.compiled and auto.decode_step(5) is second
     off = Generator(model, tok, compile="off")
+    off.generate(PROMPTS, GenerationConfig(max_new_tokens=4, greedy=True))
+    assert off._decoded == len(PROMPTS) * 4  # a generate call counts rows x new tokens
     assert not off.decode_step(10 * AUTO_COMPILE_TOKENS).compiled
     assert Generator(model, tok, compile="on").decode_step(1).compiled
 
@@ -317,3 +319,27 @@ def test_the_cache_holds_the_models_compute_dtype(model_and_tokenizer, monkeypat
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1).to(torch.bfloat16).eval()
     Generator(model, tok, compile="off").generate(PROMPTS[:1], GenerationConfig(max_new_tokens=2, greedy=True))
     assert made and made[0][5] == torch.bfloat16 and torch.device(made[0][6]) == torch.device("cpu")
+
+
+def test_the_packed_copy_is_rebuilt_exactly_when_the_weights_are_other_tensors(model_and_tokenizer):
+    """Unchanged weights keep the packed copy; one Parameter replaced (same count of parameters), or every
+    parameter given new storage through `.data`, gets a new one that decodes like a fresh generator."""
+    _, tok = model_and_tokenizer
+    model = sharp_model(tok)
+    generator = Generator(model, tok, compile="off")
+    stepwise_logits(generator, PROMPTS[:1], 2)
+    first = generator.runner
+    assert generator.runner is first
+    count = len(list(model.parameters()))
+    name, old = next((n, p) for n, p in model.named_parameters() if "mlp" in n)
+    owner = model.get_submodule(name.rsplit(".", 1)[0])
+    setattr(owner, name.rsplit(".", 1)[1], torch.nn.Parameter(old.detach() * 0.5))
+    assert len(list(model.parameters())) == count
+    second = generator.runner
+    assert second is not first
+    for p in model.parameters():
+        p.data = p.data * 0.75  # the same Parameter objects, new storage
+    assert generator.runner is not second
+    got = torch.stack(stepwise_logits(generator, PROMPTS[:1], 3))
+    want = torch.stack(stepwise_logits(Generator(model, tok, compile="off"), PROMPTS[:1], 3))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
