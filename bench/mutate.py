@@ -54,10 +54,11 @@ class Outcome:
     equivalent: list[str]
     survivors: list[str]  # the diff of each survivor that is not a named equivalent
     seconds: float
+    device_only: list[str] = field(default_factory=list)  # see only_the_device_changed
 
     @property
     def score(self) -> float:
-        scored = self.total - len(self.equivalent)
+        scored = self.total - len(self.equivalent) - len(self.device_only)
         return self.killed / scored if scored else 1.0
 
 
@@ -128,11 +129,26 @@ def statuses(folder: Path) -> dict[str, str]:
     return found
 
 
-def changed_lines(folder: Path, name: str) -> str:
-    """The lines the mutant adds, stripped: how an equivalent mutant is named, stable as code moves."""
-    diff = mutmut(folder, "show", name)
-    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
-    return "\n".join(added)
+def changed_lines(folder: Path, name: str) -> tuple[str, str]:
+    """The lines the mutant removes and adds, stripped: the added ones name an equivalent mutant, stable as
+    code moves."""
+    diff = mutmut(folder, "show", name).splitlines()
+    removed = [line[1:].strip() for line in diff if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:].strip() for line in diff if line.startswith("+") and not line.startswith("+++")]
+    return "\n".join(removed), "\n".join(added)
+
+
+def _without_device(code: str) -> str:
+    code = re.sub(r"device=[\w.]+", "", code)  # device=device, device=None
+    code = re.sub(r"\.to\((?:device|None)\)", "", code)  # tensor.to(device), tensor.to(None)
+    code = re.sub(r"^device = .*$", "device = ?", code, flags=re.M)
+    return re.sub(r",\s*\)", ")", code)
+
+
+def only_the_device_changed(removed: str, added: str) -> bool:
+    """A mutant that only drops or nulls a device: the default device is the CPU, the only one the tests have,
+    so no test here can tell. Reported apart from the score, not as killed."""
+    return removed != added and _without_device(removed) == _without_device(added)
 
 
 def function_of(name: str) -> str:
@@ -194,14 +210,19 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     mutmut(folder, "run", "--max-children", str(max_children), capture=False)
     found = statuses(folder)
     killed = sum(status in KILLED for status in found.values())
-    equivalent, survivors = [], []
+    equivalent, device_only, survivors = [], [], []
     for name, status in sorted(found.items()):
         if status in KILLED:
             continue
-        added = changed_lines(folder, name)
-        target = equivalent if is_equivalent(group, name, added) else survivors
-        target.append(f"{name} ({status}): {function_of(name)}: {added!r}")
-    outcome = Outcome(group.name, len(found), killed, equivalent, survivors, time.monotonic() - started)
+        removed, added = changed_lines(folder, name)
+        line = f"{name} ({status}): {function_of(name)}: {added!r}"
+        if is_equivalent(group, name, added):
+            equivalent.append(line)
+        elif only_the_device_changed(removed, added):
+            device_only.append(line)
+        else:
+            survivors.append(line)
+    outcome = Outcome(group.name, len(found), killed, equivalent, survivors, time.monotonic() - started, device_only)
     (folder / "outcome.json").write_text(json.dumps(outcome.__dict__, indent=1), encoding="utf-8")
     return outcome
 
@@ -219,12 +240,13 @@ def saved_outcomes(groups: dict[str, Group]) -> list[Outcome]:
 def write_table(outcomes: list[Outcome], path: Path, groups: dict[str, Group]) -> None:
     """The score table between the markers in `path` (the rest of the file is the reader's)."""
     rows = [
-        "| group | modules | mutants | killed | equivalent | score |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| group | modules | mutants | killed | equivalent | device only | survived | score |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for o in outcomes:
         modules = ", ".join(m.removeprefix("src/llmlab/") for m in groups[o.group].modules)
-        rows.append(f"| {o.group} | {modules} | {o.total} | {o.killed} | {len(o.equivalent)} | {o.score:.1%} |")
+        counts = f"{o.total} | {o.killed} | {len(o.equivalent)} | {len(o.device_only)} | {len(o.survivors)}"
+        rows.append(f"| {o.group} | {modules} | {counts} | {o.score:.1%} |")
     begin, end = "<!-- mutation-table -->", "<!-- /mutation-table -->"
     text = path.read_text(encoding="utf-8") if path.exists() else f"{begin}\n{end}\n"
     head, _, rest = text.partition(begin)
@@ -262,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = [run_group(groups[name], args.max_children, args.fresh) for name in chosen]
     for o in outcomes:
         print(
-            f"\n{o.group}: {o.killed}/{o.total - len(o.equivalent)} killed = {o.score:.1%} "
-            f"({len(o.equivalent)} equivalent, {o.seconds:.0f} s)"
+            f"\n{o.group}: {o.killed}/{o.total - len(o.equivalent) - len(o.device_only)} killed = {o.score:.1%} "
+            f"({len(o.equivalent)} equivalent, {len(o.device_only)} device only, {o.seconds:.0f} s)"
         )
         for line in o.survivors:
             print(f"  survived: {line}")
