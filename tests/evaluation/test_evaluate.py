@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmlab.errors import LlmlabError
 from llmlab.evaluation.evaluate import (
     Scorer,
     bootstrap_interval,
@@ -221,3 +222,28 @@ def test_the_plot_takes_bounds_a_rounding_past_the_value(tmp_path):
     result = ShotResult(0, {"distinct-1": 0.2, "rougeL": 0.5}, {"distinct-1": (0.2 + 4e-17, 0.2 + 4e-17),
                         "rougeL": (0.1, 0.45)}, examples=5, mean_shots_used=0.0, queries_shortened=0)  # fmt: skip
     assert plot_shots([result], tmp_path / "shots.png", "t").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("stride", [1, 37, 64])
+def test_sliding_perplexity_equals_a_per_token_reference(stride):
+    """Strided sliding windows (as in Hugging Face's perplexity guide): with window W and stride s, the tokens
+    [1 + k*s, 1 + (k+1)*s) are scored by one window ending at its last one and reaching back W tokens before
+    it. The reference scores each token alone, with one forward over exactly that context."""
+    from llmlab.evaluation.perplexity import text_nll
+
+    tokenizer = train_tokenizer([ALPHABET], kind="char")
+    model = tiny_model("llama", vocab_size=tokenizer.vocab_size, block_size=64).eval()
+    text = (ALPHABET * 4)[:150]
+    ids = tokenizer.encode(text)
+    total = 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            window_end = min(1 + ((t - 1) // stride + 1) * stride, len(ids))  # one past the window's last target
+            context = ids[max(0, window_end - 64 - 1) : t]
+            logp = F.log_softmax(model(torch.tensor([context]))[0, -1].float(), dim=-1)
+            total -= float(logp[ids[t]])
+    nll = text_nll(model, tokenizer, text, stride=stride)
+    assert nll.tokens == len(ids) - 1
+    assert nll.total == pytest.approx(total, rel=1e-4)
+    with pytest.raises(LlmlabError, match="^--stride must be in 1..64, got 65 — use e.g. half the context$"):
+        text_nll(model, tokenizer, text, stride=65)
