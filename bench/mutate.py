@@ -167,15 +167,16 @@ def is_equivalent(group: Group, name: str, added: str) -> bool:
     return False
 
 
-def retest_survivors(folder: Path) -> int:
+def retest_survivors(folder: Path, group: Group) -> int:
     """Mark every mutant not yet killed as unchecked, so the next run tries it against today's tests (mutmut
-    itself reruns only mutants whose function changed). Returns how many were marked."""
+    itself reruns only mutants whose function changed), except equivalent and device-only ones: no test can
+    kill them, and each costs the full run of its tests. Returns how many were marked."""
     marked = 0
     for meta in (folder / "mutants").rglob("*.py.meta"):
         data = json.loads(meta.read_text(encoding="utf-8"))
         codes = data["exit_code_by_key"]
         for key, code in codes.items():
-            if code is not None and code not in KILLED_EXIT_CODES:
+            if code is not None and code not in KILLED_EXIT_CODES and not _settled(folder, group, key):
                 codes[key], marked = None, marked + 1
         meta.write_text(json.dumps(data), encoding="utf-8")
     return marked
@@ -197,6 +198,11 @@ def keep_results_for_more_tests(folder: Path, group: Group) -> bool:
     return True
 
 
+def _settled(folder: Path, group: Group, name: str) -> bool:
+    removed, added = changed_lines(folder, name)
+    return is_equivalent(group, name, added) or only_the_device_changed(removed, added)
+
+
 def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     folder = prepare(group)
     if fresh:
@@ -206,7 +212,7 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     if (folder / "mutants").exists():
         if keep_results_for_more_tests(folder, group):
             print("   the group's tests changed: every test is mapped to its functions again", flush=True)
-        print(f"   retesting {retest_survivors(folder)} surviving mutants; killed ones stay killed", flush=True)
+        print(f"   retesting {retest_survivors(folder, group)} surviving mutants; killed ones stay killed", flush=True)
     mutmut(folder, "run", "--max-children", str(max_children), capture=False)
     found = statuses(folder)
     killed = sum(status in KILLED for status in found.values())
