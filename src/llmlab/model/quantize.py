@@ -182,6 +182,11 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
 
 
+def _int8_kernel(x: torch.Tensor) -> bool:
+    """Whether `x` goes through PyTorch's fused int8 kernel: on the CPU, where PyTorch has it (tests turn it off)."""
+    return x.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
 class Int8Linear(nn.Module):
     """Weight-only int8 linear layer computing from its int8 weights."""
 
@@ -212,7 +217,7 @@ class Int8Linear(nn.Module):
         return w * self.scales.to(dtype)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        if _int8_kernel(x):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel needs it
             scales = self.scales.to(torch.bfloat16)
             y = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, scales)
