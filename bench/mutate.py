@@ -88,7 +88,8 @@ def prepare(group: Group) -> Path:
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:randomly', '-p', 'no:cacheprovider', '-x', *group.pytest_args])}",  # noqa: E501
         # torch is not fork-safe once its thread pools ran: workers fork from a server that only imported it
         'process_isolation = "forkserver"',
-        "timeout_multiplier = 5.0",  # a mutant that loops is stopped at 5x its tests' clean time, not 15x
+        "timeout_multiplier = 5.0",  # a mutant that loops is stopped at 5x its tests' clean CPU time, not 15x,
+        "timeout_constant = 10.0",  # plus 10 s: a forked test that imports transformers first is not a loop
         "use_git_change_detection = false",
         "",
     ]

@@ -140,3 +140,58 @@ def test_disable_dropout_silences_attention_dropout_too():
     assert not torch.equal(model(ids), model(ids))
     disable_dropout(model)
     torch.testing.assert_close(model(ids), model(ids), rtol=0, atol=0)
+
+
+def test_multi_lora_rows_each_get_their_own_adapter_or_the_base():
+    """Two adapters of different ranks and scalings, one touching a layer the other leaves alone, in one batch:
+    each row's logits equal the base with that adapter's s B A added to its layers (row -1: the base)."""
+    import copy
+
+    from llmlab.model.lora import add_multi_lora, select_adapters
+
+    torch.manual_seed(0)
+    base = tiny_model("llama", vocab_size=64).eval()
+    linears = [n for n, m in base.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"]
+    g = torch.Generator().manual_seed(3)
+
+    def adapter(names, r):
+        out = {}
+        for n in names:
+            layer = base.get_submodule(n)
+            out[f"{n}.lora_A"] = torch.randn(r, layer.in_features, generator=g) * 0.3
+            out[f"{n}.lora_B"] = torch.randn(layer.out_features, r, generator=g) * 0.3
+        return out
+
+    adapters, scalings = [adapter(linears[:2], 2), adapter(linears[1:3], 4)], [0.5, 2.0]
+
+    def merged(i):
+        model = copy.deepcopy(base)
+        with torch.no_grad():
+            for key, a in adapters[i].items():
+                if key.endswith(".lora_A"):
+                    name = key.removesuffix(".lora_A")
+                    model.get_submodule(name).weight += scalings[i] * adapters[i][f"{name}.lora_B"] @ a
+        return model
+
+    references = [merged(0), merged(1), base]
+    served = copy.deepcopy(base)
+    assert sorted(add_multi_lora(served, adapters, scalings)) == sorted(linears[:3])
+    x = torch.randint(0, 64, (3, 7))
+    select_adapters(served, torch.tensor([0, 1, -1]))
+    with torch.no_grad():
+        got = served(x)
+        for row, reference in enumerate(references):
+            torch.testing.assert_close(got[row], reference(x[row : row + 1])[0], atol=1e-5, rtol=1e-5)
+        select_adapters(served, None)
+        torch.testing.assert_close(served(x), base(x), atol=0, rtol=0)
+    stranger = {"no.such.layer.lora_A": torch.zeros(2, 4), "no.such.layer.lora_B": torch.zeros(4, 2)}
+    with pytest.raises(LlmlabError, match="^the adapters name layers this model does not have: no.such.layer — serve"):
+        add_multi_lora(copy.deepcopy(base), [stranger], [1.0])
+
+
+def test_lora_spec_round_trips_through_its_json_dict():
+    spec = LoraSpec(r=4, alpha=8.0, dropout=0.1, targets=("attention", "mlp"), rslora=True)
+    data = spec.to_dict()
+    assert data == {"r": 4, "alpha": 8.0, "dropout": 0.1, "targets": ["attention", "mlp"], "rslora": True}
+    assert LoraSpec.from_dict(data) == spec and spec.scaling == 8.0 / 2
+    assert LoraSpec.from_dict({"r": "2", "alpha": 4, "targets": ["attention"]}) == LoraSpec(2, 4.0, 0.0, ("attention",))
