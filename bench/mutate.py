@@ -229,6 +229,10 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
             device_only.append(line)
         else:
             survivors.append(line)
+    named = {(function_of(line.split(" ", 1)[0]), line.rsplit(": ", 1)[1]) for line in equivalent}
+    for entry in group.equivalent:
+        if (entry["function"], repr(entry["added"].strip())) not in named:
+            print(f"   note: no surviving mutant matches the equivalent {entry['function']}: {entry['added']!r}")
     outcome = Outcome(group.name, len(found), killed, equivalent, survivors, time.monotonic() - started, device_only)
     (folder / "outcome.json").write_text(json.dumps(outcome.__dict__, indent=1), encoding="utf-8")
     return outcome
