@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmlab.align.losses import PairLogps, preference_loss, preference_metrics
+from llmlab.align.losses import PairLogps, PreferenceLoss, preference_loss, preference_metrics
 
 B, L = 6, 9
 
@@ -101,3 +101,65 @@ def test_labelled_logps_sum_the_labelled_tokens_of_each_row():
     assert sums[0].item() == pytest.approx((logp[0, 1, 3] + logp[0, 2, 1]).item(), rel=1e-5)
     assert sums[1].item() == pytest.approx(sum(logp[1, t, labels[1, t]] for t in range(5)).item(), rel=1e-5)
     assert not math.isnan(sums.sum().item())
+
+
+def test_ipo_averages_the_log_ratios_over_at_least_one_token_and_returns_beta_times_the_log_ratios():
+    """Token counts 0 and 1 both divide by 1 (an empty completion does not divide by zero)."""
+    chosen, rejected = torch.tensor([-2.0, -3.0, -6.0]), torch.tensor([-4.0, -1.0, -5.0])
+    ref_chosen, ref_rejected = torch.tensor([-1.0, -2.5, -3.0]), torch.tensor([-2.0, -2.0, -1.0])
+    chosen_tokens, rejected_tokens = torch.tensor([0, 1, 3]), torch.tensor([1, 0, 2])
+    policy = PairLogps(chosen, rejected, chosen_tokens, rejected_tokens)
+    reference = PairLogps(ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
+    beta = 0.25
+    r_w, r_l = [-1.0, -0.5, -3.0], [-2.0, 1.0, -4.0]  # policy - reference, written out
+    n_w, n_l = [1, 1, 3], [1, 1, 2]  # the counts, at least 1
+    expected = [(r_w[i] / n_w[i] - r_l[i] / n_l[i] - 1 / (2 * beta)) ** 2 for i in range(3)]
+    result = preference_loss("ipo", policy, reference, beta)
+    torch.testing.assert_close(result.losses, torch.tensor(expected))
+    torch.testing.assert_close(result.chosen_rewards, beta * torch.tensor(r_w))
+    torch.testing.assert_close(result.rejected_rewards, beta * torch.tensor(r_l))
+
+
+def test_simpo_and_orpo_return_beta_times_the_length_averaged_logps_as_rewards():
+    policy = PairLogps(
+        torch.tensor([-3.0, -8.0]), torch.tensor([-6.0, -2.0]), torch.tensor([2, 4]), torch.tensor([3, 1])
+    )
+    beta = 0.3
+    mean_w, mean_l = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -2.0])
+    for method in ("simpo", "orpo"):
+        result = preference_loss(method, policy, None, beta, gamma=0.5)
+        torch.testing.assert_close(result.chosen_rewards, beta * mean_w, msg=method)
+        torch.testing.assert_close(result.rejected_rewards, beta * mean_l, msg=method)
+
+
+def test_orpo_clamps_a_probability_of_one_below_one_so_its_log_odds_stay_finite():
+    """A chosen completion with mean log-prob 0 (p = 1): log odds = 0 - log(1 - (1 - 1e-6)), not infinity."""
+    q = 1e-5  # the rejected completion's 1 - p: log odds log((1 - q) / q), about 11.5
+    sums = torch.tensor([0.0, 2 * math.log1p(-q)], dtype=torch.float64)  # 3 and 2 tokens: means 0 and log(1 - q)
+    policy = PairLogps(sums[:1], sums[1:], torch.tensor([3]), torch.tensor([2]))
+    beta = 0.5
+    odds_w = 0.0 - math.log1p(-(1 - 1e-6))
+    odds_l = math.log1p(-q) - math.log(q)
+    log_sigmoid = -math.log1p(math.exp(-(odds_w - odds_l)))  # about -0.095: the clamp's value shows
+    result = preference_loss("orpo", policy, None, beta)
+    assert result.losses.dtype == torch.float64
+    assert result.losses.item() == pytest.approx(-0.0 - beta * log_sigmoid, rel=1e-9)
+
+
+def test_reward_accuracy_counts_ties_as_not_accurate():
+    result = PreferenceLoss(torch.zeros(4), torch.tensor([1.0, 2.0, 0.5, -1.0]), torch.tensor([1.0, 3.0, 0.25, -1.0]))
+    metrics = preference_metrics(result)
+    assert metrics["rewards_accuracy"] == 0.25  # only 0.5 > 0.25; the two ties are not accurate
+    assert metrics["rewards_chosen"] == pytest.approx(2.5 / 4)
+    assert metrics["rewards_rejected"] == pytest.approx(3.25 / 4)
+    assert metrics["rewards_margin"] == pytest.approx(-0.75 / 4)
+
+
+def test_simpo_margin_defaults_to_one_half():
+    """gamma = 0.5 when not given (the default of simpo_gamma in TRL's experimental CPOConfig)."""
+    policy = PairLogps(
+        torch.tensor([-3.0, -8.0]), torch.tensor([-6.0, -2.0]), torch.tensor([2, 4]), torch.tensor([3, 1])
+    )
+    beta = 2.0
+    expected = -F.logsigmoid(torch.tensor([2.0 * (-1.5 - -2.0) - 0.5, 2.0 * (-2.0 - -2.0) - 0.5]))
+    torch.testing.assert_close(preference_loss("simpo", policy, None, beta).losses, expected)

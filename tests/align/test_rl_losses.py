@@ -149,3 +149,86 @@ def test_grpo_loss_equals_trl(beta):
     grad_ours = torch.autograd.grad(ours, logps)[0]
     grad_theirs = torch.autograd.grad(_trl_grpo_loss(logps, old, ref, advantages, mask, 0.2, beta), logps)[0]
     torch.testing.assert_close(grad_ours * mask, grad_theirs * mask)
+
+
+def test_whitening_two_entries_uses_the_unbiased_variance_and_a_constant_input_stays_finite():
+    values, mask = torch.tensor([[1.0, 4.0, 9.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    # mean 2.5, deviations -1.5 and 1.5, unbiased variance (2.25 + 2.25) / (2 - 1) = 4.5
+    expected = torch.tensor([[-1.5, 1.5, 0.0]]) / math.sqrt(4.5 + 1e-8)
+    torch.testing.assert_close(masked_whiten(values, mask), expected)
+    constant, mask = torch.full((2, 3), 3.0), _mask([3, 1], 3)  # variance 0: the epsilon keeps it finite
+    torch.testing.assert_close(masked_whiten(constant, mask), torch.zeros(2, 3))
+    torch.testing.assert_close(masked_whiten(constant, mask, shift_mean=False), 3.0 * mask)
+
+
+def test_the_score_is_added_in_the_rewards_dtype():
+    """A bfloat16 policy and a float32 reward model: the score is rounded to bfloat16, then added in bfloat16."""
+    mask = torch.ones(1, 2, dtype=torch.long)
+    logps, ref = torch.full((1, 2), -2.0, dtype=torch.bfloat16), torch.full((1, 2), -1.0, dtype=torch.bfloat16)
+    score = torch.tensor([2.0**-8 + 2.0**-20])  # rounds to 2^-8 in bfloat16; 1 + 2^-8 is a tie, rounded to 1
+    rewards, _ = per_token_rewards(score, logps, ref, mask, kl_coef=1.0)  # -1 * (-2 - -1) = 1 at each token
+    assert rewards.dtype == torch.bfloat16
+    last = torch.tensor(1.0, dtype=torch.bfloat16) + score[0].to(torch.bfloat16)
+    torch.testing.assert_close(
+        rewards, torch.stack([torch.tensor(1.0, dtype=torch.bfloat16), last])[None], rtol=0, atol=0
+    )
+
+
+def test_gae_of_single_token_responses_is_the_reward_minus_the_value():
+    rewards, values, mask = torch.tensor([[1.0], [2.0]]), torch.tensor([[0.5], [0.3]]), torch.tensor([[1.0], [0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    torch.testing.assert_close(advantages, torch.tensor([[0.5], [0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[1.0], [0.0]]))
+
+
+def test_the_policy_loss_uses_the_ratio_to_the_old_policy_and_reports_clipfrac_and_approx_kl_as_trl():
+    """Ratio exp(logp - old_logp); clipfrac counts tokens whose clipped loss is strictly the larger (ties, in
+    the band or with a zero advantage, are not clipped); approx_kl = mean(0.5 (logp - old_logp)^2)."""
+    old = torch.tensor([[-1.0, -2.0, -0.5, -1.5, -3.0, -1.0]])
+    log_ratio = [math.log(1.5), math.log(0.5), 0.1, -0.1, 0.5, 3.0]
+    new = old + torch.tensor([log_ratio])
+    advantages = torch.tensor([[1.0, -1.0, 2.0, -1.0, 0.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
+    loss, stats = clipped_policy_loss(new, old, advantages, mask, clip=0.2)
+    per_token = [-1.2, 0.8, -2.0 * math.exp(0.1), math.exp(-0.1), 0.0]
+    assert loss.item() == pytest.approx(sum(per_token) / 5, rel=1e-5)
+    assert stats["clipfrac"] == pytest.approx(2 / 5)
+    assert stats["approx_kl"] == pytest.approx(sum(0.5 * r**2 for r in log_ratio[:5]) / 5, rel=1e-5)
+
+
+def test_the_value_loss_clips_a_move_down_as_well_as_up_from_the_old_value():
+    old, returns = torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    values, mask = torch.tensor([[0.5, 3.0, 0.1]]), torch.ones(1, 3)
+    # token 0: moved -0.5, clipped to 0.8: (0.8 - 0)^2 = 0.64 > (0.5 - 0)^2; token 1: moved +2, clipped to 1.2:
+    # (3 - 1)^2 = 4 > (1.2 - 1)^2; token 2: within the clip, 0.01 either way
+    expected = 0.5 * (0.64 + 4.0 + 0.01) / 3
+    assert clipped_value_loss(values, old, returns, mask, clip=0.2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_advantages_of_groups_of_one_and_two():
+    torch.testing.assert_close(group_advantages(torch.tensor([1.0, -2.0, 3.0]), group=1), torch.zeros(3))
+    pairs = group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), group=2)
+    # the pair (1, 3): mean 2, unbiased std sqrt(2)
+    torch.testing.assert_close(
+        pairs, torch.tensor([-1.0, 1.0, 0.0, 0.0]) / torch.tensor([math.sqrt(2) + 1e-4] * 2 + [1e-4] * 2)
+    )
+
+
+def test_grpo_clips_ratios_above_one_plus_clip_for_a_positive_advantage():
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
+    logps = old + torch.log(torch.tensor([[1.5, 1.5, 0.7], [1.5, 0.5, 20.0]]))
+    advantages, mask = torch.tensor([2.0, -1.0]), torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # row 0 (A = 2): -min(1.5 * 2, 1.2 * 2) twice, -min(0.7 * 2, 0.8 * 2); row 1 (A = -1): 1.5, 0.8
+    expected = ((-2.4 - 2.4 - 1.4) / 3 + (1.5 + 0.8) / 2) / 2
+    loss, stats = grpo_loss(logps, old, None, advantages, mask, clip=0.2, beta=0.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats == {}
+    torch.testing.assert_close(loss, _trl_grpo_loss(logps, old, old, advantages, mask, 0.2, 0.0))
+
+
+def test_kl_controller_moves_by_the_relative_error_when_it_is_within_the_clip():
+    controller = KLController(0.1, target=0.5, horizon=100)
+    controller.update(kl=0.55, n=10)  # error (0.55 - 0.5) / 0.5 = 0.1, times 10 / 100
+    assert controller.value == pytest.approx(0.1 * 1.01)
+    controller.update(kl=0.45, n=50)  # error -0.1, times 50 / 100
+    assert controller.value == pytest.approx(0.1 * 1.01 * 0.95)
