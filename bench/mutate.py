@@ -55,6 +55,7 @@ class Outcome:
     survivors: list[str]  # the diff of each survivor that is not a named equivalent
     seconds: float
     device_only: list[str] = field(default_factory=list)  # see only_the_device_changed
+    commit: str = ""  # the checkout the mutants were tried against
 
     @property
     def score(self) -> float:
@@ -233,7 +234,10 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     for entry in group.equivalent:
         if (entry["function"], repr(entry["added"].strip())) not in named:
             print(f"   note: no surviving mutant matches the equivalent {entry['function']}: {entry['added']!r}")
-    outcome = Outcome(group.name, len(found), killed, equivalent, survivors, time.monotonic() - started, device_only)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    outcome = Outcome(
+        group.name, len(found), killed, equivalent, survivors, time.monotonic() - started, device_only, commit.strip()
+    )
     (folder / "outcome.json").write_text(json.dumps(outcome.__dict__, indent=1), encoding="utf-8")
     return outcome
 
@@ -251,13 +255,13 @@ def saved_outcomes(groups: dict[str, Group]) -> list[Outcome]:
 def write_table(outcomes: list[Outcome], path: Path, groups: dict[str, Group]) -> None:
     """The score table between the markers in `path` (the rest of the file is the reader's)."""
     rows = [
-        "| group | modules | mutants | killed | equivalent | device only | survived | score |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| group | modules | mutants | killed | equivalent | device only | survived | score | at |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for o in outcomes:
         modules = ", ".join(m.removeprefix("src/llmlab/") for m in groups[o.group].modules)
         counts = f"{o.total} | {o.killed} | {len(o.equivalent)} | {len(o.device_only)} | {len(o.survivors)}"
-        rows.append(f"| {o.group} | {modules} | {counts} | {o.score:.1%} |")
+        rows.append(f"| {o.group} | {modules} | {counts} | {o.score:.1%} | {o.commit or '?'} |")
     begin, end = "<!-- mutation-table -->", "<!-- /mutation-table -->"
     text = path.read_text(encoding="utf-8") if path.exists() else f"{begin}\n{end}\n"
     head, _, rest = text.partition(begin)

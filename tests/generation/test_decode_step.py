@@ -161,7 +161,10 @@ def test_inductors_own_default_folder_is_not_taken_for_a_users_choice(monkeypatc
 def stepwise_logits(generator: Generator, prompts: list[str], steps: int) -> list[torch.Tensor]:
     """Each step's (rows, vocab) logits from the generator's own decoding steps, feeding back greedy tokens."""
     ids = [generator.tokenizer.encode(p) for p in prompts]
-    step = generator._decoder_steps(ids, GenerationConfig(max_new_tokens=steps))
+    return greedy_steps(generator._decoder_steps(ids, GenerationConfig(max_new_tokens=steps)), steps)
+
+
+def greedy_steps(step, steps: int) -> list[torch.Tensor]:
     logits, new = [], None
     with torch.no_grad():
         for _ in range(steps):
@@ -179,7 +182,11 @@ def uncached_logits(model, tok, prompt: str, chosen: list[int]) -> torch.Tensor:
 
 def sharp_model(tok, **overrides):
     """A random model with weights scaled up, so that a wrong mask or position moves the logits visibly."""
-    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2, **overrides)
+    return sharpen(tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2, **overrides))
+
+
+def sharpen(model):
+    """Weights other than the norms scaled up 4x (in place); the model in eval mode."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" not in name:
@@ -209,23 +216,6 @@ def test_generation_under_bf16_autocast(model_and_tokenizer):
     config = GenerationConfig(max_new_tokens=4, min_new_tokens=4, greedy=True)
     with torch.autocast("cpu", torch.bfloat16):
         assert len(Generator(model, tok, compile="off").generate(PROMPTS, config)[0][0].token_ids) == 4
-
-
-def sharpen(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(4)
-    return model.eval()
-
-
-def greedy_steps(step, steps: int) -> list[torch.Tensor]:
-    logits, new = [], None
-    with torch.no_grad():
-        for _ in range(steps):
-            logits.append(step(new))
-            new = logits[-1].argmax(-1)
-    return logits
 
 
 @pytest.mark.parametrize("preset", ["t5-nano", "transformer-base"])
