@@ -163,3 +163,12 @@ def test_simpo_margin_defaults_to_one_half():
     beta = 2.0
     expected = -F.logsigmoid(torch.tensor([2.0 * (-1.5 - -2.0) - 0.5, 2.0 * (-2.0 - -2.0) - 0.5]))
     torch.testing.assert_close(preference_loss("simpo", policy, None, beta).losses, expected)
+
+
+def test_dpo_without_label_smoothing_is_plain_dpo():
+    from llmlab.align.losses import dpo_loss
+
+    policy = PairLogps(torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([3]), torch.tensor([4]))
+    reference = PairLogps(torch.tensor([-4.0]), torch.tensor([-4.5]), torch.tensor([3]), torch.tensor([4]))
+    got = dpo_loss(policy, reference, beta=0.1)
+    assert got.losses.item() == pytest.approx(-F.logsigmoid(torch.tensor(0.1 * (1.0 - -0.5))).item())

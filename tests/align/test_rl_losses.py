@@ -232,3 +232,22 @@ def test_kl_controller_moves_by_the_relative_error_when_it_is_within_the_clip():
     assert controller.value == pytest.approx(0.1 * 1.01)
     controller.update(kl=0.45, n=50)  # error -0.1, times 50 / 100
     assert controller.value == pytest.approx(0.1 * 1.01 * 0.95)
+
+
+def test_grpo_adds_beta_times_the_k3_kl_only_with_a_reference_and_reports_it():
+    """beta 1 is an ordinary coefficient (no special case); beta 0 or no reference: no KL term, no statistic."""
+    from llmlab.align.rl_losses import masked_mean
+
+    logps = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])
+    mask, adv = torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([0.7])
+    plain, stats = grpo_loss(logps, logps, None, adv, mask, clip=0.2, beta=1.0)
+    assert stats == {} and plain.item() == pytest.approx(-0.7)  # ratio 1: -adv at each token
+    assert grpo_loss(logps, logps, ref, adv, mask, clip=0.2, beta=0.0) == (plain, {})
+    k3 = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]  # exp(ref - pi) - (ref - pi) - 1, two unmasked tokens
+    loss, stats = grpo_loss(logps, logps, ref, adv, mask, clip=0.2, beta=1.0)
+    assert stats == {"kl_k3": pytest.approx(sum(k3) / 2)}
+    assert loss.item() == pytest.approx(-0.7 + sum(k3) / 2)
+    one = torch.tensor([[0.0, 0.0, 1.0]])
+    assert masked_mean(torch.tensor([[3.0, 4.0, 5.0]]), one).item() == 5.0  # a single entry is its own mean
+    assert masked_mean(torch.tensor([[3.0, 4.0, 5.0]]), one, dim=1).tolist() == [5.0]
