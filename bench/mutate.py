@@ -210,6 +210,7 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     if fresh:
         shutil.rmtree(folder / "mutants", ignore_errors=True)
     started = time.monotonic()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"== {group.name}: {', '.join(group.modules)}", flush=True)
     if (folder / "mutants").exists():
         if keep_results_for_more_tests(folder, group):
@@ -234,7 +235,6 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     for entry in group.equivalent:
         if (entry["function"], repr(entry["added"].strip())) not in named:
             print(f"   note: no surviving mutant matches the equivalent {entry['function']}: {entry['added']!r}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     outcome = Outcome(
         group.name, len(found), killed, equivalent, survivors, time.monotonic() - started, device_only, commit.strip()
     )

@@ -125,6 +125,8 @@ def test_balanced_selection_takes_exactly_k_when_a_label_runs_out():
     pool = [{"text": "n", "label": "Negative"}] + [{"text": str(i), "label": "Positive"} for i in range(10)]
     chosen = select_examples(pool, 5, "balanced", seed=0)
     assert sorted(d["label"] for d in chosen) == ["Negative"] + ["Positive"] * 4
+    even = [{"text": str(i), "label": "Positive" if i % 2 else "Negative"} for i in range(10)]
+    assert len(select_examples(even, 3, "balanced", seed=0)) == 3  # an odd k stops mid-round
     unlabeled = select_examples([*pool[:3], {"text": "?"}], 3, "balanced", seed=0)
     assert len(unlabeled) == 3 and {"text": "?"} in unlabeled
 
