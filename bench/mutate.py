@@ -219,7 +219,7 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     mutmut(folder, "run", "--max-children", str(max_children), capture=False)
     found = statuses(folder)
     killed = sum(status in KILLED for status in found.values())
-    equivalent, device_only, survivors = [], [], []
+    equivalent, device_only, survivors, matched = [], [], [], set()
     for name, status in sorted(found.items()):
         if status in KILLED:
             continue
@@ -227,13 +227,13 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
         line = f"{name} ({status}): {function_of(name)}: {added!r}"
         if is_equivalent(group, name, added):
             equivalent.append(line)
+            matched.add((function_of(name), added))
         elif only_the_device_changed(removed, added):
             device_only.append(line)
         else:
             survivors.append(line)
-    named = {(function_of(line.split(" ", 1)[0]), line.rsplit(": ", 1)[1]) for line in equivalent}
     for entry in group.equivalent:
-        if (entry["function"], repr(entry["added"].strip())) not in named:
+        if (entry["function"], entry["added"].strip()) not in matched:
             print(f"   note: no surviving mutant matches the equivalent {entry['function']}: {entry['added']!r}")
     outcome = Outcome(
         group.name, len(found), killed, equivalent, survivors, time.monotonic() - started, device_only, commit.strip()
