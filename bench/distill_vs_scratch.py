@@ -161,16 +161,20 @@ def folder_bytes(folder: Path) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 
+def teacher_run(teacher: Path, retrain: bool, *pretrain_args) -> dict:
+    """The teacher's summary: the one trained by an earlier run when it can be reused, else trained now."""
+    if reuse(teacher, retrain):
+        return summary(teacher, trained_seconds(teacher))
+    return pretrain(teacher, *pretrain_args)
+
+
 # --- decoder ---------------------------------------------------------------------------------------------------
 
 
 def decoder(work: Path, sizes: Sizes, retrain: bool) -> dict:
     teacher = work / "dec-teacher"
-    runs: dict[str, dict] = {}
-    if reuse(teacher, retrain):
-        runs["teacher"] = summary(teacher, trained_seconds(teacher))
-    else:
-        runs["teacher"] = pretrain(teacher, "llama-mini", SHAKESPEARE, sizes.teacher_steps, DEC_TEACHER_LR, DEC, sizes)
+    runs = {"teacher": teacher_run(teacher, retrain, "llama-mini", SHAKESPEARE, sizes.teacher_steps, DEC_TEACHER_LR,
+                                   DEC, sizes)}  # fmt: skip
     n = sizes.student_steps
     runs["scratch"] = pretrain(work / "dec-scratch", "llama-nano", SHAKESPEARE, n, DEC_STUDENT_LR, DEC, sizes)
     runs["distill"] = distill(work / "dec-distill", teacher, "llama-nano", SHAKESPEARE, n, DEC_STUDENT_LR, DEC, sizes)
@@ -288,11 +292,8 @@ def encoder(work: Path, sizes: Sizes, retrain: bool) -> dict:
     train, test = rt_split(work)
     test = test[: sizes.test_limit]
     teacher = work / "enc-teacher-mlm"
-    runs: dict[str, dict] = {}
-    if reuse(teacher, retrain):
-        runs["teacher"] = summary(teacher, trained_seconds(teacher))
-    else:
-        runs["teacher"] = pretrain(teacher, "bert-mini", train, sizes.enc_teacher_steps, ENC_TEACHER_LR, ENC, sizes)
+    runs = {"teacher": teacher_run(teacher, retrain, "bert-mini", train, sizes.enc_teacher_steps, ENC_TEACHER_LR,
+                                   ENC, sizes)}  # fmt: skip
     n = sizes.enc_student_steps
     runs["scratch"] = pretrain(work / "enc-scratch-mlm", "bert-nano", train, n, ENC_STUDENT_LR, ENC, sizes)
     runs["distill"] = distill(work / "enc-distill-mlm", teacher, "bert-nano", train, n, ENC_STUDENT_LR, ENC, sizes)

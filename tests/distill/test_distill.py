@@ -142,5 +142,15 @@ def test_teacher_cache_is_written_once_and_read_by_the_next_run(tmp_path, capsys
     code, _, err = run_cli(capsys, *args, "--seed", 7, "--out", tmp_path / "c")
     assert code == 0, err
     assert len(list((tmp_path / "cache").iterdir())) == 2
+    # students whose block sizes come from --init, not --block-size, read other rows: a folder each
+    unsized = [a for i, a in enumerate(args) if a != "--block-size" and (i == 0 or args[i - 1] != "--block-size")]
+    for block in (16, 24):
+        code, _, err = run_cli(capsys, "pretrain", "--data", corpus, "--preset", "llama-nano", "--out",
+                               tmp_path / f"s{block}", "--max-steps", 1, "--vocab-size", 400, "--block-size", block,
+                               "--batch-size", 4)  # fmt: skip
+        assert code == 0, err
+        code, _, err = run_cli(capsys, *unsized, "--init", tmp_path / f"s{block}", "--out", tmp_path / f"e{block}")
+        assert code == 0, err
+    assert len(list((tmp_path / "cache").iterdir())) == 4
     code, _, err = run_cli(capsys, *args, "--divergence", "jsd", "--out", tmp_path / "d")
     assert_one_line_error(code, err, "use --divergence forward")
