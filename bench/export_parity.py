@@ -2,11 +2,13 @@
 ONNX Runtime computes llmlab's logits (issue 19, requirement 4).
 
 GGUF: the checkpoint (default `runs/main`, a trained Llama-style decoder; trained here for --train-seconds
-when absent) is exported with `export_gguf` in f32, f16 and q8_0, loaded by llama-cpp-python (its Python
+when absent) is exported with `export_gguf` in f32, f16, q8_0 and q4_0, loaded by llama-cpp-python (its Python
 package from the source package under $LLMLAB_CACHE/llamacpp, on the libllama that `bench/decode_vs_llamacpp.py`
 builds there; built once if absent), and for each prompt: llama.cpp's tokenization of the text against
 llmlab's, greedy continuations token for token (llama.cpp's greedy sampler against llmlab's `Generator`),
-and the largest difference between the two engines' logits over the prompt. A GPT-2-style model (random
+and the largest difference between the two engines' logits over the prompt. The quantized files are also
+compared with llmlab running the same rounded weights (each matrix quantized and dequantized as the file holds
+it), which leaves only llama.cpp's own arithmetic (it rounds activations to 8 bits too). A GPT-2-style model (random
 weights, the same tokenizer) is checked the same way in f32. ONNX: the checkpoint exported with
 `export_onnx` (its own check at two random shapes), then ONNX Runtime's logits on the prompts and their
 greedy argmax against llmlab's.
@@ -92,6 +94,30 @@ def llmlab_side(model, tokenizer, new: int) -> list[dict]:
     return results
 
 
+def rounded_like_gguf(model, quant: str):
+    """A copy of `model` whose matrices hold what the GGUF of `quant` holds: blocks of 32 along each row
+    quantized and dequantized (q4_0 keeps the output matrix in q8_0), other matrices rounded to fp16. The
+    exporter's re-layouts move whole rows, so rounding in llmlab's layout rounds the same blocks."""
+    import copy
+
+    import gguf
+
+    types = gguf.GGMLQuantizationType
+    rounded = copy.deepcopy(model)
+    output = "embed.weight" if model.config.tie_embeddings else "lm_head.weight"
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if param.dim() != 2:
+                continue
+            if param.shape[-1] % 32:
+                param.copy_(param.half().float())
+                continue
+            kind = types.Q8_0 if quant == "q8_0" or name == output else types.Q4_0
+            data = param.numpy().astype("float32")
+            param.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(data, kind), kind)))
+    return rounded
+
+
 def compare(ours: list[dict], theirs: list[dict]) -> dict:
     same_ids = sum(o["ids"] == t["ids"] for o, t in zip(ours, theirs))
     same_new = sum(o["new"] == t["new"] for o, t in zip(ours, theirs))
@@ -153,9 +179,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ours = llmlab_side(ckpt.model, ckpt.tokenizer, args.new)
-        for quant in ("f32", "f16", "q8_0"):
+        for quant in ("f32", "f16", "q8_0", "q4_0"):
             done = export_gguf(ckpt.model, ckpt.tokenizer, work / f"llama-{quant}.gguf", quant)
-            rows.append((f"llama {quant}", done.bytes, compare(ours, run_llama_cpp(env, done.path, args.new))))
+            theirs = run_llama_cpp(env, done.path, args.new)
+            rows.append((f"llama {quant}", done.bytes, compare(ours, theirs)))
+            if quant.startswith("q"):
+                same = llmlab_side(rounded_like_gguf(ckpt.model, quant), ckpt.tokenizer, args.new)
+                rows.append((f"llama {quant} vs llmlab on its rounded weights", done.bytes, compare(same, theirs)))
         gpt2 = load_checkpoint(gpt2_checkpoint(ckpt.tokenizer, work))
         done = export_gguf(gpt2.model, gpt2.tokenizer, work / "gpt2-f32.gguf")
         theirs, ours = run_llama_cpp(env, done.path, args.new), llmlab_side(gpt2.model, gpt2.tokenizer, args.new)

@@ -130,6 +130,31 @@ def test_q8_0_and_f16(tmp_path, llama, tokenizer):
                 assert (error <= blocks / 2048 * 1.01 + 1e-7).all(), name
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_q4_0_rounds_to_half_a_sixteenth_of_each_block_and_keeps_the_output_matrix_in_q8_0(tmp_path, tokenizer, tied):
+    model = tiny_model("llama", vocab_size=VOCAB, n_kv_head=2, tie_embeddings=tied)
+    expected = expected_llama(model)
+    if tied:
+        del expected["output.weight"]
+    reader = gguf.GGUFReader(export_gguf(model, tokenizer, tmp_path / "q4.gguf", "q4_0").path)
+    assert fields(reader)["general.file_type"] == 2  # LLAMA_FTYPE_MOSTLY_Q4_0
+    kinds = {}
+    for name, (got, kind) in read_tensors(reader).items():
+        want = expected[name].numpy()
+        kinds[name] = kind
+        if want.ndim == 1:
+            assert kind == "F32" and np.array_equal(got, want), name
+            continue
+        blocks, error = np.abs(want).reshape(len(want), -1, 32), np.abs(got - want).reshape(len(want), -1, 32)
+        step = blocks.max(-1, keepdims=True) / (127 if kind == "Q8_0" else 8)
+        # q4_0: codes 0..15 around 8 with a step of amax/8; the end opposite amax's sign clips to 7 steps
+        assert (error <= step * (0.57 if kind == "Q8_0" else 1.01)).all(), name
+        assert kind == "Q8_0" or (error <= step * 0.51).mean() > 0.99, name  # half a step, but for the clipped end
+    output = "token_embd.weight" if tied else "output.weight"
+    assert kinds[output] == "Q8_0"
+    assert {k for n, k in kinds.items() if n != output and expected[n].dim() == 2} == {"Q4_0"}
+
+
 def test_gpt2_keeps_fused_qkv_and_learned_positions(tmp_path, tokenizer):
     model = tiny_model("gpt2", vocab_size=VOCAB)
     reader = gguf.GGUFReader(export_gguf(model, tokenizer, tmp_path / "g.gguf").path)

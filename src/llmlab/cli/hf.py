@@ -95,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hf: a model folder; peft: an adapter alone; gguf: one file for llama.cpp (Llama/GPT-2-style "
         "decoders); onnx: the forward pass for ONNX Runtime, checked against llmlab's logits",
     )
-    e.add_argument("--quant", choices=["f32", "f16", "q8_0"], help="--to gguf: the weights' type (default f32)")
+    e.add_argument(
+        "--quant",
+        choices=["f32", "f16", "q8_0", "q4_0"],
+        help="--to gguf: the matrices' type (default f32; q4_0 keeps the output matrix in q8_0)",
+    )
     e.add_argument("--adapter", help="an adapter folder: merged into the export (hf) or exported itself (peft)")
     e.set_defaults(func=cmd_export)

@@ -1,5 +1,5 @@
 """GGUF, llama.cpp's single-file format, written natively with the `gguf` package: a decoder of Llama or
-GPT-2 style with its byte-level BPE tokenizer, in f32, f16 or q8_0.
+GPT-2 style with its byte-level BPE tokenizer, in f32, f16, q8_0 or q4_0.
 
 The weights go through the Hugging Face map (`hf/maps.py`: our fused q|k|v and gate|up split into
 their parts, under transformers' names), then through gguf's own name table (`blk.N.attn_q.weight`, ...),
@@ -14,7 +14,10 @@ The tokenizer goes in as llama.cpp's `gpt2` BPE model with the `gpt-2` pre-token
 BPE splits text with GPT-2's regex): tokens, merges, types (special tokens are control tokens; rows of the
 embedding beyond the tokenizer are unused `[PADn]` tokens) and the special tokens' ids. q8_0 quantizes every
 matrix whose rows are a multiple of 32 (one fp16 scale per 32 weights); other matrices go f16, vectors
-(norms, biases) stay f32 in every format, as llama.cpp's own converter does.
+(norms, biases) stay f32 in every format, as llama.cpp's own converter does. q4_0 (4-bit codes, one fp16
+scale per 32 weights) does the same except for the output projection (the embedding when tied), which goes
+q8_0: the logits are the most sensitive to rounding, and `llama-quantize` too keeps that matrix at 6+ bits
+(its q6_K, which the `gguf` package cannot write).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from llmlab.model import LanguageModel
 from llmlab.model.layers import rope_frequencies
 from llmlab.tokenizer import TextTokenizer
 
-QUANTS = ("f32", "f16", "q8_0")
+QUANTS = ("f32", "f16", "q8_0", "q4_0")
 FIX = "GGUF holds decoders of Llama or GPT-2 style with a byte-level BPE tokenizer; --to onnx or --to hf take others"
 
 
@@ -134,15 +137,28 @@ def gguf_tensors(model: LanguageModel) -> dict[str, torch.Tensor]:
 
 
 def encode_tensor(tensor: torch.Tensor, quant: str) -> tuple[np.ndarray, object]:
-    """(data, GGML type): vectors in f32; matrices in f16 or q8_0 when asked (q8_0 where rows divide by 32)."""
+    """(data, GGML type): vectors in f32; matrices in f16, q8_0 or q4_0 when asked (blocks where rows divide
+    by 32, f16 otherwise)."""
     gguf = _gguf()
     types = gguf.GGMLQuantizationType
     data = tensor.numpy().astype(np.float32)
     if data.ndim < 2 or quant == "f32":
         return data, types.F32
-    if quant == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[types.Q8_0][0] == 0:
-        return gguf.quants.quantize(data, types.Q8_0), types.Q8_0
+    kind = {"q8_0": types.Q8_0, "q4_0": types.Q4_0}.get(quant)
+    if kind is not None and data.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0] == 0:
+        return gguf.quants.quantize(data, kind), kind
     return data.astype(np.float16), types.F16
+
+
+def output_matrix(tensors: dict[str, torch.Tensor]) -> str:
+    """The matrix that makes the logits: `output.weight`, or the token embedding when they are tied."""
+    return "output.weight" if "output.weight" in tensors else "token_embd.weight"
+
+
+def encode_tensors(tensors: dict[str, torch.Tensor], quant: str) -> dict[str, tuple[np.ndarray, object]]:
+    """Every tensor in `quant`, but the output matrix of a q4_0 file in q8_0 (see the module's docstring)."""
+    keep = output_matrix(tensors) if quant == "q4_0" else None
+    return {n: encode_tensor(t, "q8_0" if n == keep else quant) for n, t in tensors.items()}
 
 
 # -- metadata ----------------------------------------------------------------------------------------
@@ -207,7 +223,7 @@ def _tokenizer_metadata(writer, tokenizer: TextTokenizer, vocab_size: int) -> No
     writer.add_add_eos_token(False)
 
 
-FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
 
 
 def export_gguf(
@@ -220,7 +236,7 @@ def export_gguf(
     gguf = _gguf()
     arch = gguf_architecture(model, tokenizer)
     tensors = gguf_tensors(model)
-    encoded = {n: encode_tensor(t, quant) for n, t in tensors.items()}
+    encoded = encode_tensors(tensors, quant)
 
     def write(path: Path) -> None:
         writer = gguf.GGUFWriter(str(path), arch.name)
