@@ -166,8 +166,6 @@ def plan_memory(
         raise LlmlabError(f"the parameter count must be positive, got {params:g}", "pass e.g. --params 7e9")
     if gpus < 1:
         raise LlmlabError(f"--gpus must be >= 1, got {gpus}", "pass the number of GPUs")
-    if strategy != "ddp" and gpus == 1:
-        gpus = 1  # sharding over one GPU is no sharding
     if mixed_precision:
         weights, grads, states = 2.0, 2.0, 4.0 + OPTIMIZER_STATE_BYTES[optimizer]  # fp32 master copy + states
     else:
