@@ -264,7 +264,7 @@ def test_gpu_days_at_a_utilisation():
         "V100 has no bf16 peak in the table — use one of: fp32, fp16"
     )
     for mfu in (0.0, 1.01, -0.5):
-        assert message(lambda: compute.gpu_days(day, "A100", mfu=mfu)) == (
+        assert message(lambda m=mfu: compute.gpu_days(day, "A100", mfu=m)) == (
             f"utilisation must be in (0, 1], got {mfu} — pass e.g. --mfu 0.4"
         )
 
