@@ -65,10 +65,8 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: list[int], rng: torch.Gener
         return len(drafts), int(p[len(drafts)].argmax())
     q = q.to(p.device) if drafts else q  # a lookup drafter's one-hot rows are made on the CPU
     for i, x in enumerate(drafts):
-        ratio = p[i, x] / q[i, x].clamp(min=1e-20)
-        if float(torch.rand((), generator=rng, device=rng.device)) < float(
-            ratio
-        ):  # min(1, ratio): a draw below 1 always passes
+        ratio = float(p[i, x] / q[i, x].clamp(min=1e-20))
+        if float(torch.rand((), generator=rng, device=rng.device)) < ratio:  # min(1, ratio): a ratio >= 1 passes
             continue
         residual = (p[i] - q[i]).clamp(min=0)
         total = float(residual.sum())
