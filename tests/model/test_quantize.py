@@ -1,5 +1,4 @@
 import copy
-import os
 import re
 import statistics
 import sys
@@ -495,6 +494,6 @@ def test_the_smaller_groups_warning_points_at_the_caller_of_quantize_model():
     with pytest.warns(UserWarning, match="smaller groups") as record:
         quantize_model(model, QuantizationSpec("nf4"))
     caller = __file__
-    if os.environ.get("MUTANT_UNDER_TEST"):  # under mutation testing a trampoline calls the mutated function
+    if "mutmut.mutation.trampoline" in sys.modules:  # under mutation testing a trampoline calls quantize_model
         caller = sys.modules["mutmut.mutation.trampoline"].__file__
     assert [w.filename for w in record] == [caller]  # stacklevel 2: the caller, not quantize.py
