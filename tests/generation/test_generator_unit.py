@@ -1,0 +1,242 @@
+"""The generator's small decisions, exact and fast (mutation testing runs this file): temperature, top-k and
+top-p on logits whose outcome is worked out by hand, the end-of-sequence ban of min_new_tokens, how a prompt
+is fitted to the context window (budgets, exact refusals, truncation), finish reasons and stop strings, the
+settings' validation, and when the packed copy of the weights is rebuilt."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from llmlab.errors import LlmlabError
+from llmlab.generation import config as config_module
+from llmlab.generation.config import GenerationConfig, compile_choice
+from llmlab.generation.generator import Generator, _forbid_end, _same_tensors, next_tokens, process_logits
+from llmlab.model.soft_prompt import add_soft_prompt
+from llmlab.tokenizer import train_tokenizer
+from tests.helpers import SAMPLE_TEXT, tiny_model
+
+INF = float("inf")
+
+
+def message(call) -> str:
+    with pytest.raises(LlmlabError) as caught:
+        call()
+    return str(caught.value)
+
+
+# -- logits -----------------------------------------------------------------------------------------
+
+
+def test_temperature_divides_the_logits():
+    logits = torch.tensor([[2.0, -4.0, 1.0]])
+    assert torch.equal(process_logits(logits, 2.0, 0, 1.0), torch.tensor([[1.0, -2.0, 0.5]]))
+    assert torch.equal(process_logits(logits, 0.5, 0, 1.0), torch.tensor([[4.0, -8.0, 2.0]]))
+    assert torch.equal(process_logits(logits, 1.0, 0, 1.0), logits)
+
+
+def test_top_k_keeps_the_k_largest_of_each_row_and_their_ties():
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [0.0, 0.0, 5.0, -1.0]])
+    assert process_logits(logits, 1.0, 2, 1.0).tolist() == [[-INF, 4.0, 3.0, -INF], [0.0, 0.0, 5.0, -INF]]
+    assert torch.equal(process_logits(logits, 1.0, 4, 1.0), logits)  # k = V: nothing to drop
+    assert torch.equal(process_logits(logits, 1.0, 9, 1.0), logits)
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])  # ranked: 0.5, 0.25, 0.15, 0.1
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(process_logits(logits, 1.0, 0, p)).int().tolist()  # noqa: E731
+    assert kept(0.5) == [[0, 1, 0, 0]]  # 0.5 alone reaches 0.5
+    assert kept(0.6) == [[0, 1, 0, 1]]  # 0.5 + 0.25
+    assert kept(0.75) == [[0, 1, 0, 1]]  # exactly reached: the next one is not needed
+    assert kept(0.8) == [[0, 1, 1, 1]]
+    assert kept(0.01) == [[0, 1, 0, 0]]  # never fewer than one token
+    both = process_logits(torch.stack([logits[0], logits[0].flip(-1)]), 1.0, 0, 0.6)
+    assert torch.isfinite(both).int().tolist() == [[0, 1, 0, 1], [1, 0, 1, 0]]  # each row in its own order
+
+
+def test_next_tokens_take_the_argmax_when_greedy_and_sample_the_processed_distribution_otherwise():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]], dtype=torch.bfloat16)
+    assert next_tokens(logits, GenerationConfig(greedy=True), None).tolist() == [1, 0]
+    assert next_tokens(logits, GenerationConfig(temperature=0), None).tolist() == [1, 0]
+    top1 = GenerationConfig(temperature=5.0, top_k=1)
+    generator = torch.Generator().manual_seed(0)
+    assert all(next_tokens(logits, top1, generator).tolist() == [1, 0] for _ in range(20))
+    draws = torch.stack([next_tokens(logits, GenerationConfig(seed=1), generator) for _ in range(4000)])
+    assert draws.shape == (4000, 2)
+    share = (draws[:, 0] == 1).float().mean().item()
+    assert abs(share - math.exp(3) / (1 + math.exp(3) + math.e)) < 0.03  # softmax(0, 3, 1)[1] = 0.84
+
+
+def test_min_new_tokens_bans_the_end_unless_a_grammar_allows_nothing_else():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [-INF, -INF, 0.5], [0.0, -INF, -INF]])
+    _forbid_end(logits, eos_id=2)
+    assert logits.tolist() == [[1.0, 2.0, -INF], [-INF, -INF, 0.5], [0.0, -INF, -INF]]
+
+
+def test_same_tensors_compares_identity_pointer_and_dtype():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    now = [(a, 1, torch.float32), (b, 2, torch.float32)]
+    assert _same_tensors(now, list(now))
+    assert not _same_tensors(now, now[:1])
+    assert not _same_tensors(now, [(b, 1, torch.float32), (b, 2, torch.float32)])  # another tensor
+    assert not _same_tensors(now, [(a, 9, torch.float32), (b, 2, torch.float32)])  # moved
+    assert not _same_tensors(now, [(a, 1, torch.bfloat16), (b, 2, torch.float32)])  # cast
+    assert _same_tensors([], [])
+
+
+# -- prompts ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chars():
+    return train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+
+
+@pytest.fixture(scope="module")
+def decoder(chars):
+    return Generator(tiny_model("llama", vocab_size=chars.vocab_size, block_size=16), chars, compile="off")
+
+
+def test_a_decoder_prompt_fits_before_the_new_tokens(decoder, chars):
+    ids = chars.encode("abcdef")
+    assert decoder.encode_prompt("abcdef", GenerationConfig(max_new_tokens=10)) == ids  # exactly 6 fit
+    assert decoder.encode_prompt("", GenerationConfig(max_new_tokens=10)) == [decoder.eos_id]
+    assert decoder.encode_prompt("a", GenerationConfig(max_new_tokens=15)) == chars.encode("a")
+    assert message(lambda: decoder.encode_prompt("abcdefgh", GenerationConfig(max_new_tokens=10))) == (
+        "prompt has 8 tokens but only 6 fit before 10 new tokens in the 16-token context window — shorten the "
+        "prompt, lower --max-new-tokens, or pass --truncate-prompt to keep its last tokens"
+    )
+    assert message(lambda: decoder.encode_prompt("a", GenerationConfig(max_new_tokens=16))) == (
+        "max-new-tokens 16 leaves no room for a prompt in the 16-token context window — use at most 15 new tokens"
+    )
+
+
+def test_a_prompt_too_long_is_cut_to_its_last_tokens_when_asked(decoder, chars):
+    config = GenerationConfig(max_new_tokens=10, truncate_prompt=True)
+    with pytest.warns(UserWarning, match="prompt truncated from 8 to its last 6 tokens"):
+        assert decoder.encode_prompt("abcdefgh", config) == chars.encode("cdefgh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoder.encode_prompt("abcdef", config)  # fits: no warning
+
+
+def test_a_soft_prompt_takes_positions_from_the_budget(chars):
+    model = tiny_model("llama", vocab_size=chars.vocab_size, block_size=16)
+    add_soft_prompt(model, 3)
+    generator = Generator(model, chars, compile="off")
+    assert generator.encode_prompt("abc", GenerationConfig(max_new_tokens=10)) == chars.encode("abc")
+    assert "only 3 fit" in message(lambda: generator.encode_prompt("abcd", GenerationConfig(max_new_tokens=10)))
+    assert message(lambda: generator.encode_prompt("a", GenerationConfig(max_new_tokens=13))).startswith(
+        "max-new-tokens 13 leaves no room"
+    )
+
+
+def test_an_encoder_decoder_prompt_fills_the_encoder_and_ends_with_the_end_of_sequence():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    generator = Generator(tiny_model("t5", vocab_size=tok.vocab_size, block_size=16), tok, compile="off")
+    eos = tok.require("eos", "to end the input")
+    fifteen = "abcdefghijklmno"
+    assert generator.encode_prompt(fifteen, GenerationConfig(max_new_tokens=16)) == tok.encode(fifteen) + [eos]
+    assert message(lambda: generator.encode_prompt(fifteen + "p", GenerationConfig(max_new_tokens=4))) == (
+        "prompt has 16 tokens but only 15 fit in the 16-token context window — shorten the prompt, lower "
+        "--max-new-tokens, or pass --truncate-prompt to keep its last tokens"
+    )
+    assert message(lambda: generator.encode_prompt("a", GenerationConfig(max_new_tokens=17))) == (
+        "max-new-tokens 17 exceeds the decoder's 16 positions — use at most 16 new tokens"
+    )
+
+
+# -- endings ------------------------------------------------------------------------------------------
+
+
+def test_finish_reasons_and_stop_strings(decoder, chars):
+    eos = decoder.eos_id
+    text = chars.encode("def add(a, b)")
+    assert decoder._finish_reason(text + [eos], GenerationConfig()) == "eos"
+    assert decoder._finish_reason(text, GenerationConfig()) == "length"
+    assert decoder._finish_reason([], GenerationConfig()) == "length"
+    assert decoder._finish_reason(text, GenerationConfig(stop=["add"])) == "stop"
+    assert decoder._finish_reason(text, GenerationConfig(stop=["xyz"])) == "length"
+    config = GenerationConfig(stop=["b)", "(a"])
+    assert decoder._cut_at_stop("def add(a, b)", config) == "def add"  # the earliest stop string wins
+    done = decoder._completion("p", text + [eos], "eos", config)
+    assert (done.prompt, done.text, done.token_ids, done.finish_reason) == ("p", "def add", text, "eos")
+    assert decoder._completion("p", text, "length", GenerationConfig()).text == "def add(a, b)"
+
+
+def test_a_grammar_is_bound_once_until_another_comes(decoder):
+    from llmlab.generation.constraints import Grammar
+
+    assert decoder.bind(None) is None
+    grammar = Grammar.regex("[ab]+")
+    first = decoder.bind(grammar)
+    assert decoder.bind(Grammar.regex("[ab]+")) is first  # an equal grammar: the same binding
+    other = decoder.bind(Grammar.regex("[a]+"))
+    assert other is not first and other.grammar == Grammar.regex("[a]+")
+
+
+def test_the_packed_copy_is_rebuilt_when_parameters_are_replaced_and_repacked_when_refreshed(chars, monkeypatch):
+    from llmlab.generation import generator as module
+
+    model = tiny_model("llama", vocab_size=chars.vocab_size, block_size=16)
+    generator = Generator(model, chars, compile="off")
+    repacked = []
+    monkeypatch.setattr(module, "repack", lambda packed: repacked.append(packed))
+    generator.refresh()
+    assert repacked == []  # nothing packed yet
+    runner = generator.runner
+    assert generator.runner is runner and repacked == []  # unchanged weights: the same copy, untouched
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # in place: the version counter moves
+    assert generator.runner is runner and repacked == [runner]
+    generator.refresh()
+    assert repacked == [runner, runner]
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # replaced
+    assert generator.runner is not runner
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (dict(max_new_tokens=-1), "max-new-tokens must be >= 0, got -1 — pass a count such as 128"),
+        (dict(min_new_tokens=5, max_new_tokens=4), "min-new-tokens must be in [0, max-new-tokens], got 5 — lower it"),
+        (dict(min_new_tokens=-1), "min-new-tokens must be in [0, max-new-tokens], got -1 — lower it"),
+        (dict(temperature=-0.1), "temperature must be >= 0, got -0.1 — use 0 for greedy or e.g. 0.8"),
+        (dict(top_k=-1), "top-k must be >= 0, got -1 — use 0 to disable it or e.g. 50"),
+        (dict(top_p=0.0), "top-p must be in (0, 1], got 0.0 — use 1 to disable it or e.g. 0.95"),
+        (dict(top_p=1.5), "top-p must be in (0, 1], got 1.5 — use 1 to disable it or e.g. 0.95"),
+        (dict(num_samples=0), "num-samples must be >= 1, got 0 — pass 1 or more"),
+        (dict(stop=["a", ""]), "a stop string is empty — remove it or give it text"),
+    ],
+)
+def test_bad_settings_are_refused_with_what_to_do(settings, expected):
+    assert message(GenerationConfig(**settings).validate) == expected
+
+
+def test_settings_at_their_limits_are_accepted_and_round_trip():
+    for settings in (dict(max_new_tokens=0), dict(min_new_tokens=4, max_new_tokens=4), dict(temperature=0.0),
+                     dict(top_k=0, top_p=1.0), dict(num_samples=1, stop=["x"])):  # fmt: skip
+        GenerationConfig(**settings).validate()
+    config = GenerationConfig(max_new_tokens=7, temperature=0.5, stop=["\n"], seed=3)
+    assert GenerationConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
+    assert config.to_dict()["stop"] == ["\n"] and config.to_dict()["seed"] == 3
+    assert GenerationConfig().do_sample and not GenerationConfig(greedy=True).do_sample
+    assert not GenerationConfig(temperature=0).do_sample and GenerationConfig(temperature=0.01).do_sample
+
+
+def test_the_compile_choice_comes_from_the_caller_then_the_environment(monkeypatch):
+    monkeypatch.delenv("LLMLAB_COMPILE", raising=False)
+    assert compile_choice() == "auto" and compile_choice("on") == "on" and compile_choice("off") == "off"
+    monkeypatch.setenv("LLMLAB_COMPILE", "off")
+    assert compile_choice() == "off" and compile_choice("auto") == "off" and compile_choice("on") == "on"
+    monkeypatch.setenv("LLMLAB_COMPILE", "fast")
+    assert message(compile_choice) == "$LLMLAB_COMPILE is 'fast' — set it to one of auto, on, off or unset it"
+    assert message(lambda: compile_choice("yes")) == "compile='yes' is not a choice — use one of auto, on, off"
+    assert config_module.AUTO_COMPILE_TOKENS == 4096
