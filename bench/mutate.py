@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ CONFIG = ROOT / "bench" / "mutation.toml"
 WORK = ROOT / ".mutants"
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 KILLED_EXIT_CODES = {1, 3, 36, 37, 24, -24, 152, 255, -11, -9}  # mutmut's exit codes for the statuses above
+TIMEOUT_EXIT_CODES = {36, 24, -24, 152, 255}
 
 
 @dataclass
@@ -110,11 +112,20 @@ def mutmut(folder: Path, *args: str, capture: bool = True) -> str:
         LLMLAB_TEST_INDUCTOR_CACHE=str(folder / "inductor"),
     )
     command = [sys.executable, "-m", "mutmut", *args]
-    done = subprocess.run(command, cwd=folder, env=env, text=True, capture_output=capture)
-    if done.returncode != 0:
-        tail = (done.stdout or "")[-2000:] + (done.stderr or "")[-2000:] if capture else ""
+    pipe = subprocess.PIPE if capture else None
+    # its own session, so that stopping this driver stops mutmut and every worker it forked (left running,
+    # they would slow the next group's tests into false timeouts)
+    process = subprocess.Popen(command, cwd=folder, env=env, text=True, stdout=pipe, stderr=pipe,
+                               start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:
+        os.killpg(process.pid, signal.SIGTERM)
+        raise
+    if process.returncode != 0:
+        tail = (stdout or "")[-2000:] + (stderr or "")[-2000:] if capture else ""
         raise SystemExit(f"error: mutmut {' '.join(args)} failed in {folder} — {tail.strip() or 'see above'}")
-    return done.stdout or ""
+    return stdout or ""
 
 
 def _data_dir() -> Path:
@@ -169,16 +180,18 @@ def is_equivalent(group: Group, name: str, added: str) -> bool:
     return False
 
 
-def retest_survivors(folder: Path, group: Group) -> int:
+def retest_survivors(folder: Path, group: Group, timeouts: bool = False) -> int:
     """Mark every mutant not yet killed as unchecked, so the next run tries it against today's tests (mutmut
     itself reruns only mutants whose function changed), except equivalent and device-only ones: no test can
-    kill them, and each costs the full run of its tests. Returns how many were marked."""
+    kill them, and each costs the full run of its tests. With `timeouts`, mutants that timed out too (a
+    loaded machine makes false ones). Returns how many were marked."""
     marked = 0
     for meta in (folder / "mutants").rglob("*.py.meta"):
         data = json.loads(meta.read_text(encoding="utf-8"))
         codes = data["exit_code_by_key"]
         for key, code in codes.items():
-            if code is not None and code not in KILLED_EXIT_CODES and not _settled(folder, group, key):
+            retry = code is not None and (code not in KILLED_EXIT_CODES or (timeouts and code in TIMEOUT_EXIT_CODES))
+            if retry and not _settled(folder, group, key):
                 codes[key], marked = None, marked + 1
         meta.write_text(json.dumps(data), encoding="utf-8")
     return marked
@@ -205,7 +218,7 @@ def _settled(folder: Path, group: Group, name: str) -> bool:
     return is_equivalent(group, name, added) or only_the_device_changed(removed, added)
 
 
-def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
+def run_group(group: Group, max_children: int, fresh: bool, timeouts: bool = False) -> Outcome:
     folder = prepare(group)
     if fresh:
         shutil.rmtree(folder / "mutants", ignore_errors=True)
@@ -215,7 +228,9 @@ def run_group(group: Group, max_children: int, fresh: bool) -> Outcome:
     if (folder / "mutants").exists():
         if keep_results_for_more_tests(folder, group):
             print("   the group's tests changed: every test is mapped to its functions again", flush=True)
-        print(f"   retesting {retest_survivors(folder, group)} surviving mutants; killed ones stay killed", flush=True)
+        marked = retest_survivors(folder, group, timeouts)
+        print(f"   retesting {marked} surviving{' or timed-out' if timeouts else ''} mutants; killed ones stay killed",
+              flush=True)  # fmt: skip
     mutmut(folder, "run", "--max-children", str(max_children), capture=False)
     found = statuses(folder)
     killed = sum(status in KILLED for status in found.values())
@@ -282,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="forget earlier results (after changing which tests exist for a function, or the mutmut version)",
     )
+    parser.add_argument(
+        "--retest-timeouts",
+        action="store_true",
+        help="try timed-out mutants again (a busy machine times out mutants that would have been killed or survived)",
+    )
     args = parser.parse_args(argv)
     groups = load_groups()
     if args.list:
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen or unknown:
         print(f"error: unknown or no groups {unknown} — choose from {', '.join(groups)} or --all", file=sys.stderr)
         return 2
-    outcomes = [run_group(groups[name], args.max_children, args.fresh) for name in chosen]
+    outcomes = [run_group(groups[name], args.max_children, args.fresh, args.retest_timeouts) for name in chosen]
     for o in outcomes:
         print(
             f"\n{o.group}: {o.killed}/{o.total - len(o.equivalent) - len(o.device_only)} killed = {o.score:.1%} "
