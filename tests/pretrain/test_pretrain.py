@@ -241,3 +241,17 @@ def test_one_ctrl_c_saves_at_the_end_of_the_step(tmp_path):
     result = train(tiny_run(tmp_path), on_step=press_once, log=lambda s: None)
     assert result.interrupted and result.step == 3
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_n_layer_sizes_both_stacks_of_an_encoder_decoder_unless_the_decoder_is_given():
+    from llmlab.pretrain.config import PretrainConfig
+    from llmlab.pretrain.recipe import build_model_config
+    from llmlab.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["span corruption " * 20], kind="char", family="encoder-decoder")
+    both = build_model_config(PretrainConfig(family="encoder-decoder", preset="t5-nano", n_layer=2), tok)
+    assert (both.n_layer, both.n_decoder_layer) == (2, 2)
+    apart = build_model_config(PretrainConfig(family="encoder-decoder", n_layer=2, n_decoder_layer=1), tok)
+    assert (apart.n_layer, apart.n_decoder_layer) == (2, 1)
+    preset = build_model_config(PretrainConfig(family="encoder-decoder", preset="t5-nano"), tok)
+    assert (preset.n_layer, preset.n_decoder_layer) == (3, 3)

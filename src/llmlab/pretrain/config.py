@@ -64,7 +64,11 @@ class ModelOptions(Validated):
         None, "model preset (see `llmlab presets`); default llama-micro, bert-micro or t5-micro by family"
     )
     block_size: int | None = option(None, "context length in tokens (overrides the preset)")
-    n_layer: int | None = option(None, "number of transformer blocks (overrides the preset)")
+    n_layer: int | None = option(
+        None,
+        "number of transformer blocks (overrides the preset; both stacks of an "
+        "encoder-decoder unless --n-decoder-layer is given)",
+    )
     n_decoder_layer: int | None = option(None, "decoder blocks of an encoder-decoder model (overrides the preset)")
     n_head: int | None = option(None, "attention heads (overrides the preset)")
     n_kv_head: int | None = option(None, "key/value heads for grouped-query attention (overrides the preset)")

@@ -90,6 +90,8 @@ def build_model_config(cfg: PretrainConfig, tokenizer: TextTokenizer) -> ModelCo
     overrides = {name: getattr(cfg, name) for name in MODEL_OVERRIDES}
     if spec.seq2seq:
         overrides["decoder_start_token_id"] = tokenizer.require("pad", "as the decoder's start token")
+        if cfg.n_decoder_layer is None:  # --n-layer alone sizes both stacks, as T5's num_decoder_layers defaults
+            overrides["n_decoder_layer"] = cfg.n_layer
     elif cfg.n_decoder_layer is not None:
         raise LlmlabError(
             "--n-decoder-layer is for encoder-decoder models", "leave it out or use --family encoder-decoder"
