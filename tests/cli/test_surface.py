@@ -108,3 +108,13 @@ def test_command_line_surface_matches_the_snapshot():
 def test_snapshot_file_is_in_its_canonical_form():
     """The file is exactly what the update writes, so a hand edit cannot hide a difference in formatting."""
     assert SNAPSHOT.read_text() == _dump(json.loads(SNAPSHOT.read_text()))
+
+
+def test_main_gives_the_callers_warning_display_back_when_it_returns(capsys):
+    import warnings
+
+    from llmlab.cli import main
+
+    before = warnings.showwarning
+    assert main(["plan", "memory", "--params", "1e6"]) == 0
+    assert warnings.showwarning is before

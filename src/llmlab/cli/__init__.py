@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
+    shown_before, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         args.func(args)
     except LlmlabError as exc:
@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    finally:  # called in-process (tests, notebooks), the caller's warnings show as before
+        warnings.showwarning = shown_before
     return 0
 
 
