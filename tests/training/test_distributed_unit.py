@@ -235,7 +235,11 @@ def test_rng_states_are_saved_by_the_main_rank_and_restored_at_the_same_world_si
     torch.manual_seed(7)
     peer_state = torch.get_rng_state()
     peer_draw = torch.rand(3)
-    monkeypatch.setattr(D, "gather_objects", lambda state, context: [state, peer_state])
+
+    def gather(state, context):  # the peer's state arrives only when there is a peer to ask
+        return [state] if context is None else [state, peer_state][: context.world]
+
+    monkeypatch.setattr(D, "gather_objects", gather)
     D.save_rng(tmp_path / "nothing", ctx(rank=1))  # only the main rank writes
     D.save_rng(tmp_path, ctx(rank=0))
     assert not D.load_rng(tmp_path, None)  # written by two ranks, read by one: a fresh stream
@@ -265,3 +269,59 @@ def test_a_sharded_checkpoint_round_trips_in_one_process_and_replaces_the_last(t
     assert torch.equal(fresh_optimizer.state[fresh.weight]["exp_avg"], moments)
     full = D.full_model_state(fresh)
     assert full.keys() == weights.keys() and all(torch.equal(full[k], weights[k]) for k in weights)
+
+
+def test_a_sharded_save_makes_its_folder_and_only_rank_0_clears_an_old_one(tmp_path, monkeypatch):
+    import torch.distributed.checkpoint as dcp
+
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    D.save_sharded(model, [optimizer], tmp_path / "new")  # no folder yet: nothing to clear
+    assert (tmp_path / "new").is_dir()
+    saved, barriers = [], []
+    monkeypatch.setattr(dcp, "save", lambda state, checkpoint_id: saved.append(checkpoint_id))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: barriers.append(1))
+    for rank in (1, 0):  # every rank writes its shards after the barrier; only rank 0 removes the last save
+        monkeypatch.setattr(dist, "get_rank", lambda r=rank: r)
+        folder = tmp_path / f"old{rank}"
+        folder.mkdir()
+        (folder / "stale").write_text("an earlier save")
+        D.save_sharded(model, [optimizer], folder)
+        assert (folder / "stale").exists() is (rank == 1)
+    assert saved == [str(tmp_path / "old1"), str(tmp_path / "old0")] and barriers == [1, 1]
+
+
+def test_saving_and_loading_shards_in_one_process_is_not_warned_about(tmp_path):
+    import warnings
+
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (D.save_sharded, D.load_sharded):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(model, [optimizer], tmp_path / "sharded")
+        assert not [w for w in caught if "torch.distributed is disabled" in str(w.message)], step.__name__
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A real gloo process group of one rank, in this process, so FSDP2 can shard a model here."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_full_model_state_of_a_sharded_model_is_plain_tensors(one_process_group):
+    from torch.distributed.fsdp import fully_shard
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    fully_shard(model)
+    assert type(model[0].weight).__name__ == "DTensor"  # sharded: its state dict would be DTensors
+    full = D.full_model_state(model)
+    assert full.keys() == expected.keys()
+    for name, tensor in full.items():
+        assert type(tensor) is torch.Tensor and tensor.device == CPU and torch.equal(tensor, expected[name]), name

@@ -172,7 +172,9 @@ def save_sharded(model: nn.Module, optimizers: list[torch.optim.Optimizer], fold
         shutil.rmtree(folder)
     if dist.is_initialized():
         dist.barrier()
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+    with warnings.catch_warnings():  # one process writing shards is intended (a resumed sharded run)
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
 
 
 def load_sharded(model: nn.Module, optimizers: list[torch.optim.Optimizer], folder: Path) -> None:
