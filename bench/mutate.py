@@ -17,6 +17,7 @@ Each group runs in `.mutants/<group>/` (its own mutmut configuration and cache),
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -258,13 +259,28 @@ def run_group(group: Group, max_children: int, fresh: bool, timeouts: bool = Fal
 
 
 def saved_outcomes(groups: dict[str, Group]) -> list[Outcome]:
-    """The last outcome of every group that has run here, in the configuration's order."""
+    """The last outcome of every group that has run here, in the configuration's order, its survivors
+    sorted again by the equivalents named since (no rerun needed to take a survivor off the score)."""
     found = []
     for name in groups:
         saved = WORK / name / "outcome.json"
         if saved.exists():
-            found.append(Outcome(**json.loads(saved.read_text(encoding="utf-8"))))
+            outcome = Outcome(**json.loads(saved.read_text(encoding="utf-8")))
+            named = [line for line in outcome.survivors if _names_an_equivalent(groups[name], line)]
+            outcome.survivors = [line for line in outcome.survivors if line not in named]
+            outcome.equivalent = outcome.equivalent + named
+            found.append(outcome)
     return found
+
+
+def _names_an_equivalent(group: Group, line: str) -> bool:
+    """Whether a saved survivor line (`name (status): function: 'added'`) is one of the group's equivalents."""
+    name, _, rest = line.partition(" (")
+    added = rest.split("): ", 1)[-1].partition(": ")[2]
+    try:
+        return is_equivalent(group, name, ast.literal_eval(added))
+    except (ValueError, SyntaxError):
+        return False
 
 
 def write_table(outcomes: list[Outcome], path: Path, groups: dict[str, Group]) -> None:
