@@ -162,3 +162,62 @@ def test_a_head_pruned_checkpoint_loads_and_generates(tmp_path, capsys):
     save_checkpoint(tmp_path / "t5", tiny_model("t5", vocab_size=tok.vocab_size, block_size=32), tok)
     code, _, err = run_cli(capsys, "prune", tmp_path / "t5", tmp_path / "t5-small", "--structure", "heads")
     assert_one_line_error(code, err, "decoder and encoder models without relative positions")
+
+
+def test_recovery_fine_tuning_keeps_the_pruned_zeros_only_when_asked(tmp_path, capsys):
+    import json
+
+    texts = [SAMPLE_TEXT, "Below is an instruction that describes a task. Write a response #:0123456789+"]
+    tok = train_tokenizer(texts, kind="char", family="decoder")
+    save_checkpoint(tmp_path / "base", tiny_model("llama", vocab_size=tok.vocab_size, block_size=128), tok)
+    records = [{"instruction": "Add.", "input": f"{a} + {b}", "output": str(a + b)} for a in range(4) for b in range(4)]
+    data = tmp_path / "add.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    code, _, err = run_cli(capsys, "prune", tmp_path / "base", tmp_path / "pruned", "--structure", "2:4")
+    assert code == 0, err
+    common = ["--data", data, "--method", "full", "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2",
+              "--eval-interval", "100", "--device", "cpu"]  # fmt: skip
+
+    def block_weights(folder):
+        model = load_checkpoint(str(folder)).model
+        return {name: linear.weight.detach().clone() for _, _, name, linear in find_linears(model, linears_in_blocks)}
+
+    pruned = block_weights(tmp_path / "pruned")
+    code, _, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--out", tmp_path / "kept", "--keep-sparsity",
+                           *common)  # fmt: skip
+    assert code == 0, err
+    assert "zero weights in" in err
+    kept = block_weights(tmp_path / "kept")
+    for name, before in pruned.items():
+        assert torch.equal(kept[name] == 0, before == 0), name  # the 2:4 pattern exactly
+        assert not torch.equal(kept[name], before), name  # and the kept weights trained
+    code, _, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--out", tmp_path / "dense", *common)
+    assert code == 0, err
+    dense = block_weights(tmp_path / "dense")
+    assert all(int((w == 0).sum()) == 0 for w in dense.values())  # a plain full fine-tune refills every zero
+
+    code, _, err = run_cli(capsys, "finetune", tmp_path / "pruned", "--out", tmp_path / "x", "--keep-sparsity",
+                           *common[:2], "--method", "lora")  # fmt: skip
+    assert_one_line_error(code, err, "--keep-sparsity is for --method full, not lora")
+    code, _, err = run_cli(capsys, "finetune", tmp_path / "base", "--out", tmp_path / "y", "--keep-sparsity", *common)
+    assert_one_line_error(code, err, "found no zero weights")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "model.safetensors").exists()
+
+
+def test_recovery_pre_training_from_a_pruned_init_keeps_its_zeros(tmp_path, capsys):
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    save_checkpoint(tmp_path / "base", tiny_model("llama", vocab_size=tok.vocab_size, block_size=32), tok)
+    assert run_cli(capsys, "prune", tmp_path / "base", tmp_path / "pruned", "--sparsity", "0.6")[0] == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT * 4)
+    args = ["pretrain", "--init", tmp_path / "pruned", "--data", corpus, "--max-steps", "3", "--batch-size", "4",
+            "--block-size", "32", "--lr", "1e-2", "--eval-interval", "100", "--device", "cpu"]  # fmt: skip
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "kept", "--keep-sparsity")
+    assert code == 0, err
+    before = load_checkpoint(str(tmp_path / "pruned")).model
+    after = load_checkpoint(str(tmp_path / "kept")).model
+    pairs = zip(find_linears(before, linears_in_blocks), find_linears(after, linears_in_blocks))
+    for (_, _, name, old), (_, _, _, new) in pairs:
+        assert torch.equal(new.weight == 0, old.weight == 0) and not torch.equal(new.weight, old.weight), name
+    code, _, err = run_cli(capsys, "pretrain", "--data", corpus, "--out", tmp_path / "x", "--keep-sparsity")
+    assert_one_line_error(code, err, "--keep-sparsity keeps the zeros of the --init checkpoint")

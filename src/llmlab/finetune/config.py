@@ -107,6 +107,8 @@ class MethodOptions(LoraOptions):
     method: str = option("lora", "full, lora, qlora (LoRA on a frozen NF4 base), prompt-tuning (soft prompt) or "
                          "linear-probe (--task: the head alone on a frozen encoder)")  # fmt: skip
     merge: bool = option(False, "LoRA: also write the base with the adapter merged in, to OUT/merged")
+    keep_sparsity: bool = option(False, "full: keep the zeros of a pruned base (recovery fine-tuning after "
+                                 "`llmlab prune`; unstructured or 2:4)")  # fmt: skip
     prompt_tokens: int = option(20, "prompt tuning: trainable vectors in front of every input")
     prompt_init: str | None = option(
         None, "prompt tuning: a text whose token embeddings start the prompt (default: random vocabulary tokens)"
@@ -120,6 +122,9 @@ class MethodOptions(LoraOptions):
             self.lora_spec().validate()
         if self.prompt_tokens < 1:
             raise LlmlabError(f"--prompt-tokens must be at least 1, got {self.prompt_tokens}", "use e.g. 20")
+        if self.keep_sparsity and self.method != "full":
+            raise LlmlabError(f"--keep-sparsity is for --method full, not {self.method}",
+                              "a LoRA or other adapter update is dense once merged: use --method full")  # fmt: skip
 
 
 @dataclass

@@ -34,6 +34,7 @@ from llmlab.model.soft_prompt import add_soft_prompt
 from llmlab.plan.adapter_peak import AdapterShape, adapter_step_peak
 from llmlab.plan.peak import ModelShape, StepPeak, training_step_peak
 from llmlab.progress import MetricsLog
+from llmlab.prune.keep import keeper_for_run
 from llmlab.training.adapter_checkpointing import run_checkpointer
 from llmlab.training.loop import Job, TrainResult
 from llmlab.training.losses import lm_loss, token_loss
@@ -90,6 +91,7 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
     model.to(session.device)
     if cfg.method == "qlora" and session.ctx is not None and session.ctx.strategy == "fsdp":
         raise LlmlabError("--method qlora cannot shard its 4-bit base with FSDP", "use --strategy ddp or none")
+    keeper = keeper_for_run(cfg.keep_sparsity, model, session)
     forward = session.wrap(model, cfg.fsdp_mixed_precision, f"{cfg.batch_size} rows per rank")
     out = Path(cfg.out)
     checkpointer = run_checkpointer(out, base.tokenizer, base.generation, session, info)
@@ -97,7 +99,7 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
     planned = functools.partial(_planned_step_peak, model, cfg, session.device, session.dtype, ddp)
     return Job(model=model, forward=forward, batches=rows.batches, loss=sft_loss, checkpointer=checkpointer,
                options=cfg.to_dict(), description=_describe(cfg, model, spec.name, rows, session),
-               planned_peak=planned)  # fmt: skip
+               planned_peak=planned, after_update=keeper.restore if keeper else None)  # fmt: skip
 
 
 def _planned_step_peak(model: nn.Module, cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype, ddp: bool,

@@ -27,6 +27,9 @@ class PretrainData(Validated):
     init: str | None = option(
         None, "start from this checkpoint's weights and tokenizer (e.g. seq2seq on a span-pre-trained model)"
     )
+    keep_sparsity: bool = option(
+        False, "with --init: keep the zeros of a pruned checkpoint (recovery training after `llmlab prune`)"
+    )
     data: str | None = option(
         None, "text file, folder (see --glob) or .jsonl file; default: the Python standard library's source"
     )
@@ -54,6 +57,8 @@ class PretrainData(Validated):
                 )
         if self.mean_span_length < 1:
             raise LlmlabError(f"--mean-span-length must be >= 1, got {self.mean_span_length}", "use e.g. 3")
+        if self.keep_sparsity and self.init is None:
+            raise LlmlabError("--keep-sparsity keeps the zeros of the --init checkpoint", "add --init PRUNED_CKPT")
 
 
 @dataclass

@@ -56,6 +56,7 @@ class Job:
     description: str = ""  # one line about the model and the run, logged once training is set up
     saves: nn.Module | None = None  # what the checkpointer writes when not `model` (a policy without its value head)
     kept: KeptState | None = None  # more state an exact resume needs (an online run's rollout), in one process
+    after_update: Callable[[], None] | None = None  # after every optimizer step (a pruned model's zeros put back)
 
 
 class KeptState(Protocol):
@@ -166,6 +167,8 @@ class Trainer:
             set_learning_rate(self.parts.optimizers, self.lr)
             draw = functools.partial(self.job.batches, False, state.step)
             result = train_step(self.parts, draw, cfg.grad_accum, cfg.grad_clip, self._rank_memory())
+            if self.job.after_update is not None:
+                self.job.after_update()
             if result.skipped:
                 state.skipped_steps += 1
                 scale = self.parts.scaler.get_scale()
