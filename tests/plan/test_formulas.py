@@ -142,8 +142,9 @@ def test_zero_stages_shard_states_then_gradients_then_weights(strategy, expected
     assert plan.inference == {"weights": 40}  # inference holds the whole model on each GPU
 
 
-def test_one_gpu_needs_no_all_reduce_buffer():
+def test_one_gpu_needs_no_all_reduce_buffer_and_two_do():
     assert "temporary buffers (gradient all-reduce)" not in plan_memory(10, gpus=1).training
+    assert plan_memory(10, gpus=2).training["temporary buffers (gradient all-reduce)"] == 40
 
 
 def test_activations_come_from_the_formula_when_the_shape_is_known_and_the_rule_of_thumb_otherwise():
@@ -304,11 +305,12 @@ class FakeCuda:
     ],
 )
 def test_the_peak_of_the_gpu_in_use(monkeypatch, name, dtype, tf32, peak):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name)
+    gpu = FakeCuda()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: name if device is gpu else "another GPU")
     before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's cuBLAS module: set, then restored
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        assert compute.accelerator_peak_flops(FakeCuda(), dtype) == peak
+        assert compute.accelerator_peak_flops(gpu, dtype) == peak
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     assert compute.accelerator_peak_flops(torch.device("cpu"), dtype) == 0.0
