@@ -59,6 +59,15 @@ def test_bootstrap_interval_of_the_mean():
     assert bootstrap_interval([1, 0, 1], seed=2) == pytest.approx(percentile_bootstrap([1.0, 0.0, 1.0], 2, 1000))
 
 
+def test_the_default_bootstrap_draws_a_thousand_resamples_and_two_examples_are_resampled():
+    values = list(np.random.default_rng(9).normal(size=40))  # continuous: every percentile moves with the draws
+    assert bootstrap_interval(values) == pytest.approx(percentile_bootstrap(values, 0, 1000), rel=1e-12)
+    assert bootstrap_interval(values) != pytest.approx(percentile_bootstrap(values, 0, 1001), rel=1e-12)
+    assert bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)  # resampled means 0, 0.5 or 1
+    low, high = bootstrap_statistic(["a", "a b"], lambda ts: distinct_n(ts, 1))  # resampled, not one point
+    assert low < high
+
+
 def test_a_bootstrap_of_one_or_no_example_is_that_example():
     assert bootstrap_interval([0.25]) == (0.25, 0.25)
     low, high = bootstrap_interval([])
@@ -170,6 +179,7 @@ def test_perplexity_and_log_likelihood_are_the_nll_seen_two_ways(char_model):
     assert text_perplexity(model, tokenizer, text) == (pytest.approx(math.exp(nll.total / nll.tokens)), nll.tokens)
     assert text_loglikelihood(model, tokenizer, text) == pytest.approx(-nll.total)
     assert text_loglikelihood(model, tokenizer, "a") == 0.0  # one token: nothing to predict
+    assert text_loglikelihood(model, tokenizer, "ab") < 0.0  # two: the second is predicted
     assert text_nll(model, tokenizer, text, stride=0).total == pytest.approx(nll.total)  # 0: half the window
     assert text_nll(model, tokenizer, text, stride=16).tokens == nll.tokens
 
