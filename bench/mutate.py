@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         help="try timed-out mutants again (a busy machine times out mutants that would have been killed or survived)",
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill`: unwind, so that mutmut's session is stopped
     groups = load_groups()
     if args.list:
         for g in groups.values():
