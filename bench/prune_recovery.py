@@ -8,7 +8,7 @@ The dense model trained for the same steps is the control: this small model is u
 help it too, and only the difference is recovery. Every pruned run is checked to end with exactly its
 pruned zero pattern.
 
-    .venv/bin/python bench/prune_recovery.py          # ~3 min on 2 cores
+    .venv/bin/python bench/prune_recovery.py          # ~4 min on 2 idle cores
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=DRAFT, help="a trained decoder (bench/speculative.py's draft)")
     parser.add_argument("--corpus", type=Path, default=CORPUS / "tinyshakespeare.txt")
-    parser.add_argument("--steps", type=int, default=200, help="recovery training steps")
+    parser.add_argument("--steps", type=int, default=150, help="recovery training steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
