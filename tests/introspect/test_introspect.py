@@ -126,7 +126,12 @@ def test_attention_maps_and_heat_maps(runs, capsys, tmp_path):
     ckpt = load_checkpoint(runs / "encoder-decoder")
     maps = attention_maps(ckpt.model, ckpt.tokenizer, "def add", target="return")
     assert set(maps) == {"encoder", "decoder", "cross"}
-    assert maps["cross"].weights.shape == (4, 4, 7, 8)  # layers, heads, 1 + 6 decoder tokens, 7 + 1 inputs
+    assert maps["cross"].weights.shape == (
+        1,
+        4,
+        7,
+        8,
+    )  # layers (--n-layer 1: both stacks), heads, 1 + 6 decoder tokens, 7 + 1 inputs
     for kind, head in (("cross", []), ("encoder", ["--head", "1"])):
         out = tmp_path / f"{kind}.png"
         code, text, _ = run_cli(
