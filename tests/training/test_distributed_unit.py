@@ -94,6 +94,11 @@ def test_with_cuda_each_rank_takes_its_local_gpu_and_nccl(fake_group, monkeypatc
     assert fake_group["set_device"] == [1] and fake_group["init"][0]["backend"] == "nccl"
 
 
+def test_by_default_a_gpu_is_used_when_there_is_one(fake_group, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert D.init_distributed("ddp", 3).device == torch.device("cuda", 1)
+
+
 def test_cuda_is_left_alone_when_the_cpu_is_asked_for(fake_group, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert D.init_distributed("ddp", 3, device="cpu").device == CPU
