@@ -267,3 +267,23 @@ def test_speculative_generate_matches_plain_generation_sample_by_sample():
     again, _ = speculative_generate(generator, ["ab"], sampled, LookupDrafter(tok.vocab_size), 2)
     assert [s.token_ids for s in first[0]] == [s.token_ids for s in again[0]]
     assert first[0][0].token_ids != first[0][1].token_ids  # seed + n for the n-th sample
+
+
+def test_speculative_generate_with_one_draft_stop_strings_and_per_sample_seeds():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    target = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32)
+    generator = Generator(target, tok, compile="off")
+    drafter = model_drafter(generator, target, tok)
+    for config in (GenerationConfig(max_new_tokens=8, greedy=True),
+                   GenerationConfig(max_new_tokens=12, greedy=True, stop=["e", "a"])):  # fmt: skip
+        plain = generator.generate(["ab", "the"], config)
+        for k in (1, 3):
+            results, stats = speculative_generate(generator, ["ab", "the"], config, drafter, k)
+            got = [(s.text, s.token_ids, s.finish_reason) for r in results for s in r]
+            assert got == [(s.text, s.token_ids, s.finish_reason) for r in plain for s in r], (config.stop, k)
+            assert stats.acceptance_rate == 1.0 and stats.proposed > 0
+    two, _ = speculative_generate(generator, ["ab"], GenerationConfig(max_new_tokens=6, seed=4, num_samples=2),
+                                  LookupDrafter(tok.vocab_size), 2)  # fmt: skip
+    alone, _ = speculative_generate(generator, ["ab"], GenerationConfig(max_new_tokens=6, seed=5),
+                                    LookupDrafter(tok.vocab_size), 2)  # fmt: skip
+    assert two[0][1].token_ids == alone[0][0].token_ids  # sample n draws with seed + n
