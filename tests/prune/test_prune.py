@@ -221,3 +221,12 @@ def test_recovery_pre_training_from_a_pruned_init_keeps_its_zeros(tmp_path, caps
         assert torch.equal(new.weight == 0, old.weight == 0) and not torch.equal(new.weight, old.weight), name
     code, _, err = run_cli(capsys, "pretrain", "--data", corpus, "--out", tmp_path / "x", "--keep-sparsity")
     assert_one_line_error(code, err, "--keep-sparsity keeps the zeros of the --init checkpoint")
+    # interrupted after 1 step and resumed (the model is rebuilt, then its sparse weights restored): still kept
+    split = [*args[: args.index("--max-steps") + 1], "1", *args[args.index("--max-steps") + 2 :]]
+    assert run_cli(capsys, *split, "--out", tmp_path / "split", "--keep-sparsity")[0] == 0
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "split", "--keep-sparsity", "--resume")
+    assert code == 0, err
+    resumed = load_checkpoint(str(tmp_path / "split")).model
+    for (_, _, name, old), (_, _, _, new) in zip(find_linears(before, linears_in_blocks),
+                                                 find_linears(resumed, linears_in_blocks)):  # fmt: skip
+        assert torch.equal(new.weight == 0, old.weight == 0), name

@@ -91,7 +91,7 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
     model.to(session.device)
     if cfg.method == "qlora" and session.ctx is not None and session.ctx.strategy == "fsdp":
         raise LlmlabError("--method qlora cannot shard its 4-bit base with FSDP", "use --strategy ddp or none")
-    keeper = keeper_for_run(cfg.keep_sparsity, model, session)
+    keeper = keeper_for_run(cfg.keep_sparsity, model, session, resuming=saved is not None)
     forward = session.wrap(model, cfg.fsdp_mixed_precision, f"{cfg.batch_size} rows per rank")
     out = Path(cfg.out)
     checkpointer = run_checkpointer(out, base.tokenizer, base.generation, session, info)
@@ -99,7 +99,8 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
     planned = functools.partial(_planned_step_peak, model, cfg, session.device, session.dtype, ddp)
     return Job(model=model, forward=forward, batches=rows.batches, loss=sft_loss, checkpointer=checkpointer,
                options=cfg.to_dict(), description=_describe(cfg, model, spec.name, rows, session),
-               planned_peak=planned, after_update=keeper.restore if keeper else None)  # fmt: skip
+               planned_peak=planned, on_start=keeper.record if keeper else None,
+               after_update=keeper.restore if keeper else None)  # fmt: skip
 
 
 def _planned_step_peak(model: nn.Module, cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype, ddp: bool,

@@ -70,7 +70,7 @@ def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | N
     global_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * session.world)
     batches = batch_source(objective, global_cfg, data, model_config, session.rows(cfg.batch_size))
     model = _build(model_config, init_state, cfg, session)
-    keeper = keeper_for_run(cfg.keep_sparsity, model, session)
+    keeper = keeper_for_run(cfg.keep_sparsity, model, session, resuming=saved is not None)
     forward = session.wrap(model, cfg.fsdp_mixed_precision, f"{cfg.batch_size} sequences per rank")
     block = model_config.block_size
     # leave room for a prompt in a decoder's context; an encoder-decoder's output has its own
@@ -83,6 +83,7 @@ def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | N
         flops_per_token=functools.partial(_flops_per_token, model_config),
         planned_peak=functools.partial(_planned_step_peak, model, cfg, session.device, session.dtype, ddp),
         description=_describe(cfg, model, family, objective, session),
+        on_start=keeper.record if keeper else None,
         after_update=keeper.restore if keeper else None,
     )  # fmt: skip
 

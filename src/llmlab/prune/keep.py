@@ -14,12 +14,16 @@ from llmlab.training.session import Session
 
 
 class SparsityKeeper:
-    """The zero pattern of a model's block linears; `restore()` zeroes those weights again."""
+    """The zero pattern of a model's block linears; `restore()` zeroes those weights again. `record()` reads
+    the pattern from the weights as they are: the pruned start, or the sparse weights a resume restored."""
 
     def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.masks: list[tuple[nn.Parameter, torch.Tensor]] = []
-        seen: set[int] = set()
-        for _, _, _, linear in find_linears(model, linears_in_blocks):
+
+    def record(self) -> None:
+        self.masks, seen = [], set()
+        for _, _, _, linear in find_linears(self.model, linears_in_blocks):
             weight = linear.weight
             if id(weight) in seen:
                 continue
@@ -41,13 +45,16 @@ class SparsityKeeper:
             weight.masked_fill_(mask, 0.0)
 
 
-def keeper_for_run(enabled: bool, model: nn.Module, session: Session) -> SparsityKeeper | None:
-    """--keep-sparsity of a training recipe: the zeros recorded before the first step and before FSDP
-    would shard them away (so refused there), with one line saying how many stay."""
+def keeper_for_run(enabled: bool, model: nn.Module, session: Session, resuming: bool) -> SparsityKeeper | None:
+    """--keep-sparsity of a training recipe (refused under FSDP, which shards the weights away). A new run
+    records the zeros now, so a checkpoint without any is refused before anything is written; the trainer
+    records them again at its start (`Job.on_start`), after a resume has restored the sparse weights."""
     if not enabled:
         return None
     if session.ctx is not None and session.ctx.sharded:
         raise LlmlabError("--keep-sparsity cannot follow weights sharded by FSDP", "use --strategy ddp or none")
     keeper = SparsityKeeper(model)
-    session.log(f"keeping sparsity: {keeper.zeros:,} zero weights in {len(keeper.masks)} layers stay zero")
+    if not resuming:
+        keeper.record()
+        session.log(f"keeping sparsity: {keeper.zeros:,} zero weights in {len(keeper.masks)} layers stay zero")
     return keeper

@@ -56,6 +56,7 @@ class Job:
     description: str = ""  # one line about the model and the run, logged once training is set up
     saves: nn.Module | None = None  # what the checkpointer writes when not `model` (a policy without its value head)
     kept: KeptState | None = None  # more state an exact resume needs (an online run's rollout), in one process
+    on_start: Callable[[], None] | None = None  # once before the first step, after a resume restored the weights
     after_update: Callable[[], None] | None = None  # after every optimizer step (a pruned model's zeros put back)
 
 
@@ -118,6 +119,8 @@ class Trainer:
     def fit(self, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
         """Train until a budget runs out or Ctrl-C (which saves a resumable checkpoint first)."""
         self.model.train()
+        if self.job.on_start is not None:
+            self.job.on_start()
         result = TrainResult(
             out=self.job.checkpointer.out, step=self.state.step, best_val_loss=self.state.best_val_loss
         )
