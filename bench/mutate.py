@@ -283,20 +283,36 @@ def _names_an_equivalent(group: Group, line: str) -> bool:
         return False
 
 
+def _table_rows(table: str) -> dict[str, str]:
+    """The rows of a score table already written, by group (the header and its rule are not rows)."""
+    rows = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] not in ("group", "---"):
+            rows[cells[0]] = line.strip()
+    return rows
+
+
 def write_table(outcomes: list[Outcome], path: Path, groups: dict[str, Group]) -> None:
     """The score table between the markers in `path` (the rest of the file is the reader's)."""
     rows = [
         "| group | modules | mutants | killed | equivalent | device only | survived | score | at |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for o in outcomes:
-        modules = ", ".join(m.removeprefix("src/llmlab/") for m in groups[o.group].modules)
-        counts = f"{o.total} | {o.killed} | {len(o.equivalent)} | {len(o.device_only)} | {len(o.survivors)}"
-        rows.append(f"| {o.group} | {modules} | {counts} | {o.score:.1%} | {o.commit or '?'} |")
     begin, end = "<!-- mutation-table -->", "<!-- /mutation-table -->"
     text = path.read_text(encoding="utf-8") if path.exists() else f"{begin}\n{end}\n"
     head, _, rest = text.partition(begin)
-    _, _, tail = rest.partition(end)
+    table, _, tail = rest.partition(end)
+    measured = {o.group: o for o in outcomes}
+    kept = _table_rows(table)  # groups measured in an earlier checkout keep their row until they run here
+    for name in groups:
+        if name in measured:
+            o = measured[name]
+            modules = ", ".join(m.removeprefix("src/llmlab/") for m in groups[name].modules)
+            counts = f"{o.total} | {o.killed} | {len(o.equivalent)} | {len(o.device_only)} | {len(o.survivors)}"
+            rows.append(f"| {name} | {modules} | {counts} | {o.score:.1%} | {o.commit or '?'} |")
+        elif name in kept:
+            rows.append(kept[name])
     path.write_text(f"{head}{begin}\n" + "\n".join(rows) + f"\n{end}{tail}", encoding="utf-8")
 
 

@@ -23,6 +23,7 @@ from llmlab.align.rewards import load_reward
 from llmlab.align.rl_losses import KLController, clipped_policy_loss, clipped_value_loss, grpo_loss
 from llmlab.align.rollout import ActorCritic, RolloutBatch, RolloutSettings, collect, padded, score_tokens
 from llmlab.checkpoint.folder import Checkpoint
+from llmlab.checkpoint.lineage import DataSource, Stage
 from llmlab.device import autocast
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
@@ -199,8 +200,10 @@ def prepare_online_job(cfg: AlignConfig, session: Session, base: Checkpoint, tun
     session.log(f"data: {len(train):,} training, {len(val):,} validation prompts; a rollout is {cfg.rollout_prompts} "
                 f"prompts x {cfg.completions_per_prompt} completions of up to {cfg.max_new_tokens} tokens, "
                 f"{source.steps_per_rollout} optimizer steps each; dropout off")  # fmt: skip
+    stage = Stage(kind="alignment", method=f"{cfg.method}, KL coefficient {cfg.kl_value:g}, reward {cfg.reward}",
+                  base=cfg.base, data=[DataSource(str(cfg.prompts), len(train) + len(val))])  # fmt: skip
     return Job(model=actor, forward=actor, batches=source, loss=loss, checkpointer=checkpointer, options=cfg.to_dict(),
-               saves=policy, kept=OnlineState(actor, source))  # fmt: skip
+               saves=policy, kept=OnlineState(actor, source), stage=stage)  # fmt: skip
 
 
 def _split_prompts(cfg: AlignConfig, prompts: list[str]) -> tuple[list[str], list[str]]:

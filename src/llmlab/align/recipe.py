@@ -20,6 +20,7 @@ from llmlab.align.config import ONLINE, AlignConfig
 from llmlab.align.data import Pair, PairBatch, PairRows, collate_pairs, pair_batches, pair_rows, read_pairs
 from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, preference_loss, preference_metrics
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
+from llmlab.checkpoint.lineage import DataSource, Stage
 from llmlab.data.objectives import IGNORE
 from llmlab.device import autocast
 from llmlab.errors import LlmlabError
@@ -134,8 +135,10 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     trainable, total = trainable_counts(model)
     description = (f"model: {cfg.base}, {cfg.method} (beta {cfg.beta_value}), {cfg.tune}: {trainable:,} of {total:,} "
                    f"parameters train ({100 * trainable / total:.2f}%); context {block}")  # fmt: skip
+    stage = Stage(kind="alignment", method=f"{cfg.method} beta={cfg.beta_value:g} ({cfg.tune})", base=cfg.base,
+                  data=[DataSource(", ".join(cfg.data), len(train) + len(val))])  # fmt: skip
     return Job(model=model, forward=session.wrap(model), batches=batches, loss=loss, checkpointer=checkpointer,
-               options=cfg.to_dict(), description=description)  # fmt: skip
+               options=cfg.to_dict(), description=description, stage=stage)  # fmt: skip
 
 
 def _online_job(cfg: AlignConfig, session: Session, base) -> Job:

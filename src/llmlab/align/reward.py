@@ -22,6 +22,7 @@ from torch import nn
 
 from llmlab.align.data import Pair, PairBatch, read_pairs
 from llmlab.checkpoint.adapter import weights_fingerprint
+from llmlab.checkpoint.lineage import DataSource, Stage
 from llmlab.data.collate import pad_rows
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
@@ -169,4 +170,6 @@ def prepare_reward_job(cfg: RewardConfig, session: Session, saved: dict[str, Any
                    f"{total:,} parameters train; Bradley-Terry loss, centring {cfg.center}")  # fmt: skip
     return Job(model=model, forward=session.wrap(_Scores(model)), batches=batches,
                loss=functools.partial(reward_loss, center=cfg.center), checkpointer=checkpointer,
-               options=cfg.to_dict(), description=description)  # fmt: skip
+               options=cfg.to_dict(), description=description,
+               stage=Stage(kind="reward model", method=f"Bradley-Terry ({cfg.tune}{', centred' if cfg.center else ''})",
+                           base=cfg.base, data=[DataSource(", ".join(cfg.data), len(train) + len(val))]))  # fmt: skip

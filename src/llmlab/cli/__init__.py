@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from llmlab.cli import (
     align,
+    card,
     chat,
     data,
     distill,
@@ -46,7 +47,7 @@ from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
 COMMAND_GROUPS = (data, pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
-                  quantize, prune, hf, plan)  # fmt: skip
+                  quantize, prune, hf, card, plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

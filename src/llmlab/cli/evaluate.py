@@ -96,12 +96,34 @@ def cmd_prompt(args: argparse.Namespace) -> None:
         print(f"--- note: {note}")
 
 
+def _card_result(task: str, task_type: str, metric: str, value: float, interval, shots: int | None, examples: int,
+                 dataset: str | None = None) -> dict:  # fmt: skip
+    """One evaluation result as the model card records it (checkpoint/card.py)."""
+    low, high = interval if interval else (None, None)
+    return {"task": task, "task_type": task_type, "dataset": dataset or task, "metric": metric, "value": value,
+            "low": low, "high": high, "shots": shots, "examples": examples}  # fmt: skip
+
+
+def _record_on_card(args: argparse.Namespace, results: list[dict]) -> None:
+    """Results go into the evaluated llmlab folder's evaluations.json and model card (an adapter's when one is
+    put on the base: they are the adapted model's); a Hugging Face folder or hub id is left as it is."""
+    from llmlab.checkpoint.card import is_card_folder, record_evaluation
+
+    folder = Path(getattr(args, "adapter", None) or args.checkpoint)
+    if results and is_card_folder(folder):
+        record_evaluation(folder, results)
+        print(f"model card: {folder / 'README.md'} (results added)", file=sys.stderr)
+
+
 def _perplexity(args: argparse.Namespace, ckpt) -> None:
     from llmlab.evaluation.evaluate import perplexity
 
     text = read_text(args.perplexity)
     ppl, tokens = perplexity(ckpt.model, ckpt.tokenizer, text, args.stride)
     result = {"perplexity": ppl, "tokens": tokens, "nats_per_token": math.log(ppl)}
+    name = Path(args.perplexity).name
+    _record_on_card(args, [_card_result(f"perplexity on {name}", "text-generation", "perplexity", ppl, None, None,
+                                        tokens, dataset=name)])  # fmt: skip
     print(
         json.dumps(result)
         if args.json
@@ -146,6 +168,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )  # fmt: skip
     out = _output_folder(args, "eval", task.name)
     records = [dataclasses.asdict(r) for r in results]
+    task_type = "text-classification" if task.labels else "text-generation"
+    _record_on_card(args, [_card_result(task.name, task_type, name, value, r.intervals.get(name), r.shots, r.examples)
+                           for r in results for name, value in r.metrics.items()])  # fmt: skip
     (out / "results.json").write_text(json.dumps({"task": task.name, "seed": args.seed, "results": records}, indent=2))
     plot_shots(results, out / "shots.png", f"{task.name}: {args.checkpoint}")
     if args.json:
@@ -185,6 +210,9 @@ def _evaluate_head(args: argparse.Namespace, ckpt) -> None:
     name = Path(args.task).stem
     out = _output_folder(args, "eval", name)
     (out / "results.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+    task_type = "token-classification" if head == "tag" else "text-classification"
+    _record_on_card(args, [_card_result(name, task_type, metric, value, report.intervals.get(metric), None,
+                                        report.examples) for metric, value in report.metrics.items()])  # fmt: skip
     plot = (
         head_eval.plot_confusion(report, out / "confusion.png", f"{name}: {args.checkpoint}")
         if head == "classify"
@@ -240,6 +268,10 @@ def _evaluate_rewards(args: argparse.Namespace, ckpt) -> None:
         summary = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("completions", "rewards")}
         print(json.dumps(summary))
         return
+    prompts_name = Path(args.prompts).name
+    _record_on_card(args, [_card_result(f"rewards on {prompts_name}", "text-generation", metric, value,
+                                        report.intervals.get(metric), None, report.samples, dataset=prompts_name)
+                           for metric, value in report.metrics.items()])  # fmt: skip
     rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
     print_table(rows, ["metric", "value", "95% interval"])
     print(

@@ -19,12 +19,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint.card import record_derived
     from llmlab.checkpoint.folder import require_new_folder, save_checkpoint
     from llmlab.load import merged_with_adapter
 
     out = require_new_folder(args.out)
     merged = merged_with_adapter(args.adapter, args.base)
     save_checkpoint(out, merged.model, merged.tokenizer, merged.generation)
+    record_derived(out, args.adapter, "merge", "the adapter added into its base's weights")
     print(f"{out}: the base with the adapter {args.adapter} merged in (a plain checkpoint every command takes)")
 
 

@@ -22,6 +22,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint.card import export_card
     from llmlab.checkpoint.folder import require_new_folder
     from llmlab.hf.exporter import export_hf
     from llmlab.load import load_checkpoint
@@ -38,6 +39,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         _export_peft(args)
         return
     name = export_hf(load_checkpoint(args.checkpoint, adapter=args.adapter), args.out)
+    export_card(args.adapter or args.checkpoint, args.out, f"Hugging Face transformers folder ({name})")
     print(f"{args.out}: Hugging Face folder; load it with transformers' {name} (or its Auto class) and AutoTokenizer")
 
 

@@ -39,6 +39,7 @@ def _pruned(ckpt, sparsity: float, method: str, structure: str, calibration):
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
+    from llmlab.checkpoint.card import record_derived
     from llmlab.checkpoint.folder import read_quantization, save_checkpoint
     from llmlab.family import family_spec
     from llmlab.load import load_checkpoint
@@ -60,6 +61,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise LlmlabError("prune needs OUT", "e.g. llmlab prune runs/main runs/main-50 --sparsity 0.5")
     model, report = _pruned(ckpt, args.sparsity, args.method, args.structure, calibration)
     out = save_checkpoint(args.out, model, ckpt.tokenizer, ckpt.generation)
+    record_derived(out, args.checkpoint, "pruning", f"{args.method} {args.structure}, sparsity {args.sparsity:g}",
+                   calibration=args.calibration)  # fmt: skip
     if args.structure in ("channels", "heads"):
         shape = (f"feed-forward width {model.config.intermediate_size}" if args.structure == "channels" else
                  f"{model.config.n_head} attention heads ({model.config.n_kv_head} key/value)")  # fmt: skip

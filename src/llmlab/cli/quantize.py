@@ -40,6 +40,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from llmlab.checkpoint.adapter import is_adapter
+    from llmlab.checkpoint.card import record_derived
     from llmlab.checkpoint.folder import read_quantization, save_checkpoint
     from llmlab.load import load_checkpoint, merged_with_adapter
     from llmlab.model.quantize import QuantizationSpec, quantize_model
@@ -61,6 +62,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise LlmlabError(f"{args.checkpoint} is already quantized", "quantize the original full-precision checkpoint")
     model = quantize_model(ckpt.model, spec)
     out = save_checkpoint(args.out, model, ckpt.tokenizer, ckpt.generation, quantization=spec.to_dict())
+    group = f", groups of {spec.group_size}" if spec.format in ("int4", "nf4") else ""
+    method = f"{spec.format} ({spec.scheme}{group}{', embeddings too' if spec.embeddings else ''})"
+    record_derived(out, args.adapter or args.checkpoint, "quantization", method, kept_in_16_bit=", ".join(spec.skip))
     before = (ckpt.path / "model.safetensors").stat().st_size
     after = (out / "model.safetensors").stat().st_size
     print(

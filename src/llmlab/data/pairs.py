@@ -22,6 +22,7 @@ class PairData:
     val_sources: list[np.ndarray]
     val_targets: list[np.ndarray]
     tokenizer: TextTokenizer
+    corpus_hash: str = ""  # blake2b of every input and target text: same hash, same pairs
 
 
 def read_pairs(path: str | Path, input_field: str, target_field: str) -> list[tuple[str, str]]:
@@ -69,11 +70,12 @@ def prepare_pairs(
     pairs = read_pairs(path, input_field, target_field)
     if len(pairs) < 2:
         raise LlmlabError(f"{path} has only {len(pairs)} pair", "a training and a validation pair are the least")
+    texts = [text for pair in pairs for text in pair]
+    corpus_hash = digest("pairs", *texts)
     if tokenizer is None:
-        texts = [text for pair in pairs for text in pair]
-        tokenizer = cached_tokenizer(texts, digest("pairs", *texts), tokenizer_kind, vocab_size, family, log)
+        tokenizer = cached_tokenizer(texts, corpus_hash, tokenizer_kind, vocab_size, family, log)
     sources = [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch([s for s, _ in pairs])]
     targets = [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch([t for _, t in pairs])]
     n_val = max(1, int(len(pairs) * val_fraction))
     log(f"data: {path}: {len(pairs) - n_val:,} training and {n_val:,} validation pairs")
-    return PairData(sources[:-n_val], targets[:-n_val], sources[-n_val:], targets[-n_val:], tokenizer)
+    return PairData(sources[:-n_val], targets[:-n_val], sources[-n_val:], targets[-n_val:], tokenizer, corpus_hash)

@@ -37,6 +37,8 @@ class TokenData:
     val: np.ndarray
     tokenizer: TextTokenizer
     source: str
+    documents: int = 0  # documents the corpus held after cleaning
+    corpus_hash: str = ""  # the token cache's key for the text (blake2b of every document): same hash, same text
 
 
 def digest(*parts: bytes | str) -> str:
@@ -92,7 +94,14 @@ def prepare_data(
     train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
     val = np.memmap(folder / "val.bin", dtype=dtype, mode="r")
     log(f"data: {len(train):,} training and {len(val):,} validation tokens (vocabulary {tokenizer.vocab_size:,})")
-    return TokenData(train=train, val=val, tokenizer=tokenizer, source=data or "python-stdlib")
+    return TokenData(
+        train=train,
+        val=val,
+        tokenizer=tokenizer,
+        source=data or "python-stdlib",
+        documents=len(docs),
+        corpus_hash=corpus_key,
+    )
 
 
 def cached_tokenizer(docs: list[str], corpus_key: str, kind: str, vocab_size: int, family: str, log) -> TextTokenizer:

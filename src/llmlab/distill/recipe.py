@@ -62,4 +62,6 @@ def prepare_distillation(cfg: DistillConfig, session: Session, saved: dict[str, 
         batches = cached_batches(job.batches, cache, cfg.teacher_top_k,
                                  lambda b: labelled_logits(frozen, b.to(session.device)), rank)  # fmt: skip
         session.log(f"teacher cache: {cache.folder} (top {cfg.teacher_top_k} logits per position)")
-    return dataclasses.replace(job, loss=loss, batches=batches, planned_peak=None)
+    method = f"{cfg.divergence} KL at T={cfg.temperature:g}, alpha {cfg.alpha:g}, from teacher {cfg.teacher}"
+    stage = dataclasses.replace(job.stage, kind="distillation", method=method)  # the teacher's FLOPs not counted
+    return dataclasses.replace(job, loss=loss, batches=batches, planned_peak=None, stage=stage)

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
+from llmlab.checkpoint.card import record_derived
 from llmlab.checkpoint.folder import Checkpoint, read_quantization, save_checkpoint
+from llmlab.checkpoint.lineage import Stage
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.finetune.config import FinetuneConfig
@@ -69,6 +71,7 @@ def finetune(
     if cfg.merge and cfg.method in ("lora", "qlora") and not result.interrupted:
         merged = merged_with_adapter(result.out)
         save_checkpoint(result.out / "merged", merged.model, merged.tokenizer, merged.generation)
+        record_derived(result.out / "merged", result.out, "merge", "the adapter added into its base's weights")
         say(f"merged: the base with the adapter added in, {result.out / 'merged'}")
     return result
 
@@ -100,7 +103,24 @@ def prepare_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any] | N
     return Job(model=model, forward=forward, batches=rows.batches, loss=sft_loss, checkpointer=checkpointer,
                options=cfg.to_dict(), description=_describe(cfg, model, spec.name, rows, session),
                planned_peak=planned, on_start=keeper.record if keeper else None,
-               after_update=keeper.restore if keeper else None)  # fmt: skip
+               after_update=keeper.restore if keeper else None, stage=_stage(cfg, rows))  # fmt: skip
+
+
+def _stage(cfg: FinetuneConfig, rows: TrainingRows) -> Stage:
+    """This run for the model card: the method with its adapter settings, and the instruction data."""
+    method = cfg.method
+    if cfg.method in ("lora", "qlora"):
+        method += f" r={cfg.lora_r}, alpha={cfg.lora_alpha:g}"
+    elif cfg.method == "prompt-tuning":
+        method += f" ({cfg.prompt_tokens} virtual tokens)"
+    settings = {
+        "lr": cfg.lr,
+        "batch size": cfg.batch_size,
+        "context": rows.block_size,
+        "packing": cfg.packing or None,
+        "loss on prompt": cfg.train_on_prompt or None,
+    }
+    return Stage(kind="fine-tuning", method=method, base=cfg.base, data=rows.sources, settings=settings)  # fmt: skip
 
 
 def _planned_step_peak(model: nn.Module, cfg: FinetuneConfig, device: torch.device, dtype: torch.dtype, ddp: bool,

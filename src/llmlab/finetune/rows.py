@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from llmlab.checkpoint.folder import Checkpoint
+from llmlab.checkpoint.lineage import DataSource
 from llmlab.data.chat import ChatTemplate, find_chat_template
 from llmlab.data.records import read_records
+from llmlab.data.tokens import digest
 from llmlab.errors import LlmlabError
 from llmlab.evaluation.tasks import dialogsum_task, sentiment_task
 from llmlab.family import family_spec
@@ -32,6 +34,7 @@ class TrainingRows:
     block_size: int
     train_rows: int
     val_rows: int
+    sources: list[DataSource]  # each --data source as the model card names it (examples, text hash)
 
 
 def split_weight(spec: str) -> tuple[str, float]:
@@ -87,6 +90,7 @@ def training_rows(
     chat = find_chat_template(base.path if base.path.is_dir() else None, eos, tok.decode(tok.prefix_ids))
     sources = [split_weight(s) for s in cfg.data]
     examples = [source_examples(name, cfg, chat) for name, _ in sources]
+    read = [DataSource(name, len(items), hash=_text_hash(items)) for (name, _), items in zip(sources, examples)]
     val: list[Pieces] = []
     if cfg.val_data:
         val = source_examples(cfg.val_data, cfg, chat)
@@ -107,7 +111,12 @@ def training_rows(
     pad = spec.pad_id(tok)
     batches = batch_source(train_rows, val_rows, cfg.batch_size * world, cfg.grad_accum, cfg.seed, pad,
                            spec.start_id(config, tok), cfg.packing, share)  # fmt: skip
-    return TrainingRows(batches, block, len(train_rows), len(val_rows))
+    return TrainingRows(batches, block, len(train_rows), len(val_rows), read)
+
+
+def _text_hash(examples: list[Pieces]) -> str:
+    """A hash of the examples' text and which parts train: the same hash, the same fine-tuning data."""
+    return digest(*(f"{int(trained)}{text}" for pieces in examples for text, trained in pieces))
 
 
 def _block_size(cfg: FinetuneConfig, model_block: int) -> int:

@@ -23,6 +23,7 @@ from torch import nn
 
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
 from llmlab.checkpoint.folder import Checkpoint, read_quantization
+from llmlab.checkpoint.lineage import DataSource, Stage
 from llmlab.data.objectives import IGNORE, Batch
 from llmlab.data.tagging import check_bio
 from llmlab.errors import LlmlabError
@@ -88,8 +89,10 @@ def prepare_task_job(cfg: FinetuneConfig, session: Session, saved: dict[str, Any
     description = (f"model: {cfg.base} ({model.config.family}) + a {cfg.task} head over {len(labels) or 1} output(s), "
                    f"method {cfg.method}: {trainable:,} of {total:,} parameters train "
                    f"({100 * trainable / total:.2f}%); context {block}")  # fmt: skip
+    stage = Stage(kind="fine-tuning", method=f"{cfg.task} head, {cfg.method}", base=cfg.base,
+                  data=[DataSource(", ".join(cfg.data), len(train) + len(val))])  # fmt: skip
     return Job(model=model, forward=forward, batches=batches, loss=loss, checkpointer=checkpointer,
-               options=cfg.to_dict(), description=description)  # fmt: skip
+               options=cfg.to_dict(), description=description, stage=stage)  # fmt: skip
 
 
 class _TaskForward(nn.Module):

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from llmlab.checkpoint.card import record_derived
 from llmlab.checkpoint.folder import Checkpoint, require_new_folder, save_checkpoint
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
@@ -217,6 +218,7 @@ def import_hf(source: str | Path, out: str | Path) -> Checkpoint:
     out = require_new_folder(out)
     ckpt = load_hf(source)
     save_checkpoint(out, ckpt.model, ckpt.tokenizer, ckpt.generation)
+    record_derived(out, source, "imported", "Hugging Face model converted by llmlab import")
     return ckpt
 
 

@@ -16,8 +16,11 @@ from typing import Any
 import torch
 
 from llmlab.checkpoint.folder import load_tokenizer, read_model_config, read_quantization
+from llmlab.checkpoint.lineage import DataSource, Stage
 from llmlab.config import ModelConfig
 from llmlab.data.objectives import check_objective
+from llmlab.data.pairs import PairData
+from llmlab.data.tokens import TokenData
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
@@ -85,7 +88,30 @@ def prepare_job(cfg: PretrainConfig, session: Session, saved: dict[str, Any] | N
         description=_describe(cfg, model, family, objective, session),
         on_start=keeper.record if keeper else None,
         after_update=keeper.restore if keeper else None,
+        stage=_stage(cfg, objective, data),
     )  # fmt: skip
+
+
+def _stage(cfg: PretrainConfig, objective: str, data: TokenData | PairData) -> Stage:
+    """This run for the model card: its objective, corpus and the options that shaped it."""
+    if isinstance(data, PairData):
+        pairs = len(data.train_sources) + len(data.val_sources)
+        tokens = sum(
+            len(ids) for ids in (*data.train_sources, *data.train_targets, *data.val_sources, *data.val_targets)
+        )
+        source = DataSource(str(cfg.data), pairs, tokens, data.corpus_hash)
+    else:
+        source = DataSource(data.source, data.documents, len(data.train) + len(data.val), data.corpus_hash)
+    settings = {
+        "preset": cfg.preset,
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "batch size": cfg.batch_size,
+        "context": cfg.block_size,
+        "curated": cfg.curate,
+        "kept sparsity": cfg.keep_sparsity or None,
+    }
+    return Stage(kind="pre-training", method=objective, base=cfg.init, data=[source], settings=settings)  # fmt: skip
 
 
 def build_model_config(cfg: PretrainConfig, tokenizer: TextTokenizer) -> ModelConfig:

@@ -16,10 +16,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from llmlab.checkpoint.lineage import Stage
 from llmlab.errors import LlmlabError
 from llmlab.plan.compute import accelerator_peak_flops
 from llmlab.plot import plot_loss
 from llmlab.progress import MetricsLog, format_duration
+from llmlab.training.card import StageRecorder
 from llmlab.training.checkpointing import Checkpointer
 from llmlab.training.config import TrainerConfig
 from llmlab.training.memory_check import StepPeakCheck, log_rank_memory
@@ -58,6 +60,7 @@ class Job:
     kept: KeptState | None = None  # more state an exact resume needs (an online run's rollout), in one process
     on_start: Callable[[], None] | None = None  # once before the first step, after a resume restored the weights
     after_update: Callable[[], None] | None = None  # after every optimizer step (a pruned model's zeros put back)
+    stage: Stage | None = None  # what this run is, for the folder's lineage and model card (training/card.py)
 
 
 class KeptState(Protocol):
@@ -86,6 +89,7 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         resume_step = self.state.step if saved is not None else None
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if session.main else None
+        self.card = StageRecorder(job.stage, out, saved is not None) if session.main and job.stage else None
         self.flops_per_token: float | None = None
         self.peak_flops = accelerator_peak_flops(session.device, session.dtype) * session.world
         self.peak_check = self._peak_check()
@@ -250,6 +254,8 @@ class Trainer:
         job = self.job
         kept = job.kept.tensors() if job.kept is not None else None
         job.checkpointer.save(job.saves or self.model, parts.optimizers, trainer_state, reason, kept)
+        if self.card is not None:
+            self.card.record(self.state, job.saves or self.model, self.flops_per_token)
 
     def _finish(self) -> None:
         state, out = self.state, self.job.checkpointer.out
