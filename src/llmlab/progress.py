@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,6 +47,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # each record also goes to these (trackers)
         if resume_step is None:
             path.write_text("")
         elif path.exists():
@@ -56,6 +58,8 @@ class MetricsLog:
         record.setdefault("time", round(time.time(), 3))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for listener in self.listeners:
+            listener(record)
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]

@@ -164,13 +164,18 @@ def _carry_over(old: Path, new: Path, written: set[str]) -> None:
     for entry in old.iterdir():
         if entry.name in written or entry.name in REQUIRED or entry.name.startswith("."):
             continue
-        if entry.is_dir():
-            shutil.copytree(entry, new / entry.name)
+        if entry.is_dir():  # tracker logs: files a writer still holds open keep landing in the new folder
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
             continue
-        try:
-            os.link(entry, new / entry.name)  # same inode: appends to metrics.jsonl keep landing in it
-        except OSError:
-            shutil.copy2(entry, new / entry.name)
+        _link_or_copy(entry, new / entry.name)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link (same inode: appends to metrics.jsonl keep landing in it), a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def require_new_folder(out: str | Path) -> Path:

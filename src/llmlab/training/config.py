@@ -13,6 +13,7 @@ from typing import Any
 
 from llmlab.errors import LlmlabError
 from llmlab.options import option
+from llmlab.training.trackers import check_trackers
 
 DEFAULT_MAX_STEPS = 2000
 
@@ -118,6 +119,14 @@ class RunConfig(Validated):
         "on CPU, measure the allocator's peak of step 3 against `plan memory` (the CPU profiler; on CUDA the "
         "check is free and always on)",
     )
+    report_to: list[str] = option(
+        help="also log metrics to tensorboard, mlflow or wandb (offline unless WANDB_MODE says); repeatable",
+        default_factory=list,
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_trackers(self.report_to)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from llmlab.training.session import Session
 from llmlab.training.state import TrainerState
 from llmlab.training.step import BatchSource, LossFn, StepParts, StepResult, evaluate_loss, train_step
 from llmlab.training.stop import AbortRequested, StopRequest
+from llmlab.training.trackers import open_trackers
 
 
 @dataclass
@@ -90,6 +91,9 @@ class Trainer:
         resume_step = self.state.step if saved is not None else None
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if session.main else None
         self.card = StageRecorder(job.stage, out, saved is not None) if session.main and job.stage else None
+        self.trackers = open_trackers(cfg.report_to, out, job.options, saved is not None) if self.metrics else []
+        for tracker in self.trackers:
+            self.metrics.listeners.append(tracker.log)
         self.flops_per_token: float | None = None
         self.peak_flops = accelerator_peak_flops(session.device, session.dtype) * session.world
         self.peak_check = self._peak_check()
@@ -262,6 +266,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         if self.metrics is not None:
             plot_loss(self.metrics.records(), out / "loss.png", title=f"{out.name}: {n_params / 1e6:.1f}M parameters")
+        for tracker in self.trackers:
+            tracker.close()
         self.session.log(
             f"done: {state.step} steps, {state.tokens_seen:,} tokens in {format_duration(state.elapsed)}, "
             f"best validation loss {state.best_val_loss:.4f}; loss curve {out / 'loss.png'}"
