@@ -40,6 +40,7 @@ from llmlab.cli import (
     prune,
     quantize,
     rag,
+    report,
     serve,
     tasks,
 )
@@ -47,7 +48,7 @@ from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
 COMMAND_GROUPS = (data, pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
-                  quantize, prune, hf, card, plan)  # fmt: skip
+                  quantize, prune, hf, card, report, plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
