@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     shown_before, warnings.showwarning = warnings.showwarning, _show_warning
     try:
-        args.func(args)
+        status = args.func(args)  # None, or a command's own status (a training run stopped by Ctrl-C: 130)
     except LlmlabError as exc:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""  # under torchrun
         print(f"error: {rank}{exc}", file=sys.stderr)
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:  # called in-process (tests, notebooks), the caller's warnings show as before
         warnings.showwarning = shown_before
-    return 0
+    return status or 0
 
 
 __all__ = ["COMMAND_GROUPS", "build_parser", "main"]

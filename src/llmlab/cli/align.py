@@ -9,26 +9,26 @@ import json
 import os
 from pathlib import Path
 
-from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, add_dataclass_options, print_table, unescape
+from llmlab.cli.common import ADAPTER_HELP, CHECKPOINT_HELP, add_dataclass_options, exit_status, print_table, unescape
 from llmlab.errors import LlmlabError
 
 
-def cmd_align(args: argparse.Namespace) -> None:
+def cmd_align(args: argparse.Namespace) -> int:
     """Align with the options given; with --resume, the options not given again are the original run's."""
     from llmlab.align.config import AlignConfig
     from llmlab.align.recipe import align
     from llmlab.training.checkpointing import with_saved_options
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
-    align(with_saved_options(AlignConfig, given))
+    return exit_status(align(with_saved_options(AlignConfig, given)))
 
 
-def cmd_reward(args: argparse.Namespace) -> None:
+def cmd_reward(args: argparse.Namespace) -> int:
     from llmlab.align.reward import RewardConfig, train_reward
     from llmlab.training.checkpointing import with_saved_options
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
-    train_reward(with_saved_options(RewardConfig, given))
+    return exit_status(train_reward(with_saved_options(RewardConfig, given)))
 
 
 def read_prompts(given: list[str], file: str | None) -> list[str]:

@@ -111,3 +111,12 @@ def load_for_inspection(checkpoint: str, device: str, adapter: str | None = None
     from llmlab.load import load_checkpoint
 
     return load_checkpoint(checkpoint, device=resolve_device(device), dtype=torch.float32, adapter=adapter)
+
+
+INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C (128 + SIGINT)
+
+
+def exit_status(result) -> int:
+    """A training command's status: 130 when Ctrl-C stopped it (its checkpoint saved, resumable), so a
+    script or a lifecycle does not go on as if it had finished; 0 otherwise."""
+    return INTERRUPTED if getattr(result, "interrupted", False) else 0

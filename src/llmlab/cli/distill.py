@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.common import add_dataclass_options
+from llmlab.cli.common import add_dataclass_options, exit_status
 
 
-def cmd_distill(args: argparse.Namespace) -> None:
+def cmd_distill(args: argparse.Namespace) -> int:
     """Distil with the options given; with --resume, the options not given again are the original run's."""
     from llmlab.distill.config import DistillConfig
     from llmlab.distill.recipe import distill
     from llmlab.training.checkpointing import with_saved_options
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    distill(with_saved_options(DistillConfig, given))
+    return exit_status(distill(with_saved_options(DistillConfig, given)))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

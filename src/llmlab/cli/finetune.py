@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.common import CHECKPOINT_HELP, add_dataclass_options
+from llmlab.cli.common import CHECKPOINT_HELP, add_dataclass_options, exit_status
 
 
-def cmd_finetune(args: argparse.Namespace) -> None:
+def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune with the options given; with --resume, the options not given again are the original run's."""
     from llmlab.finetune.config import FinetuneConfig
     from llmlab.finetune.recipe import finetune
     from llmlab.training.checkpointing import with_saved_options
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
-    finetune(with_saved_options(FinetuneConfig, given))
+    return exit_status(finetune(with_saved_options(FinetuneConfig, given)))
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from llmlab.cli.common import add_dataclass_options
+from llmlab.cli.common import add_dataclass_options, exit_status
 
 
-def cmd_pretrain(args: argparse.Namespace) -> None:
+def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train with the options given; with --resume, the options not given again are the original run's."""
     from llmlab.pretrain.config import PretrainConfig
     from llmlab.pretrain.recipe import train
     from llmlab.training.checkpointing import with_saved_options
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    train(with_saved_options(PretrainConfig, given))
+    return exit_status(train(with_saved_options(PretrainConfig, given)))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
