@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.plan.compute_request",
         ),
     ),  # fmt: skip
-    ("interface", ("llmlab.cli", "llmlab.__init__", "llmlab.__main__")),
+    ("interface", ("llmlab.cli", "llmlab.lifecycle", "llmlab.__init__", "llmlab.__main__")),
 ]
 
 

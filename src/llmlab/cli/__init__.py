@@ -35,6 +35,7 @@ from llmlab.cli import (
     hf,
     index,
     inspect,
+    lifecycle,
     plan,
     pretrain,
     prune,
@@ -47,8 +48,8 @@ from llmlab.cli import (
 from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
-COMMAND_GROUPS = (data, pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index, rag, evaluate,
-                  quantize, prune, hf, card, report, plan)  # fmt: skip
+COMMAND_GROUPS = (lifecycle, data, pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index,
+                  rag, evaluate, quantize, prune, hf, card, report, plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ numbers. Nothing is recomputed: the report shows what the runs measured."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,7 @@ class RunReport:
 
 
 def collect(root: str | Path) -> list[RunReport]:
-    """Every run folder under `root` (the root itself included), in the order of the lifecycle: by how many
-    stages made each checkpoint, then by age."""
+    """Every run folder under `root` (the root itself included), in the order of the lifecycle."""
     root = Path(root)
     if not root.is_dir():
         raise LlmlabError(f"{root} is not a folder", "pass a run folder or a folder of runs (a lifecycle's --out)")
@@ -56,7 +56,14 @@ def collect(root: str | Path) -> list[RunReport]:
     if not runs:
         raise LlmlabError(f"{root} holds no run folder (metrics.jsonl or a model card)",
                           "pass the --out of pretrain, finetune, align ... or of a lifecycle")  # fmt: skip
-    return sorted(runs, key=lambda r: (r.depth, r.path.stat().st_mtime))
+    return sorted(runs, key=_order)
+
+
+def _order(run: RunReport) -> tuple:
+    """A lifecycle's stage folders (01-pretrain, 02-evaluate, ...) in their order; other folders by how many
+    stages made their checkpoint, then by age."""
+    stage = re.match(r"(\d+)-", run.name)
+    return (0, int(stage.group(1)), "", 0.0) if stage else (1, run.depth, run.name, run.path.stat().st_mtime)
 
 
 def _run_folders(root: Path) -> list[Path]:
@@ -64,7 +71,12 @@ def _run_folders(root: Path) -> list[Path]:
     for _ in range(MAX_DEPTH + 1):
         below = []
         for folder in frontier:
-            if (folder / "metrics.jsonl").is_file() or is_card_folder(folder) or _has_results(folder):
+            if (
+                (folder / "metrics.jsonl").is_file()
+                or is_card_folder(folder)
+                or _has_results(folder)
+                or (folder / "results.json").is_file()
+            ):
                 found.append(folder)
             below += [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
                       and p.name not in SKIPPED and not _is_result_folder(p)]  # fmt: skip
@@ -87,7 +99,9 @@ def _run(folder: Path) -> RunReport:
         lines = (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
         run.metrics = [json.loads(line) for line in lines if line.strip()]
         run.forgetting = _forgetting(run.metrics)
-    for results in sorted(folder.glob("eval-*/results.json")):
+    for results in [folder / "results.json", *sorted(folder.glob("eval-*/results.json"))]:
+        if not results.is_file():
+            continue
         run.evaluations.append(_evaluation(results))
     report = folder / "quantization" / "report.json"
     if report.is_file():

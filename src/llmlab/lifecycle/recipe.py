@@ -1,0 +1,135 @@
+"""A lifecycle recipe: YAML naming the stages to run, in order, each as an existing llmlab command with
+its own options (their names are the command's flags, with `_` or `-`). Checked whole before anything
+runs: an unknown key, stage or option is one line that points at it (`stages[2].finetune.lora_rank`)
+and lists what is allowed.
+
+    name: sentiment
+    scope: {task: sentiment, metric: "accuracy (rank)", budget_minutes: 10}
+    stages:
+      - pretrain: {preset: llama-micro, max_time: 240}
+      - evaluate: {shots: "0,3"}
+      - finetune: {data: "task:sentiment", method: lora, max_time: 90}
+      - evaluate: {shots: "0"}
+      - quantize: {to: int8}
+      - serve: {prompts: ["A gripping, funny film."]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmlab.errors import LlmlabError
+
+BUILTIN = Path(__file__).with_name("recipes")
+TOP_KEYS = ("name", "description", "scope", "stages")
+SCOPE_KEYS = ("task", "metric", "budget_minutes", "data", "base")  # base: a checkpoint to start from
+# stage kind -> the llmlab command it runs (`data clean` for curate); serve and report are run by the lifecycle
+COMMANDS = {"curate": ("data", "clean"), "pretrain": ("pretrain",), "evaluate": ("evaluate",),
+            "finetune": ("finetune",), "align": ("align",), "distill": ("distill",), "quantize": ("quantize",),
+            "prune": ("prune",), "serve": ("serve",)}  # fmt: skip
+MAKES_MODEL = ("pretrain", "finetune", "align", "distill", "quantize", "prune")  # the next stages work on its output
+SERVE_OPTIONS = ("prompts", "max_tokens")  # the smoke test's own; the rest are `llmlab serve`'s
+CURATE_OPTIONS = ("data",)  # the text to curate (default: the scope's data, else the default corpus)
+FIXED = {"out", "resume", "overwrite", "checkpoint", "input", "dir", "port", "host", "help"}  # set by the lifecycle
+
+
+@dataclass
+class Stage:
+    kind: str
+    options: dict[str, Any]
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index + 1:02d}-{self.kind}"
+
+
+@dataclass
+class Recipe:
+    name: str
+    stages: list[Stage]
+    scope: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN.glob("*.yaml"))}
+
+
+def load_recipe(source: str) -> Recipe:
+    """A recipe file, or a built-in recipe's name (`llmlab lifecycle --list`), checked."""
+    path = builtin_recipes().get(source) or Path(source)
+    if not path.is_file():
+        raise LlmlabError(f"no recipe {source}", f"pass a YAML file or one of: {', '.join(builtin_recipes())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LlmlabError(f"{path} is not valid YAML ({' '.join(str(exc).split())})", "fix the file") from None
+    return parse_recipe(data, str(path))
+
+
+def parse_recipe(data: Any, where: str) -> Recipe:
+    if not isinstance(data, dict):
+        raise LlmlabError(f"{where}: a recipe is a mapping with {', '.join(TOP_KEYS)}", "see llmlab lifecycle --list")
+    _known(data, TOP_KEYS, where, "")
+    scope = data.get("scope") or {}
+    if not isinstance(scope, dict):
+        raise LlmlabError(f"{where}: scope must be a mapping", f"give {', '.join(SCOPE_KEYS)}")
+    _known(scope, SCOPE_KEYS, where, "scope.")
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise LlmlabError(f"{where}: stages must be a non-empty list", "e.g. stages: [{pretrain: {max_time: 60}}]")
+    parsed = [_stage(item, i, where) for i, item in enumerate(stages)]
+    _check_flow(parsed, scope, where)
+    return Recipe(str(data.get("name") or Path(where).stem), parsed, scope, str(data.get("description") or ""))
+
+
+def _stage(item: Any, index: int, where: str) -> Stage:
+    at = f"stages[{index}]"
+    if not isinstance(item, dict) or len(item) != 1:
+        raise LlmlabError(f"{where}: {at} must be one mapping {{stage: {{options}}}}", f"stages: {', '.join(COMMANDS)}")
+    ((kind, options),) = item.items()
+    if kind not in COMMANDS:
+        raise LlmlabError(f"{where}: {at}: unknown stage {kind!r}", f"use one of {', '.join(COMMANDS)}")
+    options = options or {}
+    if not isinstance(options, dict):
+        raise LlmlabError(f"{where}: {at}.{kind} must be a mapping of options", "e.g. {max_time: 60}")
+    options = {str(k).replace("-", "_"): v for k, v in options.items()}
+    allowed = command_options(kind)
+    _known(options, allowed, where, f"{at}.{kind}.")
+    return Stage(kind, options, index)
+
+
+def _check_flow(stages: list[Stage], scope: dict, where: str) -> None:
+    """Every stage that works on a model has one: from an earlier stage, or the scope's base checkpoint."""
+    has_model = bool(scope.get("base"))
+    for stage in stages:
+        if stage.kind not in ("curate", "pretrain") and not has_model:
+            raise LlmlabError(f"{where}: stages[{stage.index}].{stage.kind} has no model to work on",
+                              "put a pretrain stage first, or start from one: scope: {base: CKPT}")  # fmt: skip
+        has_model = has_model or stage.kind in MAKES_MODEL
+
+
+def command_options(kind: str) -> tuple[str, ...]:
+    """The options a stage may set: its command's flags (as `snake_case`), without those the lifecycle sets."""
+    from llmlab.cli import build_parser
+
+    parser = build_parser()
+    for word in COMMANDS[kind]:
+        parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
+    names = {a.dest for a in parser._actions} - FIXED
+    if kind == "serve":
+        names |= set(SERVE_OPTIONS)
+    if kind == "curate":
+        names |= set(CURATE_OPTIONS)
+    return tuple(sorted(names))
+
+
+def _known(mapping: dict, allowed: tuple[str, ...], where: str, at: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise LlmlabError(f"{where}: {at}{key}: unknown key", f"allowed: {', '.join(allowed)}")

@@ -1,0 +1,127 @@
+"""`llmlab lifecycle`: a recipe's stages end to end on a tiny model (pre-train, evaluate, LoRA fine-tune,
+evaluate, int8, a served smoke test with the openai client, the report); a rerun skips what is unchanged
+and reruns from the first changed stage on; kill -9 in the middle of pre-training resumes from its last
+checkpoint; a bad recipe is one line that points at the key."""
+
+import json
+import os
+import signal
+
+import pytest
+import yaml
+
+from llmlab.checkpoint.lineage import read_lineage
+from tests.helpers import assert_one_line_error, run_cli, start_llmlab
+
+TINY = {"preset": "llama-nano", "n_layer": 1, "n_embd": 32, "block_size": 32, "batch_size": 4, "eval_iters": 1,
+        "tokenizer": "char", "dtype": "fp32", "device": "cpu"}  # fmt: skip
+
+
+def _write(root, stages, scope=None):
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "tiny", "scope": scope or {}, "stages": stages}, sort_keys=False))
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lifecycle")
+    (root / "corpus.txt").write_text("hello world, hello llmlab.\n" * 300)
+    (root / "sft.jsonl").write_text("".join(json.dumps({"prompt": "hello ", "completion": "world"}) + "\n"
+                                            for _ in range(20)))  # fmt: skip
+    labels = ["world", "llmlab"]
+    (root / "greet.jsonl").write_text("".join(json.dumps({"text": "hello", "label": labels[i % 2]}) + "\n"
+                                              for i in range(8)))  # fmt: skip
+    evaluate = {"input_field": "text", "template": "{text} {label}", "shots": "0"}
+    stages = [
+        {"pretrain": {**TINY, "max_steps": 6}},
+        {"evaluate": evaluate},
+        {"finetune": {"data": str(root / "sft.jsonl"), "max_steps": 3, "batch_size": 2, "eval_iters": 1,
+                      "dtype": "fp32", "device": "cpu", "lora_r": 2}},
+        {"evaluate": evaluate},
+        {"quantize": {"to": "int8"}},
+        {"serve": {"prompts": ["hello"], "max_tokens": 4, "dtype": "fp32"}},
+    ]  # fmt: skip
+    scope = {"task": str(root / "greet.jsonl"), "data": str(root / "corpus.txt")}
+    return root, stages, scope
+
+
+def _run(capsys, recipe, out):
+    code, stdout, err = run_cli(capsys, "lifecycle", recipe, "--out", out)
+    assert code == 0, err
+    return stdout, err
+
+
+def test_a_recipe_runs_every_stage_into_its_folder(lifecycle, capsys):
+    root, stages, scope = lifecycle
+    out = root / "run"
+    stdout, err = _run(capsys, _write(root, stages, scope), out)
+    assert f"report: {out / 'report.html'}" in stdout and (out / "report.html").is_file()
+    state = json.loads((out / "lifecycle.json").read_text())
+    names = ["01-pretrain", "02-evaluate", "03-finetune", "04-evaluate", "05-quantize", "06-serve"]
+    assert list(state["stages"]) == names and {s["status"] for s in state["stages"].values()} == {"done"}
+    kinds = [s.kind for s in read_lineage(out / "05-quantize")]
+    assert kinds == ["pre-training", "fine-tuning", "merge", "quantization"]  # the model flowed stage to stage
+    assert read_lineage(out / "03-finetune" / "merged")[0].data[0].name == str(root / "corpus.txt")  # scope's data
+    served = json.loads((out / "06-serve" / "serve.json").read_text())
+    assert served["same_as_generate"] and served["model"] == str(out / "05-quantize")
+    before = json.loads((out / "02-evaluate" / "results.json").read_text())
+    after = json.loads((out / "04-evaluate" / "results.json").read_text())
+    assert before["task"] == after["task"] == "greet"
+    card = json.loads((out / "03-finetune" / "merged" / "evaluations.json").read_text())["results"]
+    assert [r["value"] for r in card] == [after["results"][0]["metrics"][r["metric"]] for r in card]
+
+
+def test_a_rerun_skips_what_is_unchanged_and_reruns_from_the_first_change(lifecycle, capsys):
+    root, stages, scope = lifecycle
+    out = root / "run"
+    weights = (out / "01-pretrain" / "model.safetensors").stat().st_mtime_ns
+    _, err = _run(capsys, _write(root, stages, scope), out)
+    assert err.count("unchanged since it finished, skipped") == 6 and "running" not in err
+    assert (out / "01-pretrain" / "model.safetensors").stat().st_mtime_ns == weights
+    changed = [*stages[:2], {"finetune": {**stages[2]["finetune"], "max_steps": 4}}, *stages[3:]]
+    _, err = _run(capsys, _write(root, changed, scope), out)
+    assert err.count("skipped") == 2 and "[3/6] finetune: running" in err and "[6/6] serve: running" in err
+    assert json.loads((out / "03-finetune" / "trainer_state.json").read_text())["step"] == 4
+
+
+def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path, capsys):
+    root, _, scope = lifecycle
+    stages = [{"pretrain": {**TINY, "max_steps": 300, "checkpoint_interval": 5, "log_interval": 1}}]
+    recipe, out = _write(tmp_path, stages, scope), tmp_path / "run"
+    with start_llmlab("lifecycle", str(recipe), "--out", str(out), until="checkpoint:", timeout=120) as proc:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    saved = json.loads((out / "01-pretrain" / "trainer_state.json").read_text())["step"]
+    assert 5 <= saved < 300
+    assert json.loads((out / "lifecycle.json").read_text())["stages"]["01-pretrain"]["status"] == "started"
+    _, err = _run(capsys, recipe, out)
+    assert "[1/1] pretrain: resuming" in err
+    assert json.loads((out / "01-pretrain" / "trainer_state.json").read_text())["step"] == 300
+    steps = [json.loads(line)["step"] for line in (out / "01-pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(saved + 1) == 1  # continued after the checkpoint, once
+
+
+@pytest.mark.parametrize(
+    ("recipe", "fragments"),
+    [
+        ({"name": "x", "stagez": []}, ["stagez: unknown key", "allowed: name, description, scope, stages"]),
+        ({"stages": [{"pretrian": {}}]}, ["stages[0]: unknown stage 'pretrian'", "use one of curate, pretrain"]),
+        ({"stages": [{"pretrain": {"max_tme": 5}}]}, ["stages[0].pretrain.max_tme: unknown key", "max_time"]),
+        ({"stages": [{"finetune": {"out": "x"}}]}, ["stages[0].finetune.out: unknown key"]),
+        ({"scope": {"taks": "x"}, "stages": [{"pretrain": {}}]}, ["scope.taks: unknown key", "task, metric"]),
+        ({"stages": []}, ["stages must be a non-empty list"]),
+        ({"stages": [{"evaluate": {}}]}, ["stages[0].evaluate has no model to work on", "scope: {base: CKPT}"]),
+    ],
+)
+def test_a_bad_recipe_is_one_line_that_points_at_the_key(tmp_path, capsys, recipe, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, _, err = run_cli(capsys, "lifecycle", path, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "out").exists()  # checked whole before anything runs
+
+
+def test_the_built_in_recipes_are_listed_and_valid(capsys):
+    code, out, _ = run_cli(capsys, "lifecycle", "--list")
+    assert code == 0 and out.startswith("quick: ") and "pretrain -> evaluate -> finetune" in out
