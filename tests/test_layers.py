@@ -39,12 +39,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.retrieval",
             "llmlab.tools",
             "llmlab.curate",
+            "llmlab.lifecycle",
             "llmlab.plan.verify",
             "llmlab.plan.memory_request",
             "llmlab.plan.compute_request",
         ),
     ),  # fmt: skip
-    ("interface", ("llmlab.cli", "llmlab.lifecycle", "llmlab.__init__", "llmlab.__main__")),
+    ("interface", ("llmlab.cli", "llmlab.__init__", "llmlab.__main__")),
 ]
 
 

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(subparsers)
+    # the lifecycle runs the other commands: it is handed this entry point rather than importing it back
+    subparsers.choices["lifecycle"].set_defaults(entry=main, parser=parser)
     return parser
 
 

@@ -13,15 +13,16 @@ def cmd_lifecycle(args: argparse.Namespace) -> None:
     from llmlab.lifecycle.recipe import builtin_recipes, load_recipe
     from llmlab.lifecycle.run import run_lifecycle
 
+    parser, main = args.parser, args.entry  # set by llmlab.cli.build_parser
     if args.list:
         for name, path in builtin_recipes().items():
-            recipe = load_recipe(str(path))
+            recipe = load_recipe(str(path), parser)
             print(f"{name}: {recipe.description} ({' -> '.join(s.kind for s in recipe.stages)})")
         return
     if not args.recipe or not args.out:
         raise LlmlabError("lifecycle needs a RECIPE and --out", "e.g. llmlab lifecycle quick --out runs/lifecycle")
-    recipe = load_recipe(args.recipe)
-    report = run_lifecycle(recipe, args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    recipe = load_recipe(args.recipe, parser)
+    report = run_lifecycle(recipe, args.out, main, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"lifecycle {recipe.name}: every stage done; report: {report}")
 
 

@@ -16,6 +16,7 @@ and lists what is allowed.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,9 @@ def builtin_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(BUILTIN.glob("*.yaml"))}
 
 
-def load_recipe(source: str) -> Recipe:
-    """A recipe file, or a built-in recipe's name (`llmlab lifecycle --list`), checked."""
+def load_recipe(source: str, parser: argparse.ArgumentParser) -> Recipe:
+    """A recipe file, or a built-in recipe's name (`llmlab lifecycle --list`), checked against `parser`
+    (the `llmlab` command's: a stage's options are its command's flags)."""
     path = builtin_recipes().get(source) or Path(source)
     if not path.is_file():
         raise LlmlabError(f"no recipe {source}", f"pass a YAML file or one of: {', '.join(builtin_recipes())}")
@@ -69,10 +71,10 @@ def load_recipe(source: str) -> Recipe:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise LlmlabError(f"{path} is not valid YAML ({' '.join(str(exc).split())})", "fix the file") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, str(path), parser)
 
 
-def parse_recipe(data: Any, where: str) -> Recipe:
+def parse_recipe(data: Any, where: str, parser: argparse.ArgumentParser) -> Recipe:
     if not isinstance(data, dict):
         raise LlmlabError(f"{where}: a recipe is a mapping with {', '.join(TOP_KEYS)}", "see llmlab lifecycle --list")
     _known(data, TOP_KEYS, where, "")
@@ -83,12 +85,12 @@ def parse_recipe(data: Any, where: str) -> Recipe:
     stages = data.get("stages")
     if not isinstance(stages, list) or not stages:
         raise LlmlabError(f"{where}: stages must be a non-empty list", "e.g. stages: [{pretrain: {max_time: 60}}]")
-    parsed = [_stage(item, i, where) for i, item in enumerate(stages)]
+    parsed = [_stage(item, i, where, parser) for i, item in enumerate(stages)]
     _check_flow(parsed, scope, where)
     return Recipe(str(data.get("name") or Path(where).stem), parsed, scope, str(data.get("description") or ""))
 
 
-def _stage(item: Any, index: int, where: str) -> Stage:
+def _stage(item: Any, index: int, where: str, parser: argparse.ArgumentParser) -> Stage:
     at = f"stages[{index}]"
     if not isinstance(item, dict) or len(item) != 1:
         raise LlmlabError(f"{where}: {at} must be one mapping {{stage: {{options}}}}", f"stages: {', '.join(COMMANDS)}")
@@ -99,7 +101,7 @@ def _stage(item: Any, index: int, where: str) -> Stage:
     if not isinstance(options, dict):
         raise LlmlabError(f"{where}: {at}.{kind} must be a mapping of options", "e.g. {max_time: 60}")
     options = {str(k).replace("-", "_"): v for k, v in options.items()}
-    allowed = command_options(kind)
+    allowed = command_options(kind, parser)
     _known(options, allowed, where, f"{at}.{kind}.")
     return Stage(kind, options, index)
 
@@ -114,11 +116,8 @@ def _check_flow(stages: list[Stage], scope: dict, where: str) -> None:
         has_model = has_model or stage.kind in MAKES_MODEL
 
 
-def command_options(kind: str) -> tuple[str, ...]:
+def command_options(kind: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
     """The options a stage may set: its command's flags (as `snake_case`), without those the lifecycle sets."""
-    from llmlab.cli import build_parser
-
-    parser = build_parser()
     for word in COMMANDS[kind]:
         parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
     names = {a.dest for a in parser._actions} - FIXED
@@ -133,3 +132,20 @@ def _known(mapping: dict, allowed: tuple[str, ...], where: str, at: str) -> None
     for key in mapping:
         if key not in allowed:
             raise LlmlabError(f"{where}: {at}{key}: unknown key", f"allowed: {', '.join(allowed)}")
+
+
+def flags(options: dict[str, Any]) -> list[str]:
+    """Options as command-line flags: True a bare flag, False nothing, a list one flag per item."""
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args

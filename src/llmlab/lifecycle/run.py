@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.errors import LlmlabError
-from llmlab.lifecycle.recipe import COMMANDS, MAKES_MODEL, Recipe, Stage
+from llmlab.lifecycle.recipe import COMMANDS, MAKES_MODEL, Recipe, Stage, flags
 from llmlab.progress import format_duration
 
 STATE = "lifecycle.json"
@@ -37,10 +37,10 @@ class Flow:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage name -> what it recorded
 
 
-def run_lifecycle(recipe: Recipe, out: str | Path, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the recipe into `out`; returns the report's path."""
-    from llmlab.cli import main
-
+def run_lifecycle(recipe: Recipe, out: str | Path, main: Callable[[list[str]], int],
+                  log: Callable[[str], None] = print) -> Path:  # fmt: skip
+    """Run (or resume) the recipe into `out`, each stage through `main` (the `llmlab` command's entry point,
+    passed in: commands sit above this layer); returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _read_state(out)
@@ -120,23 +120,6 @@ def command_args(stage: Stage, folder: Path, out: Path, flow: Flow) -> list[str]
     elif kind in ("quantize", "prune"):
         head += [_require_model(stage, flow), str(folder)]
     return head + flags(options)
-
-
-def flags(options: dict[str, Any]) -> list[str]:
-    """Options as command-line flags: True a bare flag, False nothing, a list one flag per item."""
-    args: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, list):
-            for item in value:
-                args += [flag, str(item)]
-        else:
-            args += [flag, str(value)]
-    return args
 
 
 def stage_key(stage: Stage, previous: str, flow: Flow) -> str:

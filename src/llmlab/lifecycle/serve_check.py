@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.errors import LlmlabError
+from llmlab.lifecycle.recipe import flags
 
 READY_SECONDS = 180  # loading the model and binding the port; bounded, as every wait here
 
 
 def serve_check(model: str, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
-    from llmlab.lifecycle.run import flags
-
     prompts = options.pop("prompts", None) or ["Hello"]
     max_tokens = int(options.pop("max_tokens", 16))
     folder.mkdir(parents=True, exist_ok=True)
