@@ -153,8 +153,8 @@ def changed_lines(folder: Path, name: str) -> tuple[str, str]:
 
 
 def _without_device(code: str) -> str:
-    code = re.sub(r"device=[\w.]+", "", code)  # device=device, device=None
-    code = re.sub(r"\.to\((?:device|None)\)", "", code)  # tensor.to(device), tensor.to(None)
+    code = re.sub(r"device=[\w.\[\]]+", "", code)  # device=device, device=None, device=cache.keys[0].device
+    code = re.sub(r"\.to\((?:[\w.]*device|None)\)", "", code)  # tensor.to(device), .to(p.device), .to(None)
     code = re.sub(r"^device = .*$", "device = ?", code, flags=re.M)
     code = re.sub(r"\s+", "", code)  # a dropped keyword argument leaves its comma: compare the calls alone
     while re.search(r",,|,\)|\(,", code):

@@ -5,6 +5,8 @@ refusals' exact messages. test_speculative.py checks the whole against plain dec
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,7 +107,13 @@ def test_the_causal_mask_after_a_filled_cache():
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model("llama", vocab_size=V, block_size=32)
+    """A tiny decoder whose greedy text varies token to token (at the usual initial scale, it repeats one
+    token forever, and a draft computed from stale logits would still be right)."""
+    varied = tiny_model("llama", vocab_size=V, block_size=32)
+    with torch.no_grad():
+        for p in varied.parameters():
+            p.mul_(4)
+    return varied
 
 
 def full_logits(model, ids: list[int]) -> torch.Tensor:
@@ -287,3 +295,118 @@ def test_speculative_generate_with_one_draft_stop_strings_and_per_sample_seeds()
     alone, _ = speculative_generate(generator, ["ab"], GenerationConfig(max_new_tokens=6, seed=5),
                                     LookupDrafter(tok.vocab_size), 2)  # fmt: skip
     assert two[0][1].token_ids == alone[0][0].token_ids  # sample n draws with seed + n
+
+
+def test_unseeded_sampling_draws_its_seed_from_torchs_generator(model):
+    config = GenerationConfig(max_new_tokens=10, temperature=1.0)
+
+    def run():
+        torch.manual_seed(7)
+        with torch.no_grad():
+            return speculate(CachedModel(model, 32), ModelDrafter(model), [3, 8, 1], config, 3, V - 1,
+                             SpeculationStats())  # fmt: skip
+
+    first = run()
+    assert first == run() and len(first) == 10
+    torch.manual_seed(8)
+    with torch.no_grad():
+        assert speculate(CachedModel(model, 32), ModelDrafter(model), [3, 8, 1], config, 3, V - 1,
+                         SpeculationStats()) != first  # fmt: skip
+
+
+def test_a_drafter_that_is_the_target_keeps_every_sampled_draft_and_still_samples(model):
+    outputs, stats = set(), SpeculationStats()
+    for seed in range(4):
+        config = GenerationConfig(max_new_tokens=8, temperature=1.0, seed=seed)
+        with torch.no_grad():
+            outputs.add(tuple(speculate(CachedModel(model, 32), ModelDrafter(model), [3, 8, 1], config, 3, V - 1,
+                                        stats)))  # fmt: skip
+    assert stats.accepted == stats.proposed > 0  # q = p: the ratio is 1
+    assert len(outputs) > 1
+    hot = GenerationConfig(max_new_tokens=8, temperature=3.0)  # flat: the argmax is a small share of the draws
+    argmax_share = []
+    for seed in range(4):
+        prompt = [3, 8, 1]
+        with torch.no_grad():
+            new = speculate(CachedModel(model, 32), ModelDrafter(model), prompt, dataclasses.replace(hot, seed=seed),
+                            3, V - 1, SpeculationStats())  # fmt: skip
+            logits = full_logits(model, prompt + new)[len(prompt) - 1 : -1]
+        argmax_share += (logits.argmax(-1) == torch.tensor(new)).tolist()
+    assert sum(argmax_share) / len(argmax_share) < 0.5  # drafts are sampled too, not the draft's argmax (3 in 4)
+
+
+def test_a_rejected_draft_leaves_no_trace_in_the_drafters_cache(model):
+    other = tiny_model("llama", vocab_size=V, block_size=32, n_layer=1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(4)
+        drafter = ModelDrafter(other)
+        first, _ = drafter.propose([3, 8, 1], 3, GREEDY, None)
+        for context in ([3, 8, 1, (first[0] + 1) % V], [3, 8, 1, first[0], (first[1] + 1) % V]):
+            assert drafter.propose(context, 3, GREEDY, None)[0] == ModelDrafter(other).propose(context, 3, GREEDY,
+                                                                                             None)[0]  # fmt: skip
+
+
+def test_the_draft_model_keeps_to_its_own_context_window(model):
+    small = tiny_model("llama", vocab_size=V, block_size=16)
+    drafter = ModelDrafter(small)
+    with torch.no_grad():
+        drafts, rows = drafter.propose(list(range(15)), 4, GREEDY, None)
+        assert len(drafts) == 1 and rows.shape == (1, V)  # 15 + 1 positions: the window is full
+        assert drafter.propose(list(range(16)), 4, GREEDY, None)[0] == []
+
+
+def test_verification_stops_at_the_first_rejection_after_an_acceptance():
+    p = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # the target: 1, then 2, then 0
+    q = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])  # the drafts 1 (certain to pass), 1 (certain to fail)
+    for seed in range(5):
+        assert verify(p, q, [1, 1], rng(seed)) == (1, 2)
+
+
+def test_prompt_lookup_looks_for_three_token_matches_by_default_and_takes_the_latest():
+    context = [1, 2, 3, 4, 9, 2, 3, 4, 8, 1, 2, 3, 4]  # "2 3 4" last followed by 8; "1 2 3 4" by 9
+    assert LookupDrafter(10).propose(context, 2, GREEDY, None)[0] == [8, 1]
+    assert LookupDrafter(10, max_ngram=4).propose(context, 2, GREEDY, None)[0] == [9, 2]
+    overlapping = [1, 1, 1, 5, 1, 1, 1, 1]  # the latest "1 1 1" starts one before the end's
+    assert LookupDrafter(10).propose(overlapping, 2, GREEDY, None)[0] == [1]
+    assert LookupDrafter(10).propose([4, 4], 3, GREEDY, None)[0] == [4]  # two tokens: a one-token match
+
+
+def test_speculative_generate_proposes_four_by_default_and_stops_at_the_end_of_sequence():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    target = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.mul_(4)
+    generator = Generator(target, tok, compile="off")
+    asked = []
+
+    class Recording:
+        def propose(self, context, k, config, rng):
+            asked.append(k)
+            return [], torch.zeros(0, tok.vocab_size)
+
+    config = GenerationConfig(max_new_tokens=12, greedy=True)
+    results, _ = speculative_generate(generator, [" []"], config, Recording())
+    assert asked[0] == 4
+    ((plain,),) = generator.generate([" []"], config)
+    assert plain.finish_reason == "eos" and len(plain.token_ids) < 12  # this prompt ends before the budget
+    assert (results[0][0].token_ids, results[0][0].finish_reason) == (plain.token_ids, "eos")
+    assert results[0][0] == plain  # the prompt and text too
+
+
+def test_a_soft_prompt_on_the_draft_or_the_target_is_refused():
+    from llmlab.model.soft_prompt import add_soft_prompt
+
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    generator = Generator(tiny_model("llama", vocab_size=tok.vocab_size, block_size=32), tok, compile="off")
+    prompted = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32)
+    add_soft_prompt(prompted, 2)
+    assert message(lambda: model_drafter(generator, prompted, tok)) == (
+        "the draft must be a decoder-only model without a soft prompt — "
+        "draft with a small decoder of the same tokenizer, or use --draft lookup"
+    )
+    prompted_target = Generator(prompted, tok, compile="off")
+    assert message(lambda: speculative_generate(prompted_target, ["ab"], GREEDY, LookupDrafter(V), 2)) == (
+        "speculative decoding here is for decoder-only models without a soft prompt — generate without --draft"
+    )

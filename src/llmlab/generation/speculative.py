@@ -157,14 +157,15 @@ class LookupDrafter:
 def speculate(target: CachedModel, drafter, prompt: list[int], config: GenerationConfig, k: int, eos_id: int,
               stats: SpeculationStats, stopped=lambda new: False) -> list[int]:  # fmt: skip
     """New token ids for one prompt: draft, verify in one target pass, keep the agreed prefix and one more;
-    until end-of-sequence, max_new_tokens, or `stopped(new)` (stop strings) says so."""
+    until end-of-sequence, max_new_tokens, or `stopped(new)` (stop strings) says so. The target's cache must
+    hold len(prompt) + max_new_tokens - 1 positions: a pass never feeds more than the tokens still to come."""
     rng = None
     if config.do_sample:
         seed = config.seed if config.seed is not None else int(torch.randint(2**31, ()))
         rng = torch.Generator(device=target.cache.keys[0].device).manual_seed(seed)  # where the logits are
     context, new = list(prompt), []
     while len(new) < config.max_new_tokens:
-        room = min(k, config.max_new_tokens - len(new) - 1, target.cache.max_len - len(context) - 1)
+        room = min(k, config.max_new_tokens - len(new) - 1)  # drafts past the last token would be thrown away
         drafts, q = drafter.propose(context, room, config, rng) if room > 0 else ([], None)
         logits = target.extend(target.sync(context) + drafts)[-(len(drafts) + 1) :]
         for i in range(len(drafts) + 1):
@@ -222,7 +223,6 @@ def speculative_generate(generator: Generator, prompts: list[str], config: Gener
         raise LlmlabError("speculative decoding here is for decoder-only models without a soft prompt",
                           "generate without --draft")  # fmt: skip
     stats, results, tok = SpeculationStats(), [], generator.tokenizer
-    block = generator.model.config.block_size
 
     def stopped(new: list[int]) -> bool:
         return bool(config.stop) and any(s in tok.decode(new) for s in config.stop)
@@ -231,7 +231,8 @@ def speculative_generate(generator: Generator, prompts: list[str], config: Gener
         ids, samples = generator.encode_prompt(prompt, config), []
         for n in range(config.num_samples):
             seeded = config if config.seed is None else dataclasses.replace(config, seed=config.seed + n)
-            target = CachedModel(generator.runner, min(block, len(ids) + config.max_new_tokens + k + 1))
+            # encode_prompt left room for max_new_tokens in the block: this is within it, one position to spare
+            target = CachedModel(generator.runner, len(ids) + config.max_new_tokens)
             with torch.inference_mode():
                 new = speculate(target, drafter, ids, seeded, k, generator.eos_id, stats, stopped)
             samples.append(generator._completion(prompt, new, generator._finish_reason(new, config), config))
