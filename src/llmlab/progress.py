@@ -58,8 +58,12 @@ class MetricsLog:
         record.setdefault("time", round(time.time(), 3))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for listener in self.listeners:
-            listener(record)
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception as exc:  # noqa: BLE001 - a tracker that fails (a server gone) must not stop training
+                self.listeners.remove(listener)
+                print(f"warning: a metrics tracker failed and is off for the rest of the run: {exc}", file=sys.stderr)
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]

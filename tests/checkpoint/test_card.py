@@ -43,7 +43,8 @@ def test_a_pretrained_checkpoint_has_a_card_with_what_the_run_spent(chain):
     base = chain / "base"
     card = _card(base)
     assert card.data.pipeline_tag == "text-generation"
-    assert card.data.datasets == [str(chain / "corpus.txt")]
+    assert card.data.datasets is None and card.data.base_model is None  # local paths stay out of the front matter
+    assert f"| pre-training | {chain / 'corpus.txt'} | 1 |" in (base / "README.md").read_text()
     assert "pre-training" in card.data.tags
     state = json.loads((base / "trainer_state.json").read_text())
     (stage,) = read_lineage(base)
@@ -76,7 +77,7 @@ def test_each_later_stage_carries_the_history_before_it(chain):
     assert lora.method == "lora r=2, alpha=16" and lora.base == str(chain / "base") and lora.steps == 3
     assert lora.data[0].name == str(chain / "sft.jsonl") and lora.data[0].documents == 20
     adapter = _card(chain / "lora")
-    assert adapter.data.base_model == str((chain / "base").resolve())
+    assert adapter.data.base_model is None  # a local base: named in the body, not as a hub id
     assert adapter.data.library_name == "peft" and "lora" in adapter.data.tags
     assert "int8" in _card(chain / "int8").data.tags
     assert "int8 (absmax)" in (chain / "int8" / "README.md").read_text()
@@ -114,7 +115,37 @@ def test_export_keeps_the_card_and_import_starts_a_new_history(chain, capsys, tm
     back = tmp_path / "back"
     assert run_cli(capsys, "import", hf, back)[0] == 0
     assert [(s.kind, s.base) for s in read_lineage(back)] == [("imported", str(hf))]
-    assert _card(back).data.base_model == str(hf)
+    assert _card(back).data.base_model is None  # a local folder, not a hub id
+
+
+def test_only_hub_ids_reach_the_front_matter(tmp_path):
+    from llmlab.checkpoint.card import hub_id
+
+    assert hub_id("hf:knkarthick/dialogsum") == "knkarthick/dialogsum" and hub_id("gpt2/x-1.5") == "gpt2/x-1.5"
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").mkdir()
+    for local in ("/data/corpus.txt", "./runs/base", "~/x/y", "corpus.txt", "task:sentiment", "a/b/c", "python-stdlib"):
+        assert hub_id(local) is None, local
+
+
+def test_results_of_earlier_weights_leave_the_card(chain, capsys, tmp_path):
+    copy = tmp_path / "merged"
+    shutil.copytree(chain / "merged", copy)
+    text = chain / "held_out.txt"
+    text.write_text("hello llmlab, hello world.\n" * 20)
+    assert run_cli(capsys, "evaluate", copy, "--perplexity", text)[0] == 0
+    assert len(_card(copy).data.eval_results) == 1
+    assert run_cli(capsys, "quantize", chain / "merged", copy, "--to", "int8")[0] == 0  # new weights, same folder
+    assert _card(copy).data.eval_results is None and "No evaluation is recorded yet" in (copy / "README.md").read_text()
+
+
+def test_an_adapter_exported_to_transformers_is_carded_as_the_merged_model(chain, capsys, tmp_path):
+    hf = tmp_path / "hf"
+    assert run_cli(capsys, "export", chain / "base", hf, "--adapter", chain / "lora")[0] == 0
+    card = huggingface_hub.ModelCard.load(hf / "README.md")
+    assert card.data.library_name is None and "An adapter" not in card.text and "--adapter" not in card.text
+    assert "| 3 | merge | the adapter added into its base's weights |" in card.text
+    assert "| 4 | export | Hugging Face transformers folder" in card.text
 
 
 def test_card_sets_what_only_a_person_can_say(chain, capsys):

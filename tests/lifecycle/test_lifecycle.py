@@ -42,7 +42,7 @@ def lifecycle(tmp_path_factory):
         {"quantize": {"to": "int8"}},
         {"serve": {"prompts": ["hello"], "max_tokens": 4, "dtype": "fp32"}},
     ]  # fmt: skip
-    scope = {"task": str(root / "greet.jsonl"), "data": str(root / "corpus.txt")}
+    scope = {"task": str(root / "greet.jsonl"), "data": str(root / "corpus.txt"), "metric": "accuracy (rank)"}
     return root, stages, scope
 
 
@@ -57,6 +57,8 @@ def test_a_recipe_runs_every_stage_into_its_folder(lifecycle, capsys):
     out = root / "run"
     stdout, err = _run(capsys, _write(root, stages, scope), out)
     assert f"report: {out / 'report.html'}" in stdout and (out / "report.html").is_file()
+    after = json.loads((out / "04-evaluate" / "results.json").read_text())["results"][0]["metrics"]["accuracy (rank)"]
+    assert f"04-evaluate on 03-finetune/merged, 0 shots: accuracy (rank) {after:.4f}" in err  # the summary
     state = json.loads((out / "lifecycle.json").read_text())
     names = ["01-pretrain", "02-evaluate", "03-finetune", "04-evaluate", "05-quantize", "06-serve"]
     assert list(state["stages"]) == names and {s["status"] for s in state["stages"].values()} == {"done"}
@@ -83,6 +85,10 @@ def test_a_rerun_skips_what_is_unchanged_and_reruns_from_the_first_change(lifecy
     _, err = _run(capsys, _write(root, changed, scope), out)
     assert err.count("skipped") == 2 and "[3/6] finetune: running" in err and "[6/6] serve: running" in err
     assert json.loads((out / "03-finetune" / "trainer_state.json").read_text())["step"] == 4
+    corpus = root / "corpus.txt"
+    corpus.write_text(corpus.read_text() + "hello again.\n")  # a file the scope names: everything after it reruns
+    _, err = _run(capsys, _write(root, changed, scope), out)
+    assert "unchanged since it finished" not in err and "[1/6] pretrain: running" in err
 
 
 def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path, capsys):
@@ -111,6 +117,10 @@ def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path,
         ({"stages": [{"finetune": {"out": "x"}}]}, ["stages[0].finetune.out: unknown key"]),
         ({"scope": {"taks": "x"}, "stages": [{"pretrain": {}}]}, ["scope.taks: unknown key", "task, metric"]),
         ({"stages": []}, ["stages must be a non-empty list"]),
+        (
+            {"stages": [{"pretrain": {"max_time": "soon"}}]},
+            ["stages[0].pretrain: argument --max-time: invalid float value: 'soon'"],
+        ),
         ({"stages": [{"evaluate": {}}]}, ["stages[0].evaluate has no model to work on", "scope: {base: CKPT}"]),
     ],
 )

@@ -49,6 +49,8 @@ def runs(tmp_path_factory):
     hostile = root / HOSTILE
     hostile.write_text("hello world.\n" * 5)
     assert main(["evaluate", str(root / "lora"), "--perplexity", str(hostile)]) == 0
+    # a card whose text a person set, with a link that would run script if it were kept
+    assert main(["card", str(root / "lora"), "--intended-use", "Demo only. [details](javascript:alert(2))"]) == 0
     aligned = root / "aligned"
     aligned.mkdir()
     steps = [{"step": s, "train_loss": 1.0 / s, "train_kl": 0.1 * s, "train_score": 0.2 + 0.05 * s} for s in (1, 2, 3)]
@@ -76,16 +78,17 @@ def test_the_numbers_are_the_runs_own(runs, capsys):
     run_cli(capsys, "report", runs)
     text = _open_in_chromium(runs / "report.html", None)["text"]
     results = json.loads((runs / "base" / "eval-greet" / "results.json").read_text())["results"]
-    for r in results:
-        value = r["metrics"]["accuracy (rank)"]
-        assert f"{value:.4g}" in text
+    for r in results:  # each shots row of the table, cell by cell
+        value, (low, high) = r["metrics"]["accuracy (rank)"], r["intervals"]["accuracy (rank)"]
+        assert f"{r['shots']}\taccuracy (rank)\t{value:.4g}\t[{low:.4g}, {high:.4g}]\t{r['examples']}" in text
     card = json.loads((runs / "lora" / "evaluations.json").read_text())["results"][0]
     assert f"{card['value']:.4g}" in text and HOSTILE in text  # the file name shown as text, not markup
     state = json.loads((runs / "lora" / "trainer_state.json").read_text())
     assert f"{state['best_val_loss']:.4g}" in text
     order = [text.index(f"{i}. {name}") for i, name in enumerate(["aligned", "base", "lora"], 1)]
     assert order == sorted(order)  # the lifecycle's order: by the stages behind each folder
-    assert "Model card: lora" in text and "Intended use and limitations" in text
+    assert "Model card: lora" in text and "Intended use and limitations" in text  # the most stages: lora's
+    assert "Demo only. details" in text  # the link's text kept, its javascript: address dropped
 
 
 def _open_in_chromium(page_file: Path, screenshot: Path | None) -> dict:
@@ -101,6 +104,9 @@ def _open_in_chromium(page_file: Path, screenshot: Path | None) -> dict:
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.goto(page_file.resolve().as_uri(), wait_until="load")
             images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            unsafe = page.evaluate("Array.from(document.querySelectorAll('[href],[src]')).map(e => e.href || e.src)"
+                                   ".filter(a => !/^(https?:|mailto:|data:image\\/png|file:.*#)/.test(a))")  # fmt: skip
+            assert unsafe == [], unsafe
             text = page.inner_text("body")
             if screenshot is not None:
                 page.screenshot(path=str(screenshot), full_page=True)

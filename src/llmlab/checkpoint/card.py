@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -75,18 +76,32 @@ def _tokenizer_summary(file: Path) -> dict[str, Any]:
 
 
 def read_evaluations(folder: str | Path) -> list[dict[str, Any]]:
+    """The results recorded for the weights the folder holds now: a result of earlier weights (a run resumed
+    or overwritten since, a checkpoint written again into the folder) is not theirs and is left out."""
     try:
-        return list(json.loads((Path(folder) / EVALUATIONS).read_text(encoding="utf-8"))["results"])
+        results = list(json.loads((Path(folder) / EVALUATIONS).read_text(encoding="utf-8"))["results"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
+    weights = weights_digest(folder)
+    return [r for r in results if r.get("weights") == weights]
+
+
+def weights_digest(folder: str | Path) -> str | None:
+    """The sha256 the folder's manifest records for its weights (a checkpoint's or an adapter's)."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get("model.safetensors") or manifest.get("adapter.safetensors")
 
 
 def record_evaluation(folder: str | Path, results: list[dict[str, Any]]) -> None:
-    """Add results to a folder's evaluations (a result with the same task, dataset, metric and shots as an
-    earlier one replaces it) and refresh its card. Each result: task, task_type, dataset, metric, value,
-    optional low/high (a 95% interval), shots, split, examples."""
+    """Add results to a folder's evaluations (a result with the same task, dataset, metric, shots and number
+    of examples as an earlier one replaces it) and refresh its card. Each result: task, task_type, dataset,
+    metric, value, optional low/high (a 95% interval), shots, split, examples."""
     folder = Path(folder)
-    key = lambda r: (r["task"], r["dataset"], r["metric"], r.get("shots"))  # noqa: E731
+    results = [{**r, "weights": weights_digest(folder)} for r in results]
+    key = lambda r: (r["task"], r["dataset"], r["metric"], r.get("shots"), r.get("examples"))  # noqa: E731
     new = {key(r) for r in results}
     kept = [r for r in read_evaluations(folder) if key(r) not in new]
     write_text_atomic(folder / EVALUATIONS, json.dumps({"results": kept + results}, indent=2) + "\n")
@@ -114,6 +129,13 @@ def export_card(source: str | Path, out: str | Path, method: str) -> Path | None
     if not is_card_folder(source):
         return None
     f = read_folder(source)
+    if f.adapter is not None:  # exported with the adapter added into the base's weights: a plain model now
+        f.stages = [
+            *f.stages,
+            Stage(kind="merge", method="the adapter added into its base's weights", base=str(source)),
+        ]
+        f.adapter = None
+        f.parameters = sum(parameter_breakdown(f.config).values())
     f.stages = [*f.stages, Stage(kind="export", method=method, base=str(source))]
     f.path = Path(out)
     file = f.path / CARD
@@ -148,11 +170,12 @@ def render(f: Folder) -> str:
 
 def front_matter(f: Folder) -> dict[str, Any]:
     """The card's YAML metadata, with Hugging Face's keys (`model-index` holds the evaluation results)."""
-    imported = [s.base for s in f.stages if s.kind == "imported" and s.base]
-    datasets = list(dict.fromkeys(d.name for s in f.stages for d in s.data))
+    imported = [s.base for s in f.stages if s.kind == "imported" and s.base and hub_id(s.base)]
+    datasets = list(dict.fromkeys(hub_id(d.name) for s in f.stages for d in s.data if hub_id(d.name)))
     meta: dict[str, Any] = {}
-    if f.adapter or imported:
-        meta["base_model"] = f.adapter["base"] if f.adapter else imported[0]
+    base = f.adapter["base"] if f.adapter and hub_id(f.adapter["base"]) else imported[0] if imported else None
+    if base:
+        meta["base_model"] = hub_id(base)
     if f.adapter:
         meta["library_name"] = "peft" if f.adapter["method"] in ("lora", "qlora") else "llmlab"
     meta |= {"license": f.meta.license, "language": f.meta.language or None, "datasets": datasets or None,
@@ -160,6 +183,15 @@ def front_matter(f: Folder) -> dict[str, Any]:
     if f.evaluations:
         meta["model-index"] = [{"name": f.path.name, "results": _model_index_results(f)}]
     return {k: v for k, v in meta.items() if v is not None}
+
+
+def hub_id(name: str) -> str | None:
+    """A Hugging Face hub id (`org/name`, or `hf:org/name` as llmlab's data options write it), or None for a
+    local path: the front matter names only what the hub can resolve, and never leaks a machine's folders."""
+    name = name.removeprefix("hf:")
+    if Path(name).exists() or name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        return None
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
 
 
 def pipeline_tag(config: ModelConfig) -> str:

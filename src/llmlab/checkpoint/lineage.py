@@ -56,7 +56,8 @@ class Stage:
     def from_dict(cls, data: dict[str, Any]) -> Stage:
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in known}  # a newer llmlab's extra fields are skipped
-        fields["data"] = [DataSource(**source) for source in fields.get("data", [])]
+        sources = {f.name for f in dataclasses.fields(DataSource)}
+        fields["data"] = [DataSource(**{k: v for k, v in d.items() if k in sources}) for d in fields.get("data", [])]
         return cls(**fields)
 
 

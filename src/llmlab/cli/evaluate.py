@@ -111,7 +111,11 @@ def _record_on_card(args: argparse.Namespace, results: list[dict]) -> None:
 
     folder = Path(getattr(args, "adapter", None) or args.checkpoint)
     if results and is_card_folder(folder):
-        record_evaluation(folder, results)
+        try:
+            record_evaluation(folder, results)
+        except OSError as exc:  # a read-only checkpoint: the results are written elsewhere all the same
+            print(f"warning: the model card of {folder} was not updated ({exc.strerror or exc})", file=sys.stderr)
+            return
         print(f"model card: {folder / 'README.md'} (results added)", file=sys.stderr)
 
 
@@ -169,10 +173,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     out = _output_folder(args, "eval", task.name)
     records = [dataclasses.asdict(r) for r in results]
     task_type = "text-classification" if task.labels else "text-generation"
-    _record_on_card(args, [_card_result(task.name, task_type, name, value, r.intervals.get(name), r.shots, r.examples)
-                           for r in results for name, value in r.metrics.items()])  # fmt: skip
     (out / "results.json").write_text(json.dumps({"task": task.name, "seed": args.seed, "results": records}, indent=2))
     plot_shots(results, out / "shots.png", f"{task.name}: {args.checkpoint}")
+    _record_on_card(args, [_card_result(task.name, task_type, name, value, r.intervals.get(name), r.shots, r.examples)
+                           for r in results for name, value in r.metrics.items()])  # fmt: skip
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "predictions"} for r in records]))
         return
@@ -264,14 +268,14 @@ def _evaluate_rewards(args: argparse.Namespace, ckpt) -> None:
                                          "seed": args.seed, "num_samples": 1})  # fmt: skip
     report = reward_report(ckpt.model, ckpt.tokenizer, prompts, reward, config, load(args.baseline),
                            load(args.reference), toxicity, args.seed)  # fmt: skip
-    if args.json:
-        summary = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("completions", "rewards")}
-        print(json.dumps(summary))
-        return
     prompts_name = Path(args.prompts).name
     _record_on_card(args, [_card_result(f"rewards on {prompts_name}", "text-generation", metric, value,
                                         report.intervals.get(metric), None, report.samples, dataset=prompts_name)
                            for metric, value in report.metrics.items()])  # fmt: skip
+    if args.json:
+        summary = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("completions", "rewards")}
+        print(json.dumps(summary))
+        return
     rows = [[k, f"{v:.4f}", _interval(report.intervals.get(k))] for k, v in report.metrics.items()]
     print_table(rows, ["metric", "value", "95% interval"])
     print(

@@ -103,7 +103,33 @@ def _stage(item: Any, index: int, where: str, parser: argparse.ArgumentParser) -
     options = {str(k).replace("-", "_"): v for k, v in options.items()}
     allowed = command_options(kind, parser)
     _known(options, allowed, where, f"{at}.{kind}.")
+    _check_values(kind, options, parser, f"{where}: {at}.{kind}")
     return Stage(kind, options, index)
+
+
+# where the lifecycle puts the model and the output folder on each command's line, for the dry parse
+PLACEHOLDERS = {"curate": ["INPUT", "--out", "OUT"], "pretrain": ["--out", "OUT"],
+                "evaluate": ["MODEL", "--out", "OUT"], "finetune": ["MODEL", "--out", "OUT"],
+                "align": ["MODEL", "--out", "OUT"],
+                "distill": ["--teacher", "MODEL", "--out", "OUT"], "quantize": ["MODEL", "OUT"],
+                "prune": ["MODEL", "OUT"], "serve": ["MODEL"]}  # fmt: skip
+
+
+def _check_values(kind: str, options: dict[str, Any], parser: argparse.ArgumentParser, at: str) -> None:
+    """Parse the stage's command line now, as its command will, so a bad value (max_time: soon) is refused
+    before any stage runs, not hours later."""
+    import contextlib
+    import io
+
+    own = set(SERVE_OPTIONS if kind == "serve" else CURATE_OPTIONS if kind == "curate" else ())
+    argv = [*COMMANDS[kind], *PLACEHOLDERS[kind], *flags({k: v for k, v in options.items() if k not in own})]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            parser.parse_args(argv)
+    except SystemExit:
+        reason = said.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1] if said.getvalue() else "invalid"
+        raise LlmlabError(f"{at}: {reason}", "fix the value in the recipe") from None
 
 
 def _check_flow(stages: list[Stage], scope: dict, where: str) -> None:

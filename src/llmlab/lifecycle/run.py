@@ -50,6 +50,8 @@ def run_lifecycle(recipe: Recipe, out: str | Path, main: Callable[[list[str]], i
     state["recipe"], flow, previous = recipe.name, Flow(scope=recipe.scope, model=recipe.scope.get("base")), ""
     for stage in recipe.stages:
         previous = _run_stage(stage, out, flow, state, previous, len(recipe.stages), main, log)
+    for line in scope_summary(recipe, out, state):
+        log(line)
     if main(["report", str(out)]) != 0:
         raise LlmlabError(f"the report of {out} failed (its error is above)", "run llmlab report on it again")
     return out / "report.html"
@@ -68,7 +70,7 @@ def _run_stage(stage: Stage, out: Path, flow: Flow, state: dict, previous: str, 
     if not resume and folder.exists():
         shutil.rmtree(folder)  # its inputs changed, or it never got far enough to resume: start it again
     log(f"{where}: {'resuming' if resume else 'running'} into {folder}")
-    state["stages"][stage.name] = {"kind": stage.kind, "key": key, "status": "started"}
+    state["stages"][stage.name] = {"kind": stage.kind, "key": key, "status": "started", "model": flow.model}
     _write_state(out, state)
     started = time.monotonic()
     status = run_command(stage, folder, out, flow, main, resume)
@@ -85,6 +87,21 @@ def _run_stage(stage: Stage, out: Path, flow: Flow, state: dict, previous: str, 
     return key
 
 
+def scope_summary(recipe: Recipe, out: Path, state: dict) -> list[str]:
+    """The scope's metric at every evaluate stage, on the model it evaluated: what each stage bought."""
+    metric, lines = recipe.scope.get("metric"), []
+    for stage in recipe.stages:
+        results = out / stage.name / "results.json"
+        if stage.kind != "evaluate" or not results.is_file():
+            continue
+        model = Path(str(state["stages"].get(stage.name, {}).get("model", "?")))
+        for row in json.loads(results.read_text(encoding="utf-8")).get("results", []):
+            shown = {k: v for k, v in row["metrics"].items() if metric in (None, k)}
+            values = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+            lines.append(f"{stage.name} on {model.parent.name}/{model.name}, {row['shots']} shots: {values}")
+    return lines
+
+
 def run_command(stage: Stage, folder: Path, out: Path, flow: Flow, main, resume: bool) -> int:
     """The stage as its command; the serve stage is a smoke test the lifecycle drives itself."""
     if stage.kind == "serve":
@@ -93,7 +110,10 @@ def run_command(stage: Stage, folder: Path, out: Path, flow: Flow, main, resume:
         serve_check(_require_model(stage, flow), folder, dict(stage.options))
         return 0
     args = command_args(stage, folder, out, flow) + (["--resume"] if resume else [])
-    return main(args)
+    try:
+        return main(args)
+    except SystemExit as exc:  # argparse refusing a value the recipe check could not foresee
+        return int(exc.code or 2)
 
 
 def command_args(stage: Stage, folder: Path, out: Path, flow: Flow) -> list[str]:
@@ -124,7 +144,8 @@ def command_args(stage: Stage, folder: Path, out: Path, flow: Flow) -> list[str]
 
 def stage_key(stage: Stage, previous: str, flow: Flow) -> str:
     """Changes when the stage's options, anything before it, or a file it names changes."""
-    files = {str(v): _fingerprint(Path(str(v))) for v in _values(stage.options) if _is_file_value(v)}
+    named = _values(stage.options) + _values(flow.scope)  # the scope's data, task file and base are read too
+    files = {str(v): _fingerprint(Path(str(v))) for v in named if _is_file_value(v)}
     text = json.dumps([stage.kind, stage.options, previous, flow.scope, files], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

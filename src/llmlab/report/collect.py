@@ -52,7 +52,7 @@ def collect(root: str | Path) -> list[RunReport]:
     root = Path(root)
     if not root.is_dir():
         raise LlmlabError(f"{root} is not a folder", "pass a run folder or a folder of runs (a lifecycle's --out)")
-    runs = [_run(folder) for folder in _run_folders(root)]
+    runs = [_readable_run(folder) for folder in _run_folders(root)]
     if not runs:
         raise LlmlabError(f"{root} holds no run folder (metrics.jsonl or a model card)",
                           "pass the --out of pretrain, finetune, align ... or of a lifecycle")  # fmt: skip
@@ -60,10 +60,12 @@ def collect(root: str | Path) -> list[RunReport]:
 
 
 def _order(run: RunReport) -> tuple:
-    """A lifecycle's stage folders (01-pretrain, 02-evaluate, ...) in their order; other folders by how many
-    stages made their checkpoint, then by age."""
-    stage = re.match(r"(\d+)-", run.name)
-    return (0, int(stage.group(1)), "", 0.0) if stage else (1, run.depth, run.name, run.path.stat().st_mtime)
+    """A lifecycle's stage folders (01-pretrain, 02-evaluate, ...) in their order, a folder inside one
+    (03-finetune/merged) right after it; other folders by how many stages made their checkpoint, then by age."""
+    stage = next((m for part in run.path.parts[::-1] if (m := re.match(r"(\d+)-", part))), None)
+    if stage:
+        return (0, int(stage.group(1)), len(run.path.parts), 0.0)
+    return (1, run.depth, len(run.path.parts), run.path.stat().st_mtime)
 
 
 def _run_folders(root: Path) -> list[Path]:
@@ -91,6 +93,16 @@ def _is_result_folder(path: Path) -> bool:
 
 def _has_results(folder: Path) -> bool:
     return any(_is_result_folder(p) for p in folder.iterdir() if p.is_dir())
+
+
+def _readable_run(folder: Path) -> RunReport:
+    """A run folder's files, or one line naming the folder whose file could not be read (a metrics.jsonl cut
+    by kill -9, a results.json of another version)."""
+    try:
+        return _run(folder)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LlmlabError(f"cannot read the run in {folder}: {type(exc).__name__}: {exc}",
+                          "fix or move that folder, or pass a folder of runs without it") from None  # fmt: skip
 
 
 def _run(folder: Path) -> RunReport:

@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 import markdown
+import markdown.treeprocessors
 
 from llmlab.checkpoint.card import CARD
 from llmlab.plot import pyplot
@@ -65,7 +66,7 @@ def _final_card(runs: list[RunReport]) -> dict[str, str] | None:
     carded = [r for r in runs if r.card is not None and (r.path / CARD).is_file()]
     if not carded:
         return None
-    final = carded[-1]
+    final = max(reversed(carded), key=lambda r: r.depth)  # the most stages; of equals, the last in order
     text = (final.path / CARD).read_text(encoding="utf-8")
     _, front, body = text.split("---\n", 2) if text.startswith("---\n") else ("", "", text)
     return {"name": final.name, "front_matter": front, "html": markdown_without_html(body)}
@@ -78,7 +79,23 @@ def markdown_without_html(text: str) -> str:
     md = markdown.Markdown(extensions=["tables", "fenced_code"])
     md.preprocessors.deregister("html_block")
     md.inlinePatterns.deregister("html")
+    md.treeprocessors.register(_SafeLinks(md), "safe_links", 0)
     return md.convert(text)
+
+
+class _SafeLinks(markdown.treeprocessors.Treeprocessor):
+    """Links keep only addresses that cannot run anything (http(s), mailto, in-page anchors), images only
+    embedded PNGs: a `javascript:` link in a card would run when clicked, a remote image would be fetched."""
+
+    SAFE = {"href": ("http://", "https://", "mailto:", "#"), "src": ("data:image/png;base64,",)}  # nothing fetched
+
+    def run(self, root):
+        for element in root.iter():
+            for attribute, safe in self.SAFE.items():
+                value = element.get(attribute)
+                if value is not None and not value.strip().lower().startswith(safe):
+                    del element.attrib[attribute]
+        return None
 
 
 def _loss_plot(run: RunReport) -> str | None:

@@ -32,7 +32,7 @@ from llmlab.training.session import Session
 from llmlab.training.state import TrainerState
 from llmlab.training.step import BatchSource, LossFn, StepParts, StepResult, evaluate_loss, train_step
 from llmlab.training.stop import AbortRequested, StopRequest
-from llmlab.training.trackers import open_trackers
+from llmlab.training.trackers import close_trackers, open_trackers
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Trainer:
         resume_step = self.state.step if saved is not None else None
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step) if session.main else None
         self.card = StageRecorder(job.stage, out, saved is not None) if session.main and job.stage else None
-        self.trackers = open_trackers(cfg.report_to, out, job.options, saved is not None) if self.metrics else []
+        self.trackers = open_trackers(cfg.report_to, out, job.options, resume_step) if self.metrics else []
         for tracker in self.trackers:
             self.metrics.listeners.append(tracker.log)
         self.flops_per_token: float | None = None
@@ -127,14 +127,16 @@ class Trainer:
     def fit(self, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
         """Train until a budget runs out or Ctrl-C (which saves a resumable checkpoint first)."""
         self.model.train()
-        if self.job.on_start is not None:
-            self.job.on_start()
         result = TrainResult(
             out=self.job.checkpointer.out, step=self.state.step, best_val_loss=self.state.best_val_loss
         )
         self._window = (time.perf_counter(), 0)
-        with StopRequest() as stop:
+        status = "FAILED"  # until the loop ends the way it should
+        with StopRequest() as stop, contextlib.ExitStack() as closing:
+            closing.callback(lambda: close_trackers(self.trackers, status))
             self.stop = stop
+            if self.job.on_start is not None:
+                self.job.on_start()
             try:
                 while self._continue():
                     step = self.step()
@@ -149,6 +151,7 @@ class Trainer:
                 stop.requested = True
             result.step, result.interrupted = self.state.step, stop.requested
             self.save("interrupted; continue with --resume" if stop.requested else "done")
+            status = "KILLED" if stop.requested else "FINISHED"
         self._finish()
         return result
 
@@ -259,15 +262,22 @@ class Trainer:
         kept = job.kept.tensors() if job.kept is not None else None
         job.checkpointer.save(job.saves or self.model, parts.optimizers, trainer_state, reason, kept)
         if self.card is not None:
+            self._record_card(job)
+
+    def _record_card(self, job: Job) -> None:
+        """The folder's lineage and model card: a failure to write them is a warning, never the run's end."""
+        if self.flops_per_token is None and job.flops_per_token is not None:  # a resumed run that took no step
+            self.flops_per_token = job.flops_per_token(job.batches(False, self.state.step, 0))
+        try:
             self.card.record(self.state, job.saves or self.model, self.flops_per_token)
+        except (OSError, ValueError) as exc:
+            self.session.log(f"warning: model card not updated ({exc})")
 
     def _finish(self) -> None:
         state, out = self.state, self.job.checkpointer.out
         n_params = sum(p.numel() for p in self.model.parameters())
         if self.metrics is not None:
             plot_loss(self.metrics.records(), out / "loss.png", title=f"{out.name}: {n_params / 1e6:.1f}M parameters")
-        for tracker in self.trackers:
-            tracker.close()
         self.session.log(
             f"done: {state.step} steps, {state.tokens_seen:,} tokens in {format_duration(state.elapsed)}, "
             f"best validation loss {state.best_val_loss:.4f}; loss curve {out / 'loss.png'}"

@@ -20,7 +20,7 @@ PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "w
 class Tracker(Protocol):
     def log(self, record: dict[str, Any]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, status: str) -> None: ...  # FINISHED, KILLED (Ctrl-C, resumable) or FAILED
 
 
 def check_trackers(names: list[str]) -> None:
@@ -34,12 +34,24 @@ def check_trackers(names: list[str]) -> None:
             raise LlmlabError(f"--report-to {name} needs the {name} package", f"pip install {PACKAGES[name]}")
 
 
-def open_trackers(names: list[str], out: Path, options: dict[str, Any], resuming: bool) -> list[Tracker]:
-    ids = _read_ids(out) if resuming else {}
+def open_trackers(names: list[str], out: Path, options: dict[str, Any], resume_step: int | None) -> list[Tracker]:
+    """The trackers asked for; resuming (from `resume_step`), the tracked runs of the start continue."""
+    ids = _read_ids(out) if resume_step is not None else {}
     opened = {"tensorboard": _TensorBoard, "mlflow": _Mlflow, "wandb": _Wandb}
-    trackers = [opened[name](out, options, ids.get(name)) for name in names]
+    trackers = [opened[name](out, options, ids.get(name), resume_step) for name in names]
     _write_ids(out, {name: t.run_id for name, t in zip(names, trackers) if getattr(t, "run_id", None)})
     return trackers
+
+
+def close_trackers(trackers: list[Tracker], status: str) -> None:
+    """Each tracker's run ended with the run's status; one that fails to close is a warning, not an error."""
+    import warnings
+
+    for tracker in trackers:
+        try:
+            tracker.close(status)
+        except Exception as exc:  # noqa: BLE001 - a tracker's own failure (a server gone) must not hide the run's
+            warnings.warn(f"{type(tracker).__name__.strip('_').lower()} did not close: {exc}", stacklevel=2)
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -51,24 +63,26 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 class _TensorBoard:
     """Event files in OUT/tensorboard (`tensorboard --logdir OUT/tensorboard`)."""
 
-    def __init__(self, out: Path, options: dict[str, Any], run_id: str | None) -> None:
+    def __init__(self, out: Path, options: dict[str, Any], run_id: str | None, resume_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+        # resuming: events past the checkpoint (written before a crash) are dropped, as metrics.jsonl drops them
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge)
         self.writer.add_text("options", "\n".join(f"    {k}: {v}" for k, v in options.items()), 0)
 
     def log(self, record: dict[str, Any]) -> None:
         for name, value in scalars(record).items():
             self.writer.add_scalar(name, value, record["step"])
 
-    def close(self) -> None:
+    def close(self, status: str) -> None:
         self.writer.close()
 
 
 class _Mlflow:
     """A run in $MLFLOW_TRACKING_URI, or in OUT/mlruns (`mlflow ui --backend-store-uri OUT/mlruns`)."""
 
-    def __init__(self, out: Path, options: dict[str, Any], run_id: str | None) -> None:
+    def __init__(self, out: Path, options: dict[str, Any], run_id: str | None, resume_step: int | None) -> None:
         from mlflow.tracking import MlflowClient
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -88,14 +102,14 @@ class _Mlflow:
         for name, value in scalars(record).items():
             self.client.log_metric(self.run_id, name, value, step=record["step"])
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
 
 
 class _Wandb:
     """A wandb run, offline in OUT/wandb unless $WANDB_MODE says otherwise (`wandb sync` uploads it)."""
 
-    def __init__(self, out: Path, options: dict[str, Any], run_id: str | None) -> None:
+    def __init__(self, out: Path, options: dict[str, Any], run_id: str | None, resume_step: int | None) -> None:
         import wandb
 
         mode = os.environ.get("WANDB_MODE", "offline")
@@ -107,8 +121,8 @@ class _Wandb:
     def log(self, record: dict[str, Any]) -> None:
         self.run.log(scalars(record), step=record["step"])
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
 
 
 def _read_ids(out: Path) -> dict[str, str]:
