@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmlab.tools",
             "llmlab.curate",
             "llmlab.lifecycle",
+            "llmlab.scaling",
             "llmlab.plan.verify",
             "llmlab.plan.memory_request",
             "llmlab.plan.compute_request",

@@ -42,6 +42,7 @@ from llmlab.cli import (
     quantize,
     rag,
     report,
+    scaling,
     serve,
     tasks,
 )
@@ -49,7 +50,7 @@ from llmlab.errors import LlmlabError
 
 # In the order `llmlab --help` lists them: the lifecycle, then interchange and planning.
 COMMAND_GROUPS = (lifecycle, data, pretrain, finetune, align, distill, generate, chat, serve, inspect, tasks, index,
-                  rag, evaluate, quantize, prune, hf, card, report, plan)  # fmt: skip
+                  rag, evaluate, quantize, prune, hf, card, report, scaling, plan)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
