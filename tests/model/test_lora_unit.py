@@ -249,3 +249,11 @@ def test_multi_lora_refuses_layers_the_model_lacks_word_for_word():
     what, fix = _error(lambda: add_multi_lora(model, [adapter], [1.0]))
     assert what == f"the adapters name layers this model does not have: {', '.join(sorted(names)[:3])}"
     assert fix == "serve adapters trained on this base"
+
+
+def test_a_plain_base_merges_at_its_own_dtype_whatever_the_adapters():
+    layer = LoRALinear(nn.Linear(8, 4), r=2, scaling=1.0)
+    layer.lora_A.data, layer.lora_B.data = layer.lora_A.data.bfloat16(), torch.randn(4, 2).bfloat16()
+    merged = layer.merged()
+    assert merged.weight.dtype == torch.float32
+    torch.testing.assert_close(merged.weight, layer.base.weight + layer.delta_weight())
