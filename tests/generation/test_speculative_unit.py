@@ -410,3 +410,14 @@ def test_a_soft_prompt_on_the_draft_or_the_target_is_refused():
     assert message(lambda: speculative_generate(prompted_target, ["ab"], GREEDY, LookupDrafter(V), 2)) == (
         "speculative decoding here is for decoder-only models without a soft prompt — generate without --draft"
     )
+
+
+def test_the_end_of_sequence_is_allowed_from_min_new_tokens_on_within_one_pass(model):
+    prompt = [3, 8, 1]
+    t0, t1, t2 = plain_greedy(model, prompt, 3)
+    assert t2 not in (t0, t1)  # the varied model: the third token is a new one, used as the end of sequence
+    config = GenerationConfig(max_new_tokens=8, min_new_tokens=2, greedy=True)
+    stats = SpeculationStats()
+    with torch.no_grad():
+        new = speculate(CachedModel(model, 32), ModelDrafter(model), prompt, config, 3, t2, stats)
+    assert new == [t0, t1, t2] and stats.target_passes == 1  # drafted, verified and ended in the first pass
