@@ -240,3 +240,13 @@ def test_the_compile_choice_comes_from_the_caller_then_the_environment(monkeypat
     assert message(compile_choice) == "$LLMLAB_COMPILE is 'fast' — set it to one of auto, on, off or unset it"
     assert message(lambda: compile_choice("yes")) == "compile='yes' is not a choice — use one of auto, on, off"
     assert config_module.AUTO_COMPILE_TOKENS == 4096
+
+
+def test_an_encoder_decoder_without_a_start_id_starts_its_decoder_at_the_pad_token():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    model = tiny_model("t5", vocab_size=tok.vocab_size, block_size=16)
+    model.config.decoder_start_token_id = None  # as T5's own config may leave it: the pad token starts
+    config = GenerationConfig(max_new_tokens=4, greedy=True)
+    unset = Generator(model, tok, compile="off").generate(["abc"], config)
+    model.config.decoder_start_token_id = tok.pad_id
+    assert unset == Generator(model, tok, compile="off").generate(["abc"], config)
