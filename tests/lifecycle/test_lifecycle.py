@@ -85,10 +85,29 @@ def test_a_rerun_skips_what_is_unchanged_and_reruns_from_the_first_change(lifecy
     _, err = _run(capsys, _write(root, changed, scope), out)
     assert err.count("skipped") == 2 and "[3/6] finetune: running" in err and "[6/6] serve: running" in err
     assert json.loads((out / "03-finetune" / "trainer_state.json").read_text())["step"] == 4
-    corpus = root / "corpus.txt"
-    corpus.write_text(corpus.read_text() + "hello again.\n")  # a file the scope names: everything after it reruns
-    _, err = _run(capsys, _write(root, changed, scope), out)
-    assert "unchanged since it finished" not in err and "[1/6] pretrain: running" in err
+
+
+def test_a_stage_key_changes_with_the_files_its_options_or_the_scope_name(tmp_path):
+    from llmlab.lifecycle.recipe import Stage
+    from llmlab.lifecycle.run import Flow, stage_key
+
+    corpus, extra = tmp_path / "corpus.txt", tmp_path / "extra.jsonl"
+    corpus.write_text("a\n")
+    extra.write_text("{}\n")
+    stage = Stage("finetune", {"data": f"{extra}:2", "max_steps": 3}, 2)
+    flow = Flow(scope={"data": str(corpus)})
+    key = stage_key(stage, "previous", flow)
+    assert key == stage_key(stage, "previous", Flow(scope={"data": str(corpus)}))  # the same inputs, the same key
+    corpus.write_text("a\nb\n")  # the scope's file
+    assert stage_key(stage, "previous", flow) != key
+    key = stage_key(stage, "previous", flow)
+    extra.write_text('{"x": 1}\n')  # a file an option names (with a mixing weight)
+    assert stage_key(stage, "previous", flow) != key
+    key = stage_key(stage, "previous", flow)
+    assert (
+        stage_key(stage, "other", flow) != key
+        and stage_key(Stage("finetune", {"max_steps": 4}, 2), "previous", flow) != key
+    )
 
 
 def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path, capsys):
