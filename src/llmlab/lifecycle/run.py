@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ class Flow:
     scope: dict[str, Any]
     model: str | None = None
     data: str | None = None
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage name -> what it recorded
 
 
 def run_lifecycle(recipe: Recipe, out: str | Path, main: Callable[[list[str]], int],
