@@ -13,6 +13,7 @@ import torch
 
 from llmlab.cli import main
 from llmlab.config import ModelConfig
+from llmlab.errors import LlmlabError
 from llmlab.model import LanguageModel, build_model
 
 
@@ -92,3 +93,10 @@ def start_llmlab(*args: str, until: str, timeout: float = 120) -> subprocess.Pop
         raise AssertionError(f"`llmlab {' '.join(args[:1])}` printed no line starting with {until!r} in {timeout} s")
     proc.until_line = line  # e.g. the address a server printed
     return proc
+
+
+def refusal(call) -> tuple[str, str]:
+    """What a call refused with: the LlmlabError's (what, fix), for tests that check them word for word."""
+    with pytest.raises(LlmlabError) as caught:
+        call()
+    return caught.value.what, caught.value.fix

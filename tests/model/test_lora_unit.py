@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from llmlab.errors import LlmlabError
 from llmlab.model.lora import (
     LoRALinear,
     LoraSpec,
@@ -25,13 +24,7 @@ from llmlab.model.lora import (
     trainable_counts,
 )
 from llmlab.model.quantize import Int8Linear
-from tests.helpers import tiny_model
-
-
-def _error(call) -> tuple[str, str]:
-    with pytest.raises(LlmlabError) as caught:
-        call()
-    return caught.value.what, caught.value.fix
+from tests.helpers import refusal, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -46,7 +39,7 @@ def _error(call) -> tuple[str, str]:
     ],
 )
 def test_spec_refusals_word_for_word(spec, what, fix):
-    assert _error(spec.validate) == (what, fix)
+    assert refusal(spec.validate) == (what, fix)
 
 
 def test_spec_boundaries_that_are_valid():
@@ -144,11 +137,11 @@ def test_target_names_are_the_kinds_inside_the_blocks():
 
 def test_unknown_targets_and_an_adapted_model_are_refused_word_for_word():
     model = tiny_model("llama", vocab_size=32)
-    what, fix = _error(lambda: add_lora(model, LoraSpec(targets=("q_proj",))))
+    what, fix = refusal(lambda: add_lora(model, LoraSpec(targets=("q_proj",))))
     assert what == "--lora-targets 'q_proj' matches no linear layer of this model"
     assert fix == "use a group (attention, qv, mlp, all-linear) or layer names: attn.proj, attn.qkv, mlp.down, mlp.up"
     add_lora(model, LoraSpec(2, 4.0, targets=("attention",)))
-    what, fix = _error(lambda: add_lora(model, LoraSpec(2, 4.0, targets=("qv", "attention"))))
+    what, fix = refusal(lambda: add_lora(model, LoraSpec(2, 4.0, targets=("qv", "attention"))))
     assert (what, fix) == ("--lora-targets qv,attention selected no layer", "use --lora-targets all-linear")
 
 
@@ -167,13 +160,13 @@ def _adapted(rank: int = 2, targets=("attention",)):
 def test_loading_a_state_with_missing_or_extra_layers_is_refused_word_for_word():
     state = lora_state(_adapted(targets=("all-linear",)))
     model = _adapted(targets=("mlp",))  # has mlp.up and mlp.down only
-    what, fix = _error(lambda: load_lora_state(model, state))
+    what, fix = refusal(lambda: load_lora_state(model, state))
     extra = sorted(set(state) - set(lora_state(model)))
     assert what == f"the adapter's layers do not fit this model (missing [], unexpected {extra[:2]})"
     assert fix == "load it on the base model and with the --lora-targets it was trained with"
     partial = {k: v for k, v in lora_state(model).items() if ".mlp.up." not in k}
     missing = sorted(set(lora_state(model)) - set(partial))
-    what, _ = _error(lambda: load_lora_state(model, partial))
+    what, _ = refusal(lambda: load_lora_state(model, partial))
     assert (
         len(missing) > 2
         and what == f"the adapter's layers do not fit this model (missing {missing[:2]}, unexpected [])"
@@ -194,7 +187,7 @@ def test_a_tensor_of_the_wrong_shape_is_refused_word_for_word(bad):
         state[f"{name}.lora_A"] = torch.zeros(a.shape[0] + 1, a.shape[1])
     layer = dict(model.named_modules())[name]
     shapes = f"{tuple(state[f'{name}.lora_B'].shape)} x {tuple(state[f'{name}.lora_A'].shape)}"
-    assert _error(lambda: load_lora_state(model, state)) == (
+    assert refusal(lambda: load_lora_state(model, state)) == (
         f"the adapter's {name} is {shapes}, not for a {layer.out_features} x {layer.in_features} layer",
         "put the adapter on the base it was trained for",
     )
@@ -246,7 +239,7 @@ def test_multi_lora_refuses_layers_the_model_lacks_word_for_word():
     model = tiny_model("llama", vocab_size=32)
     names = [f"decoder.blocks.{i}.attn.nothing{j}" for i in range(2) for j in range(2)]
     adapter = {f"{n}.{part}": torch.zeros(1, 1) for n in names for part in ("lora_A", "lora_B")}
-    what, fix = _error(lambda: add_multi_lora(model, [adapter], [1.0]))
+    what, fix = refusal(lambda: add_multi_lora(model, [adapter], [1.0]))
     assert what == f"the adapters name layers this model does not have: {', '.join(sorted(names)[:3])}"
     assert fix == "serve adapters trained on this base"
 

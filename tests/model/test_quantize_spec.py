@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from llmlab.errors import LlmlabError
 from llmlab.model.quantize import (
     Int4Linear,
     Int8Linear,
@@ -18,13 +17,7 @@ from llmlab.model.quantize import (
     prepare_quantized_structure,
     quantize_model,
 )
-from tests.helpers import tiny_model
-
-
-def _error(call) -> tuple[str, str]:
-    with pytest.raises(LlmlabError) as caught:
-        call()
-    return caught.value.what, caught.value.fix
+from tests.helpers import refusal, tiny_model
 
 
 @pytest.mark.parametrize(
@@ -45,7 +38,7 @@ def _error(call) -> tuple[str, str]:
     ],
 )
 def test_settings_refusals_word_for_word(spec, what, fix):
-    assert _error(spec.validate) == (what, fix)
+    assert refusal(spec.validate) == (what, fix)
 
 
 @pytest.mark.parametrize(("fmt", "dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16)])
@@ -87,7 +80,7 @@ def test_nf4_takes_the_largest_block_that_fits_where_int4_prefers_the_kernels_si
 
 
 def test_an_int4_layer_refuses_a_group_that_does_not_divide_it_word_for_word():
-    assert _error(lambda: Int4Linear(48, 4, bias=False, group_size=32)) == (
+    assert refusal(lambda: Int4Linear(48, 4, bias=False, group_size=32)) == (
         "input width 48 is not a multiple of group size 32",
         "choose a group size that divides the layer width, or --skip the layer",
     )
