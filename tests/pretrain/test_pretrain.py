@@ -201,7 +201,7 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_dies(tmp_pat
     from tests.helpers import assert_one_line_error, run_cli, start_llmlab
 
     config = tiny_run(tmp_path, max_steps=100000, log_interval=1)
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in config.to_dict().items() if v not in (None, False)]
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in config.to_dict().items() if v not in (None, False, [])]
     with start_llmlab("pretrain", *options, until="step 2") as first:
         code, _, err = run_cli(capsys, "pretrain", *options, "--overwrite")
         assert_one_line_error(code, err, "in use by another run", f"pid {first.pid}")

@@ -83,6 +83,11 @@ class ModelOptions(Validated):
     norm: str | None = option(None, "layernorm or rmsnorm (overrides the preset)")
     mlp: str | None = option(None, "gelu, relu, swiglu or geglu (overrides the preset)")
 
+    def validate(self) -> None:
+        super().validate()
+        if self.preset is not None and self.preset not in PRESETS:  # before the corpus is read and tokenised
+            raise LlmlabError(f"unknown preset {self.preset!r}", f"choose one of: {', '.join(PRESETS)}")
+
 
 @dataclass
 class PretrainConfig(TrainerConfig, ModelOptions, PretrainData):
