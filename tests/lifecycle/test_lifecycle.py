@@ -57,6 +57,8 @@ def test_a_recipe_runs_every_stage_into_its_folder(lifecycle, capsys):
     out = root / "run"
     stdout, err = _run(capsys, _write(root, stages, scope), out)
     assert f"report: {out / 'report.html'}" in stdout and (out / "report.html").is_file()
+    page = (out / "report.html").read_text()
+    assert "Model card: 05-quantize" in page and "Serving smoke test" in page  # the result, and its serving
     after = json.loads((out / "04-evaluate" / "results.json").read_text())["results"][0]["metrics"]["accuracy (rank)"]
     assert f"04-evaluate on 03-finetune/merged, 0 shots: accuracy (rank) {after:.4f}" in err  # the summary
     state = json.loads((out / "lifecycle.json").read_text())

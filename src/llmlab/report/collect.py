@@ -37,6 +37,7 @@ class RunReport:
     quantization: list[dict[str, Any]] = field(default_factory=list)
     quantization_plot: Path | None = None
     forgetting: dict[str, tuple[float, float]] = field(default_factory=dict)  # measure -> (before, after)
+    serve: dict[str, Any] | None = None  # a lifecycle's serving smoke test (serve.json)
 
     @property
     def name(self) -> str:
@@ -77,7 +78,7 @@ def _run_folders(root: Path) -> list[Path]:
                 (folder / "metrics.jsonl").is_file()
                 or is_card_folder(folder)
                 or _has_results(folder)
-                or (folder / "results.json").is_file()
+                or any((folder / name).is_file() for name in ("results.json", "serve.json"))
             ):
                 found.append(folder)
             below += [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
@@ -115,6 +116,8 @@ def _run(folder: Path) -> RunReport:
         if not results.is_file():
             continue
         run.evaluations.append(_evaluation(results))
+    if (folder / "serve.json").is_file():
+        run.serve = json.loads((folder / "serve.json").read_text(encoding="utf-8"))
     report = folder / "quantization" / "report.json"
     if report.is_file():
         run.quantization = json.loads(report.read_text(encoding="utf-8"))

@@ -50,13 +50,15 @@ def _view(run: RunReport) -> dict[str, Any]:
         "evaluations": [{"title": e.title, "rows": e.rows, "plot": _png_file(e.plot)} for e in run.evaluations],
         "card_evaluations": card.evaluations if card else [],
         "quantization": run.quantization, "quantization_plot": _png_file(run.quantization_plot),
-        "forgetting": run.forgetting,
+        "forgetting": run.forgetting, "serve": run.serve,
     }  # fmt: skip
 
 
 def _summary(run: RunReport) -> str:
     if run.card is None:
-        return "a run folder without a model card"
+        if run.serve:
+            return "a serving smoke test"
+        return f"evaluation: {', '.join(e.title for e in run.evaluations)}" if run.evaluations else "a run folder"
     kinds = " → ".join(s.kind for s in run.card.stages) or "no recorded stages"
     return f"{run.card.parameters:,} parameters, {run.card.config.family}: {kinds}"
 
