@@ -178,3 +178,12 @@ def test_a_resumed_run_keeps_its_history_when_its_base_has_moved(chain, tmp_path
     stages = read_lineage(out)
     assert [s.kind for s in stages] == ["pre-training", "pre-training"] and stages[1].steps == 4
     assert stages[0] == read_lineage(chain / "base")[0]
+
+
+def test_a_quantized_base_counts_its_weights_held_in_buffers():
+    from torch import nn
+
+    from llmlab.model.quantize import Int8Linear
+
+    model = nn.Sequential(nn.Linear(8, 4), Int8Linear.from_linear(nn.Linear(6, 5), "absmax"))  # no parameters
+    assert estimated_flops(model, 10) == (4 * (36 + 30) + 2 * 36) * 10

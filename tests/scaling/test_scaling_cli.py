@@ -60,6 +60,7 @@ def test_a_rerun_reuses_finished_runs(grid, capsys):
         (["--budgets", "1e9,x", "--widths", "16"], ["--budgets '1e9,x' is not a list of numbers"]),
         (["--budgets", "1e3", "--widths", "16,24,32,40,48"], ["not one step", "raise --budgets above"]),
         (["--budgets", "1e9", "--widths", "16,24"], ["2 runs cannot fit a law of 5 numbers"]),
+        (["--budgets", "1e9", "--widths", "16,24", "--bootstrap", "5"], ["--bootstrap 5 is too few resamples"]),
     ],
 )
 def test_a_bad_grid_is_one_line(grid, tmp_path, capsys, args, fragments):

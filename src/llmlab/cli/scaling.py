@@ -30,6 +30,8 @@ def cmd_scaling(args: argparse.Namespace) -> None:
     from llmlab.scaling.plot import plot_scaling
 
     budgets, widths = _numbers(args.budgets, float, "--budgets"), _numbers(args.widths, int, "--widths")
+    if args.bootstrap < 20:  # checked before any run: the intervals come after every run has trained
+        raise LlmlabError(f"--bootstrap {args.bootstrap} is too few resamples for 95% intervals", "use 200")
     base = PretrainConfig(data=args.data, preset=args.preset, n_layer=args.n_layer, block_size=args.block_size,
                           batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                           tokenizer=args.tokenizer, vocab_size=args.vocab_size, device=args.device, dtype=args.dtype,

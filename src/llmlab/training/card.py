@@ -11,6 +11,7 @@ from torch import nn
 
 from llmlab.checkpoint.card import record_stage
 from llmlab.checkpoint.lineage import Stage, base_lineage, read_lineage
+from llmlab.model.lora import trainable_counts
 from llmlab.training.state import TrainerState
 
 
@@ -36,9 +37,5 @@ def estimated_flops(model: nn.Module, tokens: int) -> float:
     """Training FLOPs where the recipe has no exact count: 2N per token forward, 2N backward through every
     weight (activation gradients), 2N' more for the gradients of the N' trainable ones (Kaplan et al., 2020),
     so a frozen base costs 4N per token and full training the usual 6N."""
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
-    quantized = [m for m in model.modules() if hasattr(m, "dequantized") and not list(m.parameters())]
-    total += sum(m.in_features * m.out_features for m in quantized)  # a quantized base keeps its weights in buffers
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    trainable, total = trainable_counts(model)  # a quantized base's weights (buffers) counted too
     return float((4 * total + 2 * trainable) * tokens)
