@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from llmlab.checkpoint.lineage import read_lineage
+from llmlab.lifecycle.recipe import builtin_recipes
 from tests.helpers import assert_one_line_error, run_cli, start_llmlab
 
 TINY = {"preset": "llama-nano", "n_layer": 1, "n_embd": 32, "block_size": 32, "batch_size": 4, "eval_iters": 1,
@@ -39,7 +40,7 @@ def lifecycle(tmp_path_factory):
         {"finetune": {"data": str(root / "sft.jsonl"), "max_steps": 3, "batch_size": 2, "eval_iters": 1,
                       "dtype": "fp32", "device": "cpu", "lora_r": 2}},
         {"evaluate": evaluate},
-        {"quantize": {"to": "int8"}},
+        {"quantize": {"to": "int8", "report": True}},
         {"serve": {"prompts": ["hello"], "max_tokens": 4, "dtype": "fp32"}},
     ]  # fmt: skip
     scope = {"task": str(root / "greet.jsonl"), "data": str(root / "corpus.txt"), "metric": "accuracy (rank)"}
@@ -69,6 +70,12 @@ def test_a_recipe_runs_every_stage_into_its_folder(lifecycle, capsys):
     assert read_lineage(out / "03-finetune" / "merged")[0].data[0].name == str(root / "corpus.txt")  # scope's data
     served = json.loads((out / "06-serve" / "serve.json").read_text())
     assert served["same_as_generate"] and served["model"] == str(out / "05-quantize")
+    final = (out / "05-quantize" / "README.md").read_text()  # the final card holds what the report shows of it
+    assert all(f"| {t:.3f} |" in final for t in served["latency_s"]) and "greedy answers equal" in final
+    formats = json.loads((out / "05-quantize" / "quantization" / "report.json").read_text())
+    assert [r["variant"] for r in formats][:2] == ["fp32", "bf16"] and "int8" in [r["variant"] for r in formats]
+    assert all(f"| {r['variant']} | {r['disk_mb']:.1f} |" in final and f"| {r['perplexity']:.3f} |" in final
+               for r in formats)  # fmt: skip
     before = json.loads((out / "02-evaluate" / "results.json").read_text())
     after = json.loads((out / "04-evaluate" / "results.json").read_text())
     assert before["task"] == after["task"] == "greet"
@@ -155,4 +162,18 @@ def test_a_bad_recipe_is_one_line_that_points_at_the_key(tmp_path, capsys, recip
 
 def test_the_built_in_recipes_are_listed_and_valid(capsys):
     code, out, _ = run_cli(capsys, "lifecycle", "--list")
-    assert code == 0 and out.startswith("quick: ") and "pretrain -> evaluate -> finetune" in out
+    assert code == 0 and out.startswith("default: ") and "\nquick: " in out
+    assert "curate -> pretrain -> evaluate -> finetune -> evaluate -> align -> evaluate -> quantize" in out
+
+
+def test_the_quick_recipe_is_the_default_with_smaller_budgets():
+    """`make run`'s recipe and its 3-minute first look run the same stages on the same task."""
+    default, quick = (yaml.safe_load(builtin_recipes()[name].read_text()) for name in ("default", "quick"))
+    assert [next(iter(s)) for s in default["stages"]] == [next(iter(s)) for s in quick["stages"]]
+    assert {k: v for k, v in default["scope"].items() if k != "budget_minutes"} == {
+        k: v for k, v in quick["scope"].items() if k != "budget_minutes"
+    }
+    for big, small in zip(default["stages"], quick["stages"]):
+        (options,) = big.values()
+        (small_options,) = small.values()
+        assert small_options.get("max_time", 0) <= options.get("max_time", 0)

@@ -60,10 +60,12 @@ class AlignOptions(Validated):
 class OnlineOptions(Validated):
     """PPO and GRPO: rollouts, the reward, the KL penalty and the update."""
 
-    prompts: str | None = option(None, "online methods: prompts, a text file (one a line) or records with a prompt")
+    prompts: str | None = option(None, "online methods: prompts, a text file (one a line), records with a prompt, or "
+                                 "task:sentiment / task:dialogsum (the task's training prompts)")  # fmt: skip
     val_prompts: str | None = option(None, "held-out prompts for validation (default: --val-fraction of --prompts)")
-    reward: str | None = option(None, "online methods: a reward model or classifier checkpoint, module:function, or "
-                                "vader / toxicity / harmless")  # fmt: skip
+    reward: str | None = option(None, "online methods: a reward model or classifier checkpoint, module:function, "
+                                "vader / toxicity / harmless, or task:NAME (right answer 1, else 0; ROUGE-L for "
+                                "summaries) with --prompts task:NAME")  # fmt: skip
     reward_label: str | None = option(None, "with a classifier reward: the label whose probability is the reward")
     max_new_tokens: int = option(48, "tokens sampled per completion (temperature 1, no top-k/top-p: the policy's "
                                  "own distribution, which the KL penalty needs)")  # fmt: skip

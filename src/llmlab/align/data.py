@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from llmlab.align.task_rewards import is_task_source, task_prompts
 from llmlab.data.collate import pad_rows
 from llmlab.data.objectives import IGNORE, Batch
 from llmlab.data.records import read_records
@@ -51,7 +52,9 @@ def read_pairs(source: str, split: str = "train") -> list[Pair]:
 
 
 def read_prompts(source: str, split: str = "train") -> list[str]:
-    """A text file (one prompt a line) or records with a `prompt` field."""
+    """A text file (one prompt a line), records with a `prompt` field, or a task's prompts (`task:sentiment`)."""
+    if is_task_source(source):
+        return task_prompts(source)
     path = Path(source)
     if source.endswith((".jsonl", ".json", ".csv", ".parquet")) or source.startswith("hf:"):
         records = read_records(source, split)

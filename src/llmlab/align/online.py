@@ -203,7 +203,7 @@ def prepare_online_job(cfg: AlignConfig, session: Session, base: Checkpoint, tun
     stage = Stage(kind="alignment", method=f"{cfg.method}, KL coefficient {cfg.kl_value:g}, reward {cfg.reward}",
                   base=cfg.base, data=[DataSource(str(cfg.prompts), len(train) + len(val))])  # fmt: skip
     return Job(model=actor, forward=actor, batches=source, loss=loss, checkpointer=checkpointer, options=cfg.to_dict(),
-               saves=policy, kept=OnlineState(actor, source), stage=stage)  # fmt: skip
+               saves=policy, kept=OnlineState(actor, source), stage=stage, evaluate_first=True)  # fmt: skip
 
 
 def _split_prompts(cfg: AlignConfig, prompts: list[str]) -> tuple[list[str], list[str]]:

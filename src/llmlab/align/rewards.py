@@ -6,7 +6,8 @@
   probability of that label (`--reward-label Positive`);
 - `module:function`, a Python function taking (prompts, completions) and returning a list of numbers;
 - a packaged scorer: `vader` (vaderSentiment's compound sentiment of the completion, -1..1), `toxicity`
-  (alt-profanity-check's probability that the completion is offensive) or `harmless` (1 - toxicity).
+  (alt-profanity-check's probability that the completion is offensive) or `harmless` (1 - toxicity);
+- `task:sentiment` / `task:dialogsum`: a verifiable reward against the task's own answers (task_rewards.py).
 Every reward is checked: one finite number per completion, or one clear error.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from llmlab.align.task_rewards import is_task_source, task_reward
 from llmlab.errors import LlmlabError
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -29,6 +31,8 @@ def load_reward(spec: str, label: str | None = None, device: str | torch.device 
     """The reward `spec` names (see the module doc), wrapped so its outputs are checked."""
     if spec in PACKAGED:
         fn = _packaged(spec)
+    elif is_task_source(spec):
+        fn = task_reward(spec)
     elif ":" in spec and not Path(spec).exists():
         fn = _function(spec)
     else:

@@ -28,6 +28,8 @@ from llmlab.plan.model import parameter_breakdown
 
 CARD = "README.md"
 EVALUATIONS = "evaluations.json"
+SERVING = "serving.json"
+QUANTIZATION_REPORT = Path("quantization") / "report.json"  # where `quantize --report` writes by default
 PIPELINE = {"classify": "text-classification", "multilabel": "text-classification",
             "regress": "text-classification", "tag": "token-classification"}  # fmt: skip
 
@@ -46,7 +48,21 @@ def read_folder(path: str | Path) -> Folder:
     parameters = _parameters(path, config, quantization)
     return Folder(path=path, config=config, parameters=parameters, quantization=quantization, adapter=adapter,
                   tokenizer=_tokenizer_summary(path / "tokenizer.json"), stages=read_lineage(path),
-                  evaluations=read_evaluations(path), meta=CardMeta.read(path))  # fmt: skip
+                  evaluations=read_evaluations(path), meta=CardMeta.read(path),
+                  quantization_report=_read_json(path / QUANTIZATION_REPORT) or [], serving=_serving(path))  # fmt: skip
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _serving(path: Path) -> dict[str, Any] | None:
+    """The serving record, while the weights are the ones that were served."""
+    record = _read_json(path / SERVING)
+    return record if isinstance(record, dict) and record.get("weights") == weights_digest(path) else None
 
 
 def _parameters(path: Path, config: ModelConfig, quantization: dict[str, Any] | None) -> int:
@@ -105,6 +121,14 @@ def record_evaluation(folder: str | Path, results: list[dict[str, Any]]) -> None
     new = {key(r) for r in results}
     kept = [r for r in read_evaluations(folder) if key(r) not in new]
     write_text_atomic(folder / EVALUATIONS, json.dumps({"results": kept + results}, indent=2) + "\n")
+    write_card(folder)
+
+
+def record_serving(folder: str | Path, result: dict[str, Any]) -> None:
+    """A serving smoke test of the folder's weights (prompts, answers, latencies, equal to generate's or not),
+    keyed to their sha256 as evaluations are, then the card."""
+    folder = Path(folder)
+    write_text_atomic(folder / SERVING, json.dumps({**result, "weights": weights_digest(folder)}, indent=2) + "\n")
     write_card(folder)
 
 

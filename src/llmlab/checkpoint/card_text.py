@@ -45,12 +45,14 @@ class Folder:
     stages: list[Stage]
     evaluations: list[dict[str, Any]]
     meta: CardMeta
+    quantization_report: list[dict[str, Any]] = field(default_factory=list)  # quantization/report.json's rows
+    serving: dict[str, Any] | None = None  # a serving smoke test of these weights (serving.json)
 
 
 def card_body(f: Folder) -> str:
     sections = [_title(f), _architecture(f), _tokenizer(f), _training_data(f), _recipe(f), _evaluation(f),
-                _intended_use(f), _how_to_use(f)]  # fmt: skip
-    return "\n\n".join(sections) + "\n"
+                _deployment(f), _intended_use(f), _how_to_use(f)]  # fmt: skip
+    return "\n\n".join(s for s in sections if s) + "\n"
 
 
 def count(n: float) -> str:
@@ -165,6 +167,27 @@ def _evaluation(f: Folder) -> str:
                      r.get("examples", "")))  # fmt: skip
     head = ("task", "dataset", "split", "shots", "metric", "value", "95% interval", "examples")
     return "## Evaluation\n\n" + _table(head, rows)
+
+
+def _deployment(f: Folder) -> str:
+    """The quantization table and the serving smoke test, when they were measured (the lifecycle's last
+    stages): the numbers its report shows for this model."""
+    parts = []
+    if f.quantization_report:
+        head = ("format", "disk MB", "weights MB", "perplexity", "change", "tok/s batch 1", "tok/s batch 8")
+        rows = [(r["variant"], f"{r['disk_mb']:.1f}", f"{r['weight_memory_mb']:.1f}", f"{r['perplexity']:.3f}",
+                 f"{100 * r['perplexity_change']:+.2f}%", f"{r['tokens_per_s_batch1']:,.0f}",
+                 f"{r['tokens_per_s_batch8']:,.0f}") for r in f.quantization_report]  # fmt: skip
+        said = ("Every format measured on the model this one was quantized from (`llmlab quantize --report`: "
+                "perplexity on held-out text, greedy decoding speed on this machine):")  # fmt: skip
+        parts.append(said + "\n\n" + _table(head, rows))
+    if s := f.serving:
+        same = "equal" if s["same_as_generate"] else "differ from"
+        rows = [(" ".join(p.split())[:80], " ".join(a.split()), f"{t:.3f}")
+                for p, a, t in zip(s["prompts"], s["answers"], s["latency_s"])]  # fmt: skip
+        said = f"Served by `llmlab serve` and asked with the `openai` client; its greedy answers {same} `generate`'s:"
+        parts.append(said + "\n\n" + _table(("prompt", "answer", "latency s"), rows))
+    return "## Quantization and serving\n\n" + "\n\n".join(parts) if parts else ""
 
 
 def _intended_use(f: Folder) -> str:

@@ -11,12 +11,13 @@ from llmlab.cli.common import print_table
 from llmlab.errors import LlmlabError
 
 
-def _report(args: argparse.Namespace) -> None:
-    """Every format measured on the checkpoint: report.json, report.png and a table."""
+def _report(args: argparse.Namespace, out: Path | None = None) -> None:
+    """Every format measured on the checkpoint: report.json, report.png and a table (into `out`, else --out,
+    else the checkpoint's quantization/)."""
     from llmlab.report.quantization import plot_report, quantize_report, report_json
 
     rows = quantize_report(args.checkpoint, args.data, log=lambda s: print(s, file=sys.stderr))
-    out = Path(args.out or Path(args.checkpoint) / "quantization")
+    out = Path(out or args.out or Path(args.checkpoint) / "quantization")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report_json(rows))
     plot_report(rows, out / "report.png")
@@ -40,12 +41,12 @@ def _report(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from llmlab.checkpoint.adapter import is_adapter
-    from llmlab.checkpoint.card import record_derived
+    from llmlab.checkpoint.card import record_derived, write_card
     from llmlab.checkpoint.folder import read_quantization, save_checkpoint
     from llmlab.load import load_checkpoint, merged_with_adapter
     from llmlab.model.quantize import QuantizationSpec, quantize_model
 
-    if args.report:
+    if args.report and args.to is None:
         _report(args)
         return
     if args.out is None or args.to is None:
@@ -74,16 +75,21 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         f"{f' ({len(spec.group_sizes)} layers with smaller groups)' if spec.group_sizes else ''}; "
         f"weights {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB ({before / after:.2f}x smaller)"
     )
+    if args.report:  # with --to: the quantized checkpoint, and every format measured beside it (its card shows it)
+        _report(args, out / "quantization")
+        write_card(out)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser("quantize", help="quantize a checkpoint's weights to fp16, bf16, int8, int4 or nf4")
     q.add_argument("checkpoint")
     q.add_argument("--adapter", help="a LoRA/QLoRA adapter folder: merged into the checkpoint, then quantized")
-    q.add_argument("out", nargs="?", help="output folder (with --report: where report.json/png go)")
+    q.add_argument("out", nargs="?", help="output folder (with --report alone: where report.json/png go)")
     q.add_argument("--to", choices=["fp16", "bf16", "int8", "int4", "nf4"])
     q.add_argument("--embeddings", action="store_true", help="quantize the token embedding and output head too")
-    q.add_argument("--report", action="store_true", help="measure size, perplexity and speed for every format")
+    q.add_argument("--report", action="store_true",
+                   help="measure size, perplexity and speed for every format (with --to: into OUT/quantization/, "
+                   "beside the quantized checkpoint)")  # fmt: skip
     q.add_argument("--data", help="text for --report's perplexity (default: the checkpoint's training data)")
     q.add_argument("--scheme", default="absmax", choices=["absmax", "zeropoint"], help="int8 scales (int4: zero-point)")
     q.add_argument(

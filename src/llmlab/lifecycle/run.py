@@ -87,18 +87,37 @@ def _run_stage(stage: Stage, out: Path, flow: Flow, state: dict, previous: str, 
 
 
 def scope_summary(recipe: Recipe, out: Path, state: dict) -> list[str]:
-    """The scope's metric at every evaluate stage, on the model it evaluated: what each stage bought."""
+    """What each stage bought: the scope's metric at every evaluate stage (on the model it evaluated), an
+    online alignment's held-out reward from the reference (step 0) to the end with the KL it spent, and
+    quantization's size."""
     metric, lines = recipe.scope.get("metric"), []
     for stage in recipe.stages:
-        results = out / stage.name / "results.json"
-        if stage.kind != "evaluate" or not results.is_file():
-            continue
-        model = Path(str(state["stages"].get(stage.name, {}).get("model", "?")))
-        for row in json.loads(results.read_text(encoding="utf-8")).get("results", []):
-            shown = {k: v for k, v in row["metrics"].items() if metric in (None, k)}
-            values = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-            lines.append(f"{stage.name} on {model.parent.name}/{model.name}, {row['shots']} shots: {values}")
+        folder, model = out / stage.name, Path(str(state["stages"].get(stage.name, {}).get("model", "?")))
+        if stage.kind == "evaluate" and (folder / "results.json").is_file():
+            for row in json.loads((folder / "results.json").read_text(encoding="utf-8")).get("results", []):
+                shown = {k: v for k, v in row["metrics"].items() if metric in (None, k)}
+                values = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                lines.append(f"{stage.name} on {model.parent.name}/{model.name}, {row['shots']} shots: {values}")
+        elif stage.kind == "align" and (line := _reward_line(folder)):
+            lines.append(f"{stage.name}: {line}")
+        elif stage.kind == "quantize" and (folder / "model.safetensors").is_file() and model.is_dir():
+            before, after = (sum(f.stat().st_size for f in m.glob("model*.safetensors")) for m in (model, folder))
+            lines.append(f"{stage.name}: weights {before / 1e6:,.1f} MB -> {after / 1e6:,.1f} MB")
     return lines
+
+
+def _reward_line(folder: Path) -> str | None:
+    """An online run's held-out reward at its first and last evaluation, and its KL to the reference then."""
+    try:
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError):
+        return None
+    held_out = [r for r in rows if "val_score" in r and "val_kl" in r]
+    if len(held_out) < 2:
+        return None
+    first, last = held_out[0], held_out[-1]
+    return (f"held-out reward {first['val_score']:.4f} at step {first['step']} -> {last['val_score']:.4f} at step "
+            f"{last['step']}, KL to the reference {last['val_kl']:.4f} nats")  # fmt: skip
 
 
 def run_command(stage: Stage, folder: Path, out: Path, flow: Flow, main, resume: bool) -> int:
@@ -137,6 +156,9 @@ def command_args(stage: Stage, folder: Path, out: Path, flow: Flow) -> list[str]
     elif kind == "distill":
         head += ["--teacher", _require_model(stage, flow), "--out", str(folder)]
     elif kind in ("quantize", "prune"):
+        text = flow.data or flow.scope.get("data")
+        if kind == "quantize" and options.get("report") and "data" not in options and text:
+            options["data"] = text  # the report's perplexity on the pre-training text
         head += [_require_model(stage, flow), str(folder)]
     return head + flags(options)
 

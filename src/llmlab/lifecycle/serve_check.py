@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmlab.checkpoint.card import is_card_folder, record_serving
 from llmlab.errors import LlmlabError
 from llmlab.lifecycle.recipe import flags
 
@@ -46,6 +47,8 @@ def serve_check(model: str, folder: Path, options: dict[str, Any]) -> dict[str, 
               "same_as_generate": [a["text"] for a in answers] == expected,
               "latency_s": [round(a["seconds"], 4) for a in answers]}  # fmt: skip
     (folder / "serve.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if is_card_folder(model):
+        record_serving(model, result)  # the model's card shows what its serving measured
     if not result["same_as_generate"]:
         raise LlmlabError(f"the server's greedy answers differ from llmlab generate's ({folder / 'serve.json'})",
                           "report it: the server and the generator share their sampling code")  # fmt: skip

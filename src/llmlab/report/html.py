@@ -118,18 +118,23 @@ def _loss_plot(run: RunReport) -> str | None:
 
 
 def _alignment_plot(run: RunReport) -> str | None:
-    """Reward against KL to the reference, step by step (the DPO paper's frontier axes), for online runs."""
+    """Reward against KL to the reference, step by step (the DPO paper's frontier axes), for online runs: each
+    rollout's, and the held-out prompts' at every evaluation (step 0: the reference itself)."""
     points = [
         (r["train_kl"], r["train_score"], r["step"]) for r in run.metrics if "train_kl" in r and "train_score" in r
     ]
+    held_out = [(r["val_kl"], r["val_score"]) for r in run.metrics if "val_kl" in r and "val_score" in r]
     if not points:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=100)
     kl, score, steps = zip(*points)
     ax.plot(kl, score, color="0.7", linewidth=1)
-    dots = ax.scatter(kl, score, c=steps, cmap="viridis", s=18)
+    dots = ax.scatter(kl, score, c=steps, cmap="viridis", s=18, label="rollouts")
     fig.colorbar(dots, ax=ax, label="step")
+    if held_out:
+        ax.plot(*zip(*held_out), color="crimson", marker="s", markersize=4, linewidth=1.2, label="held-out prompts")
+        ax.legend(loc="best", fontsize=8)
     ax.set(xlabel="KL(policy || reference), nats", ylabel="reward", title=f"{run.name}: reward vs KL")
     ax.grid(alpha=0.3)
     return _png_figure(fig)

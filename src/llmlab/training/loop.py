@@ -62,6 +62,7 @@ class Job:
     on_start: Callable[[], None] | None = None  # once before the first step, after a resume restored the weights
     after_update: Callable[[], None] | None = None  # after every optimizer step (a pruned model's zeros put back)
     stage: Stage | None = None  # what this run is, for the folder's lineage and model card (training/card.py)
+    evaluate_first: bool = False  # validate before the first step of a fresh run: the baseline (reward at KL 0)
 
 
 class KeptState(Protocol):
@@ -137,6 +138,8 @@ class Trainer:
             self.stop = stop
             if self.job.on_start is not None:
                 self.job.on_start()
+            if self.job.evaluate_first and self.state.step == 0:
+                self.evaluate()
             try:
                 while self._continue():
                     step = self.step()
