@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/speculative.py
 	$(PY) bench/export_parity.py
 	$(PY) bench/rag_helps.py
-	$(PY) bench/lifecycle_quick.py
+	$(PY) bench/lifecycle_recipes.py
 
 # Mutation testing (not part of `make test`): `make mutate` runs every group, `make mutate GROUPS="prompts lora"`
 # some; the score table in docs/mutation.md is rewritten from each group's last run.

@@ -208,6 +208,7 @@ def test_the_packed_copy_is_rebuilt_when_parameters_are_replaced_and_repacked_wh
         (dict(max_new_tokens=-1), "max-new-tokens must be >= 0, got -1 — pass a count such as 128"),
         (dict(min_new_tokens=5, max_new_tokens=4), "min-new-tokens must be in [0, max-new-tokens], got 5 — lower it"),
         (dict(min_new_tokens=-1), "min-new-tokens must be in [0, max-new-tokens], got -1 — lower it"),
+        (dict(min_new_tokens=1, max_new_tokens=0), "min-new-tokens must be in [0, max-new-tokens], got 1 — lower it"),
         (dict(temperature=-0.1), "temperature must be >= 0, got -0.1 — use 0 for greedy or e.g. 0.8"),
         (dict(top_k=-1), "top-k must be >= 0, got -1 — use 0 to disable it or e.g. 50"),
         (dict(top_p=0.0), "top-p must be in (0, 1], got 0.0 — use 1 to disable it or e.g. 0.95"),
@@ -250,3 +251,156 @@ def test_an_encoder_decoder_without_a_start_id_starts_its_decoder_at_the_pad_tok
     unset = Generator(model, tok, compile="off").generate(["abc"], config)
     model.config.decoder_start_token_id = tok.pad_id
     assert unset == Generator(model, tok, compile="off").generate(["abc"], config)
+
+
+def test_stop_strings_cut_at_their_first_occurrence_and_text_without_one_is_kept(decoder):
+    config = GenerationConfig(stop=["."])
+    assert decoder._cut_at_stop("a.b.c", config) == "a"
+    assert decoder._cut_at_stop("abc", config) == "abc"
+
+
+def test_a_finished_row_takes_no_more_tokens_while_the_batch_decodes_on(decoder, chars, monkeypatch):
+    """The batch decodes until every row is done; a row that ended keeps its tokens up to its end, and the
+    completions come back grouped per prompt, num_samples each, with their prompts."""
+    eos, pad, a, b = decoder.eos_id, 0, *chars.encode("ab")
+    script = [([a, eos, a, a], [False, True, False, False]), ([b, pad, eos, b], [False, True, True, False]),
+              ([eos, pad, pad, a], [True, True, True, True])]  # fmt: skip
+    monkeypatch.setattr(decoder, "_decode", lambda ids, config, grammar: iter(script))
+    out = decoder.generate(["x", "y"], GenerationConfig(max_new_tokens=3, num_samples=2))
+    assert [[c.prompt for c in group] for group in out] == [["x", "x"], ["y", "y"]]
+    assert [[(c.token_ids, c.finish_reason) for c in group] for group in out] == [
+        [([a, b], "eos"), ([], "eos")],
+        [([a], "eos"), ([a, b, a], "length")],
+    ]
+
+
+def test_what_cannot_generate_is_refused_with_what_to_do(chars):
+    small = tiny_model("llama", vocab_size=chars.vocab_size - 1, block_size=16)
+    assert message(lambda: Generator(small, chars, compile="off")) == (
+        f"tokenizer has {chars.vocab_size} tokens but the model's vocabulary is {chars.vocab_size - 1} — use the "
+        "tokenizer.json saved with this checkpoint"
+    )
+    words = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    encoder = tiny_model("bert", vocab_size=words.vocab_size, block_size=16)
+    assert message(lambda: Generator(encoder, words, compile="off")) == (
+        "encoder-only models do not generate text — use llmlab fill-mask or embed with this checkpoint"
+    )
+    no_end = train_tokenizer([SAMPLE_TEXT], kind="char", family="decoder")
+    no_end.eos_id = None
+    model = tiny_model("llama", vocab_size=no_end.vocab_size, block_size=16)
+    assert message(lambda: Generator(model, no_end, compile="off")).startswith("the tokenizer has no ")
+    assert message(lambda: Generator(model, no_end, compile="off")).endswith(
+        "token, needed to generate text — use a checkpoint of a family that has it"
+    )
+
+
+class _FakeStep:
+    """Stands in for DecodeStep: records what it was asked to build, compiles nothing."""
+
+    def __init__(self, runner, compile):
+        self.runner, self.compiled, self.failed = runner, compile, False
+
+
+def test_the_decoding_step_compiles_when_asked_or_once_auto_has_decoded_enough(chars, monkeypatch):
+    import llmlab.generation.generator as generator_module
+    from llmlab.generation.config import AUTO_COMPILE_TOKENS
+
+    monkeypatch.setattr(generator_module, "DecodeStep", _FakeStep)
+    monkeypatch.setenv("LLMLAB_COMPILE", "auto")  # the suite's default is off
+    model = tiny_model("llama", vocab_size=chars.vocab_size, block_size=16)
+    monkeypatch.setattr(Generator, "runner", property(lambda self: self.model))
+    assert Generator(model, chars, compile="on").decode_step(1).compiled is True
+    off = Generator(model, chars, compile="off")
+    assert off.decode_step(10 * AUTO_COMPILE_TOKENS).compiled is False
+    auto = Generator(model, chars, compile="auto")
+    first = auto.decode_step(AUTO_COMPILE_TOKENS - 1)
+    assert first.compiled is False and auto.decode_step(0) is first  # below the threshold: the eager step is kept
+    second = auto.decode_step(1)  # exactly the threshold: a compiled step replaces it
+    assert second is not first and second.compiled is True and auto.decode_step(5) is second
+    second.compiled, second.failed = False, True  # compiling failed: decode eagerly, never try again
+    assert auto.decode_step(5) is second
+
+
+def test_a_new_runner_gets_a_new_step(chars, monkeypatch):
+    import llmlab.generation.generator as generator_module
+
+    monkeypatch.setattr(generator_module, "DecodeStep", _FakeStep)
+    runners = [object()]
+    monkeypatch.setattr(Generator, "runner", property(lambda self: runners[-1]))
+    generator = Generator(tiny_model("llama", vocab_size=chars.vocab_size, block_size=16), chars, compile="off")
+    first = generator.decode_step(1)
+    assert first.runner is runners[-1] and generator.decode_step(1) is first
+    runners.append(object())  # the model was moved, cast, or is now under autocast
+    assert generator.decode_step(1).runner is runners[-1]
+
+
+def test_a_truncation_warning_points_at_the_callers_line(decoder):
+    config = GenerationConfig(max_new_tokens=10, truncate_prompt=True, greedy=True)
+    with pytest.warns(UserWarning, match="prompt truncated") as record:
+        decoder.generate(["abcdefgh"], config)
+        list(decoder.stream("abcdefgh", config))
+    assert [w.filename for w in record] == [__file__, __file__]
+
+
+def test_an_encoder_soft_prompt_takes_encoder_positions():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder-decoder")
+    model = tiny_model("t5", vocab_size=tok.vocab_size, block_size=16)
+    add_soft_prompt(model, 3)
+    generator = Generator(model, tok, compile="off")
+    twelve = "abcdefghijkl"  # 16 positions - 3 virtual tokens - the end-of-sequence
+    assert generator.encode_prompt(twelve, GenerationConfig(max_new_tokens=4))[:-1] == tok.encode(twelve)
+    assert "only 12 fit" in message(lambda: generator.encode_prompt(twelve + "m", GenerationConfig(max_new_tokens=4)))
+
+
+def _varied(style: str, vocab: int, **overrides):
+    """A tiny decoder whose greedy text changes token to token (weights x4): a wrong mask or slot shows."""
+    model = tiny_model(style, vocab_size=vocab, block_size=32, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
+
+
+def _greedy_by_full_forward(model, ids: list[int], n: int, eos: int) -> list[int]:
+    ids = list(ids)
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0, -1].float()
+        logits[eos] = -INF  # as min_new_tokens bans it
+        ids.append(int(logits.argmax()))
+    return ids[-n:]
+
+
+@pytest.mark.parametrize(("style", "overrides"), [("llama", {}), ("gpt2", {}), ("llama", {"positions": "relative"})])
+def test_batched_greedy_decoding_equals_full_forward_passes_of_each_prompt(chars, style, overrides):
+    """Left-padded prompts of three lengths, six new tokens each: the cached, batched, masked decoding gives
+    every row exactly what full forward passes over that row alone give."""
+    model = _varied(style, chars.vocab_size, **overrides)
+    generator = Generator(model, chars, compile="off")
+    prompts = ["def add(a, b):", "x", "class St"]
+    config = GenerationConfig(max_new_tokens=6, min_new_tokens=6, greedy=True)
+    got = [group[0].token_ids for group in generator.generate(prompts, config)]
+    expected = [
+        _greedy_by_full_forward(model, generator.encode_prompt(p, config), 6, generator.eos_id) for p in prompts
+    ]
+    assert got == expected
+    assert len({tuple(row) for row in expected}) == 3 and sum(len(set(row)) > 1 for row in expected) >= 2  # varied
+
+
+def test_the_decoding_step_is_the_shared_one_told_the_tokens_and_the_cache_has_the_models_precision(chars, monkeypatch):
+    import llmlab.generation.generator as generator_module
+
+    model = tiny_model("llama", vocab_size=chars.vocab_size, block_size=32).to(torch.bfloat16)
+    generator = Generator(model, chars, compile="off")
+    asked, caches, real_step, real_cache = [], [], generator.decode_step, generator_module.SlotCache
+    monkeypatch.setattr(generator, "decode_step", lambda tokens: asked.append(tokens) or real_step(tokens))
+
+    def recording_cache(*args):
+        caches.append(args)
+        return real_cache(*args)
+
+    monkeypatch.setattr(generator_module, "SlotCache", recording_cache)
+    generator.generate(["ab", "c"], GenerationConfig(max_new_tokens=5, greedy=True))
+    assert asked == [2 * 5]  # rows x new tokens, for compile="auto"'s count
+    (args,) = caches
+    assert args[-2:] == (torch.bfloat16, model.device)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from llmlab.checkpoint.lineage import read_lineage
+from llmlab.errors import LlmlabError
 from llmlab.lifecycle.recipe import builtin_recipes
 from tests.helpers import assert_one_line_error, run_cli, start_llmlab
 
@@ -140,7 +141,23 @@ def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path,
     ("recipe", "fragments"),
     [
         ({"name": "x", "stagez": []}, ["stagez: unknown key", "allowed: name, description, scope, stages"]),
-        ({"stages": [{"pretrian": {}}]}, ["stages[0]: unknown stage 'pretrian'", "use one of curate, pretrain"]),
+        (
+            {"stages": [{"pretrian": {}}]},
+            ["stages[0]: unknown stage 'pretrian'", "one of select, curate, pretrain"],
+        ),
+        (
+            {"stages": [{"select": {"candidates": ["bert-nano"]}}, {"pretrain": {}}]},
+            ["stages[0].select.candidates: ['bert-nano'] is not a list of decoder presets", "llama-nano"],
+        ),
+        (
+            {"stages": [{"select": {"seconds": -1}}, {"pretrain": {}}]},
+            ["select.seconds: -1 is not a positive"],
+        ),
+        (
+            {"stages": [{"select": {"budget": 3}}, {"pretrain": {}}]},
+            ["select.budget: unknown key", "seconds"],
+        ),
+        ({"stages": [{"select": {}}]}, ["stages[0].select chooses what a pretrain stage trains, and none follows it"]),
         ({"stages": [{"pretrain": {"max_tme": 5}}]}, ["stages[0].pretrain.max_tme: unknown key", "max_time"]),
         ({"stages": [{"finetune": {"out": "x"}}]}, ["stages[0].finetune.out: unknown key"]),
         ({"scope": {"taks": "x"}, "stages": [{"pretrain": {}}]}, ["scope.taks: unknown key", "task, metric"]),
@@ -160,10 +177,28 @@ def test_a_bad_recipe_is_one_line_that_points_at_the_key(tmp_path, capsys, recip
     assert not (tmp_path / "out").exists()  # checked whole before anything runs
 
 
+def test_select_measures_each_candidate_and_hands_the_lowest_predicted_loss_to_pretraining(tmp_path):
+    from llmlab.lifecycle.select import select_preset
+    from llmlab.plan.compute import CHINCHILLA_FITS
+
+    pretrain = {"n_layer": 1, "n_embd": 32, "block_size": 32, "batch_size": 4, "dtype": "fp32", "device": "cpu",
+                "tokenizer": "char", "max_time": 30}  # fmt: skip
+    result = select_preset({"candidates": ["llama-nano", "gpt2-nano"]}, pretrain, tmp_path, log=lambda _: None)
+    assert json.loads((tmp_path / "select.json").read_text()) == result
+    rows = {r["preset"]: r for r in result["candidates"]}
+    fit = CHINCHILLA_FITS["hoffmann2022"]
+    for row in rows.values():  # the published fit at the tokens the measured speed buys in 30 s
+        assert row["tokens"] == row["steps"] * 4 * 32 and row["steps"] >= 20
+        assert row["predicted_loss"] == pytest.approx(fit.loss(row["parameters"], row["tokens"]), abs=1e-4)
+    assert result["chosen"] == min(rows.values(), key=lambda r: r["predicted_loss"])["preset"]
+    with pytest.raises(LlmlabError, match="0.001 s of pre-training buys no candidate 20 steps"):
+        select_preset({"candidates": ["llama-nano"], "seconds": 0.001}, pretrain, tmp_path / "x", log=lambda _: None)
+
+
 def test_the_built_in_recipes_are_listed_and_valid(capsys):
     code, out, _ = run_cli(capsys, "lifecycle", "--list")
     assert code == 0 and out.startswith("default: ") and "\nquick: " in out
-    assert "curate -> pretrain -> evaluate -> finetune -> evaluate -> align -> evaluate -> quantize" in out
+    assert "select -> curate -> pretrain -> evaluate -> finetune -> evaluate -> align -> evaluate -> quantize" in out
 
 
 def test_the_quick_recipe_is_the_default_with_smaller_budgets():

@@ -148,7 +148,9 @@ class Generator:
         With a grammar every completion that ends before max_new_tokens matches it (constraints.py)."""
         config.validate()
         rows = [p for p in prompts for _ in range(config.num_samples)]
-        prompt_ids = [self.encode_prompt(p, config) for p in rows]
+        prompt_ids = []
+        for p in rows:  # not a comprehension: Python 3.11 gives one a frame, and the truncation warning counts frames
+            prompt_ids.append(self.encode_prompt(p, config))
         outputs = [[] for _ in rows]
         finish = ["length"] * len(rows)
         for new, done in self._decode(prompt_ids, config, self.bind(grammar)):

@@ -24,12 +24,13 @@ from typing import Any
 import yaml
 
 from llmlab.errors import LlmlabError
+from llmlab.lifecycle.select import SELECT_OPTIONS, check_select_options
 
 BUILTIN = Path(__file__).with_name("recipes")
 TOP_KEYS = ("name", "description", "scope", "stages")
 SCOPE_KEYS = ("task", "metric", "budget_minutes", "data", "base")  # base: a checkpoint to start from
-# stage kind -> the llmlab command it runs (`data clean` for curate); serve and report are run by the lifecycle
-COMMANDS = {"curate": ("data", "clean"), "pretrain": ("pretrain",), "evaluate": ("evaluate",),
+# stage kind -> the llmlab command it runs (`data clean` for curate); select and serve are run by the lifecycle
+COMMANDS = {"select": (), "curate": ("data", "clean"), "pretrain": ("pretrain",), "evaluate": ("evaluate",),
             "finetune": ("finetune",), "align": ("align",), "distill": ("distill",), "quantize": ("quantize",),
             "prune": ("prune",), "serve": ("serve",)}  # fmt: skip
 MAKES_MODEL = ("pretrain", "finetune", "align", "distill", "quantize", "prune")  # the next stages work on its output
@@ -101,6 +102,10 @@ def _stage(item: Any, index: int, where: str, parser: argparse.ArgumentParser) -
     if not isinstance(options, dict):
         raise LlmlabError(f"{where}: {at}.{kind} must be a mapping of options", "e.g. {max_time: 60}")
     options = {str(k).replace("-", "_"): v for k, v in options.items()}
+    if kind == "select":  # the lifecycle's own stage (select.py), not a command
+        _known(options, SELECT_OPTIONS, where, f"{at}.{kind}.")
+        check_select_options(options, f"{where}: {at}.{kind}")
+        return Stage(kind, options, index)
     allowed = command_options(kind, parser)
     _known(options, allowed, where, f"{at}.{kind}.")
     _check_values(kind, options, parser, f"{where}: {at}.{kind}")
@@ -133,10 +138,14 @@ def _check_values(kind: str, options: dict[str, Any], parser: argparse.ArgumentP
 
 
 def _check_flow(stages: list[Stage], scope: dict, where: str) -> None:
-    """Every stage that works on a model has one: from an earlier stage, or the scope's base checkpoint."""
+    """Every stage that works on a model has one: from an earlier stage, or the scope's base checkpoint; a
+    select stage has a pretrain stage after it to choose for."""
     has_model = bool(scope.get("base"))
     for stage in stages:
-        if stage.kind not in ("curate", "pretrain") and not has_model:
+        if stage.kind == "select" and not any(s.kind == "pretrain" for s in stages[stage.index + 1 :]):
+            raise LlmlabError(f"{where}: stages[{stage.index}].select chooses what a pretrain stage trains, and none "
+                              "follows it", "put a pretrain stage after it, or remove it")  # fmt: skip
+        if stage.kind not in ("select", "curate", "pretrain") and not has_model:
             raise LlmlabError(f"{where}: stages[{stage.index}].{stage.kind} has no model to work on",
                               "put a pretrain stage first, or start from one: scope: {base: CKPT}")  # fmt: skip
         has_model = has_model or stage.kind in MAKES_MODEL

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class Flow:
     scope: dict[str, Any]
     model: str | None = None
     data: str | None = None
+    preset: str | None = None  # the select stage's choice, for the next pretrain stage
+    pretrain: dict[str, Any] = field(default_factory=dict)  # the pretrain stage's options, which select plans for
 
 
 def run_lifecycle(recipe: Recipe, out: str | Path, main: Callable[[list[str]], int],
@@ -47,6 +49,7 @@ def run_lifecycle(recipe: Recipe, out: str | Path, main: Callable[[list[str]], i
         raise LlmlabError(f"{out} holds the lifecycle of recipe {state['recipe']!r}, not {recipe.name!r}",
                           "choose another --out for this recipe")  # fmt: skip
     state["recipe"], flow, previous = recipe.name, Flow(scope=recipe.scope, model=recipe.scope.get("base")), ""
+    flow.pretrain = next((dict(s.options) for s in recipe.stages if s.kind == "pretrain"), {})
     for stage in recipe.stages:
         previous = _run_stage(stage, out, flow, state, previous, len(recipe.stages), main, log)
     for line in scope_summary(recipe, out, state):
@@ -98,6 +101,11 @@ def scope_summary(recipe: Recipe, out: Path, state: dict) -> list[str]:
                 shown = {k: v for k, v in row["metrics"].items() if metric in (None, k)}
                 values = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
                 lines.append(f"{stage.name} on {model.parent.name}/{model.name}, {row['shots']} shots: {values}")
+        elif stage.kind == "select" and (folder / "select.json").is_file():
+            chosen = json.loads((folder / "select.json").read_text(encoding="utf-8"))
+            row = next(r for r in chosen["candidates"] if r["preset"] == chosen["chosen"])
+            lines.append(f"{stage.name}: {row['preset']}, predicted loss {row['predicted_loss']:.3f} after "
+                         f"{row['tokens']:,} tokens in {chosen['seconds']:g} s")  # fmt: skip
         elif stage.kind == "align" and (line := _reward_line(folder)):
             lines.append(f"{stage.name}: {line}")
         elif stage.kind == "quantize" and (folder / "model.safetensors").is_file() and model.is_dir():
@@ -127,6 +135,11 @@ def run_command(stage: Stage, folder: Path, out: Path, flow: Flow, main, resume:
 
         serve_check(_require_model(stage, flow), folder, dict(stage.options))
         return 0
+    if stage.kind == "select":
+        from llmlab.lifecycle.select import select_preset
+
+        select_preset(stage.options, flow.pretrain, folder)
+        return 0
     args = command_args(stage, folder, out, flow) + (["--resume"] if resume else [])
     try:
         return main(args)
@@ -143,6 +156,8 @@ def command_args(stage: Stage, folder: Path, out: Path, flow: Flow) -> list[str]
     elif kind == "pretrain":
         if "data" not in options and (flow.data or flow.scope.get("data")):
             options["data"] = flow.data or flow.scope["data"]
+        if "preset" not in options and flow.preset:
+            options["preset"] = flow.preset
         head += ["--out", str(folder)]
     elif kind == "evaluate":
         if not {"task", "perplexity", "reward", "toxicity"} & set(options) and flow.scope.get("task"):
@@ -190,7 +205,9 @@ def _fingerprint(path: Path) -> str:
 
 def _advance(stage: Stage, folder: Path, flow: Flow) -> None:
     """What a finished stage hands on."""
-    if stage.kind == "curate":
+    if stage.kind == "select":
+        flow.preset = json.loads((folder / "select.json").read_text(encoding="utf-8"))["chosen"]
+    elif stage.kind == "curate":
         flow.data = str(folder)
     elif stage.kind in MAKES_MODEL:
         merged = folder / "merged"
