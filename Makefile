@@ -21,8 +21,9 @@ run: $(STAMP)
 quick: $(STAMP)
 	.venv/bin/llmlab lifecycle quick --out runs/quick
 
+# two workers, one PyTorch thread each (tests/conftest.py): the suite in about 5 minutes on 2 cores, not 9
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/decode_speed.py

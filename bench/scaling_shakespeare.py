@@ -1,5 +1,5 @@
 """`llmlab scaling` on tiny Shakespeare (characters), timed: an IsoFLOP grid of 15 pre-training runs (widths
-32-128 of llama-nano's 4 blocks at 5e11, 1.5e12 and 5e12 FLOPs), L(N, D) = E + A/N^alpha + B/D^beta fitted with
+24-96 of llama-nano's 4 blocks at 2e11, 6e11 and 2e12 FLOPs), L(N, D) = E + A/N^alpha + B/D^beta fitted with
 the Chinchilla paper's approach 3 and 200 bootstrap resamples; the fitted compute-optimal tokens per parameter
 is printed as a ratio to Chinchilla's ~20. The issue asks for <= 20 minutes on this 2-core CPU.
 
@@ -23,7 +23,7 @@ from machine import describe  # noqa: E402
 
 from llmlab.cli import main as llmlab  # noqa: E402
 
-GRID = ["--widths", "32,48,64,96,128", "--budgets", "5e11,1.5e12,5e12", "--tokenizer", "char", "--bootstrap", "200"]
+GRID = ["--widths", "24,32,48,64,96", "--budgets", "2e11,6e11,2e12", "--tokenizer", "char", "--bootstrap", "200"]
 CHINCHILLA_TOKENS_PER_PARAMETER = 20.0
 
 

@@ -9,6 +9,11 @@ import pytest
 from llmlab.tokenizer import train_tokenizer
 from tests.helpers import SAMPLE_TEXT
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def private_caches(tmp_path_factory, monkeypatch):

@@ -34,7 +34,14 @@ def test_an_evaluation_task_can_be_a_parquet_file(parquet):
 
 
 def test_an_offline_hub_dataset_is_one_line(monkeypatch):
+    import datasets
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # the libraries read the variables once, at import, which an earlier test may have done: offline now,
+    # rather than waiting for the network's timeouts (~20 s)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(LlmlabError, match="cannot load hub dataset knkarthick/dialogsum"):
         list(read_documents("hf:knkarthick/dialogsum"))

@@ -167,6 +167,14 @@ def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path,
             ["stages[0].pretrain: argument --max-time: invalid float value: 'soon'"],
         ),
         ({"stages": [{"evaluate": {}}]}, ["stages[0].evaluate has no model to work on", "scope: {base: CKPT}"]),
+        (
+            {"scope": {"base": "./no-such-run"}, "stages": [{"evaluate": {}}]},
+            ["base: ./no-such-run does not exist"],
+        ),
+        (
+            {"stages": [{"pretrain": {"data": "no-such.txt:2"}}]},
+            ["pretrain.data: no-such.txt:2 does not exist"],
+        ),
     ],
 )
 def test_a_bad_recipe_is_one_line_that_points_at_the_key(tmp_path, capsys, recipe, fragments):

@@ -10,7 +10,7 @@ from llmlab.plan.model import parameter_breakdown
 from tests.helpers import assert_one_line_error, run_cli
 
 GRID = ["--widths", "16,24,32", "--budgets", "1e8,3e8,9e8", "--tokenizer", "char", "--block-size", "32",
-        "--batch-size", "4", "--eval-iters", "2", "--bootstrap", "30", "--dtype", "fp32",
+        "--batch-size", "4", "--eval-iters", "2", "--bootstrap", "20", "--dtype", "fp32",
         "--device", "cpu"]  # fmt: skip
 
 

@@ -53,7 +53,7 @@ def cmd_scaling(args: argparse.Namespace) -> None:
 
 def _print(result: dict, out: Path) -> None:
     f, ci = result["fit"], result["intervals"]
-    print_table([[r["flops"], r["width"], f"{r['params']:,}", f"{r['tokens']:,}", f"{r['val_loss']:.4f}"]
+    print_table([[f"{r['flops']:.2g}", r["width"], f"{r['params']:,}", f"{r['tokens']:,}", f"{r['val_loss']:.4f}"]
                  for r in result["runs"]], ["FLOPs", "width", "parameters", "tokens", "validation loss"])  # fmt: skip
     print(f"L(N, D) = {f['E']:.3f} + {f['A']:.4g} / N^{f['alpha']:.3f} + {f['B']:.4g} / D^{f['beta']:.3f}")
     print(

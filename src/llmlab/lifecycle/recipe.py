@@ -17,6 +17,7 @@ and lists what is allowed.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def parse_recipe(data: Any, where: str, parser: argparse.ArgumentParser) -> Reci
         raise LlmlabError(f"{where}: stages must be a non-empty list", "e.g. stages: [{pretrain: {max_time: 60}}]")
     parsed = [_stage(item, i, where, parser) for i, item in enumerate(stages)]
     _check_flow(parsed, scope, where)
+    _check_paths(parsed, scope, where)
     return Recipe(str(data.get("name") or Path(where).stem), parsed, scope, str(data.get("description") or ""))
 
 
@@ -149,6 +151,33 @@ def _check_flow(stages: list[Stage], scope: dict, where: str) -> None:
             raise LlmlabError(f"{where}: stages[{stage.index}].{stage.kind} has no model to work on",
                               "put a pretrain stage first, or start from one: scope: {base: CKPT}")  # fmt: skip
         has_model = has_model or stage.kind in MAKES_MODEL
+
+
+PATH_KEYS = ("base", "data", "val_data", "prompts", "val_prompts", "task", "demonstrations", "perplexity", "init",
+             "teacher", "student", "calibration")  # fmt: skip
+FILE_ENDINGS = (".txt", ".jsonl", ".json", ".csv", ".parquet", ".yaml", ".yml", ".md", ".safetensors")
+
+
+def _check_paths(stages: list[Stage], scope: dict, where: str) -> None:
+    """A file or folder the recipe names that is not there is refused now, not when its stage comes. Only
+    values that are plainly local paths are checked (`./x`, `/x`, `~/x`, or a name with a file ending):
+    `task:sentiment`, `hf:org/name`, `python-stdlib` and hub ids are the commands' to resolve."""
+    named = [("scope", k, v) for k, v in scope.items()]
+    named += [(f"stages[{s.index}].{s.kind}", k, v) for s in stages for k, v in s.options.items()]
+    for at, key, value in named:
+        for item in value if isinstance(value, list) else [value]:
+            path = _local_path(item) if key in PATH_KEYS else None
+            if path is not None and not path.exists():
+                raise LlmlabError(f"{where}: {at}.{key}: {item} does not exist", "fix the path in the recipe")
+
+
+def _local_path(value: Any) -> Path | None:
+    if not isinstance(value, str) or value.startswith(("task:", "hf:")):
+        return None
+    path = Path(value.rsplit(":", 1)[0] if re.fullmatch(r".+:\d+(\.\d+)?", value) else value).expanduser()
+    if value.startswith(("/", "./", "../", "~")) or path.suffix in FILE_ENDINGS:
+        return path
+    return None
 
 
 def command_options(kind: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
