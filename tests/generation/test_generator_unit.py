@@ -6,6 +6,7 @@ settings' validation, and when the packed copy of the weights is rebuilt."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
@@ -339,7 +340,8 @@ def test_a_truncation_warning_points_at_the_callers_line(decoder):
     with pytest.warns(UserWarning, match="prompt truncated") as record:
         decoder.generate(["abcdefgh"], config)
         list(decoder.stream("abcdefgh", config))
-    assert [w.filename for w in record] == [__file__, __file__]
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampolines add frames that stacklevel counts
+        assert [w.filename for w in record] == [__file__, __file__]
 
 
 def test_an_encoder_soft_prompt_takes_encoder_positions():
