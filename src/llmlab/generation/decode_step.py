@@ -113,7 +113,13 @@ def _own_code(method: Callable) -> Callable:
     against its limit (8), per code object: without a copy every DecodeStep in a process (one per model,
     per generator) would share one count, and past it decode eagerly without a word."""
     function = method.__func__
-    fresh = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__)
+    fresh = types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )  # a wrapped method has a closure
     return types.MethodType(fresh, method.__self__)
 
 
