@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	@echo "make run: the built-in lifecycle recipe (about 10 minutes on 2 CPU cores; a rerun skips finished stages)."
-	@echo "For a first look in under 3 minutes: make quick (the same stages with smaller budgets)."
+	@echo "make run: the built-in lifecycle recipe (about 7.5 minutes on 2 CPU cores, 10 at most; a rerun skips finished stages)."
+	@echo "For a first look in about 2.3 minutes: make quick (the same stages with smaller budgets)."
 	.venv/bin/llmlab lifecycle default --out runs/lifecycle
 
 quick: $(STAMP)

@@ -156,3 +156,19 @@ def test_the_fall_back_line_names_an_error_without_a_message_and_cuts_a_long_one
     DecodeStep(_Runner(), compile=True)  # the default report: one line on stderr
     out, err = capsys.readouterr()
     assert out == "" and err == f"warning: compiling the decoding step failed ({said}); decoding eagerly instead\n"
+
+
+def test_a_fresh_code_object_keeps_the_methods_closure_and_self():
+    from llmlab.generation.decode_step import _own_code
+
+    def make(offset):
+        class Adder:
+            def add(self, x):
+                return x + offset + self.base
+
+        return Adder
+
+    adder = make(10)()
+    adder.base = 5
+    fresh = _own_code(adder.add)
+    assert fresh(1) == 16 and fresh.__func__.__code__ is not adder.add.__func__.__code__

@@ -158,6 +158,11 @@ def test_kill_9_in_pre_training_resumes_from_its_checkpoint(lifecycle, tmp_path,
             ["select.budget: unknown key", "seconds"],
         ),
         ({"stages": [{"select": {}}]}, ["stages[0].select chooses what a pretrain stage trains, and none follows it"]),
+        (
+            {"stages": [{"select": {}}, {"pretrain": {"preset": "llama-nano", "max_time": 9}}]},
+            ["sets preset", "nothing"],
+        ),
+        ({"stages": [{"select": {}}, {"pretrain": {}}]}, ["select has no time to plan for", "max_time"]),
         ({"stages": [{"pretrain": {"max_tme": 5}}]}, ["stages[0].pretrain.max_tme: unknown key", "max_time"]),
         ({"stages": [{"finetune": {"out": "x"}}]}, ["stages[0].finetune.out: unknown key"]),
         ({"scope": {"taks": "x"}, "stages": [{"pretrain": {}}]}, ["scope.taks: unknown key", "task, metric"]),
@@ -201,6 +206,36 @@ def test_select_measures_each_candidate_and_hands_the_lowest_predicted_loss_to_p
     assert result["chosen"] == min(rows.values(), key=lambda r: r["predicted_loss"])["preset"]
     with pytest.raises(LlmlabError, match="0.001 s of pre-training buys no candidate 20 steps"):
         select_preset({"candidates": ["llama-nano"], "seconds": 0.001}, pretrain, tmp_path / "x", log=lambda _: None)
+
+
+def test_select_hands_its_choice_to_the_pretrain_stage_and_reruns_when_that_stage_changes(lifecycle, capsys):
+    root, _, scope = lifecycle
+    tiny = {k: v for k, v in TINY.items() if k != "preset"}
+    stages = [
+        {"select": {"candidates": ["gpt2-nano", "llama-nano"], "seconds": 5}},
+        {"pretrain": {**tiny, "max_steps": 2}},
+    ]
+    out = root / "selected"
+    _, err = _run(capsys, _write(root, stages, {"data": scope["data"]}), out)
+    chosen = json.loads((out / "01-select" / "select.json").read_text())["chosen"]
+    norm = json.loads((out / "02-pretrain" / "config.json").read_text())["model"]["norm"]
+    assert norm == {"gpt2-nano": "layernorm", "llama-nano": "rmsnorm"}[chosen]  # the preset select chose
+    assert f"01-select: {chosen}, predicted loss" in err
+    _, err = _run(capsys, _write(root, stages, {"data": scope["data"]}), out)
+    assert err.count("unchanged since it finished, skipped") == 2
+    longer = [stages[0], {"pretrain": {**tiny, "max_steps": 3}}]  # select plans for this stage: both run again
+    _, err = _run(capsys, _write(root, longer, {"data": scope["data"]}), out)
+    assert "[1/2] select: running" in err and "[2/2] pretrain: running" in err
+
+
+def test_serve_prompts_are_text_not_paths():
+    from llmlab.cli import build_parser
+    from llmlab.lifecycle.recipe import parse_recipe
+
+    data = {"stages": [{"pretrain": {"max_steps": 1}}, {"serve": {"prompts": ["~nobody/x y", "read notes.txt"]}}]}
+    assert parse_recipe(data, "r.yaml", build_parser()).stages[1].options["prompts"][1] == "read notes.txt"
+    with pytest.raises(LlmlabError, match="~nobody/x.txt does not exist"):
+        parse_recipe({"stages": [{"pretrain": {"data": "~nobody/x.txt"}}]}, "r.yaml", build_parser())
 
 
 def test_the_built_in_recipes_are_listed_and_valid(capsys):

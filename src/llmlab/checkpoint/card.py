@@ -61,8 +61,8 @@ def _read_json(file: Path) -> Any:
 
 def _serving(path: Path) -> dict[str, Any] | None:
     """The serving record, while the weights are the ones that were served."""
-    record = _read_json(path / SERVING)
-    return record if isinstance(record, dict) and record.get("weights") == weights_digest(path) else None
+    record, digest = _read_json(path / SERVING), weights_digest(path)
+    return record if isinstance(record, dict) and digest is not None and record.get("weights") == digest else None
 
 
 def _parameters(path: Path, config: ModelConfig, quantization: dict[str, Any] | None) -> int:

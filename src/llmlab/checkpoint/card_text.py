@@ -178,8 +178,9 @@ def _deployment(f: Folder) -> str:
         rows = [(r["variant"], f"{r['disk_mb']:.1f}", f"{r['weight_memory_mb']:.1f}", f"{r['perplexity']:.3f}",
                  f"{100 * r['perplexity_change']:+.2f}%", f"{r['tokens_per_s_batch1']:,.0f}",
                  f"{r['tokens_per_s_batch8']:,.0f}") for r in f.quantization_report]  # fmt: skip
-        said = ("Every format measured on the model this one was quantized from (`llmlab quantize --report`: "
-                "perplexity on held-out text, greedy decoding speed on this machine):")  # fmt: skip
+        source = "the model this one was quantized from" if f.quantization else "this model"
+        said = (f"Every format measured on {source} (`llmlab quantize --report`: perplexity on held-out text, "
+                "greedy decoding speed on this machine):")  # fmt: skip
         parts.append(said + "\n\n" + _table(head, rows))
     if s := f.serving:
         same = "equal" if s["same_as_generate"] else "differ from"

@@ -49,14 +49,26 @@ def run_lifecycle(recipe: Recipe, out: str | Path, main: Callable[[list[str]], i
         raise LlmlabError(f"{out} holds the lifecycle of recipe {state['recipe']!r}, not {recipe.name!r}",
                           "choose another --out for this recipe")  # fmt: skip
     state["recipe"], flow, previous = recipe.name, Flow(scope=recipe.scope, model=recipe.scope.get("base")), ""
-    flow.pretrain = next((dict(s.options) for s in recipe.stages if s.kind == "pretrain"), {})
+    _drop_stages_not_in(recipe, out, state, log)
     for stage in recipe.stages:
+        if stage.kind == "select":  # it plans for the pretrain stage after it
+            flow.pretrain = next(dict(s.options) for s in recipe.stages[stage.index + 1 :] if s.kind == "pretrain")
         previous = _run_stage(stage, out, flow, state, previous, len(recipe.stages), main, log)
     for line in scope_summary(recipe, out, state):
         log(line)
     if main(["report", str(out)]) != 0:
         raise LlmlabError(f"the report of {out} failed (its error is above)", "run llmlab report on it again")
     return out / "report.html"
+
+
+def _drop_stages_not_in(recipe: Recipe, out: Path, state: dict, log) -> None:
+    """Folders of stages the recipe no longer has (it was edited, or renumbered) go, so the report shows only
+    this recipe's stages."""
+    names = {s.name for s in recipe.stages}
+    for name in [n for n in state["stages"] if n not in names]:
+        shutil.rmtree(out / name, ignore_errors=True)
+        del state["stages"][name]
+        log(f"removed {out / name}: the recipe has no stage {name} now")
 
 
 def _run_stage(stage: Stage, out: Path, flow: Flow, state: dict, previous: str, total: int, main, log) -> str:
@@ -182,7 +194,10 @@ def stage_key(stage: Stage, previous: str, flow: Flow) -> str:
     """Changes when the stage's options, anything before it, or a file it names changes."""
     named = _values(stage.options) + _values(flow.scope)  # the scope's data, task file and base are read too
     files = {str(v): _fingerprint(Path(str(v))) for v in named if _is_file_value(v)}
-    text = json.dumps([stage.kind, stage.options, previous, flow.scope, files], sort_keys=True, default=str)
+    given = {"pretrain": flow.pretrain} if stage.kind == "select" else {}  # what select plans for, and its choice
+    if stage.kind == "pretrain" and "preset" not in stage.options and flow.preset:
+        given = {"preset": flow.preset}
+    text = json.dumps([stage.kind, stage.options, previous, flow.scope, files, given], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -210,6 +225,8 @@ def _advance(stage: Stage, folder: Path, flow: Flow) -> None:
     elif stage.kind == "curate":
         flow.data = str(folder)
     elif stage.kind in MAKES_MODEL:
+        if stage.kind == "pretrain":
+            flow.preset = None  # select chose for this pretrain stage only
         merged = folder / "merged"
         flow.model = str(merged if stage.kind == "finetune" and merged.is_dir() else folder)
 

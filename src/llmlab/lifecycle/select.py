@@ -11,7 +11,6 @@ pre-training. The choice goes to the next pretrain stage unless it names its own
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -84,12 +83,14 @@ def _measure(name: str, cfg: PretrainConfig, seconds: float, device, dtype, fit,
     plan = plan_memory(params, optimizer=cfg.optimizer if cfg.optimizer in ("adamw", "sgd") else "adamw",
                        mixed_precision=dtype != torch.float32, config=config, batch=cfg.batch_size,
                        seq_len=block)  # fmt: skip
-    tokens_per_s = _tokens_per_second(config, cfg.batch_size, block, device, dtype)
-    steps = int(tokens_per_s * seconds / (cfg.batch_size * block))
-    tokens = steps * cfg.batch_size * block
+    fits = plan.training_total < _available(device)
+    tokens_per_s = _tokens_per_second(config, cfg.batch_size, block, device, dtype) if fits else 0.0  # no OOM
+    per_step = cfg.batch_size * cfg.grad_accum * block  # an optimizer step's tokens
+    steps = int(tokens_per_s * seconds / per_step)
+    tokens = steps * per_step
     row = {"preset": name, "parameters": params, "tokens_per_s": round(tokens_per_s), "steps": steps,
            "tokens": tokens, "tokens_per_parameter": round(tokens / params, 3),
-           "training_bytes": round(plan.training_total), "fits_memory": plan.training_total < _available(device),
+           "training_bytes": round(plan.training_total), "fits_memory": fits,
            "predicted_loss": round(fit.loss(params, max(tokens, 1)), 4)}  # fmt: skip
     log(f"select: {name}: {params:,} parameters, {tokens_per_s:,.0f} tokens/s -> {tokens:,} tokens "
         f"({row['tokens_per_parameter']:.2f} per parameter), predicted loss {row['predicted_loss']:.3f}")  # fmt: skip
@@ -97,7 +98,9 @@ def _measure(name: str, cfg: PretrainConfig, seconds: float, device, dtype, fit,
 
 
 def _tokens_per_second(config: ModelConfig, batch: int, block: int, device, dtype) -> float:
-    """Forward, backward and an AdamW update on random tokens: one untimed step, then TIMED_STEPS timed."""
+    """Forward, backward and an AdamW update on random tokens: one untimed step, then TIMED_STEPS timed. (AdamW
+    whatever the recipe's optimizer: Muon's orthogonalisation costs more on wider matrices, so under Muon this
+    errs towards the larger candidates.)"""
     torch.manual_seed(0)
     model = build_model(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -105,6 +108,8 @@ def _tokens_per_second(config: ModelConfig, batch: int, block: int, device, dtyp
     started = 0.0
     for i in range(TIMED_STEPS + 1):
         if i == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the untimed step's kernels finish before the clock starts
             started = time.perf_counter()
         with autocast(device, dtype):
             loss = F.cross_entropy(model(x).float().flatten(0, 1), x.roll(-1, 1).flatten())
@@ -120,7 +125,10 @@ def _available(device) -> float:
     """Bytes a training run may use: the GPU's memory, or the memory the system has available."""
     if device.type == "cuda":
         return float(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError):
-        return float("inf")
+    try:  # MemAvailable counts the page cache the kernel would give back; free memory alone would not
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
