@@ -62,6 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        # listening from now on: a client that connects once the port is printed waits in the backlog until
+        # uvicorn accepts, rather than being refused while the model loads and the server starts
+        sock.listen(2048)
     except OSError as exc:
         raise LlmlabError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}",
                           "choose another --port (0 picks a free one)") from None  # fmt: skip
