@@ -41,6 +41,17 @@ def held_out_reward(stage: Path) -> str:
             f"{val[-1]['step']}), KL {val[-1]['val_kl']:.3f} nats")  # fmt: skip
 
 
+def selected(stage: Path) -> str:
+    result = json.loads((stage / "select.json").read_text())
+    rows = ", ".join(f"{r['preset']} {r['tokens_per_s']:,} tok/s, predicted loss {r['predicted_loss']:.2f}"
+                     for r in result["candidates"])  # fmt: skip
+    return f"{result['chosen']} ({rows})"
+
+
+def pretrained(stage: Path) -> str:
+    return f"best validation loss {best_val(stage):.2f}"
+
+
 def best_val(run: Path) -> float:
     return json.loads((run / "trainer_state.json").read_text())["best_val_loss"]
 
@@ -58,7 +69,8 @@ def run_recipe(name: str, root: Path) -> tuple[Path, dict]:
     print(f"\nlifecycle {name}: {total / 60:.1f} min in all (budget {BUDGET_MINUTES[name]} min)")
     print("| stage | seconds | what it bought |\n| --- | --- | --- |")
     for stage, record in state.items():
-        shown = {"evaluate": accuracy, "align": held_out_reward}.get(record["kind"], lambda _: "")(out / stage)
+        what = {"evaluate": accuracy, "align": held_out_reward, "select": selected, "pretrain": pretrained}
+        shown = what.get(record["kind"], lambda _: "")(out / stage)
         print(f"| {stage} | {record['seconds']:.0f} | {shown} |")
     served = json.loads((folder_of(out, state, "serve") / "serve.json").read_text())
     print(f"served answers {served['answers']}, equal to generate --greedy: {served['same_as_generate']}")

@@ -36,3 +36,14 @@ def test_report_measures_every_format(tmp_path, char_tokenizer, capsys):
     assert 0 < rows["int8"]["max_layer_error"] < rows["nf4"]["max_layer_error"] < 0.2
     assert rows["nf4"]["weight_memory_mb"] < rows["int8"]["weight_memory_mb"]
     assert (tmp_path / "report" / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_report_on_an_encoder_is_refused_before_anything_is_written(tmp_path, capsys):
+    from llmlab.tokenizer import train_tokenizer
+    from tests.helpers import SAMPLE_TEXT, assert_one_line_error
+
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    save_checkpoint(tmp_path / "bert", tiny_model("bert", vocab_size=tok.vocab_size, block_size=16), tok)
+    code = main(["quantize", str(tmp_path / "bert"), str(tmp_path / "int8"), "--to", "int8", "--report"])
+    assert_one_line_error(code, capsys.readouterr().err, "--report measures decoder-only models", "not encoder")
+    assert not (tmp_path / "int8").exists()

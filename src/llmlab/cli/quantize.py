@@ -59,6 +59,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         ckpt = merged_with_adapter(args.adapter or args.checkpoint, args.checkpoint if args.adapter else None)
     else:
         ckpt = load_checkpoint(args.checkpoint)
+    if args.report:  # refused before the quantized checkpoint is written, not after
+        from llmlab.report.quantization import require_decoder
+
+        require_decoder(ckpt.model.config)
     if read_quantization(ckpt.path):
         raise LlmlabError(f"{args.checkpoint} is already quantized", "quantize the original full-precision checkpoint")
     model = quantize_model(ckpt.model, spec)

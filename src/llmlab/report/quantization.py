@@ -82,6 +82,15 @@ def _decode_speed(generator: Generator, prompts: list[str], new_tokens: int, rep
     return len(prompts) * new_tokens / sorted(times)[len(times) // 2]
 
 
+def require_decoder(config) -> None:
+    """--report measures perplexity and decoding: decoders only (checked before anything is written)."""
+    if not family_spec(config).causal:
+        raise LlmlabError(
+            f"--report measures decoder-only models (perplexity, decode speed), not {config.family}",
+            "quantize it without --report, or report on a decoder checkpoint",
+        )
+
+
 def quantize_report(
     checkpoint: str | Path,
     data: str | None = None,
@@ -91,11 +100,7 @@ def quantize_report(
     log=print,
 ) -> list[ReportRow]:
     base = load_checkpoint(checkpoint)
-    if not family_spec(base.model.config).causal:
-        raise LlmlabError(
-            f"--report measures decoder-only models (perplexity, decode speed), not {base.model.config.family}",
-            "quantize it without --report, or report on a decoder checkpoint",
-        )
+    require_decoder(base.model.config)
     state = Path(checkpoint) / "trainer_state.json"
     if data is None and state.is_file():
         data = json.loads(state.read_text())["train_config"]["data"]
