@@ -107,10 +107,11 @@ class RelativePositionBias(nn.Module):
         self.bias = nn.Embedding(config.relative_buckets, config.n_head)
 
     def forward(self, query_slots: torch.Tensor, key_slots: torch.Tensor) -> torch.Tensor:
-        """(T,) and (S,) positions -> (1, H, T, S) additive scores."""
-        relative = key_slots[None, :] - query_slots[:, None]
+        """(T,) or per row (B, T) query positions and (S,) key positions -> (1 or B, H, T, S) additive scores."""
+        relative = key_slots - query_slots[..., None]
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.bias(buckets).permute(2, 0, 1).unsqueeze(0)
+        scores = self.bias(buckets)  # (..., T, S, H)
+        return scores.permute(2, 0, 1).unsqueeze(0) if scores.dim() == 3 else scores.permute(0, 3, 1, 2)
 
 
 # -- attention ---------------------------------------------------------------------------------------
@@ -377,7 +378,7 @@ class Stack(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         if self.rel_bias is not None:
-            mask = self._with_relative_bias(x.shape[1], cache, mask, x.device)
+            mask = self._with_relative_bias(x.shape[1], positions, cache, mask)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, positions, self.rope, cache, mask, memory, memory_mask)
@@ -386,16 +387,19 @@ class Stack(nn.Module):
         return self.norm(x)
 
     def _with_relative_bias(
-        self, T: int, cache: KVCache | None, mask: torch.Tensor | None, device: torch.device
+        self, T: int, positions: torch.Tensor, cache: KVCache | None, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """One additive mask: the bucketed bias by cache slot (distances within a left-padded row equal
-        slot distances), with -inf where the boolean or causal mask forbids attending."""
-        start = cache.length if cache is not None else 0
-        query_slots = torch.arange(start, start + T, device=device)
-        key_slots = torch.arange(start + T, device=device)
+        slot distances; the cache says where its queries are), with -inf where the boolean or causal mask
+        forbids attending."""
+        if cache is not None:
+            query_slots, key_slots = cache.relative_slots(T, positions)
+        else:
+            query_slots = key_slots = torch.arange(T, device=positions.device)
         bias = self.rel_bias(query_slots, key_slots)
         if mask is None and self.causal:
-            mask = query_slots[:, None] >= key_slots[None, :]
+            mask = query_slots[..., None] >= key_slots
+            mask = mask[:, None] if mask.dim() == 3 else mask  # per-row queries: (B, 1, T, S)
         return bias if mask is None else torch.where(mask, bias, float("-inf"))
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
-from llmlab.model.cache import KVCache
+from llmlab.model.cache import KVCache, SlotCache
 from llmlab.model.heads import build_task_head
 from llmlab.model.layers import Stack, init_weights, make_norm
 from llmlab.model.soft_prompt import after_prompt, prepend, prompt_length
@@ -239,6 +239,15 @@ class EncoderDecoderLM(LanguageModel):
                 [src_mask.new_ones(src_mask.shape[0], memory.shape[1] - src_mask.shape[1]), src_mask], 1
             )
         x = self.decoder(self.embed(tgt), positions, cache, None, memory, _key_mask(src_mask))
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x * self.head_scale)
+
+    def decode_slots(self, tgt: torch.Tensor, positions: torch.Tensor, cache: SlotCache, mask: torch.Tensor,
+                     last_only: bool = False) -> torch.Tensor:  # fmt: skip
+        """A continuous-batching step: each row's token at its own position and self-attention mask, its
+        cross-attention reading its own sequence's encoder keys/values, stored in the cache at its prefill."""
+        x = self.decoder(self.embed(tgt), positions, cache, mask, None, cache.cross.mask(tgt.shape[0]))
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x * self.head_scale)

@@ -108,7 +108,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings, index: Index 
         if body.max_completion_tokens:
             body.max_tokens = body.max_completion_tokens
         tools, bound, retrieved, ids = await _chat_input(model, body, index)
-        room = max(model.engine.context - len(ids), 1)
+        room = model.engine.room(len(ids))
         if model.template.origin == "llmlab default":  # the default template's next turn: not the reply's
             body.stop = [*(body.stop or []), "\n<|user|>"]
         jobs = [(0, ids, replace(body.sampling(room, body.chat_logprobs(), c), grammar=bound)) for c in range(body.n)]
@@ -129,7 +129,7 @@ async def _chat_input(model: ServedModel, body: ChatRequest, index: Index | None
         bound = None if grammar is None else await asyncio.to_thread(model.engine.bind, grammar)
         messages, retrieved = template_messages(body, tools), None
         if body.rag is not None:
-            budget = model.engine.context - (body.max_tokens or DEFAULT_RESERVE)
+            budget = model.engine.prompt_room(body.max_tokens or DEFAULT_RESERVE)
             retrieved = await asyncio.to_thread(retrieve, index, body.rag, messages, model.chat_ids_count, budget)
             messages = retrieved.messages
         return tools, bound, retrieved, model.chat_ids(messages)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
 from llmlab.generation.config import GenerationConfig
 from llmlab.generation.constraints import Grammar, RowConstraints, TokenGrammar
 from llmlab.generation.decode_step import DecodeStep
@@ -32,6 +33,18 @@ from llmlab.model.cache import SlotCache
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
 from llmlab.model.lora import MultiLoRALinear, select_adapters
 from llmlab.tokenizer import TextTokenizer
+
+
+class _SlotDecoder(torch.nn.Module):
+    """An encoder-decoder's decoder, called as the decoding step calls a decoder-only model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: SlotCache, mask: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:  # fmt: skip
+        return self.model.decode_slots(tokens, positions, cache, mask, last_only)
 
 
 class QueueFull(Exception):
@@ -102,13 +115,22 @@ class Engine:
         # several adapters on one base (MultiLoRALinear): each step tells the layers every row's adapter
         self.adapters = any(isinstance(m, MultiLoRALinear) for m in model.modules())
         self.runner = packed_for_inference(model) if can_pack(model) and not self.adapters else model
-        # the step generate runs too; compiled unless adapters are served (their per-row choice is eager state)
-        self.decode = DecodeStep(self.runner, compile=compile and not self.adapters)
-        self.context = min(context or model.config.block_size, model.config.block_size)
-        self.eos_id = tokenizer.require("eos", "to end completions")
         c = model.config
-        self.cache = SlotCache(c.n_layer, max_running, c.n_kv_head, self.context, c.head_dim, model.compute_dtype,
+        family = family_spec(c)
+        family.require_generates("an encoder-only model does not generate text", "serve a decoder or encoder-decoder")
+        # an encoder-decoder: the prompt is the encoder's, encoded once at admission; the decoder decodes in slots
+        self.seq2seq, self.start_id = family.seq2seq, family.start_id(c, tokenizer)
+        # the step generate runs too; compiled unless adapters are served (their per-row choice is eager state)
+        # or the model is an encoder-decoder (its step reads per-row source lengths: eager, for now)
+        step_runner = _SlotDecoder(self.runner) if self.seq2seq else self.runner
+        self.decode = DecodeStep(step_runner, compile=compile and not self.adapters and not self.seq2seq)
+        self.context = min(context or c.block_size, c.block_size)  # the decoder's positions
+        self.eos_id = tokenizer.require("eos", "to end completions")
+        n_layer = c.n_decoder_layer if self.seq2seq else c.n_layer
+        self.cache = SlotCache(n_layer, max_running, c.n_kv_head, self.context, c.head_dim, model.compute_dtype,
                                model.device)  # fmt: skip
+        if self.seq2seq:
+            self.cache.with_cross(n_layer, c.block_size)
         self.lengths = [0] * max_running
         self.slots: list[Sequence | None] = [None] * max_running
         self.max_queue = max_queue
@@ -150,11 +172,7 @@ class Engine:
                adapter: int = -1) -> Sequence:  # fmt: skip
         """Queue a sequence (for `adapter`, an index into the model's MultiLoRALinear adapters, or -1: the base);
         raises QueueFull when the queue is at its bound and LlmlabError when it cannot fit."""
-        room = self.context - len(prompt_ids)
-        if not prompt_ids or sampling.max_tokens > room:
-            raise LlmlabError(f"the prompt has {len(prompt_ids)} tokens and max_tokens is {sampling.max_tokens}: "
-                              f"{len(prompt_ids) + sampling.max_tokens - self.context} more than the context of "
-                              f"{self.context}", "shorten the prompt or lower max_tokens")  # fmt: skip
+        self._check_fits(prompt_ids, sampling.max_tokens)
         generator = None
         if sampling.seed is not None:
             generator = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
@@ -169,6 +187,31 @@ class Engine:
             self.stats.queued = len(self.queue)
             self._wake.notify()
         return seq
+
+    def room(self, prompt_tokens: int) -> int:
+        """The most tokens a completion of a prompt this long can have (the default of max_tokens)."""
+        return self.context if self.seq2seq else max(self.context - prompt_tokens, 1)
+
+    def prompt_room(self, max_tokens: int) -> int:
+        """The most prompt tokens that leave room for `max_tokens` new ones."""
+        return self.cache.cross.max_source if self.seq2seq else self.context - max_tokens
+
+    def _check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
+        """A prompt and a completion that fit the context, or an error that says by how much they do not."""
+        if not prompt_ids:
+            raise LlmlabError("the prompt is empty", "send at least one token of prompt")
+        if self.seq2seq:  # encoder and decoder each have their own positions
+            source = self.cache.cross.max_source
+            if len(prompt_ids) > source:
+                raise LlmlabError(f"the prompt has {len(prompt_ids)} tokens: {len(prompt_ids) - source} more than "
+                                  f"the encoder's context of {source}", "shorten the prompt")  # fmt: skip
+            if max_tokens > self.context:
+                raise LlmlabError(f"max_tokens is {max_tokens}: {max_tokens - self.context} more than the decoder's "
+                                  f"context of {self.context}", "lower max_tokens")  # fmt: skip
+        elif max_tokens > self.context - len(prompt_ids):
+            raise LlmlabError(f"the prompt has {len(prompt_ids)} tokens and max_tokens is {max_tokens}: "
+                              f"{len(prompt_ids) + max_tokens - self.context} more than the context of "
+                              f"{self.context}", "shorten the prompt or lower max_tokens")  # fmt: skip
 
     def bind(self, grammar: Grammar) -> TokenGrammar:
         """The grammar checked against the tokenizer, kept for the next requests that send it (~20 ms each)."""
@@ -235,15 +278,26 @@ class Engine:
             seq.slot = self.slots.index(None)
             self.slots[seq.slot] = seq
             self.stats.running = sum(s is not None for s in self.slots)
-            self.cache.prefill(seq.slot)
-            ids = torch.tensor([seq.prompt_ids], device=self.model.device)
-            if self.adapters:
-                select_adapters(self.runner, torch.tensor([seq.adapter], device=ids.device))
+            self._take_or_fail(seq, self._prefill(seq))
+
+    @torch.inference_mode()
+    def _prefill(self, seq: Sequence) -> torch.Tensor:
+        """The sequence's prompt read into its slot: the next token's logits (V,). A decoder reads the prompt;
+        an encoder-decoder encodes it, stores each layer's cross-attention keys in the slot, and reads its
+        decoder's start token."""
+        self.cache.prefill(seq.slot)
+        ids = torch.tensor([seq.prompt_ids], device=self.model.device)
+        if self.adapters:
+            select_adapters(self.runner, torch.tensor([seq.adapter], device=ids.device))
+        if self.seq2seq:
+            start = torch.full((1, 1), self.start_id, dtype=torch.long, device=ids.device)
+            logits = self.runner.decode(start, self.runner.encode(ids), None, self.cache, last_only=True)
+            self.lengths[seq.slot] = 1
+        else:
             positions = torch.arange(len(seq.prompt_ids), device=ids.device)
-            with torch.inference_mode():
-                logits = self.runner(ids, positions, self.cache, None, last_only=True)[:, -1].float()
+            logits = self.runner(ids, positions, self.cache, None, last_only=True)
             self.lengths[seq.slot] = len(seq.prompt_ids)
-            self._take_or_fail(seq, logits[0])
+        return logits[0, -1].float()
 
     def _step(self) -> None:
         """One token for every running sequence, each at its own position."""

@@ -27,8 +27,8 @@ class ServedModel:
     adapter: int = -1
 
     def prompt_ids(self, text: str) -> list[int]:
-        tok = self.engine.tokenizer
-        return family_spec(self.engine.model.config).prompt_prefix(tok) + tok.encode(text)
+        tok = self.engine.tokenizer  # a decoder's prefix (Llama's <s>) or an encoder-decoder's closing </s>
+        return family_spec(self.engine.model.config).prompt_ids(tok, tok.encode(text))
 
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """A conversation rendered with the chat template and the generation prompt, as the engine reads it."""
@@ -59,12 +59,9 @@ def load_served(source: str, adapters: list[tuple[str, str]], name: str, device:
                 max_running: int, max_queue: int, compile: bool = False) -> list[ServedModel]:  # fmt: skip
     """The base as `name` and each (name, folder) adapter on the same engine (its step compiled if asked)."""
     ckpt = load_checkpoint(source, device=device, dtype=dtype)
-    if not family_spec(ckpt.model.config).causal:
-        raise LlmlabError(f"{source} is a {ckpt.model.config.family}: llmlab serve decodes decoder-only models so far",
-                          "serve a decoder (GPT-2 or Llama style)")  # fmt: skip
-    if ckpt.model.config.positions == "relative":  # its bias needs each row's query position, not yet passed
-        raise LlmlabError(f"{source} uses relative position bias: llmlab serve does not decode it yet",
-                          "use llmlab generate with this checkpoint")  # fmt: skip
+    family_spec(ckpt.model.config).require_generates(
+        f"{source} is an encoder: it does not generate text", "serve a decoder or an encoder-decoder model"
+    )
     names = [name] + [n for n, _ in adapters]
     if len(set(names)) != len(names):
         raise LlmlabError(f"two served models share a name among {', '.join(names)}", "give each a different name")

@@ -1,0 +1,94 @@
+"""The engine beyond decoder-only Llama: an encoder-decoder (T5: its prompt encoded once into its slot's
+cross-attention keys) and a decoder with a relative position bias (each row's queries at their own positions)
+decode greedily exactly as the offline generator does, alone or among 15 others; their limits are their own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmlab.config import ModelConfig
+from llmlab.errors import LlmlabError
+from llmlab.family import family_spec
+from llmlab.model import build_model
+from llmlab.serve.engine import Engine, Sampling
+from llmlab.tokenizer import train_tokenizer
+from tests.helpers import SAMPLE_TEXT, tiny_model
+from tests.serve.test_engine import PROMPTS, Collector, offline_greedy
+
+
+def spread(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights N(0, 0.5): an initialised tiny model answers <pad> to every prompt, which would make every
+    comparison below pass whatever the engine did; these answer each prompt and position differently."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def t5_and_tokenizer():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=400, family="encoder-decoder")
+    return spread(tiny_model("t5", vocab_size=tok.vocab_size, block_size=48, n_layer=2)), tok
+
+
+@pytest.fixture(scope="module")
+def relative_decoder_and_tokenizer():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("gpt2-nano", n_layer=2, n_head=4, n_embd=32, block_size=64,
+                                     vocab_size=tok.vocab_size, positions="relative")  # fmt: skip
+    return spread(build_model(config)), tok
+
+
+def served_greedy(engine: Engine, tok, prompts: list[str], lengths: list[int]) -> list[Collector]:
+    spec = family_spec(engine.model.config)
+    collectors = [Collector() for _ in prompts]
+    for prompt, n, c in zip(prompts, lengths, collectors):
+        engine.submit(spec.prompt_ids(tok, tok.encode(prompt)), Sampling(max_tokens=n, temperature=0.0), c)
+    for c in collectors:
+        assert c.done.wait(60)
+    return collectors
+
+
+@pytest.mark.parametrize("fixture", ["t5_and_tokenizer", "relative_decoder_and_tokenizer"])
+@pytest.mark.parametrize("together", [1, 16])
+def test_greedy_matches_the_offline_generator_alone_or_batched(request, fixture, together):
+    model, tok = request.getfixturevalue(fixture)
+    engine = Engine(model, tok, max_running=8, max_queue=64)  # 16 sequences through 8 slots: they join as others end
+    engine.start()
+    try:
+        prompts, lengths = PROMPTS[:together], [5 + 3 * (i % 5) for i in range(together)]
+        served = served_greedy(engine, tok, prompts, lengths)
+        for prompt, n, c in zip(prompts, lengths, served):
+            assert c.text == offline_greedy(model, tok, prompt, n), prompt
+            assert c.finish in ("stop", "length") and c.events[-1].completion_tokens <= n
+        assert len({c.text for c in served}) > together // 2  # the prompts get answers of their own
+        assert engine.stats.running == 0 and not any(engine.slots)
+    finally:
+        engine.stop()
+
+
+def test_an_encoder_decoder_has_an_encoder_and_a_decoder_context(t5_and_tokenizer):
+    model, tok = t5_and_tokenizer
+    engine = Engine(model, tok, max_running=2)
+    assert engine.room(40) == 48 and engine.prompt_room(10) == 48  # the prompt does not take the decoder's positions
+    with pytest.raises(LlmlabError, match="1 more than the encoder's context of 48"):
+        engine.submit(list(range(5, 54)), Sampling(max_tokens=4), Collector())
+    with pytest.raises(LlmlabError, match="2 more than the decoder's context of 48"):
+        engine.submit([5, 6], Sampling(max_tokens=50), Collector())
+    engine.start()
+    try:  # a 48-token prompt and a 48-token completion both fit
+        (c,) = [Collector()]
+        engine.submit(list(range(5, 53)), Sampling(max_tokens=48, temperature=1.0, seed=0), c)
+        assert c.done.wait(60) and c.finish in ("stop", "length")
+    finally:
+        engine.stop()
+
+
+def test_an_encoder_is_refused():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
+    with pytest.raises(LlmlabError, match="does not generate text"):
+        Engine(tiny_model("bert", vocab_size=tok.vocab_size), tok)
