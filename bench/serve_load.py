@@ -44,7 +44,7 @@ from machine import describe  # noqa: E402
 WORDS = "the of and to in is for def return self import class if else with as not none true false".split()
 
 
-def build_model(folder: Path) -> None:
+def build_model(folder: Path, block_size: int = 256) -> None:
     from llmlab.checkpoint.folder import save_checkpoint
     from llmlab.config import ModelConfig
     from llmlab.data.sources import read_documents
@@ -54,14 +54,15 @@ def build_model(folder: Path) -> None:
     tok = train_tokenizer(
         list(itertools.islice(read_documents(None), 2000)), kind="bpe", vocab_size=8192, family="decoder"
     )
-    config = ModelConfig.from_preset("llama-mini", vocab_size=tok.vocab_size, block_size=256)
+    config = ModelConfig.from_preset("llama-mini", vocab_size=tok.vocab_size, block_size=block_size)
     save_checkpoint(folder, build(config).eval(), tok)
 
 
-def start_server(folder: Path, max_running: int, max_queue: int, compile: str = "auto") -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, max_running: int, max_queue: int, compile: str = "auto",
+                 *extra: str) -> tuple[subprocess.Popen, str]:  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "llmlab", "serve", str(folder), "--name", "m", "--port", "0",
-                             "--max-running", str(max_running), "--max-queue", str(max_queue), "--compile", compile],
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             "--max-running", str(max_running), "--max-queue", str(max_queue), "--compile", compile,
+                             *extra], stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stderr.readline()

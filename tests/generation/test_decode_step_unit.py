@@ -25,9 +25,27 @@ def test_a_slot_cache_prefills_from_its_first_slot_unless_told_another():
     keys, _ = cache.update(0, _kv(1, 3, 7.0), _kv(1, 3, 7.0))
     assert keys.shape == (1, 2, 3, 3) and bool((cache.keys[0][2, :, :3] == 7).all())
     assert bool((cache.keys[0][3] == 0).all()) and bool((cache.keys[0][1] == 0).all())  # only slot 2 written
-    with pytest.raises(ValueError, match="KV slot holds 5 positions, asked to write 6"):
+    with pytest.raises(ValueError, match="KV slot holds 5 positions, asked to write up to 6"):
         cache.update(0, _kv(1, 6, 0.0), _kv(1, 6, 0.0))
     assert cache.cross == {}  # an encoder-decoder's cross-attention keys go here
+
+
+def test_a_slot_cache_shares_a_prefix_and_prefills_after_it():
+    cache = SlotCache(1, 3, 2, 6, 3, torch.float32, "cpu")
+    cache.update(0, _kv(1, 4, 5.0), _kv(1, 4, 6.0))  # slot 0 holds 4 positions
+    cache.copy_prefix(0, 2, 3)  # slot 2 takes the first 3
+    assert bool((cache.keys[0][2, :, :3] == 5).all()) and bool((cache.values[0][2, :, :3] == 6).all())
+    assert bool((cache.keys[0][2, :, 3:] == 0).all()) and bool((cache.keys[0][1] == 0).all())
+    cache.prefill(2, start=3)
+    keys, _ = cache.update(0, _kv(1, 2, 9.0), _kv(1, 2, 9.0))  # positions 3 and 4, read with the prefix
+    assert keys.shape == (1, 2, 5, 3) and bool((keys[0, :, 3:] == 9).all()) and bool((keys[0, :, :3] == 5).all())
+    queries, keys_at = cache.relative_slots(2, torch.tensor([3, 4]))
+    assert queries.tolist() == [3, 4] and keys_at.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="asked to write up to 7"):
+        cache.update(0, _kv(1, 4, 0.0), _kv(1, 4, 0.0))
+    cache.decode(2, torch.tensor([5, 2]), read=6)
+    queries, keys_at = cache.relative_slots(1, torch.tensor([[5], [2]]))
+    assert queries.tolist() == [[5], [2]] and keys_at.tolist() == list(range(6))
 
 
 def test_a_slot_cache_decodes_one_token_per_row_at_its_own_position():

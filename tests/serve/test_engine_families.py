@@ -43,6 +43,12 @@ def relative_decoder_and_tokenizer():
     return spread(build_model(config)), tok
 
 
+@pytest.fixture(scope="module")
+def llama_and_tokenizer():
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    return spread(tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=2)), tok
+
+
 def served_greedy(engine: Engine, tok, prompts: list[str], lengths: list[int]) -> list[Collector]:
     spec = family_spec(engine.model.config)
     collectors = [Collector() for _ in prompts]
@@ -92,3 +98,47 @@ def test_an_encoder_is_refused():
     tok = train_tokenizer([SAMPLE_TEXT], kind="char", family="encoder")
     with pytest.raises(LlmlabError, match="does not generate text"):
         Engine(tiny_model("bert", vocab_size=tok.vocab_size), tok)
+
+
+SYSTEM = "You are careful. Be brief. "
+
+
+@pytest.mark.parametrize("fixture", ["llama_and_tokenizer", "relative_decoder_and_tokenizer"])
+def test_a_shared_prompt_prefix_is_read_once_and_changes_nothing(request, fixture):
+    model, tok = request.getfixturevalue(fixture)
+    prompts = [SYSTEM + p for p in PROMPTS[:8]]
+    assert len(tok.encode(SYSTEM)) >= 16
+    lengths = [6 + (i % 4) for i in range(len(prompts))]
+    engine = Engine(model, tok, max_running=3, max_queue=64, prefix_cache=16)  # 8 prompts through 3 slots
+    engine.start()
+    try:
+        first = served_greedy(engine, tok, prompts[:1], lengths[:1])  # nothing to share yet
+        assert engine.stats.prefix_tokens == 0
+        rest = served_greedy(engine, tok, prompts[1:], lengths[1:])  # each reuses the system prompt's keys
+        assert engine.stats.prefix_tokens >= 7 * 16
+    finally:
+        engine.stop()
+    for prompt, n, c in zip(prompts, lengths, first + rest):
+        assert c.text == offline_greedy(model, tok, prompt, n), prompt
+
+
+def test_a_prefix_is_shared_only_under_the_same_adapter_and_when_long_enough(llama_and_tokenizer):
+    from llmlab.generation.text_stream import TextStream
+    from llmlab.serve.engine import Sequence
+
+    model, tok = llama_and_tokenizer
+    engine = Engine(model, tok, max_running=3, prefix_cache=4)
+    engine.held[2] = (0, [5, 6, 7, 8, 9, 10])  # slot 2 holds these keys under adapter 0
+
+    def shared(prompt: list[int], adapter: int, slot: int = 0) -> int:
+        seq = Sequence(0, prompt, Sampling(), print, TextStream(tok, []), None, adapter=adapter, slot=slot)
+        return engine._shared_prefix(seq)
+
+    assert shared([5, 6, 7, 8, 9, 11], adapter=-1) == 0  # the base's keys differ from the adapter's
+    assert shared([5, 6, 7, 11], adapter=0) == 0  # 3 tokens: fewer than 4
+    engine.cache.keys[0][2, :, :6] = 1.0
+    assert shared([5, 6, 7, 8, 9, 10], adapter=0) == 5  # the last prompt token is always computed
+    assert bool((engine.cache.keys[0][0, :, :5] == 1.0).all()) and not bool(
+        (engine.cache.keys[0][0, :, 5] == 1.0).any()
+    )
+    assert engine.stats.prefix_tokens == 5

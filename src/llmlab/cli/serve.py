@@ -31,7 +31,7 @@ def served_models(args: argparse.Namespace) -> list:
     name = args.name or Path(args.checkpoint).name or "model"
     compile = compile_choice(args.compile) != "off"  # auto: on, since a server decodes for long
     models = load_served(args.checkpoint, adapters, name, device, resolve_dtype(args.dtype, device), args.max_running,
-                         args.max_queue, compile)  # fmt: skip
+                         args.max_queue, compile, args.prefix_cache)  # fmt: skip
     engine = models[0].engine
     if engine.decode.compiled:
         print("compiling the decoding step before serving (20-30 s the first time, seconds from the cache after; "
@@ -58,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for name, value in (("--max-running", args.max_running), ("--max-queue", args.max_queue)):
         if value < 1:
             raise LlmlabError(f"{name} must be at least 1, got {value}", f"pass e.g. {name} 16")
+    if args.prefix_cache < 0:
+        raise LlmlabError(f"--prefix-cache must be 0 (off) or a number of tokens, got {args.prefix_cache}",
+                          "pass e.g. --prefix-cache 16")  # fmt: skip
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -107,6 +110,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take; then 504")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="on SIGTERM/Ctrl-C, seconds in-flight "
                    "requests get to finish before they are cancelled")  # fmt: skip
+    p.add_argument(
+        "--prefix-cache",
+        type=int,
+        default=16,
+        help="reuse the keys of a prompt prefix (a system "
+        "prompt) that a running or finished request already read, when at least this many tokens; 0: off",
+    )
     p.add_argument("--index", help='an index (llmlab index build) that chat requests with "rag": {...} answer from')
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), fp32, bf16, fp16")

@@ -64,7 +64,7 @@ class SlotCache:
         self.slots, self.max_len = slots, max_len
         self.length = 0  # unused: the caller always passes positions
         self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] | SlotCross = {}
-        self._mode: tuple = ("prefill", 0)
+        self._mode: tuple = ("prefill", 0, 0)
 
     def with_cross(self, n_layer: int, max_source: int) -> SlotCache:
         """Room for an encoder-decoder's cross-attention keys/values, one slot per sequence (`SlotCross`)."""
@@ -72,21 +72,28 @@ class SlotCache:
         self.cross = SlotCross(self, n_layer, max_source, k.shape[1], k.shape[3], k.dtype, k.device)
         return self
 
-    def prefill(self, slot: int) -> None:
-        """The next forward writes its rows' prompts from position 0, the first row into `slot`."""
-        self._mode = ("prefill", slot)
+    def prefill(self, slot: int, start: int = 0) -> None:
+        """The next forward writes its rows' prompts from position `start` (the positions before it already
+        hold the prompt's first tokens: a shared prefix), the first row into `slot`."""
+        self._mode = ("prefill", slot, start)
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Slot `target`'s first `length` positions become slot `source`'s (a prompt prefix they share)."""
+        for cached in (*self.keys, *self.values):
+            cached[target, :, :length] = cached[source, :, :length]
 
     def decode(self, rows: int, positions: torch.Tensor, read: int) -> None:
         self._mode = ("decode", torch.arange(rows, device=positions.device), positions, read)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._mode[0] == "prefill":
-            rows, T = slice(self._mode[1], self._mode[1] + k.shape[0]), k.shape[2]
-            if T > self.max_len:
-                raise ValueError(f"KV slot holds {self.max_len} positions, asked to write {T}")
-            self.keys[layer][rows, :, :T] = k
-            self.values[layer][rows, :, :T] = v
-            return self.keys[layer][rows, :, :T], self.values[layer][rows, :, :T]
+            _, slot, start = self._mode
+            rows, end = slice(slot, slot + k.shape[0]), start + k.shape[2]
+            if end > self.max_len:
+                raise ValueError(f"KV slot holds {self.max_len} positions, asked to write up to {end}")
+            self.keys[layer][rows, :, start:end] = k
+            self.values[layer][rows, :, start:end] = v
+            return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
         _, index, positions, read = self._mode
         keys, values = self.keys[layer], self.values[layer]  # under autocast k/v may be bf16 in an fp32 cache
         keys[index, :, positions] = k[:, :, 0].to(keys.dtype)
@@ -102,7 +109,8 @@ class SlotCache:
         queries are at (rows, 1) positions of their own and read the first `read` keys."""
         device = positions.device
         if self._mode[0] == "prefill":
-            return torch.arange(T, device=device), torch.arange(T, device=device)
+            start = self._mode[2]
+            return torch.arange(start, start + T, device=device), torch.arange(start + T, device=device)
         return positions, torch.arange(self._mode[3], device=device)
 
 

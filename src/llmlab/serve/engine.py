@@ -35,6 +35,16 @@ from llmlab.model.lora import MultiLoRALinear, select_adapters
 from llmlab.tokenizer import TextTokenizer
 
 
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """The length of the longest common prefix of a and b, at most `limit`."""
+    n = 0
+    for x, y in zip(a[:limit], b[:limit]):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class _SlotDecoder(torch.nn.Module):
     """An encoder-decoder's decoder, called as the decoding step calls a decoder-only model."""
 
@@ -104,13 +114,16 @@ class EngineStats:
     running: int = 0
     queued: int = 0
     steps: int = 0
+    prefix_tokens: int = 0  # prompt tokens whose keys were reused from a slot instead of computed
     on_first_token: Callable[[float], None] | None = None  # seconds from submission (metrics)
     on_token: Callable[[float], None] | None = None  # seconds between a sequence's tokens
 
 
 class Engine:
     def __init__(self, model: LanguageModel, tokenizer: TextTokenizer, max_running: int = 16, max_queue: int = 64,
-                 context: int | None = None, compile: bool = False) -> None:  # fmt: skip
+                 context: int | None = None, compile: bool = False, prefix_cache: int = 16) -> None:  # fmt: skip
+        """prefix_cache: reuse a prompt's first tokens from any slot that holds them, when they are at least
+        this many (0: never)."""
         self.model, self.tokenizer = model.eval(), tokenizer
         # several adapters on one base (MultiLoRALinear): each step tells the layers every row's adapter
         self.adapters = any(isinstance(m, MultiLoRALinear) for m in model.modules())
@@ -132,6 +145,10 @@ class Engine:
         if self.seq2seq:
             self.cache.with_cross(n_layer, c.block_size)
         self.lengths = [0] * max_running
+        # prefix sharing: the tokens whose keys each slot holds (from position 0), and under which adapter;
+        # a slot keeps them after its sequence ends, until another prompt is written over them
+        self.prefix_cache = 0 if self.seq2seq else prefix_cache
+        self.held: list[tuple[int, list[int]]] = [(-2, []) for _ in range(max_running)]
         self.slots: list[Sequence | None] = [None] * max_running
         self.max_queue = max_queue
         self.queue: deque[Sequence] = deque()
@@ -285,19 +302,45 @@ class Engine:
         """The sequence's prompt read into its slot: the next token's logits (V,). A decoder reads the prompt;
         an encoder-decoder encodes it, stores each layer's cross-attention keys in the slot, and reads its
         decoder's start token."""
-        self.cache.prefill(seq.slot)
         ids = torch.tensor([seq.prompt_ids], device=self.model.device)
         if self.adapters:
             select_adapters(self.runner, torch.tensor([seq.adapter], device=ids.device))
         if self.seq2seq:
+            self.cache.prefill(seq.slot)
             start = torch.full((1, 1), self.start_id, dtype=torch.long, device=ids.device)
             logits = self.runner.decode(start, self.runner.encode(ids), None, self.cache, last_only=True)
             self.lengths[seq.slot] = 1
         else:
-            positions = torch.arange(len(seq.prompt_ids), device=ids.device)
-            logits = self.runner(ids, positions, self.cache, None, last_only=True)
-            self.lengths[seq.slot] = len(seq.prompt_ids)
+            start = self._shared_prefix(seq)
+            self.held[seq.slot] = (seq.adapter, seq.prompt_ids[:start])  # all it holds until the prefill ends
+            self.cache.prefill(seq.slot, start)
+            P = len(seq.prompt_ids)
+            positions = torch.arange(start, P, device=ids.device)
+            # after a shared prefix the new queries see it all, and each other causally
+            mask = (torch.arange(P, device=ids.device) <= positions[:, None])[None, None] if start else None
+            logits = self.runner(ids[:, start:], positions, self.cache, mask, last_only=True)
+            self.lengths[seq.slot] = P
+            self.held[seq.slot] = (seq.adapter, list(seq.prompt_ids))
         return logits[0, -1].float()
+
+    def _shared_prefix(self, seq: Sequence) -> int:
+        """How many of the prompt's first tokens already have their keys in the sequence's slot: the longest
+        prefix any slot holds under the same adapter (copied over from another slot), if long enough. Like
+        vLLM's automatic prefix caching, at the granularity of a slot: a system prompt that every request
+        repeats is read once, not once per request. At least the last prompt token is always computed."""
+        if not self.prefix_cache:
+            return 0
+        best, source = 0, -1
+        for slot, (adapter, tokens) in enumerate(self.held):
+            if adapter == seq.adapter:
+                n = _common_prefix(tokens, seq.prompt_ids, len(seq.prompt_ids) - 1)
+                best, source = (n, slot) if n > best else (best, source)
+        if best < self.prefix_cache:
+            return 0
+        if source != seq.slot:
+            self.cache.copy_prefix(source, seq.slot, best)
+        self.stats.prefix_tokens += best
+        return best
 
     def _step(self) -> None:
         """One token for every running sequence, each at its own position."""
@@ -317,6 +360,7 @@ class Engine:
             seq = self.slots[slot]
             if seq is not None:
                 self.lengths[slot] += 1
+                self.held[slot][1].append(seq.last)  # its keys are in the slot now
                 self._take_or_fail(seq, logits[slot])
 
     def _take_or_fail(self, seq: Sequence, logits: torch.Tensor) -> None:

@@ -24,6 +24,9 @@ class ServerMetrics:
                         buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
         queued = Gauge("llmlab_queue_length", "sequences waiting for a slot", registry=registry)
         running = Gauge("llmlab_running_sequences", "sequences decoding", registry=registry)
+        shared = Gauge("llmlab_prefix_cache_tokens", "prompt tokens whose keys were reused from a shared prefix "
+                       "instead of computed, since the server started", registry=registry)  # fmt: skip
+        shared.set_function(lambda: sum(e.stats.prefix_tokens for e in engines))
         queued.set_function(lambda: sum(e.stats.queued for e in engines))
         running.set_function(lambda: sum(e.stats.running for e in engines))
         for engine in engines:

@@ -56,8 +56,10 @@ def adapter_tensors(folder: str, model, source: str) -> tuple[dict[str, torch.Te
 
 
 def load_served(source: str, adapters: list[tuple[str, str]], name: str, device: torch.device, dtype: torch.dtype,
-                max_running: int, max_queue: int, compile: bool = False) -> list[ServedModel]:  # fmt: skip
-    """The base as `name` and each (name, folder) adapter on the same engine (its step compiled if asked)."""
+                max_running: int, max_queue: int, compile: bool = False, prefix_cache: int = 16
+                ) -> list[ServedModel]:  # fmt: skip
+    """The base as `name` and each (name, folder) adapter on the same engine (its step compiled if asked;
+    prompt prefixes of at least `prefix_cache` tokens shared between requests, 0: never)."""
     ckpt = load_checkpoint(source, device=device, dtype=dtype)
     family_spec(ckpt.model.config).require_generates(
         f"{source} is an encoder: it does not generate text", "serve a decoder or an encoder-decoder model"
@@ -72,5 +74,5 @@ def load_served(source: str, adapters: list[tuple[str, str]], name: str, device:
     tok = ckpt.tokenizer
     eos = tok.decode([tok.require("eos", "to end replies")])
     template = find_chat_template(ckpt.path if Path(ckpt.path).is_dir() else None, eos, tok.decode(tok.prefix_ids))
-    engine = Engine(ckpt.model, tok, max_running, max_queue, compile=compile)
+    engine = Engine(ckpt.model, tok, max_running, max_queue, compile=compile, prefix_cache=prefix_cache)
     return [ServedModel(n, engine, template, i - 1) for i, n in enumerate(names)]
