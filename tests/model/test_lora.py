@@ -39,6 +39,22 @@ def test_update_is_scaled_b_a_and_zero_b_is_the_base():
     assert LoraSpec(16, 8.0, rslora=True).scaling == 8.0 / math.sqrt(16)
 
 
+def test_the_update_s_own_backward_gives_autograd_s_gradients():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 12), r=4, scaling=2.5).double()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, a, b: layer(x), (x, layer.lora_A, layer.lora_B))
+    y = layer(x)
+    grads = torch.autograd.grad(y.square().sum(), (x, layer.lora_A, layer.lora_B))
+    plain = layer.base(x) + 2.5 * (x @ layer.lora_A.T @ layer.lora_B.T)  # autograd's own backward
+    expected = torch.autograd.grad(plain.square().sum(), (x, layer.lora_A, layer.lora_B))
+    torch.testing.assert_close(y, plain)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("style", ["llama", "gpt2", "t5"])
 def test_merged_equals_unmerged(style):
     model = tiny_model(style)

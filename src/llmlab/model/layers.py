@@ -55,11 +55,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, T, D); positions: (B, T) or (T,)."""
-        cos = self.cos[positions].to(x.dtype)
-        sin = self.sin[positions].to(x.dtype)
-        if positions.dim() == 2:  # per-row positions (left-padded batches)
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        """x: (B, T, H, D), heads before their dimensions as the projection writes them; positions: (B, T)
+        or (T,). The rotated copy keeps that layout, so its (B, H, T, D) view for attention is free and the
+        attention output comes back in it too: no copy before the output projection."""
+        cos = self.cos[positions].to(x.dtype).unsqueeze(-2)  # (..., T, 1, D/2): the same for every head
+        sin = self.sin[positions].to(x.dtype).unsqueeze(-2)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
@@ -219,11 +219,14 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
         )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)
         if rope is not None:
             q, k = rope(q, positions), rope(k, positions)
+            if torch.is_grad_enabled():  # v alone would keep the whole fused q|k|v output alive for the backward
+                v = v.contiguous()
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
         # With a cache and no mask, a single new query may see every cached key: no causal mask needed.

@@ -68,6 +68,32 @@ class LoraSpec:
                    tuple(data["targets"]), bool(data.get("rslora", False)))  # fmt: skip
 
 
+class _LowRankUpdate(torch.autograd.Function):
+    """s * (x A^T) B^T with its own backward, for one reason: autograd computes B's gradient as
+    grad_out^T @ h, a (out x tokens) @ (tokens x r) product that this CPU's fp32 GEMM runs ~9x slower than
+    the same numbers as (h^T @ grad_out)^T (2048 x 2048 x 8: 10.7 ms against 1.2 ms), ~100 ms of a 1.35 s
+    LoRA step on llama-mini. Used in training without autocast (fp32, or bf16 weights); the values are
+    the same products either way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        h = flat @ A.t()  # (tokens, r)
+        ctx.save_for_backward(flat, h, A, B)
+        ctx.scaling, ctx.shape = scaling, x.shape
+        return (h @ B.t()).mul_(scaling).view(*x.shape[:-1], B.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        flat, h, A, B = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_h = (g @ B).mul_(ctx.scaling)  # (tokens, r)
+        grad_B = (h.t() @ g).t().mul_(ctx.scaling) if ctx.needs_input_grad[2] else None  # (out, r), the fast way
+        grad_A = grad_h.t() @ flat if ctx.needs_input_grad[1] else None  # (r, in): already the fast orientation
+        grad_x = (grad_h @ A).view(ctx.shape) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_A, grad_B, None
+
+
 class LoRALinear(nn.Module):
     """A frozen base layer and its low-rank update. `lora_A`/`lora_B` are the only parameters that train."""
 
@@ -95,7 +121,10 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
             return self.base(x)
-        update = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        h = self.dropout(x)
+        if torch.is_grad_enabled() and h.dtype == self.lora_A.dtype and not torch.is_autocast_enabled(x.device.type):
+            return self.base(x) + _LowRankUpdate.apply(h, self.lora_A, self.lora_B, self.scaling)
+        update = F.linear(F.linear(h, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
         return self.base(x) + update * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
