@@ -8,6 +8,8 @@ STAMP   := .venv/.installed
 $(STAMP): pyproject.toml constraints.txt
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "warning: Debian's chromium did not install; the report's browser test needs it"
+	command -v g++ >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq g++ >/dev/null; } \
+		|| echo "warning: g++ did not install; llmlab's int8 kernel will fall back to PyTorch's"
 	test -d .venv || python3 -m venv .venv
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,9 @@ def private_caches(tmp_path_factory, monkeypatch):
     unless asked."""
     root = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("LLMLAB_CACHE", str(root / "llmlab-cache"))
+    # native kernels are built once per machine for every test session and worker (~20 s), not per session
+    kernels = os.environ.get("LLMLAB_TEST_KERNELS_DIR", str(Path(tempfile.gettempdir()) / "llmlab-test-kernels"))
+    monkeypatch.setenv("LLMLAB_KERNELS_DIR", kernels)
     # a mutation run (bench/mutate.py) shares one compile cache across its thousands of short sessions
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("LLMLAB_TEST_INDUCTOR_CACHE", str(root / "inductor")))
     # decoding steps are compiled only where a test asks (compile="on"): a compile takes seconds

@@ -13,7 +13,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first. A module may import modules of its own layer or of a lower one. The longest matching
 # prefix places a module (plan's calculators sit low; `plan.verify`, which trains models, sits high).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("llmlab.errors", "llmlab.options", "llmlab.device", "llmlab.progress", "llmlab.plot")),
+    (
+        "foundation",
+        ("llmlab.errors", "llmlab.options", "llmlab.device", "llmlab.progress", "llmlab.plot", "llmlab.kernels"),
+    ),
     ("vocabulary", ("llmlab.config", "llmlab.tokenizer", "llmlab.family")),
     ("model", ("llmlab.model",)),
     ("data, decoding, calculators", ("llmlab.data", "llmlab.generation", "llmlab.plan")),

@@ -102,7 +102,7 @@ def test_interleaved_rotary_rows_rotate_as_llamacpp_expects(llama):
     rope = RotaryEmbedding(d, c.block_size, c.rope_theta)
     x, positions = torch.randn(5, c.n_embd), torch.arange(3, 8)
     wq = llama.state_dict()["decoder.blocks.0.attn.qkv.weight"][: c.n_head * d]
-    ours = rope((x @ wq.t()).view(5, c.n_head, d).transpose(0, 1)[None], positions)[0]  # (H, T, d)
+    ours = rope((x @ wq.t()).view(5, c.n_head, d)[None], positions)[0].transpose(0, 1)  # (T, H, d) -> (H, T, d)
     theirs = (x @ interleave_rotary(wq, c.n_head).t()).view(5, c.n_head, d).transpose(0, 1)
     angle = positions[:, None].float() * c.rope_theta ** (-torch.arange(0, d, 2).float() / d)
     even, odd = theirs[..., 0::2], theirs[..., 1::2]

@@ -167,15 +167,40 @@ def int8_reference(layer: Int8Linear, x: torch.Tensor, bias: torch.Tensor | None
     return x.float() @ w.T + (bias.float() if bias is not None else 0)
 
 
+@pytest.mark.skipif(not quantize.int8_linear_ready(), reason="llmlab's int8 kernel is built on x86 with a compiler")
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize("width", [64, 100])  # 100: the last 4 inputs past the vector loop's 32 take the scalar path
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+def test_llmlab_s_int8_kernel_is_the_dequantized_product_within_its_activation_rounding(scheme, width, rows):
+    """Rows of x become 14-bit integers (scale: the row's largest |x| / 8191) multiplied by the int8 weights
+    (a zero point is subtracted afterwards, exactly): each output may be off by at most half a step times the
+    sum of |q| s along its row, and no more."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(width, 48, bias=True)
+    layer = Int8Linear.from_linear(linear, scheme)
+    x = torch.randn(rows, width) * torch.linspace(0.1, 10.0, width)  # uneven magnitudes, as activations have
+    with torch.no_grad():
+        got = layer(x)
+    reference = int8_reference(layer, x, linear.bias)
+    w = layer.weight_int8.float() * layer.scales[:, None]
+    step = x.abs().amax(dim=1, keepdim=True) / 8191
+    bound = step / 2 * w.abs().sum(dim=1)[None, :] + 1e-4 * reference.abs() + 1e-5
+    assert bool(((got - reference).abs() <= bound).all()), float(((got - reference).abs() / bound).max())
+    assert float((got - reference).abs().max()) > 0  # it did run the integer kernel, not the float fallback
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
 def test_int8_fallback_computes_what_the_kernel_does(monkeypatch, scheme, bias, dtype):
-    """Off the CPU (here: the kernel check turned off) int8 layers dequantize to the input's dtype and call F.linear."""
+    """Off the CPU (here: the kernel checks turned off) int8 layers dequantize to the input's dtype and call
+    F.linear; PyTorch's int8 kernel (here: llmlab's turned off) computes the same in bf16."""
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48, bias=bias)
     layer = Int8Linear.from_linear(linear, scheme)
     x = torch.randn(2, 5, 64).to(dtype)
+    monkeypatch.setattr(quantize, "int8_linear_ready", lambda: False)
     with torch.no_grad():
         kernel = layer(x)
         monkeypatch.setattr(quantize, "_int8_kernel", lambda x: False)

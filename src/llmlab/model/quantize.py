@@ -26,6 +26,7 @@ from torch import nn
 
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
+from llmlab.kernels import int8_linear_ready
 from llmlab.model.surgery import Select, in_blocks, replace_linears  # in_blocks is imported from here too
 
 FORMATS = ("fp16", "bf16", "int8", "int4", "nf4")
@@ -210,6 +211,11 @@ class Int8Linear(nn.Module):
             layer.bias = linear.bias.detach().clone()
         return layer
 
+    def _own_kernel(self, x: torch.Tensor) -> bool:
+        """llmlab's kernel serves inference on x86 CPUs (it has no backward) for widths it handles."""
+        return (x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+                and self.in_features <= 32768 and int8_linear_ready())  # fmt: skip
+
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.weight_int8.to(dtype)
         if self.zeros is not None:
@@ -217,7 +223,14 @@ class Int8Linear(nn.Module):
         return w * self.scales.to(dtype)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _int8_kernel(x):
+        if self._own_kernel(x):  # llmlab/kernels: each weight read once per call, whatever the rows
+            flat = x.reshape(-1, self.in_features)
+            scales = self.scales.float()
+            y = torch.ops.llmlab_kernels.int8_linear(flat, self.weight_int8, scales)
+            if self.zeros is not None:  # x @ ((q - z) s)^T = x @ (q s)^T - sum(x) * (z s)
+                y = y - flat.sum(dim=1, keepdim=True).to(y.dtype) * (self.zeros.float() * scales).to(y.dtype)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        elif _int8_kernel(x):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel needs it
             scales = self.scales.to(torch.bfloat16)
             y = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, scales)

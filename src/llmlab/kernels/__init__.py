@@ -1,0 +1,87 @@
+"""Native CPU kernels that PyTorch lacks, compiled from this folder's C++ on first use.
+
+`int8_linear`: a weight-only int8 linear layer that reads each weight once per call at any batch size
+(`int8_linear.cpp` says how). It is built with PyTorch's own extension builder (g++ and ninja, both installed
+by the project's install step) into $LLMLAB_KERNELS_DIR or $LLMLAB_CACHE/kernels, one folder per torch version
+and CPU (it is compiled for the CPU it runs on), once: ~20 s, then a load in milliseconds. Where it cannot be
+built (no compiler, another architecture) one line says so and the callers use PyTorch's kernels instead, as
+they do with LLMLAB_KERNELS=off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("int8_linear.cpp")
+_lock = threading.Lock()
+_state: dict[str, bool] = {}  # "int8": whether the kernel is loaded (absent: not tried yet); "fake": its shape rule
+
+
+def kernels_dir() -> Path:
+    """Where built kernels are kept: per torch version and CPU, since they are compiled for this CPU."""
+    root = os.environ.get("LLMLAB_KERNELS_DIR") or Path(os.environ.get("LLMLAB_CACHE", Path.home() / ".cache" /
+                                                                       "llmlab")) / "kernels"  # fmt: skip
+    return Path(root) / f"torch-{torch.__version__}-{platform.machine()}-{_cpu_tag()}"
+
+
+def _cpu_tag() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def int8_linear_ready() -> bool:
+    """Whether `torch.ops.llmlab_kernels.int8_linear` can be called: built (or loaded) on the first call."""
+    if "int8" not in _state:
+        with _lock:
+            if "int8" not in _state:
+                _state["int8"] = os.environ.get("LLMLAB_KERNELS", "on") != "off" and _build_int8()
+    return _state["int8"]
+
+
+def _build_int8() -> bool:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False  # the kernel is written for x86 (AVX-512 where present); elsewhere PyTorch's own serves
+    folder = kernels_dir()
+    try:
+        from torch.utils.cpp_extension import load
+
+        _ninja_on_path()
+        folder.mkdir(parents=True, exist_ok=True)
+        if not any(folder.glob("*.so")):
+            print("building llmlab's int8 kernel for this CPU (once, ~20 s)", file=sys.stderr, flush=True)
+        load(name="llmlab_int8", sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
+             extra_ldflags=["-fopenmp"],
+             build_directory=str(folder), is_python_module=False, verbose=False)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - any failure (no compiler, no ninja) means: use PyTorch's kernel
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"warning: llmlab's int8 kernel could not be built ({first}); using PyTorch's", file=sys.stderr)
+        return False
+    if not _state.get("fake"):  # the shape rule torch.compile traces with, registered once per process
+        torch.library.register_fake("llmlab_kernels::int8_linear")(_int8_linear_shape)
+        _state["fake"] = True
+    return True
+
+
+def _ninja_on_path() -> None:
+    """PyTorch's builder runs `ninja` from PATH: the pip-installed one lives beside this Python, which a
+    venv's python run without activating the venv does not put on PATH."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def _int8_linear_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
