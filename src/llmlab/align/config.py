@@ -30,6 +30,9 @@ class AlignOptions(Validated):
                                 "(default 0.1)")  # fmt: skip
     label_smoothing: float | None = option(None, "DPO: the probability a preference label is flipped (default 0)")
     simpo_gamma: float | None = option(None, "SimPO: the target reward margin (default 0.5)")
+    packing: bool = option(False, "offline methods: each pair as one segment (prompt, chosen, rejected) read "
+                           "once, segments packed into rows without padding (decoders with RoPE or learned "
+                           "positions)")  # fmt: skip
 
     def validate(self) -> None:
         super().validate()
@@ -125,8 +128,8 @@ class OnlineOptions(Validated):
 PPO_ONLY = ("ppo",)
 ONLY_FOR = {
     "label_smoothing": ("dpo",), "simpo_gamma": ("simpo",), "beta": METHODS, "data": METHODS,
-    "val_data": METHODS, "block_size": METHODS, "prompts": ONLINE, "val_prompts": ONLINE, "reward": ONLINE,
-    "reward_label": ONLINE, "max_new_tokens": ONLINE, "rollout_prompts": ONLINE, "ppo_epochs": ONLINE,
+    "val_data": METHODS, "block_size": METHODS, "packing": METHODS, "prompts": ONLINE, "val_prompts": ONLINE,
+    "reward": ONLINE, "reward_label": ONLINE, "max_new_tokens": ONLINE, "rollout_prompts": ONLINE, "ppo_epochs": ONLINE,
     "clip": ONLINE, "kl_coef": ONLINE, "eos_penalty": ONLINE, "collapse_share": ONLINE, "group_size": ("grpo",),
     "kl_target": PPO_ONLY, "kl_horizon": PPO_ONLY, "vf_coef": PPO_ONLY, "vf_clip": PPO_ONLY, "gamma": PPO_ONLY,
     "lam": PPO_ONLY, "whiten_rewards": PPO_ONLY,

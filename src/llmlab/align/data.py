@@ -127,9 +127,13 @@ def collate_pairs(rows: PairRows, picked: list[int], pad_id: int) -> PairBatch:
 
 
 def pair_batches(train: PairRows, val: PairRows, batch_size: int, grad_accum: int, seed: int, pad_id: int,
-                 offset: int, share: slice | None = None) -> Callable[[bool, int, int], PairBatch]:  # fmt: skip
+                 offset: int, share: slice | None = None,
+                 collate: Callable[[PairRows, list[int], int], PairBatch] | None = None
+                 ) -> Callable[[bool, int, int], PairBatch]:  # fmt: skip
     """(validation?, step, micro) -> batch, pure; validation pairs are indexed after the `offset`
-    training pairs (one reference table holds both)."""
+    training pairs (one reference table holds both). `collate` makes a batch of picked pairs (stacked rows,
+    or align.packing's segments)."""
+    collate = collate or collate_pairs
     n_train, n_val = len(train.chosen), len(val.chosen)
     if not n_train or not n_val:
         raise LlmlabError("no training or no validation pair", "use more pairs or pass --val-data")
@@ -139,10 +143,10 @@ def pair_batches(train: PairRows, val: PairRows, batch_size: int, grad_accum: in
         if validation:
             first = (step - 2**31) * batch_size
             picked = [(first + k) % n_val for k in range(batch_size)][rows]
-            batch = collate_pairs(val, picked, pad_id)
+            batch = collate(val, picked, pad_id)
             batch.index = batch.index + offset
             return batch
         picked = row_indices(n_train, batch_size, grad_accum, seed, step, micro)[rows]
-        return collate_pairs(train, picked, pad_id)
+        return collate(train, picked, pad_id)
 
     return draw

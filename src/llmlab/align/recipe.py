@@ -19,6 +19,7 @@ from torch import nn
 from llmlab.align.config import ONLINE, AlignConfig
 from llmlab.align.data import Pair, PairBatch, PairRows, collate_pairs, pair_batches, pair_rows, read_pairs
 from llmlab.align.losses import NEEDS_REFERENCE, PairLogps, preference_loss, preference_metrics
+from llmlab.align.packing import PackedPairBatch, collate_packed_pairs, packed_pair_logps
 from llmlab.checkpoint.adapter import AdapterInfo, weights_fingerprint
 from llmlab.checkpoint.lineage import DataSource, Stage
 from llmlab.data.objectives import IGNORE
@@ -53,8 +54,12 @@ def labelled_logps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor)
 
 
 def pair_logps(model: nn.Module, batch: PairBatch) -> PairLogps:
-    """Summed completion log-probabilities of a batch's chosen and rejected rows (right-padded, causal)."""
-    sums, counts = labelled_logps(model, batch.inputs, batch.labels)
+    """Summed completion log-probabilities of a batch's chosen and rejected completions (stacked right-padded
+    rows, or packed segments)."""
+    if isinstance(batch, PackedPairBatch):
+        sums, counts = packed_pair_logps(model, batch)
+    else:
+        sums, counts = labelled_logps(model, batch.inputs, batch.labels)
     half = sums.shape[0] // 2
     return PairLogps(sums[:half], sums[half:], counts[:half], counts[half:])
 
@@ -81,15 +86,16 @@ def align_loss(
 
 @torch.no_grad()
 def reference_logps(model: nn.Module, rows: list[PairRows], pad_id: int, device: torch.device,
-                    batch_size: int = 16) -> PairLogps:  # fmt: skip
-    """Every pair's summed log-probabilities under `model` (the reference), training pairs then validation."""
+                    batch_size: int = 16, collate: Callable = collate_pairs) -> PairLogps:  # fmt: skip
+    """Every pair's summed log-probabilities under `model` (the reference), training pairs then validation,
+    read as the policy reads them (`collate`)."""
     was_training = model.training
     model.eval()
     parts: list[PairLogps] = []
     for part in rows:
         for first in range(0, len(part.chosen), batch_size):
             picked = list(range(first, min(first + batch_size, len(part.chosen))))
-            parts.append(pair_logps(model, collate_pairs(part, picked, pad_id).to(device)))
+            parts.append(pair_logps(model, collate(part, picked, pad_id).to(device)))
     model.train(was_training)
     return PairLogps(*(torch.cat([getattr(p, f) for p in parts]) for f in ("chosen", "rejected", "chosen_tokens",
                                                                            "rejected_tokens")))  # fmt: skip
@@ -112,10 +118,11 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
     model = base.model.float().to(session.device)
     disable_dropout(model)  # the policy's log-probabilities are compared with the reference's: no noise in them
     pad = family_spec(config).pad_id(tok)
+    collate = _collate(cfg, config, block)
     reference = None
     if cfg.method in NEEDS_REFERENCE:
         with autocast(session.device, session.dtype):  # the precision the policy trains in: r = 0 at step 0
-            reference = reference_logps(model, [train_rows, val_rows], pad, session.device)
+            reference = reference_logps(model, [train_rows, val_rows], pad, session.device, collate=collate)
         session.log(f"reference: log-probabilities of {len(train) + len(val):,} pairs under the base, computed once")
     torch.manual_seed(cfg.seed)  # the adapter's initial A: the same in a run and its restarts
     info = _tune(cfg, model)
@@ -129,7 +136,7 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
         reference=reference,
     )
     batches = pair_batches(train_rows, val_rows, cfg.batch_size * session.world, cfg.grad_accum, cfg.seed, pad,
-                           len(train), session.rows(cfg.batch_size))  # fmt: skip
+                           len(train), session.rows(cfg.batch_size), collate)  # fmt: skip
     out = Path(cfg.out)
     checkpointer = run_checkpointer(out, tok, base.generation, session, info)
     trainable, total = trainable_counts(model)
@@ -139,6 +146,16 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
                   data=[DataSource(", ".join(cfg.data), len(train) + len(val))])  # fmt: skip
     return Job(model=model, forward=session.wrap(model), batches=batches, loss=loss, checkpointer=checkpointer,
                options=cfg.to_dict(), description=description, stage=stage)  # fmt: skip
+
+
+def _collate(cfg: AlignConfig, config, block: int) -> Callable:
+    """How picked pairs become a batch: stacked rows, or with --packing segments in rows of `block` tokens."""
+    if not cfg.packing:
+        return collate_pairs
+    if config.positions == "relative":  # its bias reads distances between row slots, which packing moves
+        raise LlmlabError("--packing needs positions the model reads per token (RoPE or learned); this model "
+                          "has a relative position bias", "leave out --packing")  # fmt: skip
+    return functools.partial(collate_packed_pairs, row_tokens=block)
 
 
 def _online_job(cfg: AlignConfig, session: Session, base) -> Job:
