@@ -21,16 +21,16 @@ def test_a_failed_build_is_one_warning_and_pytorch_s_kernel_serves(fresh_state, 
     import torch.utils.cpp_extension as builder
 
     def no_compiler(**kwargs):
-        raise RuntimeError("Error building extension 'llmlab_int8': g++: not found\nmore lines")
+        raise RuntimeError("Error building extension 'llmlab_kernels': g++: not found\nmore lines")
 
     monkeypatch.setattr(builder, "load", no_compiler)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("LLMLAB_KERNELS_DIR", str(tmp_path / "kernels"))
-    assert kernels.int8_linear_ready() is False
+    assert kernels.kernels_ready() is False
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert lines == ["warning: llmlab's int8 kernel could not be built (Error building extension 'llmlab_int8': "
+    assert lines == ["warning: llmlab's CPU kernels could not be built (Error building extension 'llmlab_kernels': "
                      "g++: not found); using PyTorch's"]  # fmt: skip
-    assert kernels.int8_linear_ready() is False  # tried once per process
+    assert kernels.kernels_ready() is False  # tried once per process
     layer = Int8Linear.from_linear(torch.nn.Linear(32, 8), "absmax")
     with torch.no_grad():
         assert layer(torch.randn(2, 32)).shape == (2, 8)  # PyTorch's kernel
@@ -41,7 +41,7 @@ def test_llmlab_kernels_off_never_builds(fresh_state, monkeypatch):
 
     monkeypatch.setenv("LLMLAB_KERNELS", "off")
     monkeypatch.setattr(builder, "load", lambda **kwargs: pytest.fail("built although LLMLAB_KERNELS=off"))
-    assert kernels.int8_linear_ready() is False
+    assert kernels.kernels_ready() is False
 
 
 def test_built_kernels_are_kept_per_torch_version_and_cpu(monkeypatch, tmp_path):
@@ -53,8 +53,8 @@ def test_built_kernels_are_kept_per_torch_version_and_cpu(monkeypatch, tmp_path)
 
 
 def test_the_kernel_refuses_what_it_cannot_compute():
-    if not kernels.int8_linear_ready():
-        pytest.skip("llmlab's int8 kernel is built on x86 with a compiler")
+    if not kernels.kernels_ready():
+        pytest.skip("llmlab's kernels are built on x86 with a compiler")
     weight, scales = torch.zeros(4, 8, dtype=torch.int8), torch.ones(4)
     with pytest.raises(RuntimeError, match="shapes do not match"):
         torch.ops.llmlab_kernels.int8_linear(torch.zeros(1, 9), weight, scales)
@@ -62,3 +62,36 @@ def test_the_kernel_refuses_what_it_cannot_compute():
         torch.ops.llmlab_kernels.int8_linear(torch.zeros(1, 8), weight.float(), scales)
     with pytest.raises(RuntimeError, match="at most 32768 input features"):
         torch.ops.llmlab_kernels.int8_linear(torch.zeros(1, 32769), torch.zeros(4, 32769, dtype=torch.int8), scales)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width", [128, 100])  # 100: the last inputs past the vector loop take the scalar path
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_the_float_kernel_is_f_linear(dtype, width, rows):
+    if not kernels.kernels_ready():
+        pytest.skip("llmlab's kernels are built on x86 with a compiler")
+    torch.manual_seed(0)
+    x, w, b = torch.randn(rows, width).to(dtype), torch.randn(24, width).to(dtype), torch.randn(24)
+    want = torch.nn.functional.linear(x.float(), w.float(), b)
+    got = torch.ops.llmlab_kernels.float_linear(x, w, b)
+    assert got.dtype == dtype and got.shape == (rows, 24)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bf16: the output's own rounding
+    torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(torch.ops.llmlab_kernels.float_linear(x, w, None).float(), want - b, rtol=tolerance,
+                               atol=tolerance)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_layer_gives_the_same_product_for_few_rows_and_many(dtype):
+    from llmlab.model.cpu_packing import FEW_ROWS, PackedLinear, can_pack
+
+    linear = torch.nn.Linear(96, 40).to(dtype)
+    if not can_pack(linear):
+        pytest.skip("oneDNN packing needs a CPU that has it")
+    packed = PackedLinear(linear)
+    x = torch.randn(FEW_ROWS + 5, 96).to(dtype)
+    with torch.inference_mode():
+        few, many, want = packed(x[:FEW_ROWS]), packed(x), linear(x)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(few.float(), want[:FEW_ROWS].float(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(many.float(), want.float(), rtol=tolerance, atol=tolerance)

@@ -167,7 +167,7 @@ def int8_reference(layer: Int8Linear, x: torch.Tensor, bias: torch.Tensor | None
     return x.float() @ w.T + (bias.float() if bias is not None else 0)
 
 
-@pytest.mark.skipif(not quantize.int8_linear_ready(), reason="llmlab's int8 kernel is built on x86 with a compiler")
+@pytest.mark.skipif(not quantize.kernels_ready(), reason="llmlab's kernels are built on x86 with a compiler")
 @pytest.mark.parametrize("rows", [1, 3, 4, 9])
 @pytest.mark.parametrize("width", [64, 100])  # 100: the last 4 inputs past the vector loop's 32 take the scalar path
 @pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
@@ -200,7 +200,7 @@ def test_int8_fallback_computes_what_the_kernel_does(monkeypatch, scheme, bias, 
     linear = torch.nn.Linear(64, 48, bias=bias)
     layer = Int8Linear.from_linear(linear, scheme)
     x = torch.randn(2, 5, 64).to(dtype)
-    monkeypatch.setattr(quantize, "int8_linear_ready", lambda: False)
+    monkeypatch.setattr(quantize, "kernels_ready", lambda: False)
     with torch.no_grad():
         kernel = layer(x)
         monkeypatch.setattr(quantize, "_int8_kernel", lambda x: False)

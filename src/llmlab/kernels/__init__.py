@@ -1,11 +1,13 @@
 """Native CPU kernels that PyTorch lacks, compiled from this folder's C++ on first use.
 
 `int8_linear`: a weight-only int8 linear layer that reads each weight once per call at any batch size
-(`int8_linear.cpp` says how). It is built with PyTorch's own extension builder (g++ and ninja, both installed
-by the project's install step) into $LLMLAB_KERNELS_DIR or $LLMLAB_CACHE/kernels, one folder per torch version
-and CPU (it is compiled for the CPU it runs on), once: ~20 s, then a load in milliseconds. Where it cannot be
-built (no compiler, another architecture) one line says so and the callers use PyTorch's kernels instead, as
-they do with LLMLAB_KERNELS=off.
+(`int8_linear.cpp` says how); `float_linear`: bf16 and fp32 linear layers for a few rows at a time, which
+stream their weights faster than oneDNN's packed kernels at batch 1 (`float_linear.cpp`). They are built
+with PyTorch's own extension builder (g++ and ninja, both installed by the project's install step) into
+$LLMLAB_KERNELS_DIR or $LLMLAB_CACHE/kernels, one folder per torch version and CPU (they are compiled for
+the CPU they run on), once: ~30 s, then a load in milliseconds. Where they cannot be built (no compiler,
+another architecture) one line says so and the callers use PyTorch's kernels instead, as they do with
+LLMLAB_KERNELS=off.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("int8_linear.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("int8_linear.cpp", "float_linear.cpp")]
 _lock = threading.Lock()
-_state: dict[str, bool] = {}  # "int8": whether the kernel is loaded (absent: not tried yet); "fake": its shape rule
+_state: dict[str, bool] = {}  # "built": whether the kernels are loaded (absent: not tried yet); "fake": shape rules
 
 
 def kernels_dir() -> Path:
@@ -39,18 +41,18 @@ def _cpu_tag() -> str:
     return hashlib.sha256(flags.encode()).hexdigest()[:12]
 
 
-def int8_linear_ready() -> bool:
-    """Whether `torch.ops.llmlab_kernels.int8_linear` can be called: built (or loaded) on the first call."""
-    if "int8" not in _state:
+def kernels_ready() -> bool:
+    """Whether `torch.ops.llmlab_kernels.*` can be called: built (or loaded) on the first call."""
+    if "built" not in _state:
         with _lock:
-            if "int8" not in _state:
-                _state["int8"] = os.environ.get("LLMLAB_KERNELS", "on") != "off" and _build_int8()
-    return _state["int8"]
+            if "built" not in _state:
+                _state["built"] = os.environ.get("LLMLAB_KERNELS", "on") != "off" and _build()
+    return _state["built"]
 
 
-def _build_int8() -> bool:
+def _build() -> bool:
     if platform.machine() not in ("x86_64", "AMD64"):
-        return False  # the kernel is written for x86 (AVX-512 where present); elsewhere PyTorch's own serves
+        return False  # the kernels are written for x86 (AVX-512 where present); elsewhere PyTorch's own serves
     folder = kernels_dir()
     try:
         from torch.utils.cpp_extension import load
@@ -58,16 +60,17 @@ def _build_int8() -> bool:
         _ninja_on_path()
         folder.mkdir(parents=True, exist_ok=True)
         if not any(folder.glob("*.so")):
-            print("building llmlab's int8 kernel for this CPU (once, ~20 s)", file=sys.stderr, flush=True)
-        load(name="llmlab_int8", sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-fopenmp"],
-             extra_ldflags=["-fopenmp"],
-             build_directory=str(folder), is_python_module=False, verbose=False)  # fmt: skip
+            print("building llmlab's CPU kernels for this CPU (once, ~30 s)", file=sys.stderr, flush=True)
+        load(name="llmlab_kernels", sources=[str(s) for s in _SOURCES], build_directory=str(folder),
+             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], is_python_module=False,
+             verbose=False)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - any failure (no compiler, no ninja) means: use PyTorch's kernel
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        print(f"warning: llmlab's int8 kernel could not be built ({first}); using PyTorch's", file=sys.stderr)
+        print(f"warning: llmlab's CPU kernels could not be built ({first}); using PyTorch's", file=sys.stderr)
         return False
     if not _state.get("fake"):  # the shape rule torch.compile traces with, registered once per process
         torch.library.register_fake("llmlab_kernels::int8_linear")(_int8_linear_shape)
+        torch.library.register_fake("llmlab_kernels::float_linear")(_float_linear_shape)
         _state["fake"] = True
     return True
 
@@ -84,4 +87,8 @@ def _ninja_on_path() -> None:
 
 
 def _int8_linear_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _float_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]))

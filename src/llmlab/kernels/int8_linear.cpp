@@ -125,6 +125,6 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor s
   return x.scalar_type() == torch::kFloat ? y : y.to(x.scalar_type());
 }
 
-TORCH_LIBRARY(llmlab_kernels, m) { m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(llmlab_kernels, m) { m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor"); }
 
 TORCH_LIBRARY_IMPL(llmlab_kernels, CPU, m) { m.impl("int8_linear", &int8_linear); }

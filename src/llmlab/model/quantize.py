@@ -1,7 +1,8 @@
 """Weight-only quantization: int8 per output channel, int4 and NF4 per group, computed from the stored codes.
 
 int8 layers keep `int8` weights and one scale per output row (absmax) or a scale and a zero point
-(zero-point); on the CPU they multiply with PyTorch's fused weight-only int8 kernel
+(zero-point); on x86 CPUs they multiply with llmlab's own int8 kernel (llmlab/kernels), elsewhere on the CPU
+with PyTorch's fused weight-only int8 kernel
 (`aten._weight_int8pack_mm`, activations in bf16), elsewhere by dequantizing one layer at a time.
 int4 layers keep two 4-bit values per byte with a scale and a zero point per group of input columns
 and multiply with PyTorch's fused CPU int4 kernel (`aten._weight_int4pack_mm_for_cpu`), elsewhere
@@ -26,7 +27,7 @@ from torch import nn
 
 from llmlab.errors import LlmlabError
 from llmlab.family import family_spec
-from llmlab.kernels import int8_linear_ready
+from llmlab.kernels import kernels_ready
 from llmlab.model.surgery import Select, in_blocks, replace_linears  # in_blocks is imported from here too
 
 FORMATS = ("fp16", "bf16", "int8", "int4", "nf4")
@@ -214,7 +215,7 @@ class Int8Linear(nn.Module):
     def _own_kernel(self, x: torch.Tensor) -> bool:
         """llmlab's kernel serves inference on x86 CPUs (it has no backward) for widths it handles."""
         return (x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
-                and self.in_features <= 32768 and int8_linear_ready())  # fmt: skip
+                and self.in_features <= 32768 and kernels_ready())  # fmt: skip
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.weight_int8.to(dtype)
