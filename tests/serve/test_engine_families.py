@@ -1,6 +1,8 @@
-"""The engine beyond decoder-only Llama: an encoder-decoder (T5: its prompt encoded once into its slot's
-cross-attention keys) and a decoder with a relative position bias (each row's queries at their own positions)
-decode greedily exactly as the offline generator does, alone or among 15 others; their limits are their own."""
+"""Every family through the continuous-batching engine: a Llama decoder, an encoder-decoder (T5: its prompt
+encoded once into its slot's cross-attention keys) and a decoder with a relative position bias (each row's
+queries at their own positions) decode greedily exactly as the offline generator does, alone or among 15
+others joining at different steps; an encoder-decoder's limits are its own; a shared prompt prefix is read
+once and changes nothing."""
 
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def served_greedy(engine: Engine, tok, prompts: list[str], lengths: list[int]) -
     return collectors
 
 
-@pytest.mark.parametrize("fixture", ["t5_and_tokenizer", "relative_decoder_and_tokenizer"])
+@pytest.mark.parametrize("fixture", ["llama_and_tokenizer", "t5_and_tokenizer", "relative_decoder_and_tokenizer"])
 @pytest.mark.parametrize("together", [1, 16])
 def test_greedy_matches_the_offline_generator_alone_or_batched(request, fixture, together):
     model, tok = request.getfixturevalue(fixture)

@@ -4,10 +4,11 @@ A batch of B pairs stacked as chosen-over-rejected rows reads every prompt twice
 longest. Packed, a pair is one segment `prompt | chosen | rejected`: the rejected tokens take the positions
 right after the prompt (as they would in their own row) and see the prompt but not the chosen tokens, so
 every log-probability is the one the stacked rows give (up to float rounding). Segments are laid end to end
-in rows of the context's length with a block-diagonal mask, and the head runs only where a completion token
-is predicted: the prompt's last position predicts the first token of both completions. On rt-polarity pairs
-(4-word prompts, 12-word completions) that is ~30% fewer tokens than stacked rows. TRL's `padding_free`
-does the second half of this with flash-attention's variable-length kernels; this is the CPU's version.
+in rows (of 512 tokens, or the context) with a block-diagonal mask, and the head runs only where a
+completion token is predicted: the prompt's last position predicts the first token of both completions. On
+rt-polarity pairs (4-word prompts, 12-word completions) that is ~30% fewer tokens than stacked rows. TRL's
+`padding_free` does the second half of this with flash-attention's variable-length kernels; this is the
+CPU's version.
 """
 
 from __future__ import annotations

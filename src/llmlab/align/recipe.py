@@ -148,14 +148,20 @@ def prepare_align_job(cfg: AlignConfig, session: Session, saved: dict[str, Any] 
                options=cfg.to_dict(), description=description, stage=stage)  # fmt: skip
 
 
+PACKED_ROW_TOKENS = 512
+
+
 def _collate(cfg: AlignConfig, config, block: int) -> Callable:
-    """How picked pairs become a batch: stacked rows, or with --packing segments in rows of `block` tokens."""
+    """How picked pairs become a batch: stacked rows, or with --packing segments in rows of 512 tokens (or the
+    context, if longer)."""
     if not cfg.packing:
         return collate_pairs
     if config.positions == "relative":  # its bias reads distances between row slots, which packing moves
         raise LlmlabError("--packing needs positions the model reads per token (RoPE or learned); this model "
                           "has a relative position bias", "leave out --packing")  # fmt: skip
-    return functools.partial(collate_packed_pairs, row_tokens=block)
+    # rows longer than the context: each row's leftover room is padding, and at this length attention's share
+    # of a step is small (the positions restart in every segment, so none exceeds the context)
+    return functools.partial(collate_packed_pairs, row_tokens=max(block, PACKED_ROW_TOKENS))
 
 
 def _online_job(cfg: AlignConfig, session: Session, base) -> Job:
