@@ -44,11 +44,19 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, b
     """x @ W^T + b: a few rows through llmlab's kernel on the plain weight, more through oneDNN's pre-packed one.
     Deciding inside the operator keeps the row count out of a compiled step's guards (`out_features` tells the
     compiler the output's width)."""
-    rows = x.numel() // x.shape[-1]
-    if rows <= FEW_ROWS and kernels_ready():
-        y = torch.ops.llmlab_kernels.float_linear(x.reshape(rows, x.shape[-1]), weight, bias)
-        return y.reshape(*x.shape[:-1], out_features)
+    if _few_rows(x, weight):
+        return _plain_linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _few_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.numel() // x.shape[-1] <= FEW_ROWS and x.dtype == weight.dtype and kernels_ready()
+
+
+def _plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """llmlab's kernel on the plain weight, for any leading shape of x."""
+    y = torch.ops.llmlab_kernels.float_linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 @packed_linear.register_fake
@@ -79,8 +87,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the registered operator: opaque to the compiler
             return packed_linear(x, self.packed, self.source.detach(), self.bias, self.out_features)
-        if x.numel() // x.shape[-1] <= FEW_ROWS and kernels_ready():  # as the operator decides, ~6 us less a call
-            return packed_linear(x, self.packed, self.source.detach(), self.bias, self.out_features)
+        if _few_rows(x, self.source):  # as the operator decides; calling the kernels directly saves ~6 us a call
+            return _plain_linear(x, self.source.detach(), self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
