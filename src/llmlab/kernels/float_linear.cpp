@@ -72,22 +72,22 @@ void dot_fp32(const float* x, int64_t K, const float* w, float acc[MB]) {
     for (int m = 0; m < MB; ++m) acc[m] += x[m * K + k] * w[k];
 }
 
-template <typename T, int MB>
-void output(const T* x, int64_t K, const T* w, float bias, int64_t N, float* y) {
+template <typename T, int MB, typename Out>
+void output(const T* x, int64_t K, const T* w, float bias, int64_t N, Out* y) {
   float acc[MB];
   if constexpr (std::is_same_v<T, float>) dot_fp32<MB>(x, K, w, acc);
   else dot_bf16<MB>(x, K, w, acc);
-  for (int m = 0; m < MB; ++m) y[m * N] = acc[m] + bias;
+  for (int m = 0; m < MB; ++m) y[m * N] = Out(acc[m] + bias);
 }
 
-template <typename T>
+template <typename T, typename Out>
 void output_rows(const T* x, int64_t M, int64_t K, const T* w, const float* bias, int64_t n_begin, int64_t n_end,
-                 int64_t N, float* y) {
+                 int64_t N, Out* y) {
   for (int64_t n = n_begin; n < n_end; ++n) {
     const float b = bias ? bias[n] : 0.0f;
     for (int64_t m = 0; m < M; m += kRowsPerBlock) {
       const T* xm = x + m * K;
-      float* ym = y + m * N + n;
+      Out* ym = y + m * N + n;
       switch (std::min<int64_t>(kRowsPerBlock, M - m)) {
         case 4: output<T, 4>(xm, K, w + n * K, b, N, ym); break;
         case 3: output<T, 3>(xm, K, w + n * K, b, N, ym); break;
@@ -110,17 +110,16 @@ torch::Tensor float_linear(torch::Tensor x, torch::Tensor weight, c10::optional<
   auto w = weight.contiguous();
   torch::Tensor b = bias.has_value() && bias->defined() ? bias->to(torch::kFloat).contiguous() : torch::Tensor();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  auto y = torch::empty({M, N}, x.options().dtype(torch::kFloat));
-  float* yp = y.data_ptr<float>();
+  auto y = torch::empty({M, N}, x.options());  // written in x's dtype as it is computed: no fp32 copy
   const bool bf16 = x.scalar_type() == torch::kBFloat16;
   at::parallel_for(0, N, std::max<int64_t>(1, N / 64), [&](int64_t begin, int64_t end) {
     if (bf16)
       output_rows(reinterpret_cast<const uint16_t*>(xc.data_ptr()), M, K,
-                  reinterpret_cast<const uint16_t*>(w.data_ptr()), bp, begin, end, N, yp);
+                  reinterpret_cast<const uint16_t*>(w.data_ptr()), bp, begin, end, N, y.data_ptr<c10::BFloat16>());
     else
-      output_rows(xc.data_ptr<float>(), M, K, w.data_ptr<float>(), bp, begin, end, N, yp);
+      output_rows(xc.data_ptr<float>(), M, K, w.data_ptr<float>(), bp, begin, end, N, y.data_ptr<float>());
   });
-  return bf16 ? y.to(torch::kBFloat16) : y;
+  return y;
 }
 
 TORCH_LIBRARY_FRAGMENT(llmlab_kernels, m) { m.def("float_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }

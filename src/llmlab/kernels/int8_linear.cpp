@@ -61,23 +61,24 @@ void dot_rows(const int16_t* xq, int64_t K, const int8_t* w, int32_t acc[MB]) {
     for (int m = 0; m < MB; ++m) acc[m] += int32_t(xq[m * K + k]) * int32_t(w[k]);
 }
 
-template <int MB>
+template <int MB, typename Out>
 void output(const int16_t* xq, const float* xscale, int64_t K, const int8_t* w, float scale, int64_t N,
-            float* y) {
+            Out* y) {
   int32_t acc[MB];
   dot_rows<MB>(xq, K, w, acc);
-  for (int m = 0; m < MB; ++m) y[m * N] = float(acc[m]) * xscale[m] * scale;
+  for (int m = 0; m < MB; ++m) y[m * N] = Out(float(acc[m]) * xscale[m] * scale);
 }
 
 // Weight rows [n_begin, n_end) against every row of x: each weight row is loaded from memory once and stays in
 // the L1 cache while the blocks of up to 4 rows of x pass over it.
+template <typename Out>
 void output_rows(const int16_t* xq, const float* xscale, int64_t M, int64_t K, const int8_t* w,
-                 const float* scales, int64_t n_begin, int64_t n_end, int64_t N, float* y) {
+                 const float* scales, int64_t n_begin, int64_t n_end, int64_t N, Out* y) {
   for (int64_t n = n_begin; n < n_end; ++n) {
     for (int64_t m = 0; m < M; m += kRowsPerBlock) {
       const int16_t* xm = xq + m * K;
       const float* sm = xscale + m;
-      float* ym = y + m * N + n;
+      Out* ym = y + m * N + n;
       switch (std::min<int64_t>(kRowsPerBlock, M - m)) {
         case 4: output<4>(xm, sm, K, w + n * K, scales[n], N, ym); break;
         case 3: output<3>(xm, sm, K, w + n * K, scales[n], N, ym); break;
@@ -88,16 +89,36 @@ void output_rows(const int16_t* xq, const float* xscale, int64_t M, int64_t K, c
   }
 }
 
-// Each row of x as 14-bit integers and its scale (largest |x| / 8191; a row of zeros gets scale 0).
-void quantize_rows(const float* x, int64_t M, int64_t K, int16_t* xq, float* xscale) {
+// Each row of x (float or bfloat16) as 14-bit integers and its scale (largest |x| / 8191; a row of zeros gets
+// scale 0), read from x as it is: no float copy of it is made.
+template <typename In>
+void quantize_rows(const In* x, int64_t M, int64_t K, int16_t* xq, float* xscale) {
   for (int64_t m = 0; m < M; ++m) {
-    const float* row = x + m * K;
+    const In* row = x + m * K;
     float largest = 0.0f;
-    for (int64_t k = 0; k < K; ++k) largest = std::max(largest, std::abs(row[k]));
+    for (int64_t k = 0; k < K; ++k) largest = std::max(largest, std::abs(float(row[k])));
     const float inverse = largest > 0.0f ? kActivationLevels / largest : 0.0f;
-    for (int64_t k = 0; k < K; ++k) xq[m * K + k] = int16_t(std::nearbyint(row[k] * inverse));
+    for (int64_t k = 0; k < K; ++k) xq[m * K + k] = int16_t(std::nearbyint(float(row[k]) * inverse));
     xscale[m] = largest / kActivationLevels;
   }
+}
+
+template <typename T>
+void compute(const torch::Tensor& x, const int8_t* w, const float* scales, int64_t N, torch::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1);
+  // the quantized rows live in per-thread buffers kept between calls: a decoding step makes ~50 of these calls
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> xscale;
+  xq.resize(M * K);
+  xscale.resize(M);
+  quantize_rows(x.data_ptr<T>(), M, K, xq.data(), xscale.data());
+  const int16_t* q = xq.data();
+  const float* s = xscale.data();
+  T* out = y.data_ptr<T>();
+  // the weight rows are split between threads; each reads its rows once for every row of x
+  at::parallel_for(0, N, std::max<int64_t>(1, N / 64), [&](int64_t begin, int64_t end) {
+    output_rows(q, s, M, K, w, scales, begin, end, N, out);
+  });
 }
 
 }  // namespace
@@ -107,22 +128,16 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor weight, torch::Tensor s
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1), "int8_linear: shapes do not match");
   TORCH_CHECK(weight.scalar_type() == torch::kChar && scales.scalar_type() == torch::kFloat, "int8_linear: dtypes");
   TORCH_CHECK(x.size(1) <= 32768, "int8_linear: at most 32768 input features (the int32 sums would overflow)");
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  auto xf = x.to(torch::kFloat).contiguous();
+  TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16, "int8_linear: fp32 or bf16 x");
+  auto xc = x.contiguous();
   auto w = weight.contiguous();
   auto s = scales.contiguous();
-  auto y = torch::empty({M, N}, x.options().dtype(torch::kFloat));
-  std::vector<int16_t> xq(M * K);
-  std::vector<float> xscale(M);
-  quantize_rows(xf.data_ptr<float>(), M, K, xq.data(), xscale.data());
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = s.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  // the weight rows are split between threads; each reads its rows once for every row of x
-  at::parallel_for(0, N, std::max<int64_t>(1, N / 64), [&](int64_t begin, int64_t end) {
-    output_rows(xq.data(), xscale.data(), M, K, wp, sp, begin, end, N, yp);
-  });
-  return x.scalar_type() == torch::kFloat ? y : y.to(x.scalar_type());
+  auto y = torch::empty({x.size(0), weight.size(0)}, x.options());
+  if (x.scalar_type() == torch::kFloat)
+    compute<float>(xc, w.data_ptr<int8_t>(), s.data_ptr<float>(), weight.size(0), y);
+  else
+    compute<c10::BFloat16>(xc, w.data_ptr<int8_t>(), s.data_ptr<float>(), weight.size(0), y);
+  return y;
 }
 
 TORCH_LIBRARY_FRAGMENT(llmlab_kernels, m) { m.def("int8_linear(Tensor x, Tensor weight, Tensor scales) -> Tensor"); }

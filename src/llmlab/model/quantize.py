@@ -214,7 +214,8 @@ class Int8Linear(nn.Module):
 
     def _own_kernel(self, x: torch.Tensor) -> bool:
         """llmlab's kernel serves inference on x86 CPUs (it has no backward) for widths it handles."""
-        return (x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+                and not (x.requires_grad and torch.is_grad_enabled())
                 and self.in_features <= 32768 and kernels_ready())  # fmt: skip
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
@@ -226,7 +227,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._own_kernel(x):  # llmlab/kernels: each weight read once per call, whatever the rows
             flat = x.reshape(-1, self.in_features)
-            scales = self.scales.float()
+            scales = self.scales.float()  # itself when already fp32
             y = torch.ops.llmlab_kernels.int8_linear(flat, self.weight_int8, scales)
             if self.zeros is not None:  # x @ ((q - z) s)^T = x @ (q s)^T - sum(x) * (z s)
                 y = y - flat.sum(dim=1, keepdim=True).to(y.dtype) * (self.zeros.float() * scales).to(y.dtype)
