@@ -95,3 +95,20 @@ def test_a_packed_layer_gives_the_same_product_for_few_rows_and_many(dtype):
     tolerance = 1e-5 if dtype == torch.float32 else 0.05
     torch.testing.assert_close(few.float(), want[:FEW_ROWS].float(), rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(many.float(), want.float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_the_compiled_step_s_packed_operator_decides_as_the_python_one(dtype, rows):
+    from llmlab.model.cpu_packing import PackedLinear, can_pack, packed_linear
+
+    linear = torch.nn.Linear(96, 40).to(dtype)
+    if not (can_pack(linear) and kernels.kernels_ready()):
+        pytest.skip("needs oneDNN packing and llmlab's kernels")
+    layer = PackedLinear(linear)
+    x = torch.randn(2, rows, 96).to(dtype)
+    with torch.inference_mode():
+        args = (x, layer.packed, linear.weight.detach(), layer.bias, 40)
+        native, python = torch.ops.llmlab_kernels.packed_linear(*args), packed_linear(*args)
+    assert native.shape == python.shape == (2, rows, 40) and native.dtype == dtype
+    assert torch.equal(native, python)  # both choose by rows (2 x 1 <= 3: llmlab's kernel; 6 and 16: oneDNN's)

@@ -71,6 +71,7 @@ def _build() -> bool:
     if not _state.get("fake"):  # the shape rule torch.compile traces with, registered once per process
         torch.library.register_fake("llmlab_kernels::int8_linear")(_int8_linear_shape)
         torch.library.register_fake("llmlab_kernels::float_linear")(_float_linear_shape)
+        torch.library.register_fake("llmlab_kernels::packed_linear")(_packed_linear_shape)
         _state["fake"] = True
     return True
 
@@ -88,6 +89,12 @@ def _ninja_on_path() -> None:
 
 def _int8_linear_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _packed_linear_shape(
+    x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
 
 
 def _float_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

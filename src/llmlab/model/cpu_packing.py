@@ -85,8 +85,9 @@ class PackedLinear(nn.Module):
             self.packed.copy_(self._pack())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # the registered operator: opaque to the compiler
-            return packed_linear(x, self.packed, self.source.detach(), self.bias, self.out_features)
+        if torch.compiler.is_compiling():  # a registered operator: opaque to the compiler, deciding rows itself
+            op = torch.ops.llmlab_kernels.packed_linear if kernels_ready() else packed_linear  # C++: no Python call
+            return op(x, self.packed, self.source.detach(), self.bias, self.out_features)
         if _few_rows(x, self.source):  # as the operator decides; calling the kernels directly saves ~6 us a call
             return _plain_linear(x, self.source.detach(), self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
