@@ -112,3 +112,11 @@ def test_the_compiled_step_s_packed_operator_decides_as_the_python_one(dtype, ro
         native, python = torch.ops.llmlab_kernels.packed_linear(*args), packed_linear(*args)
     assert native.shape == python.shape == (2, rows, 40) and native.dtype == dtype
     assert torch.equal(native, python)  # both choose by rows (2 x 1 <= 3: llmlab's kernel; 6 and 16: oneDNN's)
+
+
+def test_the_int8_kernel_s_sums_do_not_overflow_at_llama_widths():
+    if not kernels.kernels_ready():
+        pytest.skip("llmlab's kernels are built on x86 with a compiler")
+    x, w = torch.ones(1, 4096), torch.full((2, 4096), 127, dtype=torch.int8)
+    y = torch.ops.llmlab_kernels.int8_linear(x, w, torch.ones(2))  # 4096 x 8191 x 127 > 2^31, in the 14-bit units
+    torch.testing.assert_close(y, torch.full((1, 2), 4096 * 127.0), rtol=1e-6, atol=0)

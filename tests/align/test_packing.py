@@ -70,3 +70,18 @@ def test_packing_refuses_a_relative_position_bias(tmp_path, capsys):
                            tmp_path / "out", "--max-steps", "2", "--device", "cpu", "--packing")  # fmt: skip
     assert_one_line_error(code, err, "--packing needs positions the model reads per token")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_cut_completion_scores_nothing_in_both_layouts():
+    from llmlab.align.data import Pair
+
+    tok = train_tokenizer([SAMPLE_TEXT, "the film was good bad"], kind="char", family="decoder")
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64)
+    pairs = [Pair("the film", "", " bad", chosen_ended=False), Pair("the film was", " good", " bad")]
+    rows = pair_rows(pairs, tok, 64, "p")
+    with torch.no_grad():
+        want = pair_logps(model, collate_pairs(rows, [0, 1], 0))
+        got = pair_logps(model, collate_packed_pairs(rows, [0, 1], 0, 64))
+    assert want.chosen_tokens.tolist() == got.chosen_tokens.tolist() == [0, 6]
+    torch.testing.assert_close(got.chosen, want.chosen, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.rejected, want.rejected, rtol=0, atol=1e-4)

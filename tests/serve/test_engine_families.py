@@ -144,3 +144,35 @@ def test_a_prefix_is_shared_only_under_the_same_adapter_and_when_long_enough(lla
         (engine.cache.keys[0][0, :, 5] == 1.0).any()
     )
     assert engine.stats.prefix_tokens == 5
+
+
+def test_a_free_slot_riding_along_a_step_keeps_the_prefix_it_holds():
+    """Slot 0 ends while slot 1 decodes on: the free slot rides along in every step, written past the prefix it
+    holds (at position 0 it would overwrite the system prompt's first keys, which the next request reuses)."""
+    tok = train_tokenizer([SAMPLE_TEXT], kind="bpe", vocab_size=300, family="decoder")
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("gpt2-nano", n_layer=2, n_head=4, n_embd=32, block_size=64,
+                                     vocab_size=tok.vocab_size)  # fmt: skip
+    model = spread(build_model(config))  # learned positions, no <s>: every position's keys differ
+    prompt = tok.encode(SYSTEM + PROMPTS[2])
+
+    def logprobs(engine: Engine) -> list[float]:
+        third = Collector()
+        engine.submit(prompt, Sampling(max_tokens=6, temperature=0.0, logprobs=0), third)
+        assert third.done.wait(60)
+        return [e.logprob for e in third.events if e.logprob is not None]
+
+    engine, fresh = Engine(model, tok, max_running=2, prefix_cache=4), Engine(model, tok, prefix_cache=0)
+    first, second = Collector(), Collector()
+    engine.submit(tok.encode(SYSTEM + PROMPTS[0]), Sampling(max_tokens=2, temperature=0.0), first)
+    engine.submit(tok.encode(PROMPTS[1]), Sampling(max_tokens=20, temperature=0.0), second)
+    engine.start()
+    fresh.start()
+    try:
+        assert first.done.wait(60) and second.done.wait(60)
+        shared, computed = logprobs(engine), logprobs(fresh)
+        assert engine.stats.prefix_tokens >= len(tok.encode(SYSTEM)) - 1  # BPE may join its last space onward
+    finally:
+        engine.stop()
+        fresh.stop()
+    assert shared == pytest.approx(computed, abs=1e-4)

@@ -42,11 +42,13 @@ class PackedPairBatch(PairBatch):
 
 def _segment(rows: PairRows, i: int) -> tuple[list[int], list[int], list[int]]:
     """Pair i's prompt (with the tokenizer's prefix) and its two completions, from its stacked rows."""
-    (chosen_ids, chosen_labels), (_, rejected_labels) = rows.chosen[i], rows.rejected[i]
-    head = len(chosen_labels) - sum(label != IGNORE for label in chosen_labels) + 1
+    (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = rows.chosen[i], rows.rejected[i]
     chosen = [t for t in chosen_labels if t != IGNORE]
     rejected = [t for t in rejected_labels if t != IGNORE]
-    return chosen_ids[:head], chosen, rejected
+    # the prompt from a row whose completion is not empty: an empty (cut) one's row lacks the prompt's last token
+    ids, labels = (chosen_ids, chosen_labels) if chosen else (rejected_ids, rejected_labels)
+    head = len(labels) - sum(label != IGNORE for label in labels) + 1
+    return ids[:head], chosen, rejected
 
 
 def collate_packed_pairs(rows: PairRows, picked: list[int], pad_id: int, row_tokens: int) -> PackedPairBatch:
@@ -58,7 +60,7 @@ def collate_packed_pairs(rows: PairRows, picked: list[int], pad_id: int, row_tok
     spans: list[tuple[int, int, list[int], list[int], list[int]]] = []  # (row, start, prompt, chosen, rejected)
     for i in picked:
         head, chosen, rejected = _segment(rows, i)
-        segment = head + chosen[:-1] + rejected[:-1]
+        segment = head + chosen[:-1] + rejected[:-1]  # [:-1] of an empty completion is empty too
         if layout[-1] and len(layout[-1]) + len(segment) > row_tokens:
             layout.append([])
         spans.append((len(layout) - 1, len(layout[-1]), head, chosen, rejected))
@@ -72,7 +74,8 @@ def collate_packed_pairs(rows: PairRows, picked: list[int], pad_id: int, row_tok
     real = torch.zeros((len(layout), T), dtype=torch.bool)
     score_rows, score_cols, targets, owner = [], [], [], []
     for b, (row, start, head, chosen, rejected) in enumerate(spans):
-        H, C, R = len(head), len(chosen) - 1, len(rejected) - 1  # C, R: the completions' tokens that are read
+        # C, R: the completions' tokens that are read (all but the last; none of an empty, cut completion)
+        H, C, R = len(head), max(len(chosen) - 1, 0), max(len(rejected) - 1, 0)
         end = start + H + C + R
         positions[row, start:end] = torch.cat([torch.arange(H + C), torch.arange(H, H + R)])
         real[row, start:end] = True
@@ -81,7 +84,8 @@ def collate_packed_pairs(rows: PairRows, picked: list[int], pad_id: int, row_tok
         mask[row, 0, start:end, start:end] = causal
         for side, tokens, first in ((0, chosen, start + H), (1, rejected, start + H + C)):
             score_rows += [row] * len(tokens)
-            score_cols += [start + H - 1, *range(first, first + len(tokens) - 1)]  # the prompt's last, then its own
+            score_cols += [start + H - 1, *range(first, first + len(tokens) - 1)][: len(tokens)]  # the prompt's last,
+            # then its own
             targets += tokens
             owner += [side * B + b] * len(tokens)
     mask |= torch.eye(T, dtype=torch.bool)  # padding queries see themselves: no row of the softmax is empty

@@ -6,8 +6,9 @@
 // Activations are quantized per row to 14-bit integers (|q| <= 8191; bf16 activations carry 8 significant
 // bits, so this adds ~1e-4 of a row's largest value) and each int8 weight is widened to 16 bits: one VNNI
 // instruction (vpdpwssd) then multiplies and sums 32 pairs into 16 int32 lanes, against one load, two
-// widenings and one fp32 multiply-add per 16 weights in floating point. 14 bits keep a lane's sum below
-// 2^31 for K up to 32768: K / 16 products of at most 8191 x 128 each.
+// widenings and one fp32 multiply-add per 16 weights in floating point. 14 bits keep each lane's sum below
+// 2^31 for K up to 32768 (K / 32 products of at most 8191 x 128 each, in each of two sums); the lanes are
+// added in int64.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -34,13 +35,19 @@ inline __m512i multiply_add(__m512i sums, __m512i x, __m512i w) {
   return _mm512_add_epi32(sums, _mm512_madd_epi16(x, w));
 #endif
 }
+
+// The 16 int32 lanes summed in int64: each lane stays below 2^31, their total need not (K x 8191 x 128)
+inline int64_t sum_lanes(__m512i lanes) {
+  return _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(lanes))) +
+         _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(lanes, 1)));
+}
 #endif
 
 // acc[m] = sum_k xq[m][k] * w[k] for MB rows of xq and one weight row. The weight row is read as one stream
 // (four rows read side by side ran at ~60% of this speed here), in two halves of 32 with their own sums so
 // that consecutive multiply-adds do not wait for each other.
 template <int MB>
-void dot_rows(const int16_t* xq, int64_t K, const int8_t* w, int32_t acc[MB]) {
+void dot_rows(const int16_t* xq, int64_t K, const int8_t* w, int64_t acc[MB]) {
   int64_t k = 0;
 #if defined(__AVX512BW__)
   __m512i sums[MB][2];
@@ -53,18 +60,18 @@ void dot_rows(const int16_t* xq, int64_t K, const int8_t* w, int32_t acc[MB]) {
       sums[m][1] = multiply_add(sums[m][1], _mm512_loadu_si512(xq + m * K + k + 32), high);
     }
   }
-  for (int m = 0; m < MB; ++m) acc[m] = _mm512_reduce_add_epi32(_mm512_add_epi32(sums[m][0], sums[m][1]));
+  for (int m = 0; m < MB; ++m) acc[m] = sum_lanes(sums[m][0]) + sum_lanes(sums[m][1]);
 #else
   for (int m = 0; m < MB; ++m) acc[m] = 0;
 #endif
   for (; k < K; ++k)
-    for (int m = 0; m < MB; ++m) acc[m] += int32_t(xq[m * K + k]) * int32_t(w[k]);
+    for (int m = 0; m < MB; ++m) acc[m] += int64_t(xq[m * K + k]) * int64_t(w[k]);
 }
 
 template <int MB, typename Out>
 void output(const int16_t* xq, const float* xscale, int64_t K, const int8_t* w, float scale, int64_t N,
             Out* y) {
-  int32_t acc[MB];
+  int64_t acc[MB];
   dot_rows<MB>(xq, K, w, acc);
   for (int m = 0; m < MB; ++m) y[m * N] = Out(float(acc[m]) * xscale[m] * scale);
 }

@@ -295,7 +295,13 @@ class Engine:
             seq.slot = self.slots.index(None)
             self.slots[seq.slot] = seq
             self.stats.running = sum(s is not None for s in self.slots)
-            self._take_or_fail(seq, self._prefill(seq))
+            try:
+                logits = self._prefill(seq)
+            except Exception:  # this prompt's failure ends this sequence alone
+                traceback.print_exc(file=sys.stderr)
+                self._finish(seq, "error")
+                continue
+            self._take_or_fail(seq, logits)
 
     @torch.inference_mode()
     def _prefill(self, seq: Sequence) -> torch.Tensor:
@@ -343,12 +349,14 @@ class Engine:
         return best
 
     def _step(self) -> None:
-        """One token for every running sequence, each at its own position."""
+        """One token for every running sequence, each at its own position. A free slot below the last running
+        one rides along: its token is written past the prefix the slot still holds, so nothing shared is lost."""
         rows = max(i for i, s in enumerate(self.slots) if s is not None) + 1
         device = self.model.device
-        lengths = torch.tensor(self.lengths[:rows], device=device)
+        at = [self.lengths[i] if s is not None else self._free_position(i) for i, s in enumerate(self.slots[:rows])]
+        lengths = torch.tensor(at, device=device)
         tokens = torch.tensor([[s.last if s is not None else 0] for s in self.slots[:rows]], device=device)
-        read = int(lengths.max()) + 1
+        read = max(self.lengths[i] for i, s in enumerate(self.slots[:rows]) if s is not None) + 1
         mask = torch.arange(read, device=device)[None, :] <= lengths[:, None]  # its own keys and the new one
         if self.adapters:
             select_adapters(
@@ -360,8 +368,14 @@ class Engine:
             seq = self.slots[slot]
             if seq is not None:
                 self.lengths[slot] += 1
-                self.held[slot][1].append(seq.last)  # its keys are in the slot now
+                if self.prefix_cache:
+                    self.held[slot][1].append(seq.last)  # its keys are in the slot now
                 self._take_or_fail(seq, logits[slot])
+
+    def _free_position(self, slot: int) -> int:
+        """Where a free slot's ride-along token is written: right after the prefix it holds (`_finish` keeps
+        that prefix shorter than the context, so this position is never one of its tokens)."""
+        return min(len(self.held[slot][1]), self.context - 1)
 
     def _take_or_fail(self, seq: Sequence, logits: torch.Tensor) -> None:
         """`_take`, where one sequence's failure (its grammar, its sampling) ends that sequence alone."""
@@ -419,5 +433,7 @@ class Engine:
         if seq.slot >= 0 and self.slots[seq.slot] is seq:
             self.slots[seq.slot] = None
             self.lengths[seq.slot] = 0
+            adapter, tokens = self.held[seq.slot]
+            self.held[seq.slot] = (adapter, tokens[: self.context - 1])  # room for ride-along tokens after it
         self.stats.running = sum(s is not None for s in self.slots)
         seq.emit(event)
