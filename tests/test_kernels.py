@@ -25,6 +25,7 @@ def test_a_failed_build_is_one_warning_and_pytorch_s_kernel_serves(fresh_state, 
 
     monkeypatch.setattr(builder, "load", no_compiler)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "flags : avx512f avx512bw avx512_vnni")
     monkeypatch.setenv("LLMLAB_KERNELS_DIR", str(tmp_path / "kernels"))
     assert kernels.kernels_ready() is False
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
@@ -120,3 +121,11 @@ def test_the_int8_kernel_s_sums_do_not_overflow_at_llama_widths():
     x, w = torch.ones(1, 4096), torch.full((2, 4096), 127, dtype=torch.int8)
     y = torch.ops.llmlab_kernels.int8_linear(x, w, torch.ones(2))  # 4096 x 8191 x 127 > 2^31, in the 14-bit units
     torch.testing.assert_close(y, torch.full((1, 2), 4096 * 127.0), rtol=1e-6, atol=0)
+
+
+def test_a_cpu_without_avx512_keeps_pytorch_s_kernels(fresh_state, monkeypatch):
+    import torch.utils.cpp_extension as builder
+
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: "flags : fpu sse2 avx2 fma")
+    monkeypatch.setattr(builder, "load", lambda **kwargs: pytest.fail("built for a CPU its loops would be slow on"))
+    assert kernels.kernels_ready() is False

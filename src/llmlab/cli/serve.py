@@ -110,13 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take; then 504")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="on SIGTERM/Ctrl-C, seconds in-flight "
                    "requests get to finish before they are cancelled")  # fmt: skip
-    p.add_argument(
-        "--prefix-cache",
-        type=int,
-        default=16,
-        help="reuse the keys of a prompt prefix (a system "
-        "prompt) that a running or finished request already read, when at least this many tokens; 0: off",
-    )
+    p.add_argument("--prefix-cache", type=int, default=16, help="reuse the keys of a prompt prefix (a system "
+                   "prompt) that earlier requests read, when at least this many tokens; 0: off")  # fmt: skip
     p.add_argument("--index", help='an index (llmlab index build) that chat requests with "rag": {...} answer from')
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), fp32, bf16, fp16")

@@ -33,12 +33,20 @@ def kernels_dir() -> Path:
     return Path(root) / f"torch-{torch.__version__}-{platform.machine()}-{_cpu_tag()}"
 
 
-def _cpu_tag() -> str:
+def _cpu_flags() -> str:
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
-        flags = platform.processor()
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+        return platform.processor()
+
+
+def _cpu_tag() -> str:
+    return hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]
+
+
+def cpu_has(feature: str) -> bool:
+    """Whether this CPU reports `feature` (a /proc/cpuinfo flag such as avx512_bf16)."""
+    return feature in _cpu_flags().split()
 
 
 def kernels_ready() -> bool:
@@ -51,8 +59,8 @@ def kernels_ready() -> bool:
 
 
 def _build() -> bool:
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return False  # the kernels are written for x86 (AVX-512 where present); elsewhere PyTorch's own serves
+    if platform.machine() not in ("x86_64", "AMD64") or not cpu_has("avx512bw"):
+        return False  # the kernels are written for AVX-512 (their plain loops are slower than PyTorch's kernels)
     folder = kernels_dir()
     try:
         from torch.utils.cpp_extension import load

@@ -129,7 +129,12 @@ torch::Tensor float_linear(torch::Tensor x, torch::Tensor weight, c10::optional<
 torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor weight,
                             c10::optional<torch::Tensor> bias, int64_t out_features) {
   const int64_t K = x.size(-1), rows = K ? x.numel() / K : 0;
-  if (rows <= 3 && x.scalar_type() == weight.scalar_type()) {
+#if defined(__AVX512BF16__)
+  const bool fast = true;
+#else
+  const bool fast = x.scalar_type() == torch::kFloat;  // bf16 without AVX512-BF16: oneDNN's kernel is faster
+#endif
+  if (rows <= 3 && x.scalar_type() == weight.scalar_type() && fast) {
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
     shape.back() = out_features;
     return float_linear(x.reshape({rows, K}), weight, bias).reshape(shape);

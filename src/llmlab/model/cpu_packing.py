@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from llmlab.kernels import kernels_ready
+from llmlab.kernels import cpu_has, kernels_ready
 from llmlab.model.surgery import every_linear, replace_linears
 
 
@@ -50,7 +50,9 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, b
 
 
 def _few_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.numel() // x.shape[-1] <= FEW_ROWS and x.dtype == weight.dtype and kernels_ready()
+    """Whether llmlab's kernel takes this product (as its C++ operator decides: bf16 needs AVX512-BF16)."""
+    fast = x.dtype == torch.float32 or cpu_has("avx512_bf16")
+    return x.numel() // x.shape[-1] <= FEW_ROWS and x.dtype == weight.dtype and fast and kernels_ready()
 
 
 def _plain_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -95,6 +97,7 @@ class PackedLinear(nn.Module):
 
 def packed_for_inference(model: nn.Module) -> nn.Module:
     """A copy of `model` sharing its tensors, with every nn.Linear replaced by a PackedLinear."""
+    kernels_ready()  # built or loaded now, eagerly: never first inside a step that torch.compile traces
     if isinstance(model, nn.Linear):
         return PackedLinear(model)
     clone = _tree_copy(model, {})

@@ -1,9 +1,9 @@
 """Weight-only quantization: int8 per output channel, int4 and NF4 per group, computed from the stored codes.
 
 int8 layers keep `int8` weights and one scale per output row (absmax) or a scale and a zero point
-(zero-point); on x86 CPUs they multiply with llmlab's own int8 kernel (llmlab/kernels), elsewhere on the CPU
-with PyTorch's fused weight-only int8 kernel
-(`aten._weight_int8pack_mm`, activations in bf16), elsewhere by dequantizing one layer at a time.
+(zero-point); on AVX-512 CPUs they multiply with llmlab's own int8 kernel (llmlab/kernels), on other CPUs
+with PyTorch's fused weight-only int8 kernel (`aten._weight_int8pack_mm`, activations in bf16), elsewhere
+by dequantizing one layer at a time.
 int4 layers keep two 4-bit values per byte with a scale and a zero point per group of input columns
 and multiply with PyTorch's fused CPU int4 kernel (`aten._weight_int4pack_mm_for_cpu`), elsewhere
 by dequantizing one layer at a time inside forward (never the whole model at load).
