@@ -116,6 +116,43 @@ def test_an_error_of_the_model_itself_is_raised_not_taken_for_a_compile_failure(
     assert not step.failed and not lines
 
 
+@pytest.mark.compiles
+def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and_tokenizer, fresh_dynamo):
+    _, tok = model_and_tokenizer
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1).eval()
+    step, eager = DecodeStep(model, compile=True, report=lambda line: None), DecodeStep(model, compile=False)
+    c = model.config
+
+    def both(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled and the eager step's logits on the same inputs (each its own cache, filled alike)."""
+        torch.manual_seed(rows * 100 + length)
+        keys = torch.randn(rows, c.n_kv_head, 16, c.head_dim)
+        out = []
+        for run in (step, eager):
+            cache = SlotCache(c.n_layer, rows, c.n_kv_head, 16, c.head_dim, torch.float32, "cpu")
+            for t in (*cache.keys, *cache.values):
+                t.copy_(keys)
+            tokens = torch.arange(3, 3 + rows)[:, None]
+            at = torch.full((rows,), length - 1)
+            out.append(run(tokens, at[:, None], at, torch.ones(rows, 1, 1, length, dtype=torch.bool), cache))
+        return out[0], out[1]
+
+    torch.testing.assert_close(*both(1, 4), rtol=1e-5, atol=1e-5)  # compiles (through dynamo)
+    assert len(step._shortcut.entries) == 1
+    through_dynamo = []
+    compiled_fn = step._fn
+    step._fn = lambda *args: through_dynamo.append(1) or compiled_fn(*args)
+    torch.testing.assert_close(*both(1, 7), rtol=1e-5, atol=1e-5)  # another length: the shortcut, not dynamo
+    assert through_dynamo == []
+    torch.testing.assert_close(*both(2, 7), rtol=1e-5, atol=1e-5)  # two rows fail the one-row entry's guards
+    assert through_dynamo == [1] and len(step._shortcut.entries) == 2
+    model.decoder.blocks[0].attn.scale = 0.5  # the graph read this as a constant: its guard fails now
+    got, want = both(1, 5)
+    assert through_dynamo == [1, 1], "a changed attribute must not run the graph compiled before it changed"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_replaced_or_cast_parameter_gets_a_new_packed_copy(model_and_tokenizer):
     _, tok = model_and_tokenizer
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1).eval()

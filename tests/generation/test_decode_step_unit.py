@@ -100,7 +100,7 @@ def test_the_compiled_path_marks_sizes_dynamic_and_reports_each_new_graph(monkey
 
     marked, made = [], []
 
-    def fake_compile(fn, dynamic=None):
+    def fake_compile(fn, dynamic=None, options=None):
         made.append(fn)
 
         def compiled(*args):
@@ -136,7 +136,7 @@ def test_the_compiled_path_marks_sizes_dynamic_and_reports_each_new_graph(monkey
 def test_a_compiler_that_fails_leaves_the_eager_step_and_one_line(monkeypatch):
     monkeypatch.setattr(decode_step_module, "_use_disk_cache", lambda: None)
 
-    def refusing(fn, dynamic=None):
+    def refusing(fn, dynamic=None, options=None):
         raise RuntimeError("no backend\nmore detail")
 
     monkeypatch.setattr(torch, "compile", refusing)
@@ -146,7 +146,7 @@ def test_a_compiler_that_fails_leaves_the_eager_step_and_one_line(monkeypatch):
     assert lines == ["warning: compiling the decoding step failed (no backend); decoding eagerly instead"]
     assert step(*_inputs(1)).tolist() == [[8.0] * 3]
 
-    def failing_later(fn, dynamic=None):
+    def failing_later(fn, dynamic=None, options=None):
         def compiled(*args):
             raise RuntimeError("inductor broke")
 
@@ -167,7 +167,7 @@ def test_a_compiler_that_fails_leaves_the_eager_step_and_one_line(monkeypatch):
 def test_the_fall_back_line_names_an_error_without_a_message_and_cuts_a_long_one(monkeypatch, capsys, error, said):
     monkeypatch.setattr(decode_step_module, "_use_disk_cache", lambda: None)
 
-    def refusing(fn, dynamic=None):
+    def refusing(fn, dynamic=None, options=None):
         raise error
 
     monkeypatch.setattr(torch, "compile", refusing)

@@ -74,8 +74,11 @@ def test_next_tokens_take_the_argmax_when_greedy_and_sample_the_processed_distri
 
 def test_min_new_tokens_bans_the_end_unless_a_grammar_allows_nothing_else():
     logits = torch.tensor([[1.0, 2.0, 3.0], [-INF, -INF, 0.5], [0.0, -INF, -INF]])
-    _forbid_end(logits, eos_id=2)
+    unconstrained = logits.clone()
+    _forbid_end(logits, eos_id=2, constrained=True)
     assert logits.tolist() == [[1.0, 2.0, -INF], [-INF, -INF, 0.5], [0.0, -INF, -INF]]
+    _forbid_end(unconstrained, eos_id=2, constrained=False)  # no grammar: every other token is allowed
+    assert unconstrained[:, 2].tolist() == [-INF] * 3 and unconstrained[:, :2].equal(logits[:, :2])
 
 
 def test_same_tensors_compares_identity_pointer_and_dtype():

@@ -62,8 +62,12 @@ def next_tokens(logits: torch.Tensor, config: GenerationConfig, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _forbid_end(logits: torch.Tensor, eos_id: int) -> None:
-    """min_new_tokens: no end-of-sequence yet, except in a row where a grammar allows nothing else."""
+def _forbid_end(logits: torch.Tensor, eos_id: int, constrained: bool) -> None:
+    """min_new_tokens: no end-of-sequence yet, except in a row where a grammar allows nothing else (without
+    a grammar every other token is allowed: one write, no per-step search)."""
+    if not constrained:
+        logits[:, eos_id] = float("-inf")
+        return
     others = logits.clone()
     others[:, eos_id] = float("-inf")
     rows = torch.isfinite(others).any(dim=-1)
@@ -250,19 +254,19 @@ class Generator:
         if config.do_sample and config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        done_list = [False] * B
         stop_done = [False] * B
         generated: list[list[int]] = [[] for _ in range(B)]
         new = None
         constraints = RowConstraints(grammar, B) if grammar is not None else None
         for step in range(config.max_new_tokens):
             logits = steps(new)
-            active = [not d for d in done.tolist()]
+            active = [not d for d in done_list]
             if constraints is not None:
                 constraints.mask_(logits, active)
             if step < config.min_new_tokens:
-                _forbid_end(logits, self.eos_id)
-            new = next_tokens(logits, config, generator)
-            new = torch.where(done, torch.full_like(new, pad), new)
+                _forbid_end(logits, self.eos_id, constraints is not None)
+            new = next_tokens(logits, config, generator).masked_fill_(done, pad)
             done = done | (new == self.eos_id)
             new_list = new.tolist()
             if constraints is not None:
