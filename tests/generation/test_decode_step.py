@@ -79,11 +79,14 @@ def fresh_dynamo():
 
 
 @pytest.mark.compiles
-def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path, fresh_dynamo):
+def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path, fresh_dynamo,
+                                                          request):
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", (str(tmp_path / "no-such-compiler"),))
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    # inductor's own patch: monkeypatch's undo of a config attribute leaves it missing for later compiles
+    no_compiler = inductor.patch({"cpp.cxx": (str(tmp_path / "no-such-compiler"),), "fx_graph_cache": False})
+    no_compiler.__enter__()
+    request.addfinalizer(lambda: no_compiler.__exit__(None, None, None))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
     _, tok = model_and_tokenizer
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_embd=48).eval()
@@ -121,7 +124,8 @@ def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and
     _, tok = model_and_tokenizer
     torch.manual_seed(0)
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1).eval()
-    step, eager = DecodeStep(model, compile=True, report=lambda line: None), DecodeStep(model, compile=False)
+    lines: list[str] = []
+    step, eager = DecodeStep(model, compile=True, report=lines.append), DecodeStep(model, compile=False)
     c = model.config
 
     def both(rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +143,7 @@ def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and
         return out[0], out[1]
 
     torch.testing.assert_close(*both(1, 4), rtol=1e-5, atol=1e-5)  # compiles (through dynamo)
+    assert not step.failed, lines
     assert len(step._shortcut.entries) == 1
     through_dynamo = []
     compiled_fn = step._fn

@@ -74,6 +74,10 @@ def _forbid_end(logits: torch.Tensor, eos_id: int, constrained: bool) -> None:
     logits[rows, eos_id] = float("-inf")
 
 
+def _identity(params: list[torch.nn.Parameter]) -> list[tuple]:
+    return [(p, p.data_ptr(), p.dtype) for p in params]
+
+
 def _same_tensors(now: list[tuple], then: list[tuple]) -> bool:
     """Whether (parameter, data pointer, dtype) triples name the same tensors (`is`: no ids reused)."""
     return len(now) == len(then) and all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(now, then))
@@ -115,14 +119,13 @@ class Generator:
         if not can_pack(self.model) or torch.is_autocast_enabled("cpu"):  # oneDNN's packed fp32 refuses bf16 input
             return self.model
         params = list(self.model.parameters())
-        version = sum(p._version for p in params)  # bumped by every in-place update
         # a parameter replaced, moved or cast (load_state_dict(assign=True), .to()) needs a new copy
-        identity = [(p, p.data_ptr(), p.dtype) for p in params]
-        if self._packed is None or not _same_tensors(identity, self._packed_identity):
-            self._packed, self._packed_identity = packed_for_inference(self.model), identity
-        elif version != self._packed_version:
+        if self._packed is None or not _same_tensors(_identity(params), self._packed_identity):
+            self._packed = packed_for_inference(self.model)
+            self._packed_identity = _identity(params)  # after packing: it moves weights into huge pages
+        elif sum(p._version for p in params) != self._packed_version:
             repack(self._packed)
-        self._packed_version = version
+        self._packed_version = sum(p._version for p in params)  # bumped by every in-place update
         return self._packed
 
     def refresh(self) -> None:

@@ -31,6 +31,7 @@ from llmlab.generation.text_stream import TextStream
 from llmlab.model import LanguageModel
 from llmlab.model.cache import SlotCache
 from llmlab.model.cpu_packing import can_pack, packed_for_inference
+from llmlab.model.huge_pages import into_huge_pages
 from llmlab.model.lora import MultiLoRALinear, select_adapters
 from llmlab.tokenizer import TextTokenizer
 
@@ -128,6 +129,7 @@ class Engine:
         # several adapters on one base (MultiLoRALinear): each step tells the layers every row's adapter
         self.adapters = any(isinstance(m, MultiLoRALinear) for m in model.modules())
         self.runner = packed_for_inference(model) if can_pack(model) and not self.adapters else model
+        into_huge_pages(model)  # packing did, unless it was not asked: every step reads every weight
         c = model.config
         family = family_spec(c)
         family.require_generates("an encoder-only model does not generate text", "serve a decoder or encoder-decoder")

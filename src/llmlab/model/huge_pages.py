@@ -1,0 +1,83 @@
+"""Weights in 2 MiB pages, for decoding on CPUs.
+
+A batch-1 decoding step reads every weight once per token. In the 4 KiB pages that the allocator hands
+out, 164 MB of bf16 weights span 40,000 pages, each a TLB miss, and under a hypervisor every miss walks
+two page tables. Measured on this 2-core VM (bench/RESULTS.md, issue 21): the 82M Llama's bf16 matrices
+stream through llmlab's kernel at ~31 GB/s from ordinary memory and at ~58 GB/s once copied into memory
+the kernel backs with 2 MiB pages. Linux gives such pages to a mapping that asks for them with
+madvise(MADV_HUGEPAGE) wherever transparent huge pages are `madvise` (the usual default) or `always`;
+elsewhere (`never`, other systems) the copy is ordinary memory and nothing is lost but the copy's time.
+
+`into_huge_pages` moves a module's large tensors into one such mapping, in place: each parameter and
+buffer keeps its identity (optimizers, tied weights and the packed copy that shares them are unaffected)
+and gets its own storage inside the mapping (so safetensors does not see them as shared).
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+
+import torch
+from torch import nn
+
+HUGE_PAGE = 2 << 20
+MIN_BYTES = 256 << 10  # smaller tensors (norms, biases) are read from cache, not streamed
+_ALIGN = 64
+
+
+def into_huge_pages(module: nn.Module) -> int:
+    """Move the module's CPU tensors of >= MIN_BYTES into a 2 MiB-page mapping; the bytes moved (0 where
+    the system offers no such pages, or the tensors are there already)."""
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return 0
+    tensors = _large_cpu_tensors(module)
+    offsets, size = [], 0
+    for tensor in tensors:
+        offsets.append(size)
+        size += -(-tensor.untyped_storage().nbytes() // _ALIGN) * _ALIGN
+    if not size:
+        return 0
+    try:
+        region = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        region.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError):  # no memory for it, or a kernel without the advice: stay where they are
+        return 0
+    start = (-_address(region)) % HUGE_PAGE  # the first tensor at a 2 MiB boundary
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when asked inside inference
+        for tensor, offset in zip(tensors, offsets):
+            _move(tensor, region, start + offset)
+    _PLACED.update(t.data_ptr() for t in tensors)
+    return size
+
+
+_PLACED: set[int] = set()  # where into_huge_pages put tensors (an address reused after one is freed: a skip)
+
+
+def _large_cpu_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Each large, dense CPU tensor once (tied weights share one), whole-storage tensors only: a view
+    into a larger storage cannot be moved without splitting what it shares."""
+    seen, out = set(), []
+    for tensor in (*module.parameters(), *module.buffers()):
+        storage = tensor.untyped_storage() if tensor.layout == torch.strided else None
+        if (storage is None or tensor.device.type != "cpu" or storage.nbytes() < MIN_BYTES
+                or storage.data_ptr() in _PLACED or storage.data_ptr() in seen):  # fmt: skip
+            continue
+        if tensor.storage_offset() or tensor.nbytes != storage.nbytes() or not tensor.is_contiguous():
+            continue
+        seen.add(storage.data_ptr())
+        out.append(tensor)
+    return out
+
+
+def _address(region: mmap.mmap) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(region))
+
+
+def _move(tensor: torch.Tensor, region: mmap.mmap, offset: int) -> None:
+    """Copy the tensor into the region at offset and make the region its storage."""
+    placed = torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=offset)
+    placed = placed.view(tensor.shape).copy_(tensor)
+    tensor.data = placed
