@@ -158,6 +158,42 @@ def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.compiles
+def test_steps_sharing_a_cache_check_only_their_inputs_guards(model_and_tokenizer, fresh_dynamo):
+    _, tok = model_and_tokenizer
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1).eval()
+    step, eager = DecodeStep(model, compile=True, report=lambda line: None), DecodeStep(model, compile=False)
+    c = model.config
+    caches = [SlotCache(c.n_layer, 1, c.n_kv_head, 16, c.head_dim, torch.float32, "cpu") for _ in range(2)]
+
+    def call(run: DecodeStep, cache: SlotCache, length: int) -> torch.Tensor:
+        at = torch.tensor([length - 1])
+        return run(torch.tensor([[7]]), at[:, None], at, torch.ones(1, 1, 1, length, dtype=torch.bool), cache)
+
+    call(step, caches[0], 3)  # compiles
+    full_checks = []
+    for entry in step._shortcut.entries:
+        entry.check = (lambda check: lambda frame: full_checks.append(1) or check(frame))(entry.check)
+    call(step, caches[0], 4)  # the cache of the last call... but not yet trusted: every guard once
+    assert len(full_checks) == 1
+    for length in (5, 6, 7):  # the same cache: the inputs' guards alone
+        for mine, theirs in zip((*caches[1].keys, *caches[1].values), (*caches[0].keys, *caches[0].values)):
+            mine.copy_(theirs)  # the eager step reads what the compiled one has written so far
+        torch.testing.assert_close(call(step, caches[0], length), call(eager, caches[1], length), rtol=1e-5,
+                                   atol=1e-5)  # fmt: skip
+    assert len(full_checks) == 1
+    call(step, caches[1], 8)  # another cache: every guard again
+    assert len(full_checks) == 2
+    wrong = SlotCache(c.n_layer, 1, c.n_kv_head, 16, c.head_dim, torch.float64, "cpu")
+    caches[1].keys[0] = wrong.keys[0]  # an input guard of the trusted cache fails: the call goes to dynamo
+    through_dynamo = []
+    compiled_fn = step._fn
+    step._fn = lambda *args: through_dynamo.append(1) or compiled_fn(*args)
+    call(step, caches[1], 9)
+    assert through_dynamo == [1] and len(full_checks) == 3  # dynamo took it (and compiled for float64 keys)
+
+
 def test_a_replaced_or_cast_parameter_gets_a_new_packed_copy(model_and_tokenizer):
     _, tok = model_and_tokenizer
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1).eval()

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmlab.generation.guarded_shortcut import Shortcut
 from llmlab.model.cache import SlotCache
 
 
@@ -65,7 +66,7 @@ class DecodeStep:
         self.compiled, self.failed = compile, False  # failed: compilation was tried and did not work
         self.compile_seconds: list[float] = []  # one entry per graph compiled (or read from the disk cache)
         self._fn: Callable = self._eager
-        self._shortcut: _Shortcut | None = None
+        self._shortcut: Shortcut | None = None
         if compile:
             _use_disk_cache()
             try:
@@ -73,7 +74,7 @@ class DecodeStep:
                 # inductor's size asserts re-check every input's sizes and strides on each call (~0.13 ms a
                 # token for an 82M model's ~180 inputs), which the guards checked just before
                 self._fn = torch.compile(own, dynamic=None, options={"size_asserts": False})
-                self._shortcut = _Shortcut.of(own)
+                self._shortcut = Shortcut.of(own, per="cache")  # guarded_shortcut.py: why
             except Exception as exc:  # noqa: BLE001 - no backend here: decode eagerly, as any failure below
                 self._fall_back(exc)
 
@@ -117,51 +118,6 @@ class DecodeStep:
         self.compiled, self.failed, self._fn, self._shortcut = False, True, self._eager, None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         self.report(f"warning: compiling the decoding step failed ({first}); decoding eagerly instead")
-
-
-class _Shortcut:
-    """Runs the code dynamo compiled for the step without dynamo's per-call frame evaluation, once that
-    code's own guards pass.
-
-    Through dynamo each call of a compiled frame costs ~0.35 ms here before the graph runs, of which the
-    guard check itself is ~70 us (1,500 guards for an 82M model): a tenth of a batch-1 int8 token. The
-    shortcut checks the same guards dynamo would, in the same order, and runs the entry whose guards pass,
-    so it takes the graph dynamo would have taken; where none passes (a shape never seen, which compiles)
-    the call goes through dynamo and its new entry is read afterwards. Dynamo's entries are read with its
-    `_debug_get_cache_entry_list`; on a torch without it, or with entries of another form, every call goes
-    through dynamo as before."""
-
-    def __init__(self, method: Callable, names: tuple[str, ...]) -> None:
-        self.method, self.names = method, names
-        self.entries: list[tuple[Callable, Callable]] = []  # (guards' check, the transformed code as a function)
-
-    @staticmethod
-    def of(method: Callable) -> _Shortcut | None:
-        code = method.__func__.__code__
-        if code.co_freevars or getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None) is None:
-            return None
-        return _Shortcut(method, code.co_varnames[: code.co_argcount])
-
-    def refresh(self) -> None:
-        """Read dynamo's entries for the step's code again (after a call that may have compiled one)."""
-        function = self.method.__func__
-        entries = []
-        for entry in torch._C._dynamo.eval_frame._debug_get_cache_entry_list(function.__code__):
-            check = getattr(entry.guard_manager, "check", None)
-            if check is None or entry.code.co_freevars:  # a form this shortcut does not know: leave it to dynamo
-                self.entries = []
-                return
-            entries.append((check, types.FunctionType(entry.code, function.__globals__, function.__name__)))
-        self.entries = entries
-
-    def __call__(self, *args: object) -> torch.Tensor | None:
-        """The logits, or None where no entry's guards pass."""
-        owner = self.method.__self__
-        frame = dict(zip(self.names, (owner, *args)))
-        for check, run in self.entries:
-            if check(frame):
-                return run(owner, *args)
-        return None
 
 
 def _own_code(method: Callable) -> Callable:
