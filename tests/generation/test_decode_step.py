@@ -79,8 +79,9 @@ def fresh_dynamo():
 
 
 @pytest.mark.compiles
-def test_a_compile_failure_decodes_eagerly_after_one_line(model_and_tokenizer, monkeypatch, tmp_path, fresh_dynamo,
-                                                          request):
+def test_a_compile_failure_decodes_eagerly_after_one_line(
+    model_and_tokenizer, monkeypatch, tmp_path, fresh_dynamo, request
+):
     import torch._inductor.config as inductor
 
     # inductor's own patch: monkeypatch's undo of a config attribute leaves it missing for later compiles

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="2 
 
 def _model(vocab_size: int = 512) -> torch.nn.Module:
     torch.manual_seed(0)  # 512 x 256 fp32 matrices (512 KiB: moved) and 256-wide norms (1 KiB: left)
-    return tiny_model("llama", vocab_size=vocab_size, n_layer=2, n_embd=256, n_head=4, block_size=64, tie_embeddings=True)
+    return tiny_model("llama", vocab_size=vocab_size, n_layer=2, n_embd=256, n_head=4, block_size=64,
+                      tie_embeddings=True)  # fmt: skip
 
 
 def _thp_mode() -> str:
