@@ -105,3 +105,14 @@ def test_the_generator_moves_weights_once_and_keeps_its_packed_copy():
     packed = generator.runner
     assert generator.generate(["def f"], config)[0][0].token_ids == before
     assert generator.runner is packed, "the weights' move into huge pages must not look like new weights"
+
+
+def test_tensors_sharing_a_storage_move_together_and_views_stay():
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.randn(512, 256))
+    module.register_buffer("alias", module.weight.data)  # the parameter's storage under another tensor object
+    module.register_buffer("view", torch.randn(1024, 256)[:512])  # a view of half a storage: not moved
+    before = module.view.data_ptr()
+    into_huge_pages(module)
+    assert module.alias.data_ptr() == module.weight.data_ptr() and torch.equal(module.alias, module.weight)
+    assert module.weight.data_ptr() % HUGE_PAGE == 0 and module.view.data_ptr() == before

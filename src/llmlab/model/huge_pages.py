@@ -31,11 +31,11 @@ def into_huge_pages(module: nn.Module) -> int:
     the system offers no such pages, or the tensors are there already)."""
     if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
         return 0
-    tensors = _large_cpu_tensors(module)
+    groups = _large_cpu_tensors(module)
     offsets, size = [], 0
-    for tensor in tensors:
+    for group in groups:
         offsets.append(size)
-        size += -(-tensor.untyped_storage().nbytes() // _ALIGN) * _ALIGN
+        size += -(-group[0].nbytes // _ALIGN) * _ALIGN
     if not size:
         return 0
     try:
@@ -45,29 +45,36 @@ def into_huge_pages(module: nn.Module) -> int:
         return 0
     start = (-_address(region)) % HUGE_PAGE  # the first tensor at a 2 MiB boundary
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when asked inside inference
-        for tensor, offset in zip(tensors, offsets):
-            _move(tensor, region, start + offset)
-    _PLACED.update(t.data_ptr() for t in tensors)
+        for group, offset in zip(groups, offsets):
+            _move(group, region, start + offset)
+    _PLACED.update(group[0].data_ptr() for group in groups)
     return size
 
 
 _PLACED: set[int] = set()  # where into_huge_pages put tensors (an address reused after one is freed: a skip)
 
 
-def _large_cpu_tensors(module: nn.Module) -> list[torch.Tensor]:
-    """Each large, dense CPU tensor once (tied weights share one), whole-storage tensors only: a view
-    into a larger storage cannot be moved without splitting what it shares."""
-    seen, out = set(), []
+def _large_cpu_tensors(module: nn.Module) -> list[list[torch.Tensor]]:
+    """The large, dense CPU tensors, grouped by the storage they fill (tied weights, a buffer that is a
+    parameter's `.data`: one group, moved together). Only plain tensors that fill their whole storage: a
+    view into a larger one cannot move without splitting what it shares, and a tensor subclass (DTensor,
+    a packed quantized layout) keeps its own placement."""
+    groups: dict[int, list[torch.Tensor]] = {}
     for tensor in (*module.parameters(), *module.buffers()):
-        storage = tensor.untyped_storage() if tensor.layout == torch.strided else None
-        if (storage is None or tensor.device.type != "cpu" or storage.nbytes() < MIN_BYTES
-                or storage.data_ptr() in _PLACED or storage.data_ptr() in seen):  # fmt: skip
+        if type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.device.type != "cpu":
             continue
-        if tensor.storage_offset() or tensor.nbytes != storage.nbytes() or not tensor.is_contiguous():
+        if tensor.layout != torch.strided or tensor.nbytes < MIN_BYTES or not tensor.is_contiguous():
             continue
-        seen.add(storage.data_ptr())
-        out.append(tensor)
-    return out
+        if tensor.storage_offset() or tensor.nbytes != tensor.untyped_storage().nbytes():
+            continue
+        group = groups.setdefault(tensor.data_ptr(), [])
+        if all(t is not tensor for t in group):
+            group.append(tensor)
+    return [g for ptr, g in groups.items() if ptr not in _PLACED and _alike(g)]
+
+
+def _alike(group: list[torch.Tensor]) -> bool:
+    return all(t.shape == group[0].shape and t.dtype == group[0].dtype for t in group)
 
 
 def _address(region: mmap.mmap) -> int:
@@ -76,8 +83,10 @@ def _address(region: mmap.mmap) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(region))
 
 
-def _move(tensor: torch.Tensor, region: mmap.mmap, offset: int) -> None:
-    """Copy the tensor into the region at offset and make the region its storage."""
-    placed = torch.frombuffer(region, dtype=tensor.dtype, count=tensor.numel(), offset=offset)
-    placed = placed.view(tensor.shape).copy_(tensor)
-    tensor.data = placed
+def _move(group: list[torch.Tensor], region: mmap.mmap, offset: int) -> None:
+    """Copy the group's data into the region at offset and make the region its tensors' storage."""
+    first = group[0]
+    placed = torch.frombuffer(region, dtype=first.dtype, count=first.numel(), offset=offset)
+    placed = placed.view(first.shape).copy_(first)
+    for tensor in group:
+        tensor.data = placed
