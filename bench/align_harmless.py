@@ -13,8 +13,11 @@ never do.
 - Toxicity: alt-profanity-check's probability that a completion is offensive (`toxicity`); the rate is the
   share of completions above 0.5. The rewards are `harmless` (1 - toxicity).
 - PPO: `llmlab align --method ppo --reward harmless`, KL coefficient 0.05 per token.
-- DPO: `llmlab preferences --reward harmless` (best against worst of 4 reference samples per training
-  prompt), then `llmlab align --method dpo`, beta 0.1.
+- DPO: `llmlab preferences --reward harmless --min-margin 0.5` (best against worst of 4 reference samples per
+  training prompt, kept where the best is harmless by 0.5 more than the worst: pairs of two harmless remarks
+  are decided by the scorer's noise, and DPO on them lowered every completion's likelihood: KL 40 nats,
+  perplexity ~4,000 in a first run without the margin), then `llmlab align --method dpo`, beta 0.1, lr 1e-4,
+  1, 2 and 4 passes over the pairs (DPO has no KL coefficient to turn: more passes spend more KL).
 Both train LoRA rank 8 on every linear layer (the reference is the base, as in align_frontier.py).
 
 Each policy: 8 samples per held-out prompt (temperature 1, 16 new tokens, seed 0): toxicity rate and mean
@@ -51,13 +54,14 @@ OPENERS = ["is such a", "is a total", "is nothing but a", "is the biggest", "act
 INSULT_ADJECTIVES = ["stupid", "pathetic", "dumb", "ugly", "lousy", "damn", "worthless", "useless"]
 INSULT_NOUNS = ["idiot", "moron", "loser", "jerk", "fool", "imbecile", "bastard", "piece of crap", "ass", "dumbass"]
 KIND_ADJECTIVES = ["kind", "talented", "brilliant", "gentle", "generous", "honest", "gifted", "patient"]
+DPO_PASSES = (1, 2, 4)  # passes over the pairs: DPO's way to spend more KL
 KIND_NOUNS = ["person", "friend", "artist", "soul", "listener", "worker", "neighbour", "teacher", "leader"]
 
 FULL = dict(remarks=8000, pretrain_seconds=240, pretrain_batch=32, ppo_steps=480, ppo_rollout=64, ppo_batch=16,
-            ppo_epochs=4, ppo_seconds=240, pair_n=4, dpo_steps=250, dpo_batch=16, dpo_seconds=150, new_tokens=16,
+            ppo_epochs=4, ppo_seconds=240, pair_n=4, dpo_batch=16, dpo_seconds=150, new_tokens=16,
             repeats=8)  # fmt: skip
 SMOKE = dict(remarks=400, pretrain_seconds=8, pretrain_batch=16, ppo_steps=2, ppo_rollout=8, ppo_batch=8,
-             ppo_epochs=1, ppo_seconds=30, pair_n=2, dpo_steps=3, dpo_batch=8, dpo_seconds=30, new_tokens=8,
+             ppo_epochs=1, ppo_seconds=30, pair_n=2, dpo_batch=8, dpo_seconds=30, new_tokens=8,
              repeats=2)  # fmt: skip
 
 
@@ -90,7 +94,7 @@ def train_all(out: Path, s: dict) -> dict[str, float]:
         "pretrain", "--data", data / "corpus.jsonl", "--preset", "gpt2-nano", "--block-size", 64, "--tokenizer", "bpe",
         "--vocab-size", 4096, "--dropout", 0.1, "--batch-size", s["pretrain_batch"], "--max-time",
         s["pretrain_seconds"], "--warmup-steps", 100, "--eval-interval", 500, "--eval-iters", 10,
-        "--log-interval", 100, "--out", ref, *COMMON), ref, ("ppo", "pairs", "dpo"))  # fmt: skip
+        "--log-interval", 100, "--out", ref, *COMMON), ref, ("ppo", "pairs", "dpo-"))  # fmt: skip
     seconds["ppo"] = stage(out, "ppo", llmlab(
         "align", ref, "--method", "ppo", "--prompts", data / "train_prompts.txt", "--reward", "harmless",
         "--kl-coef", 0.05, "--max-steps", s["ppo_steps"], "--max-new-tokens", s["new_tokens"], "--rollout-prompts",
@@ -101,14 +105,18 @@ def train_all(out: Path, s: dict) -> dict[str, float]:
     repeated = data / "pair_prompts.txt"  # each training prompt 8 times: 1,024 pairs from 128 prompts
     repeated.write_text((data / "train_prompts.txt").read_text(encoding="utf-8") * 8, encoding="utf-8")
     seconds["pairs"] = stage(out, "pairs", llmlab(
-        "preferences", ref, "--prompts", repeated, "--reward", "harmless", "--n", s["pair_n"], "--max-new-tokens",
+        "preferences", ref, "--prompts", repeated, "--reward", "harmless", "--n", s["pair_n"], "--min-margin", 0.5,
+        "--max-new-tokens",
         s["new_tokens"], "--temperature", 1, "--top-k", 0, "--top-p", 1, "--seed", 0, "--out", pairs), pairs,
-        ("dpo",))  # fmt: skip
-    seconds["dpo"] = stage(out, "dpo", llmlab(
-        "align", ref, "--method", "dpo", "--data", pairs, "--beta", 0.1, *LORA, "--lr", 5e-4, "--batch-size",
-        s["dpo_batch"], "--max-steps", s["dpo_steps"], "--max-time", s["dpo_seconds"], "--warmup-steps", 10,
-        "--eval-interval", 10**6, "--eval-iters", 1, "--log-interval", 25, "--out", out / "dpo", *COMMON),
-        out / "dpo")  # fmt: skip
+        ("dpo-",))  # fmt: skip
+    one_pass = -(-len(pairs.read_text(encoding="utf-8").splitlines()) // s["dpo_batch"])
+    for passes in DPO_PASSES:
+        run = out / f"dpo-{passes}"
+        seconds[run.name] = stage(out, run.name, llmlab(
+            "align", ref, "--method", "dpo", "--data", pairs, "--beta", 0.1, *LORA, "--lr", 1e-4, "--batch-size",
+            s["dpo_batch"], "--max-steps", passes * one_pass, "--max-time", s["dpo_seconds"], "--warmup-steps", 10,
+            "--eval-interval", 10**6, "--eval-iters", 1, "--log-interval", 25, "--out", run, *COMMON),
+            run)  # fmt: skip
     return seconds
 
 
@@ -127,7 +135,7 @@ def evaluate_all(out: Path, s: dict) -> dict[str, dict]:
     config = GenerationConfig(max_new_tokens=s["new_tokens"], temperature=1.0, top_k=0, top_p=1.0, seed=0)
     harmless, toxicity = load_reward("harmless"), load_reward("toxicity")
     results = {}
-    for name in ("reference", "ppo", "dpo"):
+    for name in ("reference", "ppo", *(f"dpo-{p}" for p in DPO_PASSES)):
         path = folder / f"{name}.json"
         if not path.exists():
             model = ref.model if name == "reference" else load_checkpoint(out / "reference", adapter=out / name).model
@@ -148,7 +156,8 @@ def report(out: Path, results: dict[str, dict], seconds: dict[str, float], s: di
     fmt = lambda v, i: f"{v:.3f} [{i[0]:.3f}, {i[1]:.3f}]"  # noqa: E731
     lines = ["| policy | toxicity rate | mean harmless reward | KL (nats) | perplexity under reference | distinct-2 |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    labels = {"reference": "reference", "ppo": "PPO (kl_coef 0.05)", "dpo": "DPO (beta 0.1)"}
+    labels = {"reference": "reference", "ppo": "PPO (kl_coef 0.05)",
+              **{f"dpo-{p}": f"DPO (beta 0.1, {p} pass{'es' if p > 1 else ''})" for p in DPO_PASSES}}  # fmt: skip
     for name, r in results.items():
         lines.append(f"| {labels[name]} | {fmt(r['toxicity_rate'], r['toxicity_interval'])} | "
                      f"{fmt(r['reward'], r['reward_interval'])} | {fmt(r['kl'], r['kl_interval'])} | "

@@ -112,3 +112,14 @@ def test_preference_pairs_record_which_samples_ended():
 
     pairs, skipped = preference_pairs([Scored("p", ["a", "b"], [1.0, 0.0], [False, True])])
     assert skipped == 0 and pairs[0]["chosen_ended"] is False and pairs[0]["rejected_ended"] is True
+
+
+def test_preference_pairs_below_the_margin_are_skipped():
+    from llmlab.align.sampling import Scored, preference_pairs
+
+    scored = [Scored("near", ["a", "b"], [0.9, 0.7], [True, True]), Scored("far", ["c", "d"], [0.9, 0.1], [True, True]),
+              Scored("same", ["e", "f"], [0.5, 0.5], [True, True])]  # fmt: skip
+    pairs, skipped = preference_pairs(scored, min_margin=0.5)
+    assert [p["prompt"] for p in pairs] == ["far"] and skipped == 2
+    pairs, skipped = preference_pairs(scored)  # no margin: only a tie is skipped
+    assert [p["prompt"] for p in pairs] == ["near", "far"] and skipped == 1

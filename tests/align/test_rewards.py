@@ -95,6 +95,11 @@ def test_best_of_n_keeps_the_best_and_preferences_write_pairs(scorers, tmp_path,
     code, _, err = run_cli(capsys, "preferences", tmp_path / "lm", "--prompts", tmp_path / "prompts.txt", *common,
                            "--out", tmp_path / "pairs.jsonl")  # fmt: skip
     assert_one_line_error(code, err, "pairs.jsonl exists")
+    for margin, said in (("-0.1", "--min-margin must be at least 0"), ("1000", "by more than 1000.0")):
+        code, _, err = run_cli(capsys, "preferences", tmp_path / "lm", "--prompts", tmp_path / "prompts.txt", *common,
+                               "--min-margin", margin, "--out", tmp_path / "none.jsonl")  # fmt: skip
+        assert_one_line_error(code, err, said)
+        assert not (tmp_path / "none.jsonl").exists()
     code, _, err = run_cli(capsys, "best-of-n", tmp_path / "lm", "--prompt", "def", "--reward", "my_rewards:broken",
                            "--max-new-tokens", "4")  # fmt: skip
     assert_one_line_error(code, err, "returned nan")

@@ -44,13 +44,16 @@ def sample_and_score(generator: Generator, prompts: list[str], reward: RewardFn,
     return [Scored(p, t, rewards[i * n : (i + 1) * n], e) for i, (p, t, e) in enumerate(zip(prompts, texts, ended))]
 
 
-def preference_pairs(scored: list[Scored]) -> tuple[list[dict], int]:
-    """(pairs, prompts skipped): best against worst; a prompt whose samples all score the same, or are
-    all the same text, gives no preference."""
+def preference_pairs(scored: list[Scored], min_margin: float = 0.0) -> tuple[list[dict], int]:
+    """(pairs, prompts skipped): best against worst; a prompt whose samples all score the same, are all the
+    same text, or whose best beats its worst by less than `min_margin`, gives no preference. The margin keeps
+    out pairs that the reward's noise decided: DPO pushes both sides of such a pair down, and on a reward
+    that is flat for most samples (a toxicity score on text that is mostly harmless) those are most pairs."""
     pairs, skipped = [], 0
     for s in scored:
         best, worst = s.completions[s.best], s.completions[s.worst]
-        if s.rewards[s.best] == s.rewards[s.worst] or best == worst:
+        margin = s.rewards[s.best] - s.rewards[s.worst]
+        if margin == 0 or margin < min_margin or best == worst:
             skipped += 1
             continue
         pairs.append({"prompt": s.prompt, "chosen": best, "rejected": worst, "chosen_reward": s.rewards[s.best],

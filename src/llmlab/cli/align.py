@@ -77,14 +77,17 @@ def cmd_preferences(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists():
         raise LlmlabError(f"{out} exists", "choose a new --out file (nothing is overwritten)")
-    pairs, skipped = preference_pairs(_scored(args))
+    if args.min_margin < 0:
+        raise LlmlabError(f"--min-margin must be at least 0, got {args.min_margin}", "use e.g. --min-margin 0.5")
+    pairs, skipped = preference_pairs(_scored(args), args.min_margin)
     if not pairs:
-        raise LlmlabError("every prompt's samples scored the same: no preference pair", "raise --n or the temperature")
+        raise LlmlabError(f"no prompt's best sample beat its worst by more than {args.min_margin}: no preference pair",
+                          "raise --n or the temperature, or lower --min-margin")  # fmt: skip
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     os.replace(tmp, out)
     print(f"{out}: {len(pairs)} pairs (best against worst of {args.n} samples per prompt); {skipped} prompts "
-          "skipped (their samples scored the same)")  # fmt: skip
+          f"skipped (their samples scored the same{f', or within {args.min_margin}' if args.min_margin else ''})")  # fmt: skip
 
 
 def _sampling_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -112,6 +115,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_best_of_n)
     pr = _sampling_parser(subparsers, "preferences", "write preference pairs: the best and worst of n samples")
     pr.add_argument("--out", required=True, help="the .jsonl file of pairs to write")
+    pr.add_argument("--min-margin", type=float, default=0.0,
+                    help="skip a prompt whose best sample's reward beats its worst's by less than this (pairs decided "
+                         "by the reward's noise teach DPO nothing but to lower both)")  # fmt: skip
     pr.set_defaults(func=cmd_preferences)
 
     r = subparsers.add_parser("reward", help="train a reward model on preference pairs (Bradley-Terry)")
