@@ -121,7 +121,7 @@ def test_the_int8_kernel_s_sums_do_not_overflow_at_llama_widths():
     x, w = torch.ones(1, 4096), torch.full((2, 4096), 127, dtype=torch.int8)
     y = torch.ops.llmlab_kernels.int8_linear(x, w, torch.ones(2))  # 4096 x 8191 x 127 > 2^31, in the 14-bit units
     torch.testing.assert_close(y, torch.full((1, 2), 4096 * 127.0), rtol=1e-6, atol=0)
-    # 4 x 4 blocks (batches of 4 rows or more) keep one sum per lane: at the widest input allowed, the extreme
+    # a block of 4 rows at the widest input allowed, with the most negative weight
     x, w = torch.ones(4, 32768), torch.full((4, 32768), -128, dtype=torch.int8)
     y = torch.ops.llmlab_kernels.int8_linear(x, w, torch.ones(4))
     torch.testing.assert_close(y, torch.full((4, 4), -32768 * 128.0), rtol=1e-6, atol=0)

@@ -168,7 +168,7 @@ def int8_reference(layer: Int8Linear, x: torch.Tensor, bias: torch.Tensor | None
 
 
 @pytest.mark.skipif(not quantize.kernels_ready(), reason="llmlab's kernels are built on x86 with a compiler")
-@pytest.mark.parametrize(("rows", "outputs"), [(1, 48), (3, 48), (4, 48), (9, 48), (8, 50)])  # 8 x 50: 4 x 4 blocks
+@pytest.mark.parametrize(("rows", "outputs"), [(1, 48), (3, 48), (4, 48), (9, 48), (8, 50)])  # 50: not a multiple of 4
 @pytest.mark.parametrize("width", [64, 100])  # 100: the last 4 inputs past the vector loop's 32 take the scalar path
 @pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
 def test_llmlab_s_int8_kernel_is_the_dequantized_product_within_its_activation_rounding(scheme, width, rows, outputs):
@@ -176,7 +176,7 @@ def test_llmlab_s_int8_kernel_is_the_dequantized_product_within_its_activation_r
     (a zero point is subtracted afterwards, exactly): each output may be off by at most half a step times the
     sum of |q| s along its row, and no more."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(width, outputs, bias=True)  # 50: two weight rows past the blocks of 4
+    linear = torch.nn.Linear(width, outputs, bias=True)
     layer = Int8Linear.from_linear(linear, scheme)
     x = torch.randn(rows, width) * torch.linspace(0.1, 10.0, width)  # uneven magnitudes, as activations have
     with torch.no_grad():

@@ -76,62 +76,21 @@ void output(const int16_t* xq, const float* xscale, int64_t K, const int8_t* w, 
   for (int m = 0; m < MB; ++m) y[m * N] = Out(acc[m] * xscale[m] * scale);
 }
 
-// Four rows of x against four weight rows at once, for batches of 4 rows or more: each loaded chunk of x serves
-// four weight rows and each widened chunk of weights four rows of x, so the multiply-adds bound the loop, not
-// the loads and widenings that the one-weight-row loop repeats for every block of x (at 8 rows, the batch
-// this loop is for, that loop issued ~1 load per multiply-add). One sum per pair: a lane takes K / 32 steps
-// of two products of at most 8191 x 128, below 2^31 for K up to 32768.
-template <typename Out>
-void block_4x4(const int16_t* xq, const float* xscale, int64_t K, const int8_t* w, const float* scales, int64_t N,
-               Out* y) {
-  float acc[4][4];
-  int64_t k = 0;
-#if defined(__AVX512BW__)
-  __m512i sums[4][4];
-  for (int m = 0; m < 4; ++m)
-    for (int j = 0; j < 4; ++j) sums[m][j] = _mm512_setzero_si512();
-  for (; k + 32 <= K; k += 32) {
-    __m512i wide[4];
-    for (int j = 0; j < 4; ++j)
-      wide[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * K + k)));
-    for (int m = 0; m < 4; ++m) {
-      const __m512i xv = _mm512_loadu_si512(xq + m * K + k);
-      for (int j = 0; j < 4; ++j) sums[m][j] = multiply_add(sums[m][j], xv, wide[j]);
-    }
-  }
-  for (int m = 0; m < 4; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_reduce_add_ps(_mm512_cvtepi32_ps(sums[m][j]));
-#else
-  for (int m = 0; m < 4; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = 0.0f;
-#endif
-  for (; k < K; ++k)
-    for (int m = 0; m < 4; ++m)
-      for (int j = 0; j < 4; ++j) acc[m][j] += float(int32_t(xq[m * K + k]) * int32_t(w[j * K + k]));
-  for (int m = 0; m < 4; ++m)
-    for (int j = 0; j < 4; ++j) y[m * N + j] = Out(acc[m][j] * xscale[m] * scales[j]);
-}
-
-// Weight rows [n_begin, n_end) against every row of x: blocks of 4 x 4 where there are 4 rows of x, then each
-// weight row loaded from memory once and kept in the L1 cache while the remaining blocks of x pass over it.
+// Weight rows [n_begin, n_end) against every row of x: each weight row is loaded from memory once and stays in
+// the L1 cache while the blocks of up to 4 rows of x pass over it.
 template <typename Out>
 void output_rows(const int16_t* xq, const float* xscale, int64_t M, int64_t K, const int8_t* w,
                  const float* scales, int64_t n_begin, int64_t n_end, int64_t N, Out* y) {
-  const int64_t blocked = M >= 4 ? M / 4 * 4 : 0;  // rows of x done four by four
-  int64_t n = n_begin;
-  for (; blocked && n + 4 <= n_end; n += 4)
-    for (int64_t m = 0; m < blocked; m += 4)
-      block_4x4(xq + m * K, xscale + m, K, w + n * K, scales + n, N, y + m * N + n);
-  for (int64_t n_all = n_begin; n_all < n_end; ++n_all) {
-    for (int64_t m = n_all < n ? blocked : 0; m < M; m += kRowsPerBlock) {  // what the blocks left
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    for (int64_t m = 0; m < M; m += kRowsPerBlock) {
       const int16_t* xm = xq + m * K;
       const float* sm = xscale + m;
-      Out* ym = y + m * N + n_all;
+      Out* ym = y + m * N + n;
       switch (std::min<int64_t>(kRowsPerBlock, M - m)) {
-        case 4: output<4>(xm, sm, K, w + n_all * K, scales[n_all], N, ym); break;
-        case 3: output<3>(xm, sm, K, w + n_all * K, scales[n_all], N, ym); break;
-        case 2: output<2>(xm, sm, K, w + n_all * K, scales[n_all], N, ym); break;
-        default: output<1>(xm, sm, K, w + n_all * K, scales[n_all], N, ym); break;
+        case 4: output<4>(xm, sm, K, w + n * K, scales[n], N, ym); break;
+        case 3: output<3>(xm, sm, K, w + n * K, scales[n], N, ym); break;
+        case 2: output<2>(xm, sm, K, w + n * K, scales[n], N, ym); break;
+        default: output<1>(xm, sm, K, w + n * K, scales[n], N, ym); break;
       }
     }
   }
