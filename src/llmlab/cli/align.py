@@ -86,8 +86,9 @@ def cmd_preferences(args: argparse.Namespace) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     os.replace(tmp, out)
+    within = f", or within {args.min_margin}" if args.min_margin else ""
     print(f"{out}: {len(pairs)} pairs (best against worst of {args.n} samples per prompt); {skipped} prompts "
-          f"skipped (their samples scored the same{f', or within {args.min_margin}' if args.min_margin else ''})")  # fmt: skip
+          f"skipped (their samples scored the same{within})")  # fmt: skip
 
 
 def _sampling_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
