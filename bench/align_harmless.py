@@ -58,10 +58,10 @@ DPO_PASSES = (1, 2, 4)  # passes over the pairs: DPO's way to spend more KL
 KIND_NOUNS = ["person", "friend", "artist", "soul", "listener", "worker", "neighbour", "teacher", "leader"]
 
 FULL = dict(remarks=8000, pretrain_seconds=240, pretrain_batch=32, ppo_steps=480, ppo_rollout=64, ppo_batch=16,
-            ppo_epochs=4, ppo_seconds=240, pair_n=4, dpo_batch=16, dpo_seconds=150, new_tokens=16,
+            ppo_epochs=4, ppo_seconds=240, pair_n=4, margin=0.5, dpo_batch=16, dpo_seconds=150, new_tokens=16,
             repeats=8)  # fmt: skip
 SMOKE = dict(remarks=400, pretrain_seconds=8, pretrain_batch=16, ppo_steps=2, ppo_rollout=8, ppo_batch=8,
-             ppo_epochs=1, ppo_seconds=30, pair_n=2, dpo_batch=8, dpo_seconds=30, new_tokens=8,
+             ppo_epochs=1, ppo_seconds=30, pair_n=2, margin=0.0, dpo_batch=8, dpo_seconds=30, new_tokens=8,
              repeats=2)  # fmt: skip
 
 
@@ -105,10 +105,9 @@ def train_all(out: Path, s: dict) -> dict[str, float]:
     repeated = data / "pair_prompts.txt"  # each training prompt 8 times: 1,024 pairs from 128 prompts
     repeated.write_text((data / "train_prompts.txt").read_text(encoding="utf-8") * 8, encoding="utf-8")
     seconds["pairs"] = stage(out, "pairs", llmlab(
-        "preferences", ref, "--prompts", repeated, "--reward", "harmless", "--n", s["pair_n"], "--min-margin", 0.5,
-        "--max-new-tokens",
-        s["new_tokens"], "--temperature", 1, "--top-k", 0, "--top-p", 1, "--seed", 0, "--out", pairs), pairs,
-        ("dpo-",))  # fmt: skip
+        "preferences", ref, "--prompts", repeated, "--reward", "harmless", "--n", s["pair_n"], "--min-margin",
+        s["margin"], "--max-new-tokens", s["new_tokens"], "--temperature", 1, "--top-k", 0, "--top-p", 1, "--seed", 0,
+        "--out", pairs), pairs, ("dpo-",))  # fmt: skip
     one_pass = -(-len(pairs.read_text(encoding="utf-8").splitlines()) // s["dpo_batch"])
     for passes in DPO_PASSES:
         run = out / f"dpo-{passes}"

@@ -119,8 +119,9 @@ def llama_cpp_speed(source: Path, binary: Path, hf: Path, gguf_type: str, new: i
 
 
 def huge_page_mib() -> float:
-    """MiB of this process's memory in 2 MiB pages (llmlab moves the decoding weights there: a weight
-    stream that did not get them, when the kernel found no free 2 MiB pages, reads ~1.8x slower here)."""
+    """MiB of this process's memory in 2 MiB pages: every model this run made so far, their caches and
+    activations (llmlab moves the decoding weights there; where the kernel finds no free 2 MiB pages they stay
+    in 4 KiB ones and are read ~1.8x slower here, which this number shows by falling short)."""
     try:
         text = Path("/proc/self/smaps_rollup").read_text()
     except OSError:
@@ -224,8 +225,8 @@ def main() -> None:
             rows.append((fmt, gguf_type, size, reference, eager, compiled, ratio))
             throughput.append((fmt, compiled, batched))
             print(f"{fmt}: llama.cpp {reference:.1f}, llmlab eager {eager:.1f}, compiled {compiled:.1f} tokens/s; "
-                  f"batches {', '.join(f'{b}: {v:.0f}' for b, v in batched.items())}; in 2 MiB pages now: "
-                  f"{huge_page_mib():.0f} of {size / 2**20:.0f} MiB of weights", flush=True)  # fmt: skip
+                  f"batches {', '.join(f'{b}: {v:.0f}' for b, v in batched.items())}; this process's memory in 2 MiB "
+                  f"pages: {huge_page_mib():.0f} MiB (these weights: {size / 2**20:.0f} MiB)", flush=True)  # fmt: skip
         cache = work / "first-step-cache"
         cold = first_step(ckpt, cache, "on", args.threads)
         warm = first_step(ckpt, cache, "on", args.threads)

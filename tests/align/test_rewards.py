@@ -95,7 +95,8 @@ def test_best_of_n_keeps_the_best_and_preferences_write_pairs(scorers, tmp_path,
     code, _, err = run_cli(capsys, "preferences", tmp_path / "lm", "--prompts", tmp_path / "prompts.txt", *common,
                            "--out", tmp_path / "pairs.jsonl")  # fmt: skip
     assert_one_line_error(code, err, "pairs.jsonl exists")
-    for margin, said in (("-0.1", "--min-margin must be at least 0"), ("1000", "by more than 1000.0")):
+    for margin, said in (("-0.1", "must be a number >= 0"), ("nan", "must be a number >= 0"),
+                         ("1000", "by 1000.0 or more")):  # fmt: skip
         code, _, err = run_cli(capsys, "preferences", tmp_path / "lm", "--prompts", tmp_path / "prompts.txt", *common,
                                "--min-margin", margin, "--out", tmp_path / "none.jsonl")  # fmt: skip
         assert_one_line_error(code, err, said)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from llmlab.errors import LlmlabError
+from llmlab.generation import guarded_shortcut
 from llmlab.generation.config import GenerationConfig, compile_choice
 from llmlab.generation.decode_step import DecodeStep, inductor_cache_dir
 from llmlab.generation.generator import Generator
@@ -145,6 +146,7 @@ def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and
 
     torch.testing.assert_close(*both(1, 4), rtol=1e-5, atol=1e-5)  # compiles (through dynamo)
     assert not step.failed, lines
+    step._shortcut.refresh()  # what the next call does first
     assert len(step._shortcut.entries) == 1
     through_dynamo = []
     compiled_fn = step._fn
@@ -152,6 +154,7 @@ def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and
     torch.testing.assert_close(*both(1, 7), rtol=1e-5, atol=1e-5)  # another length: the shortcut, not dynamo
     assert through_dynamo == []
     torch.testing.assert_close(*both(2, 7), rtol=1e-5, atol=1e-5)  # two rows fail the one-row entry's guards
+    step._shortcut.refresh()
     assert through_dynamo == [1] and len(step._shortcut.entries) == 2
     model.decoder.blocks[0].attn.scale = 0.5  # the graph read this as a constant: its guard fails now
     got, want = both(1, 5)
@@ -160,7 +163,7 @@ def test_the_shortcut_runs_a_compiled_entry_only_where_its_guards_pass(model_and
 
 
 @pytest.mark.compiles
-def test_steps_sharing_a_cache_check_only_their_inputs_guards(model_and_tokenizer, fresh_dynamo):
+def test_steps_sharing_a_cache_check_only_their_inputs_guards(model_and_tokenizer, fresh_dynamo, monkeypatch):
     _, tok = model_and_tokenizer
     torch.manual_seed(0)
     model = tiny_model("llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1).eval()
@@ -173,6 +176,7 @@ def test_steps_sharing_a_cache_check_only_their_inputs_guards(model_and_tokenize
         return run(torch.tensor([[7]]), at[:, None], at, torch.ones(1, 1, 1, length, dtype=torch.bool), cache)
 
     call(step, caches[0], 3)  # compiles
+    step._shortcut.refresh()  # what the next call does first (the entries it reads stay while dynamo's do)
     full_checks = []
     for entry in step._shortcut.entries:
         entry.check = (lambda check: lambda frame: full_checks.append(1) or check(frame))(entry.check)
@@ -186,13 +190,17 @@ def test_steps_sharing_a_cache_check_only_their_inputs_guards(model_and_tokenize
     assert len(full_checks) == 1
     call(step, caches[1], 8)  # another cache: every guard again
     assert len(full_checks) == 2
+    monkeypatch.setattr(guarded_shortcut, "FULL_CHECK_EVERY", 2)
+    for length in (9, 10, 11):  # and every FULL_CHECK_EVERY steps on the same cache
+        call(step, caches[1], length)
+    assert len(full_checks) == 3
     wrong = SlotCache(c.n_layer, 1, c.n_kv_head, 16, c.head_dim, torch.float64, "cpu")
     caches[1].keys[0] = wrong.keys[0]  # an input guard of the trusted cache fails: the call goes to dynamo
     through_dynamo = []
     compiled_fn = step._fn
     step._fn = lambda *args: through_dynamo.append(1) or compiled_fn(*args)
-    call(step, caches[1], 9)
-    assert through_dynamo == [1] and len(full_checks) == 3  # dynamo took it (and compiled for float64 keys)
+    call(step, caches[1], 12)
+    assert through_dynamo == [1] and len(full_checks) == 4  # dynamo took it (and compiled for float64 keys)
 
 
 def test_a_replaced_or_cast_parameter_gets_a_new_packed_copy(model_and_tokenizer):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -77,11 +78,11 @@ def cmd_preferences(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists():
         raise LlmlabError(f"{out} exists", "choose a new --out file (nothing is overwritten)")
-    if args.min_margin < 0:
-        raise LlmlabError(f"--min-margin must be at least 0, got {args.min_margin}", "use e.g. --min-margin 0.5")
+    if not math.isfinite(args.min_margin) or args.min_margin < 0:
+        raise LlmlabError(f"--min-margin must be a number >= 0, got {args.min_margin}", "use e.g. --min-margin 0.5")
     pairs, skipped = preference_pairs(_scored(args), args.min_margin)
     if not pairs:
-        raise LlmlabError(f"no prompt's best sample beat its worst by more than {args.min_margin}: no preference pair",
+        raise LlmlabError(f"no prompt's best sample beat its worst by {args.min_margin} or more: no preference pair",
                           "raise --n or the temperature, or lower --min-margin")  # fmt: skip
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")

@@ -93,15 +93,11 @@ class DecodeStep:
         tokens, positions, slots, mask = (t.clone(memory_format=torch.contiguous_format)
                                           for t in (tokens, positions, slots, mask))  # fmt: skip
         _mark_dynamic(tokens, positions, slots, mask, cache)
-        if self._shortcut is not None:
-            logits = self._shortcut(tokens, positions, slots, mask, cache)
-            if logits is not None:
-                return logits
         start, frames = time.perf_counter(), _frames_compiled()
         try:
-            logits = self._fn(tokens, positions, slots, mask, cache)
-            if self._shortcut is not None:
-                self._shortcut.refresh()
+            logits = None if self._shortcut is None else self._shortcut(tokens, positions, slots, mask, cache)
+            if logits is None:  # no compiled entry fits (yet): dynamo finds one or compiles it
+                logits = self._fn(tokens, positions, slots, mask, cache)
         except Exception as exc:  # inductor raises many kinds: the eager step tells a compile failure from a bug
             logits = self._eager(tokens, positions, slots, mask, cache)  # raises the model's own error, if any
             self._fall_back(exc)

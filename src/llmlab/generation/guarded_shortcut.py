@@ -10,8 +10,9 @@ goes through dynamo and the new entry is read afterwards.
 Most guards are about the model (each weight's shape and dtype, each attribute the graph read as a
 constant), few about the step's inputs. The model does not change between steps that share a cache (the
 generator makes a cache per call; the server never changes the model it serves), so every guard is checked
-on the first step with a cache, and when a step's inputs fit another entry; the steps after it check the
-guards on their inputs and the global state alone (~0.1 ms instead of ~0.4 cold). Dynamo's entries are read
+on the first step with a cache, when a step's inputs fit another entry, and every FULL_CHECK_EVERY steps; the
+steps between check the guards on their inputs, the global state and the shapes alone (~0.1 ms instead of
+~0.4 cold). Dynamo's entries are read
 with `_debug_get_cache_entry_list`; on a torch without it, or with entries of another form, every call
 goes through dynamo.
 """
@@ -33,6 +34,12 @@ class _Entry:
     run: Callable  # the transformed code, as a function
 
 
+# steps on a trusted cache between two checks of every guard: a model changed while a cache is in use (a caller
+# that breaks the rule above, such as code run between the pieces of a stream) decodes at most this many steps
+# with the graph compiled before the change
+FULL_CHECK_EVERY = 32
+
+
 class Shortcut:
     """`shortcut(*args)`: the method's compiled result, or None where no compiled entry's guards pass.
     `per` names the argument whose identity marks steps between which the model does not change."""
@@ -40,7 +47,9 @@ class Shortcut:
     def __init__(self, method: Callable, names: tuple[str, ...], per: str) -> None:
         self.method, self.names, self.per = method, names, per
         self.entries: list[_Entry] = []
+        self._codes: list[object] = []  # the compiled code objects the entries were read from
         self._trusted: tuple[weakref.ref, _Entry] | None = None  # (the `per` argument, its entry)
+        self._trusted_steps = 0
 
     @staticmethod
     def of(method: Callable, per: str) -> Shortcut | None:
@@ -51,29 +60,39 @@ class Shortcut:
         return Shortcut(method, code.co_varnames[: code.co_argcount], per)
 
     def refresh(self) -> None:
-        """Read dynamo's entries for the method's code again (after a call that may have compiled one)."""
+        """Read dynamo's entries for the method's code again, where they changed (a compile, a reset, an entry
+        dynamo invalidated); an entry of a form this shortcut does not know leaves every call to dynamo."""
         function = self.method.__func__
-        entries = []
-        for entry in torch._C._dynamo.eval_frame._debug_get_cache_entry_list(function.__code__):
-            check = getattr(entry.guard_manager, "check", None)
-            if check is None or entry.code.co_freevars:  # a form this shortcut does not know: leave it to dynamo
-                entries = []
-                break
-            run = types.FunctionType(entry.code, function.__globals__, function.__name__)
-            entries.append(_Entry(check, _inputs_only(entry.guard_manager, self.names[1:]), run))
-        self.entries, self._trusted = entries, None
+        try:
+            live = [e for e in torch._C._dynamo.eval_frame._debug_get_cache_entry_list(function.__code__)
+                    if e.code is not None]  # fmt: skip
+            if [e.code for e in live] == self._codes:
+                return
+            entries = []
+            for entry in live:
+                check = getattr(entry.guard_manager, "check", None)
+                if check is None or entry.code.co_freevars:
+                    entries = []
+                    break
+                run = types.FunctionType(entry.code, function.__globals__, function.__name__)
+                entries.append(_Entry(check, _inputs_only(entry.guard_manager), run))
+        except Exception:  # noqa: BLE001 - dynamo's internals as this torch has them: leave every call to dynamo
+            live, entries = [], []
+        self.entries, self._codes, self._trusted = entries, [e.code for e in live], None
 
     def __call__(self, *args: object) -> object | None:
         owner = self.method.__self__
         frame = dict(zip(self.names, (owner, *args)))
         marker = frame.get(self.per)
-        if self._trusted is not None:
+        if self._trusted is not None and self._trusted_steps < FULL_CHECK_EVERY:
             held, entry = self._trusted
             if held() is marker and entry.check_inputs(frame):
+                self._trusted_steps += 1
                 return entry.run(owner, *args)
+        self.refresh()
         for entry in self.entries:
             if entry.check(frame):
-                self._trusted = _trust(marker, entry)
+                self._trusted, self._trusted_steps = _trust(marker, entry), 0
                 return entry.run(owner, *args)
         return None
 
@@ -87,13 +106,14 @@ def _trust(marker: object, entry: _Entry) -> tuple[weakref.ref, _Entry] | None:
         return None
 
 
-def _inputs_only(manager: object, inputs: tuple[str, ...]) -> Callable[[dict], bool] | None:
-    """The check of a copy of the guard tree without the guards that hang from `self` (the model)."""
-    roots = tuple(f"L['{name}']" for name in inputs)
+def _inputs_only(manager: object) -> Callable[[dict], bool] | None:
+    """The check of a copy of the guard tree without the guards on the model (every source that reads
+    `self`) and on module globals: the inputs', the global state's and the shape relations' stay, in whatever
+    form this torch keeps them (the periodic full check covers the rest)."""
 
     def keep(node: object) -> bool:
         source = node.get_source()
-        return source in ("", "L") or any(source == r or source.startswith((r + ".", r + "[")) for r in roots)
+        return "L['self']" not in source and not source.startswith("G[")
 
     try:
         clone = manager.root.clone_manager(keep)

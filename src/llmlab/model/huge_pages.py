@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import sys
+import weakref
 
 import torch
 from torch import nn
@@ -47,34 +48,49 @@ def into_huge_pages(module: nn.Module) -> int:
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, even when asked inside inference
         for group, offset in zip(groups, offsets):
             _move(group, region, start + offset)
-    _PLACED.update(group[0].data_ptr() for group in groups)
+    _REGIONS.append((_address(region) + start, size, weakref.ref(region)))
     return size
 
 
-_PLACED: set[int] = set()  # where into_huge_pages put tensors (an address reused after one is freed: a skip)
+# the mappings into_huge_pages made, (first byte, length, the mapping while it lives): a tensor already in one
+# is not moved again, and an address reused after a mapping was freed is not taken for one
+_REGIONS: list[tuple[int, int, weakref.ref]] = []
+
+
+def _placed(address: int) -> bool:
+    _REGIONS[:] = [r for r in _REGIONS if r[2]() is not None]
+    return any(start <= address < start + size for start, size, _ in _REGIONS)
 
 
 def _large_cpu_tensors(module: nn.Module) -> list[list[torch.Tensor]]:
     """The large, dense CPU tensors, grouped by the storage they fill (tied weights, a buffer that is a
-    parameter's `.data`: one group, moved together). Only plain tensors that fill their whole storage: a
-    view into a larger one cannot move without splitting what it shares, and a tensor subclass (DTensor,
-    a packed quantized layout) keeps its own placement."""
+    parameter's `.data`: one group, moved together). A storage moves only if every tensor on it is a plain
+    tensor that fills it and nothing outside the module holds it: a view (a transpose, a slice) or an alias
+    made elsewhere (a `.detach()`) would go on reading the old memory. Tensor subclasses (DTensor, a packed
+    quantized layout) keep their own placement."""
     groups: dict[int, list[torch.Tensor]] = {}
+    unmovable: set[int] = set()
     for tensor in (*module.parameters(), *module.buffers()):
-        if type(tensor) not in (torch.Tensor, nn.Parameter) or tensor.device.type != "cpu":
+        if tensor.device.type != "cpu" or tensor.layout != torch.strided:
             continue
-        if tensor.layout != torch.strided or tensor.nbytes < MIN_BYTES or not tensor.is_contiguous():
-            continue
-        if tensor.storage_offset() or tensor.nbytes != tensor.untyped_storage().nbytes():
-            continue
-        group = groups.setdefault(tensor.data_ptr(), [])
+        storage = tensor.untyped_storage()
+        plain = type(tensor) in (torch.Tensor, nn.Parameter) and tensor.is_contiguous()
+        if not plain or tensor.storage_offset() or tensor.nbytes != storage.nbytes():
+            unmovable.add(storage.data_ptr())
+        group = groups.setdefault(storage.data_ptr(), [])
         if all(t is not tensor for t in group):
             group.append(tensor)
-    return [g for ptr, g in groups.items() if ptr not in _PLACED and _alike(g)]
+    return [group for address, group in groups.items() if address not in unmovable and
+            group[0].nbytes >= MIN_BYTES and _alone(group) and not _placed(address)]  # fmt: skip
 
 
-def _alike(group: list[torch.Tensor]) -> bool:
-    return all(t.shape == group[0].shape and t.dtype == group[0].dtype for t in group)
+def _alone(group: list[torch.Tensor]) -> bool:
+    """Whether the group's tensors are alike and the only ones on their storage (its use count: one per
+    tensor, plus the reference it is read through)."""
+    if any(t.shape != group[0].shape or t.dtype != group[0].dtype for t in group):
+        return False
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return count is None or count(group[0].untyped_storage()._cdata) - 1 == len(group)
 
 
 def _address(region: mmap.mmap) -> int:
