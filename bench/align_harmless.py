@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from align_frontier import COMMON, LORA, fluency, llmlab, save_samples, stage  # noqa: E402
+from align_frontier import COMMON, LORA, fluency, llmlab, require_rt_polarity, save_samples, stage  # noqa: E402
 from machine import describe  # noqa: E402
 
 TRAIN_SUBJECTS = ["you", "the director", "your brother", "my neighbour", "that guy", "the lead actor", "the critic",
@@ -180,11 +180,7 @@ def main() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = args.out or Path("bench/out/align_harmless" + ("-smoke" if args.smoke else ""))
-    from llmlab.evaluation.tasks import data_dir
-
-    if not all((data_dir() / "rt-polarity" / f).is_file() for f in ("pos.txt", "neg.txt")):
-        raise SystemExit(f"rt-polarity is not at {data_dir() / 'rt-polarity'} (pos.txt, neg.txt): set LLMLAB_DATA "
-                         "to the folder holding the shared data")  # fmt: skip
+    require_rt_polarity()
     print(describe())
     t0 = time.perf_counter()
     write_data(out, s)
