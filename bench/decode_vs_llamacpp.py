@@ -165,12 +165,18 @@ def llmlab_speed(generator: Generator, rows: int, new: int, repeats: int = 1) ->
 def batch_one(source: Path, binary: Path, hf: Path, gguf_type: str, model: DecoderLM, tokenizer, args) -> tuple:
     """llama.cpp, llmlab eager and llmlab compiled, measured in turn within each round, so that the load
     of a shared machine (which moved llama.cpp's own figure by 1.7x between two runs here) falls on all
-    three alike; medians over the rounds, and the median of each round's compiled / llama.cpp."""
+    three alike, in the reverse order every other round (what one leaves behind, the next pays for: llmlab's
+    bf16 measured 244-268 tok/s alone and 177-253 right after llama.cpp in one afternoon); medians over the
+    rounds, and the median of each round's compiled / llama.cpp."""
     eager_gen, compiled_gen = Generator(model, tokenizer, compile="off"), Generator(model, tokenizer, compile="on")
+    measures = {"llama.cpp": lambda: llama_cpp_speed(source, binary, hf, gguf_type, args.new, args.threads, 1),
+                "eager": lambda: llmlab_speed(eager_gen, 1, args.new),
+                "compiled": lambda: llmlab_speed(compiled_gen, 1, args.new)}  # fmt: skip
     runs = []
-    for _ in range(args.repeats):
-        reference = llama_cpp_speed(source, binary, hf, gguf_type, args.new, args.threads, 1)
-        runs.append((reference, llmlab_speed(eager_gen, 1, args.new), llmlab_speed(compiled_gen, 1, args.new)))
+    for round_index in range(args.repeats):
+        order = list(measures) if round_index % 2 == 0 else list(reversed(measures))
+        speeds = {name: measures[name]() for name in order}
+        runs.append((speeds["llama.cpp"], speeds["eager"], speeds["compiled"]))
     reference, eager, compiled = (statistics.median(column) for column in zip(*runs))
     return reference, eager, compiled, statistics.median(c / r for r, _, c in runs), compiled_gen
 
