@@ -9,8 +9,9 @@ llama.cpp's own converter (told that llmlab's byte-level BPE pre-tokenizes as GP
 
 - llama.cpp: `llama-bench -p 0 -n NEW -t THREADS` (tokens/s generating NEW tokens after an empty prompt);
 - llmlab: `Generator` greedy, NEW tokens forced (`min_new_tokens`), eager and compiled (`compile="on"`),
-  at batch 1, in rounds alternating with llama.cpp (medians of --repeats rounds; the ratio is the median
-  of the rounds' ratios), and compiled at batch 8 and 32 (throughput: rows x NEW / seconds, median of 3);
+  at batch 1, in rounds alternating with llama.cpp, in the reverse order every other round (medians of
+  --repeats rounds; the ratio is the median of the rounds' ratios), and compiled at batch 8 and 32
+  (throughput: rows x NEW / seconds, median of 3); each precision in a fresh process, as llama-bench is;
 - each at batch 1 as bytes of weights read per second (weights / token x tokens / s): the bound is the
   machine's memory bandwidth, which the best of these figures approaches;
 - the compile: seconds to compile a step, and the time to the second token (the first decoding step) of a
@@ -206,33 +207,59 @@ def first_step(ckpt: Path, cache: Path, compile: str, threads: int) -> tuple[flo
     return float(out[0]), float(out[1])
 
 
+def measure_precision(work: Path, fmt: str, args: argparse.Namespace) -> dict:
+    """One precision, measured in this process (a fresh one per precision: where a model lands in memory
+    after others were made and freed moved llmlab's bf16 from 244-268 to 185-195 tok/s here, as llama.cpp's
+    own figures come from a fresh process each time)."""
+    from llmlab.load import load_checkpoint
+
+    source, binary = build_llama_bench(cache_root())
+    ckpt = load_checkpoint(work / "ckpt")
+    model = in_format(ckpt.model, fmt)
+    size = weight_bytes(model)
+    reference, eager, compiled, ratio, compiled_gen = batch_one(source, binary, work / "hf", PRECISIONS[fmt], model,
+                                                                ckpt.tokenizer, args)  # fmt: skip
+    batched = {b: llmlab_speed(compiled_gen, b, args.new, 3) for b in map(int, args.batches.split(","))}
+    return {"size": size, "reference": reference, "eager": eager, "compiled": compiled, "ratio": ratio,
+            "batched": batched, "huge_mib": huge_page_mib()}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new", type=int, default=128, help="tokens generated per row")
     parser.add_argument("--repeats", type=int, default=5, help="rounds at batch 1 (llama.cpp, eager, compiled)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", default="8,32", help="batch sizes for llmlab's compiled throughput")
+    parser.add_argument("--precision", choices=list(PRECISIONS), help=argparse.SUPPRESS)  # a child's one precision
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.precision:
+        print(json.dumps(measure_precision(args.work, args.precision, args)))
+        return
     print(describe())
-    source, binary = build_llama_bench(cache_root())
+    build_llama_bench(cache_root())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        base, tokenizer, ckpt = make_model(work)
-        print(f"model: llama-small, {base.num_parameters() / 1e6:.1f}M parameters; {args.new} new tokens, "
-              f"{args.threads} threads, {args.repeats} rounds at batch 1\n")  # fmt: skip
+        base, _, ckpt = make_model(work)
+        print(
+            f"model: llama-small, {base.num_parameters() / 1e6:.1f}M parameters; {args.new} new tokens, "
+            f"{args.threads} threads, {args.repeats} rounds at batch 1; each precision in a fresh process\n"
+        )
+        del base
         rows, throughput = [], []
         for fmt, gguf_type in PRECISIONS.items():
-            model = in_format(base, fmt)
-            size = weight_bytes(model)
-            reference, eager, compiled, ratio, compiled_gen = batch_one(source, binary, work / "hf", gguf_type,
-                                                                        model, tokenizer, args)  # fmt: skip
-            batched = {b: llmlab_speed(compiled_gen, b, args.new, 3) for b in map(int, args.batches.split(","))}
-            rows.append((fmt, gguf_type, size, reference, eager, compiled, ratio))
-            throughput.append((fmt, compiled, batched))
-            print(f"{fmt}: llama.cpp {reference:.1f}, llmlab eager {eager:.1f}, compiled {compiled:.1f} tokens/s; "
-                  f"batches {', '.join(f'{b}: {v:.0f}' for b, v in batched.items())}; this process's memory in 2 MiB "
-                  f"pages: {huge_page_mib():.0f} MiB (these weights: {size / 2**20:.0f} MiB)", flush=True)  # fmt: skip
+            options = ["--new", str(args.new), "--repeats", str(args.repeats), "--threads", str(args.threads),
+                       "--batches", args.batches]  # fmt: skip
+            child = subprocess.run([sys.executable, __file__, "--precision", fmt, "--work", str(work), *options],
+                                   check=True, stdout=subprocess.PIPE, text=True)  # fmt: skip
+            r = json.loads(child.stdout.strip().splitlines()[-1])
+            batched = {int(b): v for b, v in r["batched"].items()}
+            rows.append((fmt, gguf_type, r["size"], r["reference"], r["eager"], r["compiled"], r["ratio"]))
+            throughput.append((fmt, r["compiled"], batched))
+            print(f"{fmt}: llama.cpp {r['reference']:.1f}, llmlab eager {r['eager']:.1f}, compiled {r['compiled']:.1f} "
+                  f"tokens/s; batches {', '.join(f'{b}: {v:.0f}' for b, v in batched.items())}; memory in 2 MiB "
+                  f"pages: {r['huge_mib']:.0f} MiB (the weights: {r['size'] / 2**20:.0f} MiB)", flush=True)  # fmt: skip
         cache = work / "first-step-cache"
         cold = first_step(ckpt, cache, "on", args.threads)
         warm = first_step(ckpt, cache, "on", args.threads)
