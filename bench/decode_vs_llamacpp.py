@@ -208,9 +208,9 @@ def first_step(ckpt: Path, cache: Path, compile: str, threads: int) -> tuple[flo
 
 
 def measure_precision(work: Path, fmt: str, args: argparse.Namespace) -> dict:
-    """One precision, measured in this process (a fresh one per precision: where a model lands in memory
-    after others were made and freed moved llmlab's bf16 from 244-268 to 185-195 tok/s here, as llama.cpp's
-    own figures come from a fresh process each time)."""
+    """One precision, measured in this process (a fresh one per precision, as llama.cpp's own figures come
+    from a fresh process each time: where a model lands in memory after others were made and freed moved
+    llmlab's bf16 between 185 and 268 tok/s here)."""
     from llmlab.load import load_checkpoint
 
     source, binary = build_llama_bench(cache_root())
