@@ -122,7 +122,7 @@ def llama_cpp_speed(source: Path, binary: Path, hf: Path, gguf_type: str, new: i
 def huge_page_mib() -> float:
     """MiB of this process's memory in 2 MiB pages: every model this run made so far, their caches and
     activations (llmlab moves the decoding weights there; where the kernel finds no free 2 MiB pages they stay
-    in 4 KiB ones and are read ~1.8x slower here, which this number shows by falling short)."""
+    in 4 KiB ones and are read ~1.2x slower here, which this number shows by falling short)."""
     try:
         text = Path("/proc/self/smaps_rollup").read_text()
     except OSError:

@@ -5,16 +5,15 @@ runs: ~0.35 ms a call here for an 82M model, and up to ~0.5 ms in a real decodin
 the weights has pushed the ~1,500 guards' objects out of the CPU's caches. At 200-300 tokens a second that
 is a tenth of a token. `Shortcut` checks the same guards dynamo would and runs the entry whose guards pass,
 so it takes the graph dynamo would have taken; where none passes (a shape never seen: a compile), the call
-goes through dynamo and the new entry is read afterwards.
+goes through dynamo, and the next full check reads the new entry.
 
 Most guards are about the model (each weight's shape and dtype, each attribute the graph read as a
 constant), few about the step's inputs. The model does not change between steps that share a cache (the
 generator makes a cache per call; the server never changes the model it serves), so every guard is checked
 on the first step with a cache, when a step's inputs fit another entry, and every FULL_CHECK_EVERY steps; the
 steps between check the guards on their inputs, the global state and the shapes alone (~0.1 ms instead of
-~0.4 cold). Dynamo's entries are read
-with `_debug_get_cache_entry_list`; on a torch without it, or with entries of another form, every call
-goes through dynamo.
+~0.4 cold). Dynamo's entries are read with `_debug_get_cache_entry_list`; on a torch without it, or with
+entries of another form, every call goes through dynamo.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class PackedLinear(nn.Module):
 
 def packed_for_inference(model: nn.Module) -> nn.Module:
     """A copy of `model` sharing its tensors, with every nn.Linear replaced by a PackedLinear. The model's
-    large tensors move into 2 MiB pages first (model/huge_pages.py: ~1.8x the weight-reading rate here),
+    large tensors move into 2 MiB pages first (model/huge_pages.py: ~1.2x the weight-reading rate here),
     in place, so the original reads them from there too."""
     kernels_ready()  # built or loaded now, eagerly: never first inside a step that torch.compile traces
     into_huge_pages(model)

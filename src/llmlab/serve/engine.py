@@ -129,7 +129,8 @@ class Engine:
         # several adapters on one base (MultiLoRALinear): each step tells the layers every row's adapter
         self.adapters = any(isinstance(m, MultiLoRALinear) for m in model.modules())
         self.runner = packed_for_inference(model) if can_pack(model) and not self.adapters else model
-        into_huge_pages(model)  # packing did, unless it was not asked: every step reads every weight
+        if self.runner is model:  # packing moves the weights into 2 MiB pages; unpacked, every step reads them too
+            into_huge_pages(model)
         c = model.config
         family = family_spec(c)
         family.require_generates("an encoder-only model does not generate text", "serve a decoder or encoder-decoder")
