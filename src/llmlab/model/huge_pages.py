@@ -5,8 +5,8 @@ out, 164 MB of bf16 weights span 40,000 pages, each a TLB miss, and under a hype
 two page tables. Measured on this 2-core VM (`bench/decode_overheads.py`, bench/RESULTS.md): the 82M
 Llama's bf16 matrices stream through llmlab's kernel 1.2x faster from memory the kernel backs with 2 MiB
 pages than from ordinary memory (27-28 against 34-35 GB/s; up to 1.9x in single experiments, where the
-copies landed elsewhere: placement moves these figures on this VM). Linux gives such pages to a mapping that asks for them with
-madvise(MADV_HUGEPAGE) wherever transparent huge pages are `madvise` (the usual default) or `always`;
+copies landed elsewhere: placement moves these figures on this VM). Linux gives such pages to a mapping that
+asks for them with madvise(MADV_HUGEPAGE) wherever transparent huge pages are `madvise` (the usual default) or `always`;
 elsewhere (`never`, other systems) the copy is ordinary memory and nothing is lost but the copy's time.
 
 `into_huge_pages` moves a module's large tensors into one such mapping, in place: each parameter and
