@@ -98,8 +98,8 @@ class Side:
         return statistics.median(self.times[label])
 
 
-def make_sides() -> tuple[Side, Side, Side]:
-    """llmlab LoRA, PEFT LoRA on the exported base, llmlab full fine-tuning: all from the same weights."""
+def lora_pair() -> tuple[nn.Module, nn.Module]:
+    """llmlab's LoRA model and PEFT's on the exported base, from the same weights."""
     import peft
 
     ours = base_model()
@@ -107,13 +107,22 @@ def make_sides() -> tuple[Side, Side, Side]:
     add_lora(ours, LoraSpec(r=R, alpha=ALPHA, dropout=0.0, targets=("all-linear",)))
     config = peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=PEFT_TARGETS, bias="none",
                              task_type="CAUSAL_LM")  # fmt: skip
-    theirs = peft.get_peft_model(hf, config).train()
+    return ours, peft.get_peft_model(hf, config).train()
+
+
+def make_sides(compiled: bool) -> list[Side]:
+    """llmlab LoRA, PEFT LoRA, llmlab full fine-tuning: all from the same weights; with `compiled`, both LoRA
+    models again under `torch.compile` (default inductor settings, as `--compile` and TRL's `torch_compile`)."""
+    ours, theirs = lora_pair()
     full = base_model()
-    return (
-        Side("llmlab LoRA", ours, lambda x: ours(x)),
-        Side("PEFT LoRA", theirs, lambda x: theirs(input_ids=x).logits),
-        Side("llmlab full fine-tuning", full, lambda x: full(x)),
-    )
+    sides = [Side("llmlab LoRA", ours, lambda x: ours(x)),
+             Side("PEFT LoRA", theirs, lambda x: theirs(input_ids=x).logits),
+             Side("llmlab full fine-tuning", full, lambda x: full(x))]  # fmt: skip
+    if compiled:
+        fast_ours, fast_theirs = (torch.compile(m) for m in lora_pair())
+        sides += [Side("llmlab LoRA compiled", fast_ours, lambda x: fast_ours(x)),
+                  Side("PEFT LoRA compiled", fast_theirs, lambda x: fast_theirs(input_ids=x).logits)]  # fmt: skip
+    return sides
 
 
 def saved_bytes(side: Side, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> int:
@@ -181,10 +190,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side and precision")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per side and precision first")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-operator profile")
+    parser.add_argument("--compile", action="store_true", help="also both LoRA models under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(describe())
-    ours, theirs, full = sides = make_sides()
+    sides = make_sides(args.compile)
+    ours, theirs, full = sides[:3]
     counts = {s.name: (sum(p.numel() for p in s.trainable), sum(p.numel() for p in s.model.parameters()))
               for s in sides}  # fmt: skip
     data = batches(args.warmup + args.steps)
@@ -194,7 +205,7 @@ def main() -> None:
     for label, bf16 in precisions.items():
         for i, (x, y) in enumerate(data):
             record = label if i >= args.warmup else None
-            for side in sides[i % 3 :] + sides[: i % 3]:  # each side first in turn
+            for side in sides[i % len(sides) :] + sides[: i % len(sides)]:  # each side first in turn
                 side.step(x, y, bf16, record)
             times = ", ".join(f"{s.name} {s.times[label][-1]:.3f} s" for s in sides) if record else "warm-up"
             print(f"{label} step {i + 1}/{len(data)}: {times}", file=sys.stderr, flush=True)
@@ -206,7 +217,8 @@ def main() -> None:
     for label, bf16 in precisions.items():  # after the timing: the profiler's after-effect speeds steps up
         for side in sides:
             side.measure_peak(x, y, bf16, label)
-            saved[side.name, label] = saved_bytes(side, x, y, bf16)
+            if side in (ours, theirs, full):  # saved-tensor hooks are read in eager mode only
+                saved[side.name, label] = saved_bytes(side, x, y, bf16)
 
     config = ours.model.config
     print(
@@ -224,6 +236,16 @@ def main() -> None:
         sa, sb = saved[ours.name, label], saved[theirs.name, label]
         print(f"| {label} | {a:.3f} | {b:.3f} | **{b / a:.2f}x** | {pa / MB:,.1f} | {pb / MB:,.1f} | "
               f"**{pa / pb:.2f}** | {sa / MB:,.1f} / {sb / MB:,.1f} |")  # fmt: skip
+    if len(sides) > 3:
+        fast_ours, fast_theirs = sides[3:]
+        print("\nUnder torch.compile (compiled at the first warm-up step of each precision):\n")
+        print("| precision | llmlab compiled s/step | PEFT compiled s/step | llmlab compiled vs PEFT eager | "
+              "llmlab compiled vs PEFT compiled | peak MB, llmlab / PEFT compiled |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- |")
+        for label in precisions:
+            a, b, e = fast_ours.median(label), fast_theirs.median(label), theirs.median(label)
+            print(f"| {label} | {a:.3f} | {b:.3f} | **{e / a:.2f}x** | **{b / a:.2f}x** | "
+                  f"{fast_ours.peak[label] / MB:,.1f} / {fast_theirs.peak[label] / MB:,.1f} |")  # fmt: skip
 
     print("\n| run | trainable params | of all | gradient MB | AdamW state MB | " +
           " | ".join(f"s/step, {label} | step peak MB, {label}" for label in precisions) + " |")  # fmt: skip

@@ -191,3 +191,17 @@ def test_a_cached_top_k_teacher_is_read_instead_of_run(pair, temperature):
     hard = F.cross_entropy(s, plain.labels[kept], reduction="none")
     torch.testing.assert_close(logged["distill"], soft.mean())
     torch.testing.assert_close(loss, 0.6 * soft.mean() + 0.4 * hard.mean())
+
+
+def test_cached_whole_rows_give_the_teachers_exact_forward_kl(pair):
+    """A cache that kept whole rows (k >= the vocabulary, no ids) gives the loss of the teacher run on the fly."""
+    student, teacher = pair
+    plain = decoder_batch()
+    kept = plain.labels != IGNORE
+    with torch.no_grad():
+        rows = teacher(plain.inputs)[kept]
+    cached = TopKBatch(plain.inputs, plain.labels, teacher_values=rows, teacher_ids=None)
+    loss, logged = distillation_loss(NotRun(), 2.0, 0.6, "forward", student, cached)
+    expected, expected_logged = distillation_loss(teacher, 2.0, 0.6, "forward", student, plain)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logged["distill"], expected_logged["distill"])

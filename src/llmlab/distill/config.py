@@ -22,7 +22,9 @@ class TeacherOptions(Validated):
         "keep the teacher's top-k logits of every training batch in this folder; a later run with the same "
         "data, seed and batch shape reads them instead of running the teacher (forward KL over the top k)",
     )
-    teacher_top_k: int = option(32, "logits per position kept in --teacher-cache")
+    teacher_top_k: int = option(
+        32, "logits per position kept in --teacher-cache (at least the vocabulary: whole rows, the exact target)"
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -64,7 +64,9 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float, kind
     student = labelled_logits(model, batch)
     labels = batch.labels[batch.labels != IGNORE]
     cached = getattr(batch, "teacher_values", None)
-    if cached is not None:  # the teacher's top-k, read from the cache (distill/teacher_cache.py)
+    if cached is not None and batch.teacher_ids is None:  # whole rows, read from the cache
+        soft = divergence(student, cached, temperature, "forward") * temperature**2
+    elif cached is not None:  # the teacher's top-k, read from the cache (distill/teacher_cache.py)
         soft = top_k_forward_kl(student, cached, batch.teacher_ids, temperature) * temperature**2
     else:
         with torch.no_grad():

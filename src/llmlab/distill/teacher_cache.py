@@ -6,7 +6,9 @@ or learning rate: the usual sweep) reads the teacher's targets instead of runnin
 largest logits of each labelled position are kept (values as fp16, token ids as int32): k = 32 of an 8,192
 vocabulary is 0.4% of the full row and, for a trained teacher, nearly all of its probability mass. The
 soft target is then the teacher's distribution renormalised over those k tokens (forward KL only: reverse
-KL and JSD need the student's mass where the teacher's is unknown).
+KL and JSD need the student's mass where the teacher's is unknown). A k of at least the vocabulary (a
+character model's 65 symbols) keeps whole rows, in vocabulary order and without ids: the exact target, at a
+third of the bytes top-k with ids would take.
 
 The folder is named by a hash of everything that decides the batches and the teacher (the teacher's path,
 weights size and modification time, data options, seed, batch shape, objective, k, ranks), so a cache is
@@ -30,21 +32,23 @@ from llmlab.data.objectives import Batch
 BATCH_FIELDS = ("data", "glob", "text_field", "curate", "family", "objective", "mask_probability",
                 "noise_density", "mean_span_length", "tokenizer", "vocab_size", "val_fraction", "block_size",
                 "batch_size", "seed")  # fmt: skip
-Targets = tuple[torch.Tensor, torch.Tensor]  # (values, ids), (N, k) each
+Targets = tuple[torch.Tensor, torch.Tensor | None]  # (values, ids), (N, k) each; ids None: whole rows
 BatchSource = Callable[[bool, int, int], Batch]
 
 
 @dataclass
 class TopKBatch(Batch):
-    """A training batch with the teacher's top-k logits at its labelled positions, (N, k) each."""
+    """A training batch with the teacher's top-k logits at its labelled positions, (N, k) each (ids None:
+    the whole (N, V) rows)."""
 
     teacher_values: torch.Tensor | None = None
     teacher_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> TopKBatch:
         moved = super().to(device)
+        ids = None if self.teacher_ids is None else self.teacher_ids.to(device)
         return TopKBatch(moved.inputs, moved.labels, moved.attention_mask, moved.decoder_inputs,
-                         self.teacher_values.to(device), self.teacher_ids.to(device))  # fmt: skip
+                         self.teacher_values.to(device), ids)  # fmt: skip
 
 
 def teacher_identity(path: str) -> dict[str, Any]:
@@ -71,13 +75,17 @@ class TeacherCache:
         if path.exists():
             self.hits += 1
             tensors = load_file(str(path))
-            return tensors["values"].float(), tensors["ids"].long()
+            return tensors["values"].float(), tensors["ids"].long() if "ids" in tensors else None
         self.misses += 1
         values, ids = compute()
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        save_file({"values": values.half().contiguous().cpu(), "ids": ids.int().contiguous().cpu()}, str(tmp))
+        stored = {"values": values.half().contiguous().cpu()}
+        if ids is not None:
+            stored["ids"] = ids.int().contiguous().cpu()
+        save_file(stored, str(tmp))
         os.replace(tmp, path)
-        return values.half().float(), ids.long()  # as a later read will see them: runs agree exactly
+        # as a later read will see them: runs agree exactly
+        return values.half().float(), None if ids is None else ids.long()
 
 
 def cached_batches(inner: BatchSource, cache: TeacherCache, top_k: int,
@@ -93,8 +101,9 @@ def cached_batches(inner: BatchSource, cache: TeacherCache, top_k: int,
         def compute() -> Targets:
             with torch.no_grad():
                 logits = teacher_logits(batch).float()
-            values, ids = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-            return values, ids
+            if top_k >= logits.shape[-1]:
+                return logits, None  # whole rows: nothing to select, no ids to keep
+            return logits.topk(top_k, dim=-1)
 
         values, ids = cache.targets(step, micro, rank, compute)
         return TopKBatch(batch.inputs, batch.labels, batch.attention_mask, batch.decoder_inputs, values, ids)
