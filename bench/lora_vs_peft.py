@@ -212,6 +212,8 @@ def main() -> None:
         if label == "fp32":  # both start from the base model: the same loss, or the comparison is void
             first = (ours.first_loss, theirs.first_loss)
             assert abs(first[0] - first[1]) < 1e-4, f"the two models differ: first losses {first}"
+            for side in sides[3:]:  # compiled: the same model, so the same first loss up to fused rounding
+                assert abs(side.first_loss - first[0]) < 1e-3, f"{side.name}: first loss {side.first_loss}"
     x, y = data[0]
     saved: dict[tuple[str, str], int] = {}
     for label, bf16 in precisions.items():  # after the timing: the profiler's after-effect speeds steps up

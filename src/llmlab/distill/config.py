@@ -23,7 +23,7 @@ class TeacherOptions(Validated):
         "data, seed and batch shape reads them instead of running the teacher (forward KL over the top k)",
     )
     teacher_top_k: int = option(
-        32, "logits per position kept in --teacher-cache (at least the vocabulary: whole rows, the exact target)"
+        32, "logits per position kept in --teacher-cache (at least the vocabulary: whole rows, no ids)"
     )
 
     def validate(self) -> None:

@@ -7,8 +7,9 @@ largest logits of each labelled position are kept (values as fp16, token ids as 
 vocabulary is 0.4% of the full row and, for a trained teacher, nearly all of its probability mass. The
 soft target is then the teacher's distribution renormalised over those k tokens (forward KL only: reverse
 KL and JSD need the student's mass where the teacher's is unknown). A k of at least the vocabulary (a
-character model's 65 symbols) keeps whole rows, in vocabulary order and without ids: the exact target, at a
-third of the bytes top-k with ids would take.
+character model's 92 symbols) keeps whole rows, in vocabulary order and without ids: the teacher's whole
+distribution (fp16 logits), at a third of the bytes top-k with ids would take. The batch is drawn, and the
+teacher run on it, before the step's autocast: the cached logits are the fp32 teacher's.
 
 The folder is named by a hash of everything that decides the batches and the teacher (the teacher's path,
 weights size and modification time, data options, seed, batch shape, objective, k, ranks), so a cache is
