@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors import safe_open
 
 from llmlab.checkpoint.folder import save_checkpoint
 from llmlab.tokenizer import train_tokenizer
@@ -100,5 +101,18 @@ def test_teacher_cache_is_written_once_and_read_by_the_next_run(tmp_path, capsys
         code, _, err = run_cli(capsys, *unsized, "--init", tmp_path / f"s{block}", "--out", tmp_path / f"e{block}")
         assert code == 0, err
     assert len(list((tmp_path / "cache").iterdir())) == 4
+    for k in (400, 1000):  # any k covering the vocabulary (<= 400 entries): whole rows without ids, one folder
+        misses.clear()
+        whole = [k if i and args[i - 1] == "--teacher-top-k" else a for i, a in enumerate(args)]
+        code, _, err = run_cli(capsys, *whole, "--out", tmp_path / f"k{k}")
+        assert code == 0, err
+        assert max(misses) == (4 if k == 400 else 0)
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 5
+    newest = max(folders, key=lambda f: f.stat().st_mtime_ns)
+    files = sorted(newest.glob("*.safetensors"))
+    with safe_open(str(files[0]), "pt") as f:
+        vocab = json.loads((tmp_path / "teacher" / "config.json").read_text())["model"]["vocab_size"]
+        assert set(f.keys()) == {"values"} and f.get_slice("values").get_shape()[-1] == vocab
     code, _, err = run_cli(capsys, *args, "--divergence", "jsd", "--out", tmp_path / "d")
     assert_one_line_error(code, err, "use --divergence forward")

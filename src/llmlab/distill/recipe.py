@@ -55,7 +55,8 @@ def prepare_distillation(cfg: DistillConfig, session: Session, saved: dict[str, 
     batches = job.batches
     if cfg.teacher_cache:
         key = {**{f: getattr(cfg, f) for f in BATCH_FIELDS}, **teacher_identity(cfg.teacher),
-               "top_k": cfg.teacher_top_k, "world": session.world,
+               "top_k": min(cfg.teacher_top_k, teacher.model.config.vocab_size),  # any k >= V: whole rows
+               "world": session.world,
                "rows_shape": [job.model.config.block_size, cfg.batch_size]}  # fmt: skip
         cache = TeacherCache(cfg.teacher_cache, key)
         rank = session.ctx.rank if session.ctx is not None else 0
